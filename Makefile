@@ -1,0 +1,51 @@
+# SSMSpine shards. The two commands: `make shards` and `make test` (each sets up .venv first).
+PYTHON ?= python3.11
+VENV ?= .venv
+# The pinned CPU wheel installs in seconds here; override, e.g. TORCH_SPEC="torch>=2.6", for a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+# SRC: archives or extracted directories to convert; empty means the synthetic default below.
+SRC ?=
+OUT ?= data/shards
+VERIFY ?= 1
+WORKERS ?=
+SHARD_SIZE ?= 256MB
+SYNTH ?= data/raw/SSMSpine_Train_synthetic.zip
+SYNTH_PATIENTS ?= 2
+SYNTH_SHAPES ?= 32
+
+PY := $(VENV)/bin/python
+SSMSPINE := $(VENV)/bin/ssmspine
+STAMP := $(VENV)/.installed
+WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
+
+.PHONY: venv shards test bench bench-convert clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+$(SYNTH): | $(STAMP)
+	$(SSMSPINE) synth $@ --patients $(SYNTH_PATIENTS) --shapes $(SYNTH_SHAPES) --seed 0
+
+shards: $(STAMP) $(if $(SRC),,$(SYNTH))
+	$(SSMSPINE) convert $(or $(SRC),$(SYNTH)) --out $(OUT) --shard-size $(SHARD_SIZE) $(WORKERS_FLAG)
+ifeq ($(VERIFY),1)
+	$(SSMSPINE) verify $(or $(SRC),$(SYNTH)) --out $(OUT) $(WORKERS_FLAG)
+endif
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench-convert: $(STAMP)
+	$(PY) -m pipeline.bench convert
+
+bench: $(STAMP)
+	$(PY) -m pipeline.bench read
+
+clean:
+	rm -rf data/shards bench/*.json

@@ -1,0 +1,169 @@
+"""The ``ssmspine`` command: parse arguments, call the library, print, and pick an exit code.
+
+Exit codes: 0 success; 1 ``verify`` found differences; 2 bad input or output (the message names
+the archive, member, shard or field); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from typing import Sequence
+
+from . import __version__
+from .schema import SSMSpineError
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1}
+for _power, _prefix in enumerate("kmgt", start=1):
+    _UNITS.update({_prefix: 1000**_power, f"{_prefix}b": 1000**_power, f"{_prefix}ib": 1024**_power})
+
+
+def parse_size(text: str) -> int:
+    """``"256MB"`` → 256_000_000, ``"1GiB"`` → 2**30; bare numbers are bytes."""
+    match = _SIZE_RE.match(text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256MB or 1GiB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_patients(text: str) -> tuple[int, ...]:
+    """``"3,7,12"`` → (3, 7, 12)."""
+    try:
+        return tuple(sorted({int(p.strip().lstrip("p")) for p in text.split(",") if p.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of patient numbers: {text!r}") from None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core)")
+    parser.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssmspine", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="write a synthetic archive in the SSMSpine release format")
+    synth.add_argument("out", help="zip file to write (or a directory with --tree)")
+    synth.add_argument("--patients", type=int, default=1)
+    synth.add_argument("--shapes", type=int, default=8)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--first-patient", type=int, default=1)
+    synth.add_argument("--root", default="Train", help="member root, may be nested (SSMSpine_Train/Train)")
+    synth.add_argument("--values", choices=("numpy", "tensor"), default="numpy")
+    synth.add_argument("--image-dtype", default="float32")
+    synth.add_argument("--mask-dtype", default="uint8")
+    synth.add_argument("--label-dtype", default="int64")
+    synth.add_argument("--landmark-dtype", default="float64")
+    synth.add_argument("--compression", choices=("deflate", "stored"), default="deflate")
+    synth.add_argument("--numpy-pickle", type=int, choices=(1, 2), default=1,
+                       help="name numpy globals as numpy 1.x (as the 2024 release does) or 2.x")  # fmt: skip
+    synth.add_argument("--junk", action="store_true", help="add __MACOSX/ and .DS_Store entries")
+    synth.add_argument("--tree", action="store_true", help="write an extracted directory instead of a zip")
+
+    convert = commands.add_parser("convert", help="convert archives into Zarr + WebDataset shards")
+    convert.add_argument("sources", nargs="+", help="SSMSpine zip archives or extracted directories")
+    convert.add_argument("--out", required=True, help="output directory")
+    convert.add_argument("--shard-size", type=parse_size, default=parse_size("256MB"),
+                         help="target tar shard size, e.g. 256MB (default)")  # fmt: skip
+    convert.add_argument("--split", help="split name for all sources (default: from the archive root)")
+    convert.add_argument("--val-patients", type=parse_patients, default=(),
+                         help="train patient numbers to move into a 'val' split, e.g. 3,7,12")  # fmt: skip
+    _add_cluster_options(convert)
+
+    verify = commands.add_parser("verify", help="compare an output bit for bit with its sources")
+    verify.add_argument("sources", nargs="*", help="the sources (default: check against the manifest)")
+    verify.add_argument("--out", required=True, help="output directory")
+    _add_cluster_options(verify)
+    return parser
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synth import SynthConfig, write_archive, write_tree
+
+    config = SynthConfig(
+        patients=args.patients, shapes=args.shapes, seed=args.seed, first_patient=args.first_patient,
+        root=args.root, values=args.values, image_dtype=args.image_dtype, mask_dtype=args.mask_dtype,
+        label_dtype=args.label_dtype, landmark_dtype=args.landmark_dtype, compression=args.compression,
+        numpy_pickle=args.numpy_pickle, junk=args.junk,
+    )  # fmt: skip
+    path = (write_tree if args.tree else write_archive)(args.out, config)
+    print(f"wrote {path}: {args.patients * args.shapes} samples")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import ConvertOptions, convert
+
+    options = ConvertOptions(
+        shard_bytes=args.shard_size, workers=args.workers, scheduler=args.scheduler, split=args.split,
+        val_patients=args.val_patients, progress=not args.no_progress,
+    )  # fmt: skip
+    summary = convert(args.sources, args.out, options)
+    if summary.up_to_date:
+        print(f"{args.out} is up to date: {summary.samples} samples, nothing to do")
+        return 0
+    splits = ", ".join(f"{split} {n}" for split, n in summary.splits.items())
+    print(f"converted {summary.samples} samples ({splits}) into {args.out}")
+    print(f"  shards: {summary.shards_written} written, {summary.shards_kept} kept from an earlier run")
+    print(f"  bytes in: {human_bytes(summary.source_bytes)} (sources)")
+    for name, nbytes in (("zarr", summary.zarr_bytes), ("wds", summary.wds_bytes)):
+        ratio = nbytes / summary.source_bytes if summary.source_bytes else 0
+        print(f"  bytes out, {name}: {human_bytes(nbytes)} ({ratio:.3f} of the sources)")
+    work = summary.seconds - summary.startup_seconds
+    rate = summary.samples / work if work > 0 else 0
+    print(f"  time: {summary.seconds:.1f} s ({summary.startup_seconds:.1f} s cluster start-up), {rate:.1f} samples/s")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    report = verify(args.out, args.sources or None, scheduler=args.scheduler, workers=args.workers,
+                    progress=not args.no_progress)  # fmt: skip
+    for problem in report.problems[:50]:
+        print(problem)
+    if len(report.problems) > 50:
+        print(f"... and {len(report.problems) - 50} more")
+    verdict = "OK" if report.ok else f"FAILED: {len(report.problems)} differences"
+    print(f"verify against {report.against}: {report.samples} samples in {report.shards} shards, "
+          f"both formats: {verdict}")  # fmt: skip
+    return 0 if report.ok else 1
+
+
+COMMANDS = {"synth": _synth, "convert": _convert, "verify": _verify}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:  # Dask narrates cluster start and stop at INFO; keep its warnings
+        import distributed  # noqa: F401  (its import configures the logger we quieten here)
+
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except SSMSpineError as exc:
+        print(f"ssmspine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ssmspine {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

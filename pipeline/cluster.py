@@ -1,0 +1,74 @@
+"""Where the Dask work runs: a local cluster sized to the machine, or an existing cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Callable, Iterator, Sequence, TypeVar
+
+from distributed import Client, LocalCluster, as_completed
+
+from .progress import progress_bar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+
+def default_workers() -> int:
+    """One single-threaded worker process per usable core: conversion is CPU-bound Python."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
+    """A client of the cluster at ``scheduler``, or of a new local cluster of ``workers`` processes.
+
+    Workers of an existing cluster must see the source archives and the output directory at the
+    same paths as this process (one machine, or a shared file system).
+    """
+    if scheduler:
+        with Client(scheduler) as client:
+            log.info("using the Dask cluster at %s (%d workers)", scheduler, len(client.scheduler_info()["workers"]))
+            yield client
+        return
+    n = workers or default_workers()
+    with LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.WARNING,
+    ) as cluster, Client(cluster) as client:  # fmt: skip
+        log.info("started a local Dask cluster of %d workers", n)
+        yield client
+
+
+def run_tasks(function: Callable[[T], R], tasks: Sequence[T], *, scheduler: str | None, workers: int | None,
+              sizes: Sequence[int], size_of: Callable[[R], int], desc: str,
+              progress: bool) -> tuple[list[R], float]:  # fmt: skip
+    """Run ``function`` over ``tasks`` on Dask, in completion order, with a progress bar.
+
+    Returns the results and the seconds spent starting (or connecting to) the cluster. The first
+    failing task cancels the rest and its exception propagates.
+    """
+    if not tasks:
+        return [], 0.0
+    started = time.perf_counter()
+    with dask_client(scheduler, workers) as client:
+        startup = time.perf_counter() - started
+        futures = client.map(function, tasks, pure=False)
+        results = []
+        with progress_bar(sum(sizes), desc, progress) as bar:
+            try:
+                for future in as_completed(futures):
+                    result = future.result()
+                    results.append(result)
+                    bar.update(size_of(result))
+            except BaseException:
+                client.cancel(futures)
+                raise
+    return results, startup

@@ -1,0 +1,430 @@
+"""The conversion: source members → groups → Dask tasks → shards, then the manifest.
+
+The coordinator lists members (zip central directories only), decodes a couple of samples to fix
+the schema and measure encodings, creates the Zarr arrays, and submits one task per group of
+consecutive samples of a split. A task (:func:`convert_group`) is a pure function of its
+:class:`GroupTask`: it reads its members straight from the zip, writes one tar shard and the
+Zarr shards of its own rows, reads both back, and returns a small :class:`ShardMeta`. Big data
+never crosses the wire, and no two tasks write the same file.
+
+Everything a task finishes is recorded under ``DIR/.progress``; a re-run keeps recorded shards
+whose size and checksum still match and converts only the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import xxhash
+
+from . import __version__, manifest, source, tar_shards, zarr_store
+from .cluster import run_tasks
+from .codecs import Encoding, choose_encodings
+from .manifest import ShardMeta
+from .schema import (
+    LABEL_NAMES,
+    OutputError,
+    Schema,
+    SSMSpineError,
+    check_sample,
+    schema_from_json,
+    schema_from_sample,
+    schema_of,
+    schema_to_json,
+)
+from .source import SourceMember
+
+log = logging.getLogger(__name__)
+
+WDS_DIR = "wds"
+#: Raw (decoded) bytes of one Zarr shard of one field at most: bounds a task's memory.
+ZARR_SHARD_RAW_BYTES = 256 << 20
+#: Per-member tar overhead: a 512-byte header and padding to 512 bytes on average.
+TAR_MEMBER_OVERHEAD = 768
+#: What a plan decides once (by measurement) and every later run into the same output reuses.
+PLAN_KEYS = ("schema", "encodings", "encoded_ratio", "zarr_shard_samples", "group_samples")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to convert; everything that changes the output bytes is recorded in the plan."""
+
+    shard_bytes: int = 256 << 20
+    workers: int | None = None
+    scheduler: str | None = None
+    split: str | None = None
+    val_patients: tuple[int, ...] = ()
+    calibration_samples: int = 2
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    """Everything one task needs; small, so it travels cheaply to any worker."""
+
+    out: str
+    split: str
+    index: int
+    start: int
+    members: tuple[SourceMember, ...]
+    schema: dict
+    encodings: dict
+    zarr_shard_samples: int
+
+    @property
+    def tar_path(self) -> Path:
+        return Path(self.out) / shard_file(self.split, self.index)
+
+
+@dataclass
+class Summary:
+    """What a conversion did, for the CLI's final report."""
+
+    samples: int = 0
+    source_bytes: int = 0
+    zarr_bytes: int = 0
+    wds_bytes: int = 0
+    seconds: float = 0.0
+    startup_seconds: float = 0.0
+    shards_written: int = 0
+    shards_kept: int = 0
+    up_to_date: bool = False
+    splits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+
+def shard_file(split: str, index: int) -> str:
+    return f"{WDS_DIR}/{split}-{index:06d}.tar"
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def digest(array: np.ndarray) -> str:
+    """128-bit digest of an array's bytes (dtype and shape are checked by the schema)."""
+    return xxhash.xxh3_128_hexdigest(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+
+def convert_group(task: GroupTask) -> ShardMeta:
+    """Decode one group, write its tar shard and Zarr rows, read both back, return metadata."""
+    _limit_threads()
+    schema = schema_from_json(task.schema)
+    encodings = {f: Encoding.from_json(e) for f, e in task.encodings.items()}
+    writer = tar_shards.ShardWriter(task.tar_path)
+    try:
+        digests: dict[str, list[str]] = {f: [] for f in schema}
+        keys: list[str] = []
+        for offset, block in _blocks(task.members, task.zarr_shard_samples):
+            buffers = {f: np.empty((len(block), *spec.shape), spec.numpy_dtype) for f, spec in schema.items()}
+            for row, (member, sample) in enumerate(zip(block, source.read_samples(m.location for m in block))):
+                check_sample(sample, schema, member.archive, member.member)
+                writer.add(member.key, {f: tar_shards.encode_field(sample[f], encodings[f]) for f in schema})
+                for f in schema:
+                    buffers[f][row] = sample[f]
+                    digests[f].append(digest(sample[f]))
+                keys.append(member.key)
+            _write_zarr_block(task, task.start + offset, buffers)
+        writer.close()
+        _check_tar(writer.tmp_path, shard_file(task.split, task.index), keys, digests)
+        meta = ShardMeta(
+            split=task.split,
+            index=task.index,
+            file=shard_file(task.split, task.index),
+            start=task.start,
+            keys=keys,
+            bytes=writer.tmp_path.stat().st_size,
+            sha256=tar_shards.file_sha256(writer.tmp_path),
+            digests=digests,
+        )
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    manifest.record_shard(task.out, meta)
+    return meta
+
+
+def _limit_threads() -> None:
+    """One task per core: keep torch and Blosc from each starting a thread per core too."""
+    import numcodecs.blosc
+    import torch
+
+    torch.set_num_threads(1)
+    numcodecs.blosc.set_nthreads(1)
+
+
+def _blocks(members: Sequence[SourceMember], size: int) -> Iterator[tuple[int, Sequence[SourceMember]]]:
+    for offset in range(0, len(members), size):
+        yield offset, members[offset : offset + size]
+
+
+def _write_zarr_block(task: GroupTask, start: int, buffers: Mapping[str, np.ndarray]) -> None:
+    """Write whole Zarr shards of every field, then read them back and compare bit for bit."""
+    for f, data in buffers.items():
+        zarr_store.write_region(task.out, task.split, f, start, data)
+        back = zarr_store.read_region(task.out, task.split, f, start, start + len(data))
+        if back.dtype != data.dtype or not np.array_equal(back.view(np.uint8), data.view(np.uint8)):
+            raise OutputError(f"{zarr_store.store_path(task.out)}/{task.split}/{f}: rows {start}.. "
+                              "read back differently from what was written")  # fmt: skip
+
+
+def _check_tar(path: Path, name: str, keys: Sequence[str], digests: Mapping[str, Sequence[str]]) -> None:
+    """Read the finished (still temporary) tar back and compare every field with the source."""
+    samples = tar_shards.iter_shard(path)
+    count = 0
+    for row, sample in enumerate(samples):
+        if row >= len(keys) or sample["__key__"] != keys[row]:
+            raise OutputError(f"{name}: sample {row} reads back as {sample['__key__']!r}")
+        for f, expected in digests.items():
+            if digest(sample[f]) != expected[row]:
+                raise OutputError(f"{name}: {keys[row]}.{f} reads back differently from the source")
+        count += 1
+    if count != len(keys):
+        raise OutputError(f"{name}: reads back {count} samples, wrote {len(keys)}")
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def collect_members(sources: Sequence[str], options: ConvertOptions) -> dict[str, list[SourceMember]]:
+    """Members of all sources by split, with validation patients moved to ``val``."""
+    by_split: dict[str, list[SourceMember]] = {}
+    seen: dict[tuple[str, str], SourceMember] = {}
+    for src in sources:
+        for member in source.list_members(src, options.split):
+            if member.patient in options.val_patients and member.split == "train":
+                member = SourceMember("val", member.patient, member.aug, member.archive, member.member, member.root)
+            previous = seen.setdefault((member.split, member.key), member)
+            if previous is not member:
+                raise source.SourceError(
+                    member.archive, member.member,
+                    f"sample {member.key} of split {member.split!r} also comes from "
+                    f"{previous.archive}: {previous.member}",
+                )  # fmt: skip
+            by_split.setdefault(member.split, []).append(member)
+    for split_members in by_split.values():
+        split_members.sort()
+    return dict(sorted(by_split.items()))
+
+
+def _calibrate(members: Sequence[SourceMember], options: ConvertOptions) -> dict:
+    """Decode a few samples: fix the schema, choose encodings, size the shards."""
+    samples = []
+    calibration = members[: options.calibration_samples]
+    for member, sample in zip(calibration, source.read_samples(m.location for m in calibration)):
+        if samples:
+            check_sample(sample, schema_of(samples[0]), member.archive, member.member)
+        samples.append(sample)
+    schema = schema_from_sample(samples[0], members[0].archive, members[0].member)
+    choices = choose_encodings(samples)
+    encoded_per_sample = sum(m.nbytes for m in choices.values()) / len(samples)
+    encoded_per_sample += TAR_MEMBER_OVERHEAD * len(schema)
+    raw_per_sample = sum(spec.nbytes for spec in schema.values())
+    zarr_shard_samples = max(1, min(ZARR_SHARD_RAW_BYTES // raw_per_sample, options.shard_bytes // int(encoded_per_sample) or 1))
+    group = max(1, int(options.shard_bytes // encoded_per_sample) // zarr_shard_samples) * zarr_shard_samples
+    return {
+        "schema": schema_to_json(schema),
+        "encodings": {f: m.encoding.to_json() for f, m in choices.items()},
+        "encoded_ratio": {f: m.nbytes / sum(s[f].nbytes for s in samples) for f, m in choices.items()},
+        "zarr_shard_samples": int(zarr_shard_samples),
+        "group_samples": int(group),
+    }
+
+
+def _plan_identity(sources: Sequence[str], by_split: Mapping[str, Sequence[SourceMember]],
+                   options: ConvertOptions) -> dict:  # fmt: skip
+    """What must match for a re-run to reuse earlier output: sources, splits and shard size."""
+    return {
+        "sources": [source.fingerprint(s) for s in sources],
+        "splits": {split: [m.key for m in members] for split, members in by_split.items()},
+        "shard_bytes": options.shard_bytes,
+    }
+
+
+def _load_or_make_plan(out: Path, identity: dict, by_split: Mapping[str, Sequence[SourceMember]],
+                       options: ConvertOptions) -> dict:  # fmt: skip
+    """The plan of an earlier run into ``out`` if it converts the same thing, else a new one.
+
+    Encodings are chosen by timing, so a re-run must reuse the recorded choice rather than
+    measure again: otherwise resumed shards could differ from the kept ones.
+    """
+    path = manifest.plan_path(out)
+    if manifest.manifest_path(out).exists():
+        done = manifest.read_manifest(out)
+        plan = {"identity": identity, **{k: done[k] for k in PLAN_KEYS}}
+    elif path.exists():
+        plan = manifest.read_json(path)
+        if plan["identity"] != identity:
+            raise OutputError(
+                f"{out} holds an unfinished conversion of other sources or options; "
+                "choose another --out, or delete it to start over"
+            )
+    else:
+        first_split = next(iter(by_split.values()))
+        plan = {"identity": identity, **_calibrate(first_split, options)}
+    manifest.write_json_atomic(path, plan)
+    return plan
+
+
+def _recorded_shards(out: Path) -> dict[tuple[str, int], ShardMeta]:
+    """Shards an earlier run finished: from its manifest, and from progress records since."""
+    recorded = {}
+    if manifest.manifest_path(out).exists():
+        done = manifest.read_manifest(out)
+        recorded = {(m.split, m.index): m for split in done["splits"] for m in manifest.shards_of(done, split)}
+    for meta in manifest.recorded_shards(out):
+        recorded[(meta.split, meta.index)] = meta
+    return recorded
+
+
+def _tasks(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]]) -> list[GroupTask]:
+    group = plan["group_samples"]
+    return [
+        GroupTask(
+            out=str(out),
+            split=split,
+            index=start // group,
+            start=start,
+            members=tuple(members[start : start + group]),
+            schema=plan["schema"],
+            encodings=plan["encodings"],
+            zarr_shard_samples=plan["zarr_shard_samples"],
+        )
+        for split, members in by_split.items()
+        for start in range(0, len(members), group)
+    ]
+
+
+def _kept_shard(task: GroupTask, meta: ShardMeta | None) -> ShardMeta | None:
+    """``meta`` if it records ``task`` and its shard is still there with that size and checksum."""
+    if meta is None or meta.keys != [m.key for m in task.members] or meta.start != task.start:
+        return None
+    path = Path(task.out) / meta.file
+    if not path.exists() or path.stat().st_size != meta.bytes or tar_shards.file_sha256(path) != meta.sha256:
+        log.warning("%s: does not match its progress record; converting it again", path)
+        return None
+    return meta
+
+
+def _remove_temporaries(out: Path) -> None:
+    for tmp in (out / WDS_DIR).glob("*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def _create_zarr(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]],
+                 sources: list[dict]) -> None:  # fmt: skip
+    schema = schema_from_json(plan["schema"])
+    encodings = {f: Encoding.from_json(e) for f, e in plan["encodings"].items()}
+    for split, members in by_split.items():
+        zarr_store.create_split(
+            out, split, schema, encodings,
+            patients=np.array([m.patient for m in members]),
+            augs=np.array([m.aug for m in members]),
+            shard_samples=plan["zarr_shard_samples"],
+            attributes={"fields": list(schema), "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
+                        "schema": plan["schema"], "sources": sources},
+        )  # fmt: skip
+
+
+def _build_manifest(plan: dict, by_split: Mapping[str, Sequence[SourceMember]],
+                    metas: Sequence[ShardMeta]) -> dict:  # fmt: skip
+    splits = {}
+    for split, members in by_split.items():
+        shards = sorted((m for m in metas if m.split == split), key=lambda m: m.index)
+        splits[split] = {
+            "samples": len(members),
+            "keys": [m.key for m in members],
+            "patient": [m.patient for m in members],
+            "aug": [m.aug for m in members],
+            "members": [{"archive": os.path.basename(m.archive), "member": m.member} for m in members],
+            "shards": [s.to_json() for s in shards],
+        }
+    return {
+        "format": manifest.FORMAT,
+        "format_version": manifest.FORMAT_VERSION,
+        "tool_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sources": plan["identity"]["sources"],
+        "shard_bytes": plan["identity"]["shard_bytes"],
+        **{k: plan[k] for k in PLAN_KEYS},
+        "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
+        "zarr": zarr_store.STORE_NAME,
+        "wds": {"dir": WDS_DIR, "member_suffix": tar_shards.EXTENSION},
+        "splits": splits,
+    }
+
+
+def _is_up_to_date(out: Path, identity: dict) -> bool:
+    """A finished output of the same sources whose shards all have their recorded sizes."""
+    if not manifest.manifest_path(out).exists():
+        return False
+    done = manifest.read_manifest(out)
+    same = done["sources"] == identity["sources"] and done["shard_bytes"] == identity["shard_bytes"] and {
+        split: info["keys"] for split, info in done["splits"].items()
+    } == identity["splits"]
+    if not same:
+        raise OutputError(f"{out} holds a finished conversion of other sources or options; choose another --out")
+    return all(
+        (out / shard["file"]).is_file() and (out / shard["file"]).stat().st_size == shard["bytes"]
+        for info in done["splits"].values()
+        for shard in info["shards"]
+    )
+
+
+def convert(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
+            options: ConvertOptions = ConvertOptions()) -> Summary:  # fmt: skip
+    """Convert SSMSpine source archives (or extracted directories) into ``out``.
+
+    Resumable: re-running after an interruption converts only the missing shards; re-running
+    on a finished output does no work.
+    """
+    started = time.perf_counter()
+    sources = [os.fspath(s) for s in sources]
+    out = Path(out)
+    by_split = collect_members(sources, options)
+    identity = _plan_identity(sources, by_split, options)
+    summary = Summary(samples=sum(map(len, by_split.values())), splits={s: len(m) for s, m in by_split.items()},
+                      source_bytes=sum(s["bytes"] for s in identity["sources"]))  # fmt: skip
+    if _is_up_to_date(out, identity):
+        summary.up_to_date = True
+    else:
+        (out / WDS_DIR).mkdir(parents=True, exist_ok=True)
+        _remove_temporaries(out)
+        plan = _load_or_make_plan(out, identity, by_split, options)
+        _create_zarr(out, plan, by_split, identity["sources"])
+        tasks = _tasks(out, plan, by_split)
+        recorded = _recorded_shards(out)
+        kept = {(t.split, t.index): m for t in tasks if (m := _kept_shard(t, recorded.get((t.split, t.index))))}
+        todo = [t for t in tasks if (t.split, t.index) not in kept]
+        summary.shards_kept, summary.shards_written = len(kept), len(todo)
+        written, summary.startup_seconds = _run(todo, options)
+        manifest.write_manifest(out, _build_manifest(plan, by_split, [*kept.values(), *written]))
+        shutil.rmtree(out / manifest.PROGRESS_DIR, ignore_errors=True)
+    summary.zarr_bytes = _tree_bytes(zarr_store.store_path(out))
+    summary.wds_bytes = _tree_bytes(out / WDS_DIR)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _run(tasks: Sequence[GroupTask], options: ConvertOptions) -> tuple[list[ShardMeta], float]:
+    """Run tasks on Dask; return their results and the seconds spent starting the cluster."""
+    return run_tasks(
+        convert_group, tasks, scheduler=options.scheduler, workers=options.workers,
+        sizes=[len(t.members) for t in tasks], size_of=lambda meta: meta.samples,
+        desc="converting", progress=options.progress,
+    )  # fmt: skip

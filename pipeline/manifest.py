@@ -1,0 +1,123 @@
+"""``DIR/manifest.json`` and the per-shard progress records a conversion leaves behind.
+
+The manifest is the one document a reader needs: sources (name, bytes, fingerprint), schema,
+encodings, and per split the keys, the patient/aug of each key and the tar shards (file,
+samples, bytes, sha256) with a 128-bit digest of every field of every sample — enough to check
+an output bit for bit without the source archives.
+
+While a conversion runs, each finished task records its :class:`ShardMeta` in
+``DIR/.progress/<split>-NNNNNN.json``; a re-run keeps those shards (after checking size and
+checksum) and converts only the rest. The manifest is written last, atomically; its presence
+means the output is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .schema import OutputError
+
+MANIFEST_NAME = "manifest.json"
+PROGRESS_DIR = ".progress"
+PLAN_NAME = "plan.json"
+FORMAT = "ssmspine-shards"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShardMeta:
+    """What one conversion task wrote: a tar shard and the Zarr region aligned with it."""
+
+    split: str
+    index: int
+    file: str  # relative to DIR, e.g. "wds/train-000000.tar"
+    start: int  # first sample (row in the split's Zarr arrays)
+    keys: list[str]
+    bytes: int
+    sha256: str
+    digests: dict[str, list[str]] = field(default_factory=dict)  # field -> per-sample xxh3-128 hex
+
+    @property
+    def samples(self) -> int:
+        return len(self.keys)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ShardMeta":
+        return cls(**data)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the manifest from other users
+        with os.fdopen(fd, "w") as file:
+            json.dump(data, file, indent=1)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except json.JSONDecodeError as exc:
+        raise OutputError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def progress_path(out: str | os.PathLike, split: str, index: int) -> Path:
+    return Path(out) / PROGRESS_DIR / f"{split}-{index:06d}.json"
+
+
+def plan_path(out: str | os.PathLike) -> Path:
+    return Path(out) / PROGRESS_DIR / PLAN_NAME
+
+
+def record_shard(out: str | os.PathLike, meta: ShardMeta) -> None:
+    write_json_atomic(progress_path(out, meta.split, meta.index), meta.to_json())
+
+
+def recorded_shards(out: str | os.PathLike) -> list[ShardMeta]:
+    """Shards whose tasks finished since the last manifest was written."""
+    folder = Path(out) / PROGRESS_DIR
+    return [ShardMeta.from_json(read_json(p)) for p in sorted(folder.glob("*-*.json"))]
+
+
+def manifest_path(out: str | os.PathLike) -> Path:
+    return Path(out) / MANIFEST_NAME
+
+
+def write_manifest(out: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
+    write_json_atomic(manifest_path(out), manifest)
+
+
+def read_manifest(out: str | os.PathLike) -> dict:
+    """The manifest of a finished output, checked for format and version."""
+    path = manifest_path(out)
+    if not path.exists():
+        raise OutputError(f"{path}: no manifest; the conversion into {out} has not finished")
+    manifest = read_json(path)
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise OutputError(f"{path}: not an {FORMAT} v{FORMAT_VERSION} manifest")
+    return manifest
+
+
+def shards_of(manifest: Mapping[str, Any], split: str) -> list[ShardMeta]:
+    try:
+        return [ShardMeta.from_json(s) for s in manifest["splits"][split]["shards"]]
+    except KeyError as exc:
+        raise OutputError(f"the manifest has no split {split!r} (has {sorted(manifest['splits'])})") from exc

@@ -1,0 +1,179 @@
+"""WebDataset tar shards: per-field member encoding, atomic shard writing, and decoding.
+
+A shard is a plain POSIX tar that stock ``webdataset.WebDataset(url)`` reads. Each sample is a run
+of members ``<key>.<field>.npy.blosc``, one per field, in schema order. A member holds an ``.npy``
+header (dtype, shape, order — so every member describes itself) followed by a Blosc frame of the
+array's bytes, compressed with the field's measured :class:`~pipeline.codecs.Encoding`. Decoding
+parses the small header and decompresses straight into the output array: one copy, no pickle.
+
+Members carry a fixed mtime and owner, so converting the same data twice gives byte-identical
+shards (and identical checksums in the manifest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from . import codecs
+from .codecs import Encoding
+from .schema import OutputError
+
+EXTENSION = "npy.blosc"
+_SUFFIX = "." + EXTENSION
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def npy_header(array: np.ndarray) -> bytes:
+    """The ``.npy`` header of ``array`` (padded by numpy to a multiple of 64 bytes)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, np.lib.format.header_data_from_array_1_0(array))
+    return buffer.getvalue()
+
+
+def encode_field(array: np.ndarray, encoding: Encoding) -> bytes:
+    """One tar member's payload: the npy header, then the Blosc-compressed array bytes."""
+    return npy_header(array) + encoding.encode(array, array.dtype.itemsize)
+
+
+def decode_field(payload: bytes | memoryview, name: str = "member") -> np.ndarray:
+    """Inverse of :func:`encode_field`; the result is a fresh, writable array."""
+    view = memoryview(payload)
+    if bytes(view[:6]) != _NPY_MAGIC:
+        raise OutputError(f"{name}: not an npy.blosc member (bad magic)")
+    header_length = int.from_bytes(view[8:10], "little") + 10
+    header = io.BytesIO(bytes(view[:header_length]))
+    np.lib.format.read_magic(header)
+    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(header)
+    array = np.empty(shape, dtype=dtype, order="F" if fortran_order else "C")
+    try:
+        codecs.decode(view[header_length:], out=memoryview(array.reshape(-1, order="A")).cast("B"))
+    except Exception as exc:  # numcodecs raises RuntimeError/ValueError on a damaged frame
+        raise OutputError(f"{name}: damaged Blosc data ({exc})") from exc
+    return array
+
+
+def member_name(key: str, field: str) -> str:
+    return f"{key}.{field}{_SUFFIX}"
+
+
+def field_of(member_suffix: str) -> str | None:
+    """``"img.npy.blosc"`` → ``"img"``; None for members that are not fields."""
+    return member_suffix[: -len(_SUFFIX)] if member_suffix.endswith(_SUFFIX) else None
+
+
+def decode_wds_sample(sample: Mapping[str, object], fields: Iterable[str] | None = None) -> dict:
+    """Turn a sample dict from stock ``webdataset.WebDataset(url)`` into ``{field: ndarray}``.
+
+    The result also carries ``"__key__"`` (e.g. ``"p12_aug037"``). ``fields`` limits decoding to
+    those fields; the others are skipped without being decompressed.
+    """
+    wanted = None if fields is None else set(fields)
+    out: dict = {"__key__": sample["__key__"]}
+    for suffix, payload in sample.items():
+        field = field_of(suffix)
+        if field is not None and (wanted is None or field in wanted):
+            out[field] = decode_field(payload, f"{sample['__key__']}.{suffix}")
+    if wanted is not None and not wanted <= out.keys():
+        missing = sorted(wanted - out.keys())
+        raise OutputError(f"sample {sample['__key__']} has no member for field(s) {missing}")
+    return out
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0  # reproducible bytes: same data, same shard, same checksum
+    info.uname = info.gname = ""
+    return info
+
+
+class ShardWriter:
+    """Writes one tar shard under a temporary name; :meth:`commit` renames it into place.
+
+    Until the rename, nothing at ``path`` looks like a finished shard, so an interrupted task
+    leaves at worst a ``*.tmp-*`` file that the next run removes.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._file = open(self.tmp_path, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+
+    def add(self, key: str, payloads: Mapping[str, bytes]) -> None:
+        """Append one sample: ``payloads`` maps field → encoded member bytes, in schema order."""
+        for field, payload in payloads.items():
+            self._tar.addfile(_tarinfo(member_name(key, field), len(payload)), io.BytesIO(payload))
+
+    def close(self) -> None:
+        """Finish the tar and flush it to disk, still under the temporary name."""
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def commit(self) -> None:
+        os.replace(self.tmp_path, self.path)
+
+    def abort(self) -> None:
+        for closeable in (self._tar, self._file):
+            try:
+                closeable.close()
+            except Exception:  # already failing; the temporary file is removed below
+                pass
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def iter_shard(path: str | os.PathLike, fields: Iterable[str] | None = None) -> Iterator[dict]:
+    """Decoded samples of one shard, in order (a plain reader, no webdataset needed)."""
+    yield from _iter_shard_file(open(path, "rb"), str(path), fields)
+
+
+def iter_members(file: BinaryIO, name: str) -> Iterator[tuple[str, str, bytes]]:
+    """``(key, suffix, payload)`` of each member of a tar stream, with errors naming the shard."""
+    try:
+        with tarfile.open(fileobj=file, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                base = os.path.basename(info.name)
+                key, _, suffix = base.partition(".")
+                yield key, suffix, tar.extractfile(info).read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise OutputError(f"{name}: corrupt or truncated tar ({exc})") from exc
+
+
+def group_samples(members: Iterable[tuple[str, str, bytes]]) -> Iterator[dict]:
+    """Group consecutive members by key into webdataset-style sample dicts."""
+    sample: dict | None = None
+    for key, suffix, payload in members:
+        if sample is not None and sample["__key__"] != key:
+            yield sample
+            sample = None
+        if sample is None:
+            sample = {"__key__": key}
+        sample[suffix] = payload
+    if sample is not None:
+        yield sample
+
+
+def _iter_shard_file(file: BinaryIO, name: str, fields: Iterable[str] | None) -> Iterator[dict]:
+    with file:
+        for sample in group_samples(iter_members(file, name)):
+            yield decode_wds_sample(sample, fields)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
