@@ -45,8 +45,6 @@ from .source import SourceMember
 log = logging.getLogger(__name__)
 
 WDS_DIR = "wds"
-#: Raw (decoded) bytes of one Zarr shard of one field at most: bounds a task's memory.
-ZARR_SHARD_RAW_BYTES = 256 << 20
 #: Per-member tar overhead: a 512-byte header and padding to 512 bytes on average.
 TAR_MEMBER_OVERHEAD = 768
 #: What a plan decides once (by measurement) and every later run into the same output reuses.
@@ -58,6 +56,9 @@ class ConvertOptions:
     """How to convert; everything that changes the output bytes is recorded in the plan."""
 
     shard_bytes: int = 256 << 20
+    #: Decoded bytes of one Zarr shard of all fields at most: a task holds one such block in
+    #: memory (twice, while reading it back), so this bounds a worker's memory.
+    zarr_shard_bytes: int = 256 << 20
     workers: int | None = None
     scheduler: str | None = None
     split: str | None = None
@@ -125,11 +126,13 @@ def convert_group(task: GroupTask) -> ShardMeta:
     try:
         digests: dict[str, list[str]] = {f: [] for f in schema}
         keys: list[str] = []
+        payloads: list[list[int]] = []
         for offset, block in _blocks(task.members, task.zarr_shard_samples):
             buffers = {f: np.empty((len(block), *spec.shape), spec.numpy_dtype) for f, spec in schema.items()}
             for row, (member, sample) in enumerate(zip(block, source.read_samples(m.location for m in block))):
                 check_sample(sample, schema, member.archive, member.member)
-                writer.add(member.key, {f: tar_shards.encode_field(sample[f], encodings[f]) for f in schema})
+                encoded = {f: tar_shards.encode_field(sample[f], encodings[f]) for f in schema}
+                payloads.append(writer.add(member.key, encoded))
                 for f in schema:
                     buffers[f][row] = sample[f]
                     digests[f].append(digest(sample[f]))
@@ -146,6 +149,7 @@ def convert_group(task: GroupTask) -> ShardMeta:
             bytes=writer.tmp_path.stat().st_size,
             sha256=tar_shards.file_sha256(writer.tmp_path),
             digests=digests,
+            payloads=payloads,
         )
         writer.commit()
     except BaseException:
@@ -231,8 +235,9 @@ def _calibrate(members: Sequence[SourceMember], options: ConvertOptions) -> dict
     encoded_per_sample = sum(m.nbytes for m in choices.values()) / len(samples)
     encoded_per_sample += TAR_MEMBER_OVERHEAD * len(schema)
     raw_per_sample = sum(spec.nbytes for spec in schema.values())
-    zarr_shard_samples = max(1, min(ZARR_SHARD_RAW_BYTES // raw_per_sample, options.shard_bytes // int(encoded_per_sample) or 1))
-    group = max(1, int(options.shard_bytes // encoded_per_sample) // zarr_shard_samples) * zarr_shard_samples
+    group_target = max(1, int(options.shard_bytes // encoded_per_sample))
+    zarr_shard_samples = max(1, min(options.zarr_shard_bytes // raw_per_sample, group_target))
+    group = max(1, group_target // zarr_shard_samples) * zarr_shard_samples
     return {
         "schema": schema_to_json(schema),
         "encodings": {f: m.encoding.to_json() for f, m in choices.items()},

@@ -41,6 +41,8 @@ class ShardMeta:
     bytes: int
     sha256: str
     digests: dict[str, list[str]] = field(default_factory=dict)  # field -> per-sample xxh3-128 hex
+    #: per sample, [offset, size] of each field's member payload in the tar, in schema order
+    payloads: list[list[int]] = field(default_factory=list)
 
     @property
     def samples(self) -> int:

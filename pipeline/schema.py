@@ -76,6 +76,9 @@ class SourceError(SSMSpineError):
         where = f"{archive}: {member}" if member else archive
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self):  # errors raised in Dask workers travel back to the client pickled
+        return type(self), (self.archive, self.member, self.reason)
+
 
 class SchemaError(SourceError):
     """A sample decoded fine but does not match the schema of the rest of the data."""

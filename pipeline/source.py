@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 #: A sample is ~30 MB decoded at most (float32 masks); anything far larger is not a sample.
 MAX_MEMBER_BYTES = 1 << 30
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+_PICKLE_MAGIC = b"\x80"  # protocol 2+ pickle: torch's legacy format
 _MEMBER_RE = re.compile(r"(?:^|/)(?P<root>[^/]+)/p(?P<patient>\d+)/aug(?P<aug>\d+)\.pt$")
 
 _NUMPY_DTYPE_CLASSES = [
@@ -225,6 +227,8 @@ def decode_sample(data: bytes, archive: str, member: str) -> dict[str, np.ndarra
     """Safely unpickle one ``.pt`` file into ``{field: numpy array}`` in the source dtypes."""
     if not data:
         raise SourceError(archive, member, "is empty")
+    if not data.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raise SourceError(archive, member, "is not a torch file (neither torch's zip format nor a legacy pickle)")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -247,7 +251,8 @@ def _refusal_reason(data: bytes, exc: Exception) -> str:
             f"refused: the pickle asks for globals outside the allow-list {unsafe}; "
             "loading it could run code, so it was not loaded"
         )
-    return f"refused by the safe unpickler ({exc})".splitlines()[0]
+    detail = re.search(r"WeightsUnpickler error: (.+)", str(exc))
+    return f"refused by the safe unpickler: {detail.group(1) if detail else str(exc).splitlines()[0]}"
 
 
 def to_numpy(value: object, archive: str, member: str, field: str) -> np.ndarray:

@@ -110,7 +110,7 @@ _POSTERIOR_HEIGHT = np.array([1.0, 1.0, 1.0, 0.98, 0.96, 0.9, 0.88, 0.9, 0.9])
 _INSET_ANTERIOR = np.array([0, 0, 0, 0, 0, 0, 0.2, 0.15, 0.15])
 _INSET_POSTERIOR = np.array([0, 0, 0, 0, 0, 0, 0.06, 0.1, 0.1])
 # Disc thickness at the centre, between consecutive bodies: T12/L1, D1..D5, S1/S2, S2/S3.
-_DISC = np.array([9, 10, 11, 12, 13, 13, 3, 2], dtype=float)
+_DISC = np.array([9, 11, 12, 13, 14, 14, 3, 2], dtype=float)
 _LABELLED_BODIES = slice(1, 7)
 _LABELLED_DISCS = slice(1, 6)
 _L3 = 3
@@ -118,7 +118,7 @@ _L3 = 3
 
 @dataclass(frozen=True)
 class _Body:
-    """One vertebral body: its frame, corners, dense edges and resampled contour."""
+    """One vertebral body: its frame, size, dense edges and resampled contour."""
 
     origin: np.ndarray  # centre of the superior endplate
     axis: np.ndarray  # unit vector along the body, pointing caudally
@@ -299,25 +299,25 @@ def _geometry(patient: int, shape: int, seed: int) -> _Geometry:
 # Texture: per-patient tissue intensities, noise fields, bias field.
 # --------------------------------------------------------------------------------------------
 
-# Tissue classes of the painted class map; nuclei of the eight discs are classes NUCLEUS + k.
-AIR, FAT, ABDOMEN, MUSCLE, LIGAMENT, CSF, NERVE, VESSEL, CORTEX, MARROW, ANNULUS, VEIN = range(12)
-NUCLEUS = 16
-_N_CLASSES = NUCLEUS + len(_DISC)
+# Tissue classes of the painted class map; nuclei of the eight discs are classes _NUCLEUS + k.
+_AIR, _FAT, _ABDOMEN, _MUSCLE, _LIGAMENT, _CSF, _NERVE, _VESSEL, _CORTEX, _MARROW, _ANNULUS, _VEIN = range(12)
+_NUCLEUS = 16
+_N_CLASSES = _NUCLEUS + len(_DISC)
 # T2-weighted base intensity, and weights of the fine (marrow), coarse (bowel) and
 # striated (muscle) texture fields.
 _TISSUES = {
-    AIR: (0.0, 0.0, 0.0, 0.0),
-    FAT: (0.78, 0.03, 0.04, 0.0),
-    ABDOMEN: (0.38, 0.05, 0.25, 0.0),
-    MUSCLE: (0.22, 0.02, 0.0, 0.05),
-    LIGAMENT: (0.09, 0.01, 0.0, 0.0),
-    CSF: (0.95, 0.01, 0.0, 0.0),
-    NERVE: (0.5, 0.0, 0.0, 0.0),
-    VESSEL: (0.06, 0.01, 0.0, 0.0),
-    CORTEX: (0.12, 0.02, 0.0, 0.0),
-    MARROW: (0.47, 0.10, 0.02, 0.0),
-    ANNULUS: (0.27, 0.03, 0.0, 0.0),
-    VEIN: (0.72, 0.0, 0.0, 0.0),
+    _AIR: (0.0, 0.0, 0.0, 0.0),
+    _FAT: (0.78, 0.03, 0.04, 0.0),
+    _ABDOMEN: (0.36, 0.04, 0.18, 0.0),
+    _MUSCLE: (0.22, 0.02, 0.0, 0.05),
+    _LIGAMENT: (0.09, 0.01, 0.0, 0.0),
+    _CSF: (0.95, 0.01, 0.0, 0.0),
+    _NERVE: (0.5, 0.0, 0.0, 0.0),
+    _VESSEL: (0.06, 0.01, 0.0, 0.0),
+    _CORTEX: (0.12, 0.02, 0.0, 0.0),
+    _MARROW: (0.47, 0.06, 0.02, 0.0),
+    _ANNULUS: (0.27, 0.03, 0.0, 0.0),
+    _VEIN: (0.72, 0.0, 0.0, 0.0),
 }
 
 
@@ -346,10 +346,10 @@ def _upsampled_noise(rng: np.random.Generator, rows: int, cols: int) -> np.ndarr
 
 def _bias_field(rng: np.random.Generator) -> np.ndarray:
     """Smooth multiplicative field of a posterior (spine) surface coil, separable, max 1."""
-    x = np.arange(SIZE, dtype=np.float32)
-    gx = np.exp(-0.5 * ((x - rng.uniform(470, 620)) / rng.uniform(160, 260)) ** 2)
-    gy = np.exp(-0.5 * ((x - rng.uniform(170, 340)) / rng.uniform(230, 400)) ** 2)
-    gy *= 1 + rng.uniform(-0.2, 0.2) * (x - SIZE / 2) / SIZE
+    pixel = np.arange(SIZE, dtype=np.float32)
+    gx = np.exp(-0.5 * ((pixel - rng.uniform(470, 620)) / rng.uniform(160, 260)) ** 2)
+    gy = np.exp(-0.5 * ((pixel - rng.uniform(170, 340)) / rng.uniform(230, 400)) ** 2)
+    gy *= 1 + rng.uniform(-0.2, 0.2) * (pixel - SIZE / 2) / SIZE
     floor = rng.uniform(0.3, 0.55)
     bias = floor + (1 - floor) * gy[:, None] * gx[None, :]
     return (bias / bias.max()).astype(np.float32)
@@ -362,14 +362,15 @@ def _texture(patient: int, seed: int) -> _Texture:
     lut = np.zeros((4, _N_CLASSES), dtype=np.float32)
     for cls, values in _TISSUES.items():
         lut[:, cls] = values
-    lut[0, 1:VEIN + 1] *= 1 + 0.07 * rng.standard_normal(VEIN)
+    lut[0, 1:_VEIN + 1] *= 1 + 0.07 * rng.standard_normal(_VEIN)
     degeneration = np.clip(rng.normal(0.1 + 0.1 * np.arange(6), 0.15), 0, 1)
-    lut[0, NUCLEUS:NUCLEUS + 6] = 0.9 - 0.55 * degeneration
-    lut[0, NUCLEUS + 6:] = 0.3  # S1/S2 and S2/S3: vestigial discs
-    lut[1, NUCLEUS:] = 0.03
+    lut[0, _NUCLEUS:_NUCLEUS + 6] = 0.9 - 0.55 * degeneration
+    lut[0, _NUCLEUS + 6:] = 0.3  # S1/S2 and S2/S3: vestigial discs
+    lut[1, _NUCLEUS:] = 0.03
+    bowel = 0.7 * _upsampled_noise(rng, 24, 24) + 0.5 * _upsampled_noise(rng, 64, 64)
     fields = np.stack([
-        _upsampled_noise(rng, 128, 128),
-        np.tanh(2 * _upsampled_noise(rng, 20, 20)),
+        _upsampled_noise(rng, 96, 96),
+        np.tanh(1.5 * bowel),
         _upsampled_noise(rng, 24, 160),  # elongated cranio-caudally: muscle fibres
     ])
     fields.setflags(write=False)
@@ -448,9 +449,9 @@ def _paint_soft_tissue(draw: ImageDraw.ImageDraw, g: _Geometry, tex: _Texture) -
     def region(left: np.ndarray, right: np.ndarray) -> list[tuple[float, float]]:
         return _poly(np.vstack([np.stack([left, rows], 1), np.stack([right, rows], 1)[::-1]]))
 
-    draw.polygon(region(front, back), fill=FAT)
-    draw.polygon(region(front + tex.fat_front, back - back_fat), fill=MUSCLE)
-    draw.polygon(region(front + tex.fat_front + 12, spine), fill=ABDOMEN)
+    draw.polygon(region(front, back), fill=_FAT)
+    draw.polygon(region(front + tex.fat_front, back - back_fat), fill=_MUSCLE)
+    draw.polygon(region(front + tex.fat_front + 12, spine), fill=_ABDOMEN)
 
 
 def _paint_posterior_elements(draw: ImageDraw.ImageDraw, g: _Geometry, canal: float) -> None:
@@ -465,8 +466,8 @@ def _paint_posterior_elements(draw: ImageDraw.ImageDraw, g: _Geometry, canal: fl
             body.at(u0 + length, 0.85 * h + drop), body.at(u0 + 0.3 * length, 0.9 * h),
             body.at(u0, h),
         ])
-        draw.polygon(_poly(outline), fill=CORTEX)
-        draw.polygon(_poly(_offset_ring(outline, 3.0)), fill=MARROW)
+        draw.polygon(_poly(outline), fill=_CORTEX)
+        draw.polygon(_poly(_offset_ring(outline, 3.0)), fill=_MARROW)
 
 
 def _offset_ring(ring: np.ndarray, inset: float) -> np.ndarray:
@@ -480,24 +481,20 @@ def _offset_ring(ring: np.ndarray, inset: float) -> np.ndarray:
 
 
 def _paint_canal(draw: ImageDraw.ImageDraw, g: _Geometry, width: float) -> None:
-    """Thecal sac behind the chain: dark dura/ligament rim, CSF, conus and cauda equina."""
+    """Thecal sac behind the chain: dark dura/ligament rim, CSF ending in S2, and the conus."""
     points, normals = _wall(g, posterior=True)
     v = np.cumsum(np.r_[0, np.linalg.norm(np.diff(points, axis=0), axis=1)])
     v_s1, v_s2 = _wall_position(points, g.bodies[6].origin), _wall_position(points, g.bodies[7].at(0, 20))
     taper = np.clip((v[v_s2] - v) / (v[v_s2] - v[v_s1]), 0, 1)
     csf = width * (0.6 + 0.4 * taper)
     csf[v > v[v_s2]] = 0
-    draw.polygon(_poly(_band(points, normals, -8, csf + 5)), fill=LIGAMENT)
-    draw.polygon(_poly(_band(points, normals, 2, 2 + csf)), fill=CSF)
+    draw.polygon(_poly(_band(points, normals, -8, csf + 5)), fill=_LIGAMENT)
+    draw.polygon(_poly(_band(points, normals, 2, 2 + csf)), fill=_CSF)
     v_tip = v[_wall_position(points, g.bodies[1].at(0, 0.6 * g.bodies[1].height))]
     cord = 0.2 * width * np.clip((v_tip - v) / 60, 0, 1)
     keep = v <= v_tip
     centre = 2 + csf[keep] * 0.45
-    draw.polygon(_poly(_band(points[keep], normals[keep], centre - cord[keep], centre + cord[keep])), fill=NERVE)
-    roots = (v >= v_tip - 20) & (v <= v[v_s1])
-    for depth in (0.7,):
-        line = points[roots] + normals[roots] * (2 + depth * csf[roots])[:, None]
-        draw.line(_poly(line), fill=NERVE, width=1)
+    draw.polygon(_poly(_band(points[keep], normals[keep], centre - cord[keep], centre + cord[keep])), fill=_NERVE)
 
 
 def _wall_position(points: np.ndarray, target: np.ndarray) -> int:
@@ -507,22 +504,22 @@ def _wall_position(points: np.ndarray, target: np.ndarray) -> int:
 def _paint_prevertebral(draw: ImageDraw.ImageDraw, g: _Geometry, tex: _Texture) -> None:
     """Anterior longitudinal ligament and, for most patients, the aorta/IVC flow void down to L4."""
     points, normals = _wall(g, posterior=False)
-    draw.polygon(_poly(_band(points, normals, -10, 4)), fill=LIGAMENT)
+    draw.polygon(_poly(_band(points, normals, -10, 4)), fill=_LIGAMENT)
     if tex.vessel:
         keep = np.arange(len(points)) <= _wall_position(points, g.bodies[4].at(0, g.bodies[4].height))
-        draw.polygon(_poly(_band(points[keep], normals[keep], 6, 28)), fill=VESSEL)
+        draw.polygon(_poly(_band(points[keep], normals[keep], 6, 28)), fill=_VESSEL)
 
 
 def _paint_disc(draw: ImageDraw.ImageDraw, disc: _Disc, k: int, cleft: bool) -> None:
-    draw.polygon(_poly(disc.contour), fill=ANNULUS)
+    draw.polygon(_poly(disc.contour), fill=_ANNULUS)
     if k >= 6:
         return
     rel = disc.contour - disc.centre
-    nucleus = disc.centre + np.outer(rel @ disc.normal * 0.62, disc.normal) + np.outer(rel @ disc.axis * 0.5, disc.axis)
-    draw.polygon(_poly(nucleus), fill=NUCLEUS + k)
+    nucleus = disc.centre + np.outer(rel @ disc.normal * 0.7, disc.normal) + np.outer(rel @ disc.axis * 0.6, disc.axis)
+    draw.polygon(_poly(nucleus), fill=_NUCLEUS + k)
     if cleft:
         ends = [disc.centre - 0.25 * _span(disc) * disc.normal, disc.centre + 0.25 * _span(disc) * disc.normal]
-        draw.line(_poly(np.array(ends)), fill=ANNULUS, width=1)
+        draw.line(_poly(np.array(ends)), fill=_ANNULUS, width=1)
 
 
 def _span(disc: _Disc) -> float:
@@ -531,22 +528,22 @@ def _span(disc: _Disc) -> float:
 
 
 def _paint_body(draw: ImageDraw.ImageDraw, body: _Body, i: int, tex: _Texture) -> None:
-    draw.polygon(_poly(body.contour), fill=CORTEX)
-    draw.polygon(_poly(_offset_ring(body.contour, 2.5)), fill=MARROW)
+    draw.polygon(_poly(body.contour), fill=_CORTEX)
+    draw.polygon(_poly(_offset_ring(body.contour, 2.5)), fill=_MARROW)
     if tex.basivertebral and 1 <= i <= 5:
         u, v = body.width / 2 - 2, body.height / 2
-        draw.polygon(_poly(np.array([body.at(u + 1, v - 3), body.at(u - 9, v), body.at(u + 1, v + 3)])), fill=VEIN)
+        draw.polygon(_poly(np.array([body.at(u + 1, v - 3), body.at(u - 9, v), body.at(u + 1, v + 3)])), fill=_VEIN)
     if tex.hemangioma is not None and tex.hemangioma[0] == i:
         _, fu, fv, r = tex.hemangioma
         c = body.at(fu * body.width, fv * body.height)
-        draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=FAT)
+        draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=_FAT)
 
 
 def _class_map(g: _Geometry, tex: _Texture, patient: int, seed: int) -> np.ndarray:
     """Tissue class of every pixel, painted back to front."""
-    canvas = Image.new("L", (SIZE, SIZE), AIR)
+    canvas = Image.new("L", (SIZE, SIZE), _AIR)
     draw = ImageDraw.Draw(canvas)
-    canal = 22 * g.bodies[3].width / _WIDTH[3]
+    canal = 24 * g.bodies[3].width / _WIDTH[3]
     _paint_soft_tissue(draw, g, tex)
     _paint_posterior_elements(draw, g, canal)
     _paint_prevertebral(draw, g, tex)
@@ -620,6 +617,19 @@ def _images(classes: np.ndarray, tex: _Texture, patient: int, shape: int, seed: 
     return raw, raw / tex.bias
 
 
+#: The scanner stores 12-bit intensities; the raw image is those integers divided by their maximum.
+#: Equalization works on 8 bits (as OpenCV's ``equalizeHist``). Both choices are what makes a
+#: sample deflate to ~1.9 MB, as the release's archives do (20.23 GB / 10,000 samples); continuous
+#: images would deflate to ~3.4 MB.
+SCANNER_LEVELS = 4095
+EQUALIZED_LEVELS = 255
+
+
+def _quantize(image: np.ndarray, levels: int) -> np.ndarray:
+    """``image`` in [0, 1] rounded to ``k / levels``, as float32."""
+    return (np.round(image.astype(np.float64) * levels) / levels).astype(np.float32)
+
+
 def make_sample(patient: int, shape: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Canonical-dtype sample (float32 images, uint8 masks/label, float64 landmarks), deterministic in its args.
 
@@ -631,7 +641,7 @@ def make_sample(patient: int, shape: int, seed: int = 0) -> dict[str, np.ndarray
     g = _geometry(patient, shape, seed)
     tex = _texture(patient, seed)
     raw, corrected = _images(_class_map(g, tex, patient, seed), tex, patient, shape, seed)
-    img = _normalize(raw)
+    img = _quantize(_normalize(raw), SCANNER_LEVELS)
     label = _label_map(g)
     ids = np.arange(1, len(BONE_NAMES) + len(DISC_NAMES) + 1, dtype=np.uint8)
     mask = (label[None] == ids[:, None, None]).view(np.uint8)
@@ -641,7 +651,7 @@ def make_sample(patient: int, shape: int, seed: int = 0) -> dict[str, np.ndarray
     return {
         "img": img,
         "img_corrected": _normalize(corrected),
-        "img_equalized": equalize_hist(img),
+        "img_equalized": _quantize(equalize_hist(img), EQUALIZED_LEVELS),
         "label": label[None].copy(),
         "mask": mask,
         "shape": np.concatenate([bone.reshape(-1, 2), disk[:, subsample].reshape(-1, 2)]),
@@ -670,7 +680,7 @@ def _field_dtype(field: str, config: SynthConfig) -> np.dtype:
 def cast_sample(sample: dict[str, np.ndarray], config: SynthConfig) -> dict[str, np.ndarray | torch.Tensor]:
     """The sample in the configured dtypes and value kind (every value its own, contiguous buffer,
     so tensors do not share storages and pickles do not depend on views)."""
-    cast = {f: np.ascontiguousarray(a.astype(_field_dtype(f, config))) for f, a in sample.items()}
+    cast = {f: a.astype(_field_dtype(f, config), order="C") for f, a in sample.items()}
     if config.values == "tensor":
         return {f: torch.from_numpy(a) for f, a in cast.items()}
     return cast

@@ -108,10 +108,19 @@ class ShardWriter:
         self._file = open(self.tmp_path, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
 
-    def add(self, key: str, payloads: Mapping[str, bytes]) -> None:
-        """Append one sample: ``payloads`` maps field → encoded member bytes, in schema order."""
+    def add(self, key: str, payloads: Mapping[str, bytes]) -> list[int]:
+        """Append one sample: ``payloads`` maps field → encoded member bytes, in schema order.
+
+        Returns ``[offset, size, offset, size, ...]`` of each payload within the tar, so readers
+        can fetch just the fields they want with one ranged read each.
+        """
+        locations = []
         for field, payload in payloads.items():
-            self._tar.addfile(_tarinfo(member_name(key, field), len(payload)), io.BytesIO(payload))
+            info = _tarinfo(member_name(key, field), len(payload))
+            header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
+            locations += [self._tar.offset + len(header), len(payload)]
+            self._tar.addfile(info, io.BytesIO(payload))
+        return locations
 
     def close(self) -> None:
         """Finish the tar and flush it to disk, still under the temporary name."""

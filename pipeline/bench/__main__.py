@@ -1,0 +1,30 @@
+"""``python -m pipeline.bench convert|read``: run a benchmark, print its table, save its figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__)
+    parser.add_argument("which", choices=("convert",))
+    parser.add_argument("--samples", type=int, default=64, help="synthetic samples (at least 64 for the README)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scratch", type=Path, help="working directory (default: a new temporary one)")
+    parser.add_argument("--json", type=Path, default=None, help="where to save the figures (default bench/<which>.json)")
+    args = parser.parse_args()
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    from .conversion import run
+
+    result = run(samples=args.samples, repeats=args.repeats, scratch=args.scratch)
+    path = args.json or Path("bench") / f"{args.which}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print(f"figures saved to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Session-wide fixtures: synthetic archives, a real Dask cluster, and a converted output.
+
+Everything expensive is built once per session with ``tmp_path_factory``; tests that change an
+output copy it first.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.convert import ConvertOptions, convert
+from pipeline.synth import SynthConfig, write_archive
+
+#: Small shards so that a dozen samples (~1.7 MB encoded, ~10.6 MB decoded each) make tar shards
+#: of 4 samples, each aligned with 2 Zarr shards of 2 samples.
+SMALL_SHARDS = 8_000_000
+SMALL_ZARR_SHARDS = 25_000_000
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler():
+    """Address of a real local Dask cluster (2 single-threaded worker processes on 127.0.0.1)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:  # fmt: skip
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def train_zip(tmp_path_factory) -> Path:
+    """A default-format archive: 2 patients × 6 shapes, numpy values, numpy 1.x pickles."""
+    return write_archive(tmp_path_factory.mktemp("src") / "SSMSpine_Train.zip", SynthConfig(patients=2, shapes=6))
+
+
+@pytest.fixture(scope="session")
+def test_zip(tmp_path_factory) -> Path:
+    return write_archive(
+        tmp_path_factory.mktemp("src") / "SSMSpine_Test.zip",
+        SynthConfig(patients=1, shapes=3, first_patient=81, root="Test", seed=1),
+    )
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory, train_zip, test_zip, dask_scheduler) -> Path:
+    """``train_zip`` + ``test_zip`` converted with small shards. Treat as read-only."""
+    out = tmp_path_factory.mktemp("converted") / "out"
+    convert([train_zip, test_zip], out, fast_options(dask_scheduler))
+    return out
+
+
+def fast_options(scheduler: str, **overrides) -> ConvertOptions:
+    defaults = {"shard_bytes": SMALL_SHARDS, "zarr_shard_bytes": SMALL_ZARR_SHARDS, "scheduler": scheduler,
+                "progress": False}  # fmt: skip
+    return ConvertOptions(**{**defaults, **overrides})
+
+
+def copy_output(out: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "out"
+    shutil.copytree(out, target)
+    return target
+
+
+def load_trusted(archive: Path, member: str) -> dict[str, np.ndarray]:
+    """Independent reference decoding of our own synthetic files (trusted: we wrote them)."""
+    with zipfile.ZipFile(archive) as z:
+        data = torch.load(io.BytesIO(z.read(member)), weights_only=False)
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+
+
+def assert_bit_exact(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.tobytes() == expected.tobytes(), f"{what}: values differ"
