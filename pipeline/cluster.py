@@ -36,15 +36,19 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             yield client
         return
     n = workers or default_workers()
-    with LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.WARNING,
-    ) as cluster, Client(cluster) as client:  # fmt: skip
+    with local_cluster(n) as cluster, Client(cluster) as client:
         log.info("started a local Dask cluster of %d workers", n)
         yield client
+
+
+def local_cluster(workers: int) -> LocalCluster:
+    """``workers`` single-threaded worker processes on 127.0.0.1.
+
+    The scheduler's web server takes a free port (``:0``): a fixed one would clash with any
+    other Dask cluster on the machine.
+    """
+    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                        dashboard_address=":0", silence_logs=logging.WARNING)  # fmt: skip
 
 
 def run_tasks(function: Callable[[T], R], tasks: Sequence[T], *, scheduler: str | None, workers: int | None,

@@ -27,10 +27,9 @@ SMALL_ZARR_SHARDS = 25_000_000
 @pytest.fixture(scope="session")
 def dask_scheduler():
     """Address of a real local Dask cluster (2 single-threaded worker processes on 127.0.0.1)."""
-    from distributed import LocalCluster
+    from pipeline.cluster import local_cluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:  # fmt: skip
+    with local_cluster(2) as cluster:
         yield cluster.scheduler_address
 
 

@@ -16,8 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from distributed import Client, LocalCluster
+from distributed import Client
 
+from ..cluster import local_cluster
 from ..convert import ConvertOptions, convert
 from ..synth import SynthConfig, write_archive
 from .common import interleave, load_every_member, machine_description, markdown_table, tree_bytes
@@ -42,8 +43,7 @@ class _ConversionRun:
         out = self.scratch / f"out-{self.workers}"
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
-        with LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        with local_cluster(self.workers) as cluster, Client(cluster) as client:
             client.wait_for_workers(self.workers)
             self.startup.append(time.perf_counter() - started)
             begun = time.perf_counter()

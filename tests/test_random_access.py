@@ -1,0 +1,295 @@
+"""Random access: ZarrDataset's fast path against zarr-python and tensorstore, lookups, workers, open_zarr."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import dask.array
+import numpy as np
+import pytest
+import tensorstore
+import torch
+import zarr
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+from pipeline import zarr_store
+from pipeline.codecs import CANDIDATES
+from pipeline.manifest import read_manifest, write_manifest
+from pipeline.random_access import ZarrDataset, fast_layout, open_zarr
+from pipeline.schema import OutputError, schema_from_json, spec_of
+
+from conftest import assert_bit_exact, copy_output
+
+#: The variant output: 7 samples in shards of 3 (the last one partial), other dtypes than the
+#: release's, and a different Blosc configuration per field.
+VARIANT_SAMPLES = 7
+VARIANT_SHARD = 3
+VARIANT_DTYPES = {
+    "img": "float64",
+    "img_corrected": "float16",
+    "img_equalized": "uint16",
+    "label": "int32",
+    "mask": "bool",
+    "shape": "float32",
+    "bone": "int16",
+    "bone_mask": "int8",
+    "disk": "uint32",
+    "disk_mask": "uint64",
+}
+EMPTY_MASK_ROW = 4  # mask of this sample is all False: its chunk is never written
+EMPTY_SHARD_FIELD = "bone_mask"  # all zero in shard 0: its shard file is never written
+
+
+def _zarr_read(out: Path, split: str, field: str, row: int) -> np.ndarray:
+    return zarr_store.open_array(out, split, field)[row]
+
+
+def _tensorstore_read(out: Path, split: str, field: str, row: int) -> np.ndarray:
+    path = zarr_store.store_path(out) / split / field
+    return tensorstore.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}).result()[row].read().result()
+
+
+def _full_read(out: Path, split: str, field: str) -> np.ndarray:
+    return zarr_store.open_array(out, split, field)[:]
+
+
+def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
+    if np.dtype(dtype).kind in "iu" and values.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        values = np.clip(np.round(values * 100), info.min, info.max)
+    return values.astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def variant(tmp_path_factory, converted) -> tuple[Path, dict[str, np.ndarray]]:
+    """An output written through ``zarr_store`` with multi-sample shards, other dtypes and codecs,
+    a chunk and a whole shard equal to the fill value; with the data written into it."""
+    out = tmp_path_factory.mktemp("variant") / "out"
+    manifest = read_manifest(converted)
+    train = manifest["splits"]["train"]
+    n = VARIANT_SAMPLES
+    data = {f: _cast(_full_read(converted, "train", f)[:n], dtype) for f, dtype in VARIANT_DTYPES.items()}
+    data["mask"][EMPTY_MASK_ROW] = False
+    data[EMPTY_SHARD_FIELD][:VARIANT_SHARD] = 0
+    schema = {f: spec_of(values[0]) for f, values in data.items()}
+    encodings = {f: CANDIDATES[k % len(CANDIDATES)] for k, f in enumerate(schema)}
+    zarr_store.create_split(out, "train", schema, encodings, np.array(train["patient"][:n]),
+                            np.array(train["aug"][:n]), shard_samples=VARIANT_SHARD,
+                            attributes={"fields": list(schema)})  # fmt: skip
+    for f, values in data.items():
+        zarr_store.write_region(out, "train", f, 0, values)
+    manifest["splits"] = {"train": {k: train[k][:n] for k in ("keys", "patient", "aug")} | {"samples": n}}
+    write_manifest(out, manifest)
+    return out, data
+
+
+# ---------------------------------------------------------------------- bit-exact reads
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_fast_path_equals_zarr_python_on_every_field(converted, split):
+    ds = ZarrDataset(converted, split)
+    assert ds.fast_fields == ds.fields == tuple(read_manifest(converted)["schema"])
+    for row in range(len(ds)):
+        key, record = ds.read_record(row)
+        assert key == read_manifest(converted)["splits"][split]["keys"][row]
+        for field, values in record.items():
+            assert_bit_exact(values, _zarr_read(converted, split, field, row), f"{split}/{key}/{field}")
+
+
+def test_variant_has_the_layouts_it_is_meant_to_test(variant):
+    out, _ = variant
+    shard_dir = zarr_store.store_path(out) / "train"
+    layout = fast_layout(zarr_store.open_array(out, "train", "mask"), shard_dir / "mask")
+    assert layout is not None and layout.shard_samples == VARIANT_SHARD
+    raw = Path(layout.shard_path(EMPTY_MASK_ROW // VARIANT_SHARD)).read_bytes()
+    index = np.frombuffer(raw[-(16 * VARIANT_SHARD + 4) : -4], "<u8").reshape(-1, 2)
+    assert (index[EMPTY_MASK_ROW % VARIANT_SHARD] == 2**64 - 1).all(), "the empty mask chunk was written"
+    assert not zarr_store.shard_file(out, "train", EMPTY_SHARD_FIELD, 0, 4).exists()
+    assert zarr_store.shard_file(out, "train", EMPTY_SHARD_FIELD, 1, 4).exists()
+
+
+def test_fast_path_equals_written_data_zarr_python_and_tensorstore_on_other_dtypes(variant):
+    out, data = variant
+    ds = ZarrDataset(out)
+    assert ds.fast_fields == tuple(VARIANT_DTYPES)
+    for row in range(len(ds)):
+        _, record = ds.read_record(row)
+        for field, values in record.items():
+            what = f"row {row} {field} ({VARIANT_DTYPES[field]})"
+            assert_bit_exact(values, data[field][row], what)
+            assert_bit_exact(values, _zarr_read(out, "train", field, row), what)
+    for field in ("img_corrected", "mask", EMPTY_SHARD_FIELD, "disk"):
+        for row in (0, EMPTY_MASK_ROW, VARIANT_SAMPLES - 1):
+            assert_bit_exact(ds.read_record(row)[1][field], _tensorstore_read(out, "train", field, row), field)
+
+
+def test_tensorstore_agrees_on_the_release_layout(converted):
+    ds = ZarrDataset(converted, fields=("img", "label", "mask"))
+    for row in (0, len(ds) - 1):
+        for field, values in ds.read_record(row)[1].items():
+            assert_bit_exact(values, _tensorstore_read(converted, "train", field, row), field)
+
+
+def test_fallback_reads_arrays_with_other_codecs_through_zarr_python(converted, tmp_path):
+    out = copy_output(converted, tmp_path)
+    expected = {f: _full_read(converted, "train", f) for f in ("shape", "bone", "disk")}
+    group = zarr.open_group(zarr_store.store_path(out) / "train", mode="r+", zarr_format=3)
+    replacements = {
+        "shape": dict(shards=(4, 1696, 2), compressors=ZstdCodec(level=3)),  # sharded, another codec
+        "bone": dict(shards=None, compressors=BloscCodec(cname="lz4")),  # Blosc, but no shards
+        "disk": dict(shards=None, compressors=GzipCodec()),
+    }
+    for field, spec in replacements.items():
+        values = expected[field]
+        del group[field]
+        group.create_array(field, shape=values.shape, dtype=values.dtype, chunks=(1, *values.shape[1:]), **spec)
+        group[field][:] = values
+    ds = ZarrDataset(out)
+    assert set(ds.fields) - set(ds.fast_fields) == set(replacements)
+    for row in range(len(ds)):
+        for field in replacements:
+            assert_bit_exact(ds[row][field].numpy(), expected[field][row], f"{row} {field}")
+
+
+# ---------------------------------------------------------------------- the dataset
+
+
+def test_items_are_tensors_of_the_requested_fields_only(converted, monkeypatch):
+    ds = ZarrDataset(converted, fields=("img", "label"))
+    from pipeline import random_access
+
+    opened = []
+    original = random_access._ProcessState.file
+    monkeypatch.setattr(random_access._ProcessState, "file", lambda self, path: opened.append(path) or original(self, path))
+    item = ds[5]
+    assert set(item) == {"__key__", "img", "label"}
+    assert item["__key__"] == ds.keys[5]
+    assert isinstance(item["img"], torch.Tensor) and item["img"].dtype == torch.float32
+    assert item["label"].shape == (1, 512, 512) and item["label"].dtype == torch.int64
+    assert opened and {Path(p).relative_to(zarr_store.store_path(converted) / "train").parts[0] for p in opened} == {
+        "img", "label"}  # fmt: skip
+    assert set(ZarrDataset(converted, fields="img")[0]) == {"__key__", "img"}
+
+
+def test_lookup_by_patient_aug_and_key(converted):
+    ds = ZarrDataset(converted, fields=("shape",))
+    info = read_manifest(converted)["splits"]["train"]
+    assert ds.keys == tuple(info["keys"]) and len(ds) == 12
+    assert ds.patients.tolist() == info["patient"] and ds.augs.tolist() == info["aug"]
+    row = ds.index_of(2, 3)
+    assert ds.keys[row] == "p02_aug003" and ds.index_of(key="p02_aug003") == row
+    assert ds.get(patient=2, aug=3)["__key__"] == "p02_aug003"
+    assert ds.indices(patient=1) == [i for i, p in enumerate(info["patient"]) if p == 1]
+    assert [ds.keys[i] for i in ds.indices(patient=[1, 2], aug=6)] == ["p01_aug006", "p02_aug006"]
+    assert Subset(ds, ds.indices(patient=2))[0]["__key__"] == "p02_aug001"
+    assert ds[-1]["__key__"] == ds.keys[-1]
+    with pytest.raises(KeyError, match="patient 3, aug 1"):
+        ds.index_of(3, 1)
+    with pytest.raises(KeyError):
+        ds.index_of(key="p09_aug001")
+
+
+def test_errors_are_clear(converted, tmp_path):
+    ds = ZarrDataset(converted, fields=("shape",))
+    for bad in (12, -13):
+        with pytest.raises(IndexError, match="out of range"):
+            ds[bad]
+    with pytest.raises(OutputError, match="no split 'val'"):
+        ZarrDataset(converted, "val")
+    with pytest.raises(OutputError, match=r"no field\(s\) \['imgg'\]"):
+        ZarrDataset(converted, fields=("img", "imgg"))
+    with pytest.raises(OutputError, match="manifest"):
+        ZarrDataset(tmp_path)
+    with pytest.raises(OutputError, match="manifest"):
+        open_zarr(tmp_path)
+
+
+def test_damaged_shard_index_is_an_error_naming_the_file(converted, tmp_path):
+    out = copy_output(converted, tmp_path)
+    layout = fast_layout(zarr_store.open_array(out, "train", "img"), zarr_store.store_path(out) / "train" / "img")
+    path = Path(layout.shard_path(3 // layout.shard_samples))
+    raw = bytearray(path.read_bytes())
+    raw[-20] ^= 0xFF  # inside the index, before its crc32c
+    path.write_bytes(bytes(raw))
+    ds = ZarrDataset(out, fields=("img",))
+    ds[0]
+    with pytest.raises(OutputError, match=f"{path}.*crc32c"):
+        ds[3]
+
+
+def test_pickles_without_process_state_and_reads_the_same(converted):
+    ds = ZarrDataset(converted, fields=("img", "mask"))
+    first = ds[0]
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy._local is None and len(pickle.dumps(ds)) < 10_000
+    again = copy[0]
+    for field in ("img", "mask"):
+        assert torch.equal(first[field], again[field])
+
+
+@pytest.mark.slow
+def test_dataloader_workers_and_distributed_sampler_cover_each_rank(converted):
+    ds = ZarrDataset(converted, fields=("label", "shape"))
+    reference = {ds.keys[i]: ds[i] for i in range(len(ds))}  # also fills this process's state before the fork
+    seen = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=7)
+        expected = [ds.keys[i] for i in sampler]
+        loader = DataLoader(ds, batch_size=2, sampler=sampler, num_workers=2, multiprocessing_context="fork")
+        got = []
+        for batch in loader:
+            got.extend(batch["__key__"])
+            for j, key in enumerate(batch["__key__"]):
+                for field in ("label", "shape"):
+                    assert torch.equal(batch[field][j], reference[key][field]), (rank, key, field)
+        assert got == expected and len(got) == len(ds) // 2
+        seen.extend(got)
+    assert sorted(seen) == sorted(ds.keys)
+
+
+# ---------------------------------------------------------------------- open_zarr
+
+
+def test_open_zarr_mean_per_patient_is_lazy_and_exact(converted):
+    views = open_zarr(converted)
+    assert set(views) == {"train", "test"}
+    train = views["train"]
+    assert isinstance(train.img.data, dask.array.Array)
+    assert train.key.values.tolist() == list(ZarrDataset(converted, fields=("shape",)).keys)
+    means = train.img.groupby("patient").mean()
+    assert isinstance(means.data, dask.array.Array), "groupby().mean() loaded the data"
+    full = _full_read(converted, "train", "img")
+    patients = zarr_store.open_array(converted, "train", "patient")[:]
+    for patient in (1, 2):
+        expected = full[patients == patient].mean(axis=0)
+        np.testing.assert_allclose(means.sel(patient=patient).values, expected, rtol=1e-6, atol=1e-7)
+    sample = train.sel(key="p02_aug004")
+    assert_bit_exact(sample.mask.values, _zarr_read(converted, "train", "mask", 9), "mask p02_aug004")
+    assert train.mask.sel(structure="L3").shape == (12, 512, 512)
+
+
+def test_open_zarr_chunks_follow_shards_and_fields(variant):
+    out, data = variant
+    view = open_zarr(out, "train", fields=("img", "bone_mask"))
+    assert list(view.data_vars) == ["img", "bone_mask"]
+    assert view.img.data.chunks[0] == (3, 3, 1)
+    assert_bit_exact(view.bone_mask.values, data["bone_mask"], "bone_mask")
+    assert view.img.groupby("aug").max().values.shape[0] == len(set(view.aug.values.tolist()))
+
+
+@pytest.mark.slow
+def test_spawned_workers_read_the_same(converted):
+    """Spawn (and forkserver, the default from Python 3.14) pickle the dataset into each worker."""
+    ds = ZarrDataset(converted, fields=("label",))
+    sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=7)
+    loader = DataLoader(ds, batch_size=3, sampler=sampler, num_workers=2, multiprocessing_context="spawn")
+    got = {key: label for batch in loader for key, label in zip(batch["__key__"], batch["label"])}
+    assert list(got) == [ds.keys[i] for i in sampler]
+    for key, label in got.items():
+        assert torch.equal(label, ds[ds.index_of(key=key)]["label"])

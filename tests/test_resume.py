@@ -1,0 +1,101 @@
+"""Interrupted conversions resume; finished shards are kept, and only after a check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.convert import convert
+from pipeline.manifest import read_manifest
+from pipeline.schema import OutputError
+from pipeline.synth import SynthConfig, write_archive
+from pipeline.verify import verify
+
+from conftest import fast_options
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ten_samples(tmp_path_factory) -> Path:
+    return write_archive(tmp_path_factory.mktemp("resume") / "SSMSpine_Train.zip", SynthConfig(patients=1, shapes=10))
+
+
+def _start_conversion(archive: Path, out: Path) -> subprocess.Popen:
+    """``ssmspine convert`` in its own process group (it and its Dask workers can be killed together).
+
+    One sample per shard and one worker: the run takes long enough to be interrupted midway.
+    """
+    command = [sys.executable, "-m", "pipeline.cli", "convert", str(archive), "--out", str(out),
+               "--shard-size", "1MB", "--workers", "1", "--no-progress"]  # fmt: skip
+    return subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+
+
+def _wait_for_finished_shards(process: subprocess.Popen, out: Path, count: int, timeout: float = 300) -> None:
+    """Poll until ``count`` tasks have recorded their shards (a condition, not a guess of time)."""
+    deadline = time.monotonic() + timeout
+    while len(list((out / ".progress").glob("train-*.json"))) < count:
+        assert process.poll() is None, f"conversion ended before the interruption:\n{process.stdout.read()}"
+        assert time.monotonic() < deadline, "no progress records appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_an_interrupted_conversion_resumes_and_verifies(sig, ten_samples, tmp_path, dask_scheduler):
+    out = tmp_path / "out"
+    process = _start_conversion(ten_samples, out)
+    _wait_for_finished_shards(process, out, count=2)
+    if sig == signal.SIGKILL:
+        os.killpg(process.pid, signal.SIGKILL)
+    else:
+        process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    _kill_leftovers(process.pid)
+
+    assert not (out / "manifest.json").exists(), "an interrupted output must not look complete"
+    if sig == signal.SIGINT:
+        assert process.returncode == 130 and "run the same command again to resume" in output
+    finished = sorted(p.name for p in (out / "wds").glob("train-*.tar"))
+    assert 2 <= len(finished) < 10
+
+    summary = convert([ten_samples], out, fast_options(dask_scheduler, shard_bytes=1_000_000))
+    assert summary.shards_kept >= 2 and summary.shards_kept + summary.shards_written == 10
+    assert read_manifest(out)["splits"]["train"]["samples"] == 10
+    assert not list((out / "wds").glob("*.tmp-*")), "temporary files of the killed run are cleaned up"
+    report = verify(out, [ten_samples], scheduler=dask_scheduler)
+    assert report.ok and report.samples == 10, report.problems
+
+
+def _kill_leftovers(pgid: int) -> None:
+    """Whatever of the interrupted run's process group is still alive (nothing, normally)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_a_damaged_kept_shard_is_converted_again(ten_samples, tmp_path, dask_scheduler):
+    out = tmp_path / "out"
+    options = fast_options(dask_scheduler, shard_bytes=1_000_000)
+    convert([ten_samples], out, options)
+    shard = out / "wds" / "train-000003.tar"
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncated after the fact
+
+    summary = convert([ten_samples], out, options)
+    assert not summary.up_to_date and summary.shards_written == 1 and summary.shards_kept == 9
+    assert verify(out, [ten_samples], scheduler=dask_scheduler).ok
+
+
+def test_a_finished_output_of_other_sources_is_refused(ten_samples, tmp_path, dask_scheduler, converted):
+    other = tmp_path / "out"
+    shutil.copytree(converted, other)
+    with pytest.raises(OutputError, match="other sources"):
+        convert([ten_samples], other, fast_options(dask_scheduler))

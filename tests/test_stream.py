@@ -1,0 +1,577 @@
+"""StreamingDataset: partition, shuffle, epochs, resumption, storage back ends, damage, and real DDP.
+
+Most properties are checked in-process, on the pure order/partition functions and on datasets given
+explicit ranks; the multi-process tests (marked ``slow``) run real ``torch.distributed`` (gloo on
+127.0.0.1) in three launches whose results several tests share.
+"""
+
+from __future__ import annotations
+
+import glob
+import http.server
+import json
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset
+from torch.utils.data import DataLoader
+
+from pipeline import OutputError, decode_wds_sample
+from pipeline.manifest import read_manifest
+from pipeline.stream import (
+    StreamingDataset,
+    consumed_position,
+    epoch_order,
+    rank_positions,
+    rank_share,
+    source_neighbour_ratio,
+    worker_batches,
+)
+
+from conftest import assert_bit_exact, copy_output
+
+SEED = 7
+
+
+def expected_keys(keys, epoch, rank, world, start=0, batch_size=None, drop_last=False, shuffle=True):
+    order = epoch_order(len(keys), SEED, epoch, shuffle)
+    positions = rank_positions(len(keys), start, rank, world, batch_size, drop_last)
+    return [keys[i] for i in order[positions % len(keys)]]
+
+
+def flat_keys(batches):
+    keys = []
+    for batch in batches:
+        k = batch["__key__"]
+        keys.extend([k] if isinstance(k, str) else k)
+    return keys
+
+
+# --------------------------------------------------------------------------- pure logic
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("batch_size", [None, 1, 4])
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_partition_is_disjoint_equal_and_minimally_padded(world, batch_size, drop_last):
+    for samples in (1, 2, 7, 12, 101):
+        for start in sorted({0, 1, samples // 3, samples - 1}):
+            ranks = [rank_positions(samples, start, r, world, batch_size, drop_last) for r in range(world)]
+            share = rank_share(samples - start, world, batch_size, drop_last)
+            assert all(len(p) == share for p in ranks), "every rank yields the same number of samples"
+            positions = np.sort(np.concatenate(ranks))
+            assert positions.tolist() == list(range(start, start + world * share)), "a window of the order"
+            remaining = samples - start
+            if drop_last:
+                step = world * (batch_size or 1)
+                assert 0 <= remaining - world * share < step, "drops less than one global step"
+            else:
+                assert 0 <= world * share - remaining < world, "pads less than one sample per rank"
+                # padding wraps around to the start of the epoch's order
+                padding = [p % samples for p in positions if p >= samples]
+                assert padding == [i % samples for i in range(world * share - remaining)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_workers_reproduce_the_rank_sequence_in_dataloader_order(batch_size):
+    for share in range(0, 20):
+        for workers in (1, 2, 3, 4):
+            per_worker = [iter(worker_batches(share, batch_size, w, workers)) for w in range(workers)]
+            # the DataLoader asks the workers in turn, skipping exhausted ones, and keeps that order
+            active, got, turn = set(range(workers)), [], 0
+            while active:
+                w = turn % workers
+                turn += 1
+                if w in active:
+                    batch = next(per_worker[w], None)
+                    if batch is None:
+                        active.discard(w)
+                    else:
+                        got.extend(batch)
+            assert got == list(range(share)), (share, workers)
+
+
+def test_order_depends_on_seed_and_epoch_only():
+    a, b = epoch_order(1000, 3, 0), epoch_order(1000, 3, 0)
+    assert np.array_equal(a, b)
+    assert sorted(a.tolist()) == list(range(1000))
+    assert not np.array_equal(a, epoch_order(1000, 3, 1)), "a new order each epoch"
+    assert not np.array_equal(a, epoch_order(1000, 4, 0))
+    assert epoch_order(5, 3, 0, shuffle=False).tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("samples", "first", "second"), [(101, (2, 3), (3, 2)), (101, (3, 2), (2, 3)), (12, (2, 3), (3, 2))])
+def test_elastic_resume_arithmetic(samples, first, second):
+    """Stop after k global steps on W ranks, resume on W' ranks with the same global batch."""
+    (w1, b1), (w2, b2) = first, second
+    for steps in range(0, samples // (w1 * b1) + 1):
+        seen = []
+        for r in range(w1):
+            seen += rank_positions(samples, 0, r, w1, b1)[: steps * b1].tolist()
+        position = consumed_position(0, steps * b1, w1, samples)
+        assert sorted(seen) == list(range(position)), "what was seen is a prefix of the order"
+        rest = [p for r in range(w2) for p in rank_positions(samples, position, r, w2, b2).tolist()]
+        counts = Counter(p % samples for p in seen + rest)
+        assert set(counts) == set(range(samples))
+        assert sum(counts.values()) - samples < w2, "only the minimal padding repeats"
+
+
+def _buffer_shuffle(sequence, buffer, rng):
+    """What shard order plus a shuffle buffer gives (webdataset.shuffle): the baseline to beat."""
+    pool, out = [], []
+    for x in sequence:
+        pool.append(x)
+        if len(pool) >= buffer:
+            out.append(pool.pop(rng.integers(len(pool))))
+    while pool:
+        out.append(pool.pop(rng.integers(len(pool))))
+    return out
+
+
+def test_shuffle_breaks_source_neighbourhoods():
+    """10,000 keys: 100 patients × 100 shapes, shards of 100 consecutive samples.
+
+    Figure: source-neighbour ratio (consecutive yielded pairs that are the same patient with
+    adjacent shape numbers, relative to a uniformly random order; 1 = ideal).
+    """
+    patients, shapes = 100, 100
+    patient = np.repeat(np.arange(patients), shapes)
+    aug = np.tile(np.arange(1, shapes + 1), patients)
+    n = len(patient)
+    rng = np.random.default_rng(0)
+    source = np.arange(n)
+    shards = source.reshape(-1, 100)[rng.permutation(n // 100)].reshape(-1)
+    figures = {
+        "source order": source_neighbour_ratio(source, patient, aug),
+        "shuffled shards + 1000-sample buffer": source_neighbour_ratio(_buffer_shuffle(shards, 1000, rng), patient, aug),
+        "global order": source_neighbour_ratio(epoch_order(n, SEED, 0), patient, aug),
+        "rank 1 of 3": source_neighbour_ratio(epoch_order(n, SEED, 0)[rank_positions(n, 0, 1, 3)], patient, aug),
+    }
+    ratios = []
+    for epoch in range(20):
+        order = epoch_order(n, SEED, epoch)
+        ratios.append(source_neighbour_ratio(order, patient, aug))
+    figures["global order, mean of 20 epochs"] = float(np.mean(ratios))
+    # mean |source index difference| of consecutive samples, relative to the uniform N/3
+    order = epoch_order(n, SEED, 0)
+    figures["global order |Δindex| / (N/3)"] = float(np.mean(np.abs(np.diff(order))) / (n / 3))
+    print("\nshuffle quality:", json.dumps(figures, indent=1))
+    assert figures["source order"] > 1000
+    assert figures["shuffled shards + 1000-sample buffer"] > 5
+    assert 0.5 < figures["global order"] < 1.5 and 0.5 < figures["rank 1 of 3"] < 1.5
+    assert 0.85 < figures["global order, mean of 20 epochs"] < 1.15
+    assert 0.97 < figures["global order |Δindex| / (N/3)"] < 1.03
+
+
+# --------------------------------------------------------------------------- reading a real output
+
+
+def _stock(out: Path, split: str) -> dict[str, dict]:
+    urls = sorted(glob.glob(str(out / "wds" / f"{split}-*.tar")))
+    return {s["__key__"]: decode_wds_sample(s) for s in webdataset.WebDataset(urls, shardshuffle=False)}
+
+
+def _assert_same_as_stock(samples, stock, fields):
+    keys = []
+    for sample in samples:
+        key = sample["__key__"]
+        keys.append(key)
+        assert set(sample) == {"__key__", *fields}
+        for field in fields:
+            assert isinstance(sample[field], torch.Tensor)
+            assert_bit_exact(sample[field].numpy(), stock[key][field], f"{key}.{field}")
+    return keys
+
+
+def test_samples_are_bit_exact_and_in_manifest_order_without_shuffle(converted):
+    stock = _stock(converted, "train")
+    ds = StreamingDataset(converted, fields=None, shuffle=False)
+    keys = _assert_same_as_stock(ds, stock, ds.fields)
+    assert keys == read_manifest(converted)["splits"]["train"]["keys"] == ds.keys
+    assert len(ds) == len(keys) == 12
+
+
+def test_only_requested_fields_are_read(converted, monkeypatch):
+    from pipeline import stream
+
+    ds = StreamingDataset(converted, fields=("label",), seed=SEED)
+    lengths = []
+    original = stream._LocalStore.read
+
+    def counting_read(self, shard, offset, length):
+        lengths.append(length)
+        return original(self, shard, offset, length)
+
+    monkeypatch.setattr(stream._LocalStore, "read", counting_read)
+    samples = list(ds)
+    assert [s["__key__"] for s in samples] == expected_keys(ds.keys, 0, 0, 1)
+    assert all(s["label"].dtype == torch.int64 and s["label"].shape == (1, 512, 512) for s in samples)
+    shards = read_manifest(converted)["splits"]["train"]["shards"]
+    label = list(read_manifest(converted)["schema"]).index("label")
+    assert sum(lengths) == sum(p[2 * label + 1] for s in shards for p in s["payloads"])
+
+
+def test_batches_do_not_depend_on_workers_and_come_in_shared_memory(converted):
+    ds = StreamingDataset(converted, fields=("img", "label"), seed=SEED, batch_size=5)
+    ds.set_epoch(3)
+    runs = {w: list(DataLoader(ds, batch_size=None, num_workers=w)) for w in (0, 2)}
+    for w, batches in runs.items():
+        assert [len(b["__key__"]) for b in batches] == [5, 5, 2]
+        assert flat_keys(batches) == expected_keys(ds.keys, 3, 0, 1), w
+    assert all(b["img"].is_shared() for b in runs[2]), "batches cross the worker boundary without a copy"
+    for a, b in zip(*runs.values()):
+        assert torch.equal(a["img"], b["img"]) and torch.equal(a["label"], b["label"])
+    # per-sample mode, collated by the DataLoader
+    samples = StreamingDataset(converted, fields=("img",), seed=SEED)
+    samples.set_epoch(3)
+    batches = list(DataLoader(samples, batch_size=4))
+    assert flat_keys(batches) == expected_keys(ds.keys, 3, 0, 1)
+    assert batches[0]["img"].shape == (4, 512, 512)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_in_process_on_another_world_size(converted, workers):
+    """Ranks simulated in one process: 2 ranks × 3 per batch stop after a step; 3 ranks × 2 finish."""
+    keys = StreamingDataset(converted, fields=("label",)).keys
+    first = [StreamingDataset(converted, fields=("label",), seed=SEED, batch_size=3, rank=r, world_size=2) for r in range(2)]
+    seen, states = [], []
+    for ds in first:
+        ds.set_epoch(1)
+        for batch in ds.track(DataLoader(ds, batch_size=None, num_workers=workers)):
+            seen += batch["__key__"]
+            break
+        states.append(ds.state_dict())
+    assert states[0] == states[1] and states[0]["epoch"] == 1 and states[0]["position"] == 6
+    second = [StreamingDataset(converted, fields=("label",), seed=SEED, batch_size=2, rank=r, world_size=3) for r in range(3)]
+    rest = []
+    for r, ds in enumerate(second):
+        ds.load_state_dict(json.loads(json.dumps(states[0])))
+        ds.set_epoch(1)  # the loaded epoch: keeps the position
+        assert len(ds) == 2
+        got = flat_keys(ds.track(DataLoader(ds, batch_size=None, num_workers=workers)))
+        assert got == expected_keys(keys, 1, r, 3, start=6)
+        rest += got
+        assert ds.state_dict() == {**states[0], "epoch": 2, "position": 0, "world_size": 3}
+    assert sorted(seen + rest) == sorted(keys), "no repeats, no gaps"
+
+
+def test_state_dict_without_track_and_its_checks(converted):
+    ds = StreamingDataset(converted, fields=("label",), seed=SEED, rank=0, world_size=2)
+    ds.set_epoch(4)
+    assert ds.state_dict(samples_seen=2)["position"] == 4
+    assert ds.state_dict(samples_seen=6) == {**ds.state_dict(samples_seen=6), "epoch": 5, "position": 0}
+    other = StreamingDataset(converted, fields=("label",), seed=SEED + 1)
+    with pytest.raises(ValueError, match="seed"):
+        other.load_state_dict(ds.state_dict(samples_seen=2))
+    with pytest.raises(ValueError, match="another dataset"):
+        StreamingDataset(converted, split="test", seed=SEED).load_state_dict(ds.state_dict(samples_seen=2))
+    # per-sample mode with workers batching their own samples cannot give a prefix
+    samples = StreamingDataset(converted, fields=("shape",), seed=SEED)
+    for _ in samples.track(DataLoader(samples, batch_size=2, num_workers=2)):
+        break
+    with pytest.raises(ValueError, match="batch_size"):
+        samples.state_dict()
+
+
+def test_bad_arguments():
+    with pytest.raises(OutputError, match="no manifest"):
+        StreamingDataset("/nonexistent/output")
+
+
+def test_bad_fields_and_sizes(converted):
+    with pytest.raises(ValueError, match="unknown field"):
+        StreamingDataset(converted, fields=("img", "nope"))
+    with pytest.raises(ValueError, match="batch_size"):
+        StreamingDataset(converted, batch_size=0)
+    with pytest.raises(ValueError, match="already batches"):
+        ds = StreamingDataset(converted, batch_size=2)
+        next(ds.track(DataLoader(ds, batch_size=2)))
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files under ``server.root`` with single-range ``Range`` support and keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        path = Path(self.server.root) / urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        size = path.stat().st_size
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        start, end = (0, size - 1) if match is None else (int(match[1]), min(int(match[2] or size - 1), size - 1))
+        if start >= size:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        with open(path, "rb") as file:
+            file.seek(start)
+            body = file.read(end - start + 1)
+        self.send_response(200 if match is None else 206)
+        if match is not None:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(root: Path) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+        server.root = str(root)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("scheme", ["http", "file"])
+def test_urls_read_the_same_samples(converted, serve, scheme):
+    url = serve(converted) if scheme == "http" else converted.as_uri()
+    stock = _stock(converted, "train")
+    ds = StreamingDataset(url, fields=None, seed=SEED, batch_size=4)
+    batches = list(DataLoader(ds, batch_size=None, num_workers=2 if scheme == "http" else 0))
+    assert flat_keys(batches) == expected_keys(ds.keys, 0, 0, 1)
+    for batch in batches:
+        for row, key in enumerate(batch["__key__"]):
+            for field in ds.fields:
+                assert_bit_exact(batch[field][row].numpy(), stock[key][field], f"{scheme} {key}.{field}")
+
+
+def _damage(out: Path, how: str) -> str:
+    """Damage the second shard of ``train``; return its file name."""
+    shard = read_manifest(out)["splits"]["train"]["shards"][1]
+    path = out / shard["file"]
+    if how == "missing":
+        path.unlink()
+    elif how == "truncated":
+        os.truncate(path, shard["bytes"] - 1000)
+    else:  # flip bytes in the middle of a sample's first payload (img), keeping the size
+        offset, size = shard["payloads"][0][0:2]
+        with open(path, "r+b") as file:
+            file.seek(offset + size // 2)
+            chunk = file.read(64)
+            file.seek(offset + size // 2)
+            file.write(bytes(b ^ 0x5A for b in chunk))
+    return shard["file"]
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "corrupt"])
+@pytest.mark.parametrize("scheme", ["local", "http"])
+def test_damaged_shard_is_an_error_naming_it(converted, tmp_path, serve, how, scheme):
+    out = copy_output(converted, tmp_path)
+    name = _damage(out, how)
+    ds = StreamingDataset(serve(out) if scheme == "http" else out, fields=("img",), shuffle=False)
+    with pytest.raises(OutputError, match=re.escape(name)) as error:
+        for _ in ds:
+            pass
+    assert re.search({"missing": "missing", "truncated": "truncated", "corrupt": "corrupt|damaged"}[how], str(error.value))
+
+
+# --------------------------------------------------------------------------- real torch.distributed
+
+RANK_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch, torch.distributed as dist
+    from torch.utils.data import DataLoader
+    from pipeline.stream import StreamingDataset
+
+    def main():
+        config = json.load(open(sys.argv[1]))
+        rank, world = int(sys.argv[2]), int(sys.argv[3])
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{config['port']}", rank=rank, world_size=world)
+        results = {}
+        for sc in config["scenarios"]:
+            ds = StreamingDataset(config["root"], split=sc.get("split", "train"), fields=("label",),
+                                  seed=config["seed"], batch_size=sc.get("batch_size"))
+            if sc.get("load"):
+                ds.load_state_dict(json.load(open(sc["load"])))
+            runs = []
+            for epoch in sc["epochs"]:
+                ds.set_epoch(epoch)
+                loader = DataLoader(ds, batch_size=sc.get("loader_batch"), num_workers=sc["workers"],
+                                    multiprocessing_context=sc.get("context"))
+                length, keys, ok = len(ds), [], True
+                for step, batch in enumerate(ds.track(loader)):
+                    k = batch["__key__"]
+                    keys += [k] if isinstance(k, str) else k
+                    ok = ok and isinstance(batch["label"], torch.Tensor) and batch["label"].dtype == torch.int64
+                    if step + 1 == sc.get("stop"):
+                        break
+                runs.append({"epoch": epoch, "len": length, "keys": keys, "tensors": ok, "state": ds.state_dict()})
+            if sc.get("save") and rank == 0:
+                json.dump(ds.state_dict(), open(sc["save"], "w"))
+            dist.barrier()  # the next launch reads the state only after every rank has finished
+            results[sc["name"]] = {"rank": ds.rank, "world": ds.world_size, "runs": runs}
+        json.dump(results, open(f"{config['out']}/rank{rank}.json", "w"))
+        dist.destroy_process_group()
+
+
+    if __name__ == "__main__":  # spawned DataLoader workers import this file as __mp_main__
+        main()
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(root: Path, folder: Path, world: int, scenarios: list[dict]) -> list[dict]:
+    """Run RANK_SCRIPT on ``world`` processes; return each rank's results."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rank.py").write_text(RANK_SCRIPT)
+    config = {"root": str(root), "seed": SEED, "port": _free_port(), "out": str(folder), "scenarios": scenarios}
+    (folder / "config.json").write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["GLOO_SOCKET_IFNAME"] = "lo"
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    procs = [
+        subprocess.Popen([sys.executable, str(folder / "rank.py"), str(folder / "config.json"), str(r), str(world)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        for r in range(world)
+    ]
+    # one thread per rank collects its output; the first failure stops the others (no hang on a dead peer)
+    finished: queue.Queue = queue.Queue()
+    for r, p in enumerate(procs):
+        threading.Thread(target=lambda r=r, p=p: finished.put((r, p.communicate()[0], p.wait())), daemon=True).start()
+    failed = []
+    try:
+        for _ in procs:
+            r, output, rc = finished.get(timeout=300)
+            if rc:
+                failed.append(f"rank {r} exited {rc}:\n{output}")
+                break
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert not failed, "\n".join(failed)
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def ddp(converted, tmp_path_factory):
+    """Three launches: 2 ranks (stop mid-epoch), 3 ranks (elastic resume; stop), 2 ranks (resume both)."""
+    base = tmp_path_factory.mktemp("ddp")
+    state2, state3 = str(base / "state-w2.json"), str(base / "state-w3.json")
+    w2 = _launch(converted, base / "w2", 2, [
+        {"name": "full-0", "workers": 0, "batch_size": 3, "epochs": [0, 1]},
+        {"name": "full-2", "workers": 2, "batch_size": 3, "epochs": [0, 1]},
+        {"name": "spawned-workers", "workers": 1, "context": "spawn", "batch_size": 3, "epochs": [0]},
+        {"name": "per-sample", "workers": 0, "loader_batch": 2, "epochs": [0]},
+        {"name": "padded", "split": "test", "workers": 2, "batch_size": 1, "epochs": [0]},
+        {"name": "stop", "workers": 2, "batch_size": 3, "epochs": [2], "stop": 1, "save": state2},
+    ])  # fmt: skip
+    w3 = _launch(converted, base / "w3", 3, [
+        {"name": "full-0", "workers": 0, "batch_size": 2, "epochs": [0, 1]},
+        {"name": "full-2", "workers": 2, "batch_size": 2, "epochs": [0, 1]},
+        {"name": "elastic", "workers": 2, "batch_size": 2, "epochs": [2], "load": state2},
+        {"name": "stop", "workers": 0, "batch_size": 2, "epochs": [5], "stop": 1, "save": state3},
+    ])  # fmt: skip
+    w2b = _launch(converted, base / "w2-again", 2, [
+        {"name": "resume", "workers": 2, "batch_size": 3, "epochs": [2], "load": state2},
+        {"name": "elastic", "workers": 0, "batch_size": 3, "epochs": [5, 6], "load": state3},
+    ])  # fmt: skip
+    return {"keys": read_manifest(converted)["splits"], 2: w2, 3: w3, "2b": w2b}
+
+
+def _runs(results, name):
+    """Per epoch, per rank: the run records of scenario ``name``."""
+    per_rank = [r[name]["runs"] for r in results]
+    return [list(epoch) for epoch in zip(*per_rank)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 3])
+def test_ddp_coverage_equal_lengths_determinism_and_workers(ddp, world):
+    keys = ddp["keys"]["train"]["keys"]
+    for name in ("full-0", "full-2"):
+        assert [r[name]["rank"] for r in ddp[world]] == list(range(world)), "ranks from torch.distributed"
+        assert {r[name]["world"] for r in ddp[world]} == {world}
+        epochs = _runs(ddp[world], name)
+        for e, ranks in enumerate(epochs):
+            assert all(run["tensors"] for run in ranks)
+            assert len({len(run["keys"]) for run in ranks}) == 1, "equal lengths"
+            assert all(run["len"] == len(run["keys"]) for run in ranks), "len(ds) is what a rank yields"
+            assert sorted(k for run in ranks for k in run["keys"]) == sorted(keys), "each sample once"
+            for r, run in enumerate(ranks):
+                assert run["keys"] == expected_keys(keys, e, r, world), "depends on (seed, epoch, world) only"
+        assert [run["keys"] for run in epochs[0]] != [run["keys"] for run in epochs[1]], "new order each epoch"
+    assert _runs(ddp[world], "full-0") == _runs(ddp[world], "full-2"), "independent of num_workers"
+
+
+@pytest.mark.slow
+def test_ddp_spawned_workers_per_sample_mode_and_padding(ddp):
+    keys = ddp["keys"]["train"]["keys"]
+    assert _runs(ddp[2], "spawned-workers")[0] == _runs(ddp[2], "full-0")[0], "spawned workers get the main process's rank"
+    per_sample = _runs(ddp[2], "per-sample")[0]
+    assert [run["keys"] for run in per_sample] == [expected_keys(keys, 0, r, 2) for r in range(2)]
+    test_keys = ddp["keys"]["test"]["keys"]
+    padded = _runs(ddp[2], "padded")[0]
+    assert [len(run["keys"]) for run in padded] == [2, 2]
+    counts = Counter(k for run in padded for k in run["keys"])
+    assert set(counts) == set(test_keys) and sum(counts.values()) == 4
+    assert counts[expected_keys(test_keys, 0, 0, 1)[0]] == 2, "padding repeats the epoch's first sample"
+
+
+@pytest.mark.slow
+def test_ddp_resume_same_world_size_in_a_new_process(ddp):
+    keys = ddp["keys"]["train"]["keys"]
+    before = _runs(ddp[2], "stop")[0]
+    assert [len(run["keys"]) for run in before] == [3, 3]
+    assert len({json.dumps(run["state"]) for run in before}) == 1, "every rank saves the same state"
+    assert before[0]["state"]["epoch"] == 2 and before[0]["state"]["position"] == 6
+    after = _runs(ddp["2b"], "resume")[0]
+    assert all(run["len"] == 3 for run in after)
+    seen = [k for run in before + after for k in run["keys"]]
+    assert sorted(seen) == sorted(keys), "no repeats, no gaps"
+    for r in range(2):
+        assert before[r]["keys"] + after[r]["keys"] == expected_keys(keys, 2, r, 2), "the rest of the same sequence"
+
+
+@pytest.mark.slow
+def test_ddp_elastic_resume_from_2_to_3_ranks_and_back(ddp):
+    keys = ddp["keys"]["train"]["keys"]
+    before = [k for run in _runs(ddp[2], "stop")[0] for k in run["keys"]]
+    after = _runs(ddp[3], "elastic")[0]
+    assert [len(run["keys"]) for run in after] == [2, 2, 2]
+    assert sorted(before + [k for run in after for k in run["keys"]]) == sorted(keys), "no repeats, no gaps"
+    assert all(run["state"]["epoch"] == 3 and run["state"]["position"] == 0 for run in after), "epoch done"
+    # 3 ranks × 2 stop after one step of epoch 5; 2 ranks × 3 finish it, then run epoch 6 in full
+    before3 = [k for run in _runs(ddp[3], "stop")[0] for k in run["keys"]]
+    epoch5, epoch6 = _runs(ddp["2b"], "elastic")
+    assert sorted(before3 + [k for run in epoch5 for k in run["keys"]]) == sorted(keys)
+    assert [run["keys"] for run in epoch6] == [expected_keys(keys, 6, r, 2) for r in range(2)]
