@@ -24,7 +24,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import google_crc32c
 import numpy as np
@@ -35,6 +35,9 @@ from numcodecs import blosc
 from .manifest import read_manifest
 from .schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES, OutputError
 from .zarr_store import store_path
+
+if TYPE_CHECKING:
+    import xarray
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +91,9 @@ class ChunkLayout:
         return os.path.join(self.directory, "c" + self.separator + self.separator.join(coords))
 
 
-def fast_layout(array: zarr.Array, directory: str | os.PathLike) -> ChunkLayout | None:
-    """The :class:`ChunkLayout` of ``array`` (stored under ``directory``), or None if the fast path
-    cannot read it bit-exactly; the reason is logged at debug level.
+def fast_layout(array: zarr.Array) -> ChunkLayout | None:
+    """The :class:`ChunkLayout` of ``array``, or None if the fast path cannot read it bit-exactly;
+    the reason is logged at debug level.
 
     Every part of the metadata that changes where or how bytes are stored is checked: the
     fast path is an optimisation, and whatever it does not know it leaves to zarr-python.
@@ -102,7 +105,7 @@ def fast_layout(array: zarr.Array, directory: str | os.PathLike) -> ChunkLayout 
     meta = array.metadata.to_dict()
     sharding = meta["codecs"][0]["configuration"]
     return ChunkLayout(
-        directory=os.fspath(directory),
+        directory=os.path.join(array.store.root, *array.path.split("/")),
         shape=tuple(int(n) for n in array.shape),
         dtype=np.dtype(array.dtype).str,
         fill_value=array.fill_value,
@@ -118,6 +121,8 @@ def _layout_mismatch(array: zarr.Array) -> str | None:
     """Why the fast path cannot read ``array``, or None if it can."""
     if array.metadata.zarr_format != 3:
         return "not a Zarr v3 array"
+    if not isinstance(array.store, zarr.storage.LocalStore):
+        return f"store {array.store} is not a local directory"
     meta = array.metadata.to_dict()
     dtype = np.dtype(array.dtype)
     shape = tuple(int(n) for n in array.shape)
@@ -206,8 +211,8 @@ def _read_index(layout: ChunkLayout, path: str, file) -> np.ndarray:
         if google_crc32c.value(raw) != stored:
             raise OutputError(f"{path}: the shard index fails its crc32c check; the output is damaged")
     index = np.frombuffer(raw, dtype="<u8").reshape(layout.shard_samples, 2)
-    present = index[:, 0] != _MISSING
-    if np.any(index[present].sum(axis=1) > size):
+    offsets, sizes = index[~(index == _MISSING).all(axis=1)].T
+    if np.any(offsets > size) or np.any(sizes > size - np.minimum(offsets, size)):
         raise OutputError(f"{path}: the shard index points past the end of the file; the output is damaged")
     return index
 
@@ -261,16 +266,8 @@ class ZarrDataset(torch.utils.data.Dataset):
         """
         self.out = Path(out)
         self.split = split
-        split_info = _split_info(self.out, split)
-        group = _open_split_group(self.out, split)
-        available = _available_fields(group)
-        if isinstance(fields, str):
-            fields = (fields,)
-        self.fields: tuple[str, ...] = tuple(available if fields is None else fields)
-        missing = [f for f in self.fields if f not in available]
-        if missing:
-            raise OutputError(f"{store_path(self.out) / split}: no field(s) {missing} (has {list(available)})")
-        self.keys: tuple[str, ...] = tuple(split_info["keys"])
+        keys, group, self.fields = _open_split(self.out, read_manifest(self.out), split, fields)
+        self.keys: tuple[str, ...] = tuple(keys)
         self.patients = _read_only(group["patient"][:])
         self.augs = _read_only(group["aug"][:])
         arrays = {f: group[f] for f in self.fields}
@@ -279,10 +276,7 @@ class ZarrDataset(torch.utils.data.Dataset):
             if length != len(self.keys):
                 raise OutputError(f"{store_path(self.out) / split / name}: {length} samples, "
                                   f"but the manifest lists {len(self.keys)}")  # fmt: skip
-        directory = store_path(self.out) / split
-        self._layouts: dict[str, ChunkLayout | None] = {
-            f: fast_layout(a, directory / f) if fast else None for f, a in arrays.items()
-        }
+        self._layouts: dict[str, ChunkLayout | None] = {f: fast_layout(a) if fast else None for f, a in arrays.items()}
         self._by_key = {k: i for i, k in enumerate(self.keys)}
         self._by_patient_aug = {(int(p), int(a)): i for i, (p, a) in enumerate(zip(self.patients, self.augs))}
         self._local: _ProcessState | None = None
@@ -354,7 +348,7 @@ class ZarrDataset(torch.utils.data.Dataset):
         array = state.arrays.get(field)
         if array is None:
             array = state.arrays[field] = zarr.open_array(store_path(self.out), path=f"{self.split}/{field}", mode="r")
-        return np.ascontiguousarray(array[row])
+        return np.asarray(array[row], order="C")
 
     def _state(self) -> _ProcessState:
         state = self._local
@@ -376,19 +370,22 @@ class ZarrDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------- opening
 
 
-def _split_info(out: Path, split: str) -> dict:
-    manifest = read_manifest(out)
+def _open_split(out: Path, manifest: Mapping, split: str,
+                fields: str | Sequence[str] | None) -> tuple[list[str], zarr.Group, tuple[str, ...]]:  # fmt: skip
+    """The keys (from the manifest), Zarr group and fields (all by default) of a split, all checked."""
     if split not in manifest["splits"]:
         raise OutputError(f"{out}: no split {split!r} (has {sorted(manifest['splits'])})")
-    return manifest["splits"][split]
-
-
-def _open_split_group(out: Path, split: str) -> zarr.Group:
-    path = store_path(out)
+    path = store_path(out) / split
     try:
-        return zarr.open_group(path, path=split, mode="r", zarr_format=3)
+        group = zarr.open_group(store_path(out), path=split, mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.BaseZarrError) as exc:
-        raise OutputError(f"{path / split}: not a Zarr group ({exc}); is the conversion complete?") from exc
+        raise OutputError(f"{path}: not a Zarr group ({exc}); is the conversion complete?") from exc
+    available = _available_fields(group)
+    chosen = available if fields is None else ((fields,) if isinstance(fields, str) else tuple(fields))
+    missing = [f for f in chosen if f not in available]
+    if missing:
+        raise OutputError(f"{path}: no field(s) {missing} (has {list(available)})")
+    return list(manifest["splits"][split]["keys"]), group, chosen
 
 
 def _available_fields(group: zarr.Group) -> tuple[str, ...]:
@@ -439,7 +436,8 @@ def _dims(field: str, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
     return ("sample", *(f"{field}_dim{k}" for k in range(len(sample_shape))))
 
 
-def open_zarr(out: str | os.PathLike, split: str | None = None, fields: Sequence[str] | None = None):
+def open_zarr(out: str | os.PathLike, split: str | None = None,
+              fields: Sequence[str] | None = None) -> xarray.Dataset | dict[str, xarray.Dataset]:  # fmt: skip
     """Lazy views of the output for analysis: an ``xarray.Dataset`` of ``split``, or a dict of
     them by split when ``split`` is None.
 
@@ -452,16 +450,10 @@ def open_zarr(out: str | os.PathLike, split: str | None = None, fields: Sequence
     import xarray as xr
 
     out = Path(out)
-    splits = [split] if split is not None else sorted(read_manifest(out)["splits"])
+    manifest = read_manifest(out)
     views = {}
-    for name in splits:
-        info = _split_info(out, name)
-        group = _open_split_group(out, name)
-        available = _available_fields(group)
-        chosen = available if fields is None else ((fields,) if isinstance(fields, str) else tuple(fields))
-        missing = [f for f in chosen if f not in available]
-        if missing:
-            raise OutputError(f"{store_path(out) / name}: no field(s) {missing} (has {list(available)})")
+    for name in [split] if split is not None else sorted(manifest["splits"]):
+        keys, group, chosen = _open_split(out, manifest, name, fields)
         data_vars = {}
         for field in chosen:
             array = group[field]
@@ -470,7 +462,7 @@ def open_zarr(out: str | os.PathLike, split: str | None = None, fields: Sequence
             data_vars[field] = (_dims(field, tuple(array.shape[1:])), data)
         used = {d for dims, _ in data_vars.values() for d in dims}
         coords = {
-            "key": ("sample", list(info["keys"])),
+            "key": ("sample", keys),
             "patient": ("sample", group["patient"][:]),
             "aug": ("sample", group["aug"][:]),
             **{d: labels for d, labels in _DIM_LABELS.items() if d in used},

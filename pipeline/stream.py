@@ -102,6 +102,13 @@ def rank_positions(samples: int, start: int, rank: int, world_size: int, batch_s
     return start + rank + world_size * np.arange(share, dtype=np.int64)
 
 
+def rank_samples(samples: int, seed: int, epoch: int, rank: int, world_size: int, start: int = 0,
+                 batch_size: int | None = None, drop_last: bool = False, shuffle: bool = True) -> np.ndarray:  # fmt: skip
+    """Sample indices (manifest order) that ``rank`` visits in epoch ``epoch``, from position ``start``."""
+    positions = rank_positions(samples, start, rank, world_size, batch_size, drop_last)
+    return epoch_order(samples, seed, epoch, shuffle)[positions % samples] if len(positions) else positions
+
+
 def worker_batches(share: int, batch_size: int, worker: int, num_workers: int) -> list[range]:
     """Rows of a rank's sequence that ``worker`` yields, as batches: batch ``j`` → worker ``j % W``.
 
@@ -117,23 +124,27 @@ def consumed_position(start: int, seen: int, world_size: int, samples: int) -> i
     return min(start + seen * world_size, samples)
 
 
-def source_neighbour_ratio(sequence: Sequence[int], patient: Sequence[int], aug: Sequence[int]) -> float:
-    """How often a yielded sample follows one of its source neighbours, relative to pure chance.
+def source_neighbour_ratio(sequence: Sequence[int], patient: Sequence[int], aug: Sequence[int],
+                           window: int = 16) -> float:  # fmt: skip
+    """How often samples that are neighbours in the source end up close together, relative to chance.
 
-    Source neighbours are samples of the same patient whose shape numbers differ by at most one:
-    they sit next to each other in the shards and look alike. The figure is the number of
-    consecutive pairs of ``sequence`` that are source neighbours, divided by the number expected if
+    Source neighbours are samples of the same patient whose shape numbers differ by one: they sit
+    next to each other in the shards and look alike. The figure counts pairs of them at most
+    ``window`` apart in ``sequence`` (16: about one batch), divided by the count expected if
     ``sequence`` were a uniformly random permutation of its samples. About 1 is as good as a
-    shuffle gets; the source order itself scores about ``N / 2``.
+    shuffle gets; the source order itself scores about ``N / (2·window)``.
     """
     seq = np.asarray(sequence)
     p, a = np.asarray(patient)[seq], np.asarray(aug)[seq]
-    observed = np.count_nonzero((p[1:] == p[:-1]) & (np.abs(a[1:] - a[:-1]) <= 1) & (seq[1:] != seq[:-1]))
-    # neighbour pairs among the distinct samples visited: adjacent shape numbers within a patient
-    pairs = sorted(set(zip(p.tolist(), a.tolist())))
-    neighbours = sum(1 for (p0, a0), (p1, a1) in zip(pairs, pairs[1:]) if p0 == p1 and a1 - a0 <= 1)
-    n = len(pairs)
-    expected = (len(seq) - 1) * 2 * neighbours / (n * (n - 1)) if n > 1 else 0.0
+    observed, pairs = 0, 0
+    for d in range(1, min(window, len(seq) - 1) + 1):
+        close = (p[d:] == p[:-d]) & (np.abs(a[d:] - a[:-d]) == 1)
+        observed += int(np.count_nonzero(close))
+        pairs += len(seq) - d
+    distinct = sorted(set(zip(p.tolist(), a.tolist())))
+    neighbours = sum(1 for (p0, a0), (p1, a1) in zip(distinct, distinct[1:]) if p0 == p1 and a1 - a0 == 1)
+    n = len(distinct)
+    expected = pairs * 2 * neighbours / (n * (n - 1)) if n > 1 else 0.0
     return observed / expected if expected else 0.0
 
 
@@ -672,18 +683,17 @@ class StreamingDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         rank, world = self._resolve_world()
         start = 0 if self._finished else self._start
-        positions = rank_positions(self.samples, start, rank, world, self.batch_size, self.drop_last)
-        order = epoch_order(self.samples, self.seed, self._epoch, self.shuffle)
+        sequence = rank_samples(self.samples, self.seed, self._epoch, rank, world, start, self.batch_size,
+                                self.drop_last, self.shuffle)  # fmt: skip
         worker = get_worker_info()
         wid, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
-        batches = worker_batches(len(positions), self.batch_size or 1, wid, workers)
-        return self._generate(order, positions, batches, shared=worker is not None)
+        batches = worker_batches(len(sequence), self.batch_size or 1, wid, workers)
+        return self._generate(sequence, batches, shared=worker is not None)
 
-    def _generate(self, order: np.ndarray, positions: np.ndarray, batches: list[range],
-                  shared: bool) -> Iterator[dict]:  # fmt: skip
+    def _generate(self, sequence: np.ndarray, batches: list[range], shared: bool) -> Iterator[dict]:
         try:
             for rows in batches:
-                indices = order[positions[rows.start : rows.stop] % self.samples]
+                indices = sequence[rows.start : rows.stop]
                 if self.batch_size is None:
                     yield self._read_batch(indices, shared=False, batched=False)
                 else:

@@ -22,6 +22,7 @@ from typing import BinaryIO, Iterable, Iterator, Mapping
 import numpy as np
 
 from . import codecs
+from .atomic import AtomicFile
 from .codecs import Encoding
 from .schema import OutputError
 
@@ -39,7 +40,12 @@ def npy_header(array: np.ndarray) -> bytes:
 
 def encode_field(array: np.ndarray, encoding: Encoding) -> bytes:
     """One tar member's payload: the npy header, then the Blosc-compressed array bytes."""
-    return npy_header(array) + encoding.encode(array, array.dtype.itemsize)
+    return member_payload(array, encoding.encode(array, array.dtype.itemsize))
+
+
+def member_payload(array: np.ndarray, frame: bytes) -> bytes:
+    """The payload of a member whose Blosc ``frame`` (shared with the Zarr chunk) is already made."""
+    return npy_header(array) + frame
 
 
 def decode_field(payload: bytes | memoryview, name: str = "member") -> np.ndarray:
@@ -96,17 +102,15 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 
 class ShardWriter:
-    """Writes one tar shard under a temporary name; :meth:`commit` renames it into place.
-
-    Until the rename, nothing at ``path`` looks like a finished shard, so an interrupted task
-    leaves at worst a ``*.tmp-*`` file that the next run removes.
-    """
+    """Writes one tar shard atomically (see :class:`~pipeline.atomic.AtomicFile`)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        self._file = open(self.tmp_path, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._target = AtomicFile(path)
+        self._tar = tarfile.open(fileobj=self._target.file, mode="w", format=tarfile.USTAR_FORMAT)
+
+    @property
+    def tmp_path(self) -> Path:
+        return self._target.tmp_path
 
     def add(self, key: str, payloads: Mapping[str, bytes]) -> list[int]:
         """Append one sample: ``payloads`` maps field → encoded member bytes, in schema order.
@@ -123,22 +127,15 @@ class ShardWriter:
         return locations
 
     def close(self) -> None:
-        """Finish the tar and flush it to disk, still under the temporary name."""
+        """Finish the tar (end-of-archive blocks) and flush it, still under the temporary name."""
         self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self._target.close()
 
     def commit(self) -> None:
-        os.replace(self.tmp_path, self.path)
+        self._target.commit()
 
     def abort(self) -> None:
-        for closeable in (self._tar, self._file):
-            try:
-                closeable.close()
-            except Exception:  # already failing; the temporary file is removed below
-                pass
-        self.tmp_path.unlink(missing_ok=True)
+        self._target.abort()
 
 
 def iter_shard(path: str | os.PathLike, fields: Iterable[str] | None = None) -> Iterator[dict]:

@@ -5,20 +5,28 @@ chunk per sample (random access reads exactly one sample) packed into shards of 
 samples (few files, each a few hundred MB at most), compressed with the field's measured Blosc
 configuration. ``<split>/patient`` and ``<split>/aug`` are int32 arrays naming each sample.
 
-Arrays are created once, by the coordinator, before any task runs: zarr-python loses data when
-processes write parts of one shard concurrently, so tasks only ever write whole shards of their
-own region.
+Arrays are created once, by the coordinator, with zarr-python, before any task runs. A task then
+writes whole shard files of its own rows only (zarr-python loses data when processes write parts
+of one shard concurrently), and writes them itself with :class:`ShardFileWriter`: the Blosc frame
+of each chunk is byte for byte the frame of the matching tar member, so a sample is compressed
+once for both formats. The shard format is the one zarr-python writes for these arrays (checked
+by :func:`check_layout` and by tests that read the shards with zarr-python and tensorstore):
+the chunks' frames back to back, then an index of little-endian uint64 (offset, nbytes) pairs,
+one per chunk, then the index's CRC-32C.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
+
+from .atomic import AtomicFile
 
 from .codecs import SHUFFLE_NAMES, Encoding
 from .schema import OutputError, Schema
@@ -70,6 +78,7 @@ def create_split(
             shards=(shard_samples, *spec.shape),
             compressors=blosc_codec(encodings[field], spec.numpy_dtype.itemsize),
         )
+        check_layout(split_group[field])
     for name, values in (("patient", patients), ("aug", augs)):
         array = _require_array(split_group, name, shape=(n,), dtype=np.dtype("int32"), chunks=(n,), shards=None,
                                compressors=None)  # fmt: skip
@@ -98,11 +107,6 @@ def open_array(out: str | os.PathLike, split: str, field: str, mode: str = "r") 
     return zarr.open_array(store_path(out), path=f"{split}/{field}", mode=mode, zarr_format=3)
 
 
-def write_region(out: str | os.PathLike, split: str, field: str, start: int, data: np.ndarray) -> None:
-    """Write samples ``start .. start+len(data)``: whole shards only (see module docstring)."""
-    open_array(out, split, field, mode="r+")[start : start + len(data)] = data
-
-
 def read_region(out: str | os.PathLike, split: str, field: str, start: int, stop: int) -> np.ndarray:
     return open_array(out, split, field)[start:stop]
 
@@ -110,3 +114,74 @@ def read_region(out: str | os.PathLike, split: str, field: str, start: int, stop
 def shard_file(out: str | os.PathLike, split: str, field: str, shard_index: int, ndim: int) -> Path:
     """The file holding Zarr shard ``shard_index`` of an array (default chunk key encoding)."""
     return store_path(out) / split / field / "c" / str(shard_index) / Path(*["0"] * (ndim - 1))
+
+
+#: An index entry of a chunk that was never written.
+EMPTY_CHUNK = 2**64 - 1
+
+
+def check_layout(array: zarr.Array) -> None:
+    """Refuse arrays whose shards :class:`ShardFileWriter` would not write correctly."""
+    codecs = array.metadata.to_dict()["codecs"]
+    sharding = codecs[0]["configuration"] if len(codecs) == 1 else {}
+    inner = [c["name"] for c in sharding.get("codecs", [])]
+    index = [c["name"] for c in sharding.get("index_codecs", [])]
+    if (codecs[0]["name"], inner, index, sharding.get("index_location")) != (
+        "sharding_indexed", ["bytes", "blosc"], ["bytes", "crc32c"], "end"
+    ) or any(c.get("configuration", {}).get("endian", "little") != "little" for c in sharding["codecs"]):
+        raise OutputError(f"{array.store_path}: unexpected Zarr codecs {codecs}")
+
+
+class ShardFileWriter:
+    """Streams the encoded chunks of one Zarr shard into its file, atomically.
+
+    Memory stays at one chunk whatever the shard size: frames are appended as samples arrive,
+    and the index is written at the end.
+    """
+
+    def __init__(self, path: str | os.PathLike, chunks_per_shard: int) -> None:
+        self._target = AtomicFile(path)
+        self._index = np.full((chunks_per_shard, 2), EMPTY_CHUNK, dtype="<u8")
+        self._chunks = 0
+        self._offset = 0
+
+    @property
+    def tmp_path(self) -> Path:
+        return self._target.tmp_path
+
+    def add(self, frame: bytes) -> None:
+        self._index[self._chunks] = (self._offset, len(frame))
+        self._target.file.write(frame)
+        self._offset += len(frame)
+        self._chunks += 1
+
+    def close(self) -> None:
+        index = self._index.tobytes()
+        self._target.file.write(index + google_crc32c.value(index).to_bytes(4, "little"))
+        self._target.close()
+
+    def commit(self) -> None:
+        self._target.commit()
+
+    def abort(self) -> None:
+        self._target.abort()
+
+
+def iter_shard_chunks(path: str | os.PathLike, chunks_per_shard: int) -> Iterator[bytes]:
+    """The encoded chunks of a shard file in order, one read each, up to the first empty entry.
+
+    The index's CRC-32C is checked first; a damaged index is an :class:`OutputError`.
+    """
+    index_size = chunks_per_shard * 16 + 4
+    with open(path, "rb") as file:
+        if file.seek(0, os.SEEK_END) < index_size:
+            raise OutputError(f"{path}: too short for a Zarr shard of {chunks_per_shard} chunks")
+        file.seek(-index_size, os.SEEK_END)
+        raw = file.read(index_size)
+        if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            raise OutputError(f"{path}: Zarr shard index checksum mismatch")
+        for offset, nbytes in np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2).tolist():
+            if offset == EMPTY_CHUNK:
+                return
+            file.seek(offset)
+            yield file.read(nbytes)

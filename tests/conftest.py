@@ -18,10 +18,8 @@ import torch
 from pipeline.convert import ConvertOptions, convert
 from pipeline.synth import SynthConfig, write_archive
 
-#: Small shards so that a dozen samples (~1.7 MB encoded, ~10.6 MB decoded each) make tar shards
-#: of 4 samples, each aligned with 2 Zarr shards of 2 samples.
+#: Small shards so that a dozen samples (~1.7 MB encoded each) make several shards of 4 samples.
 SMALL_SHARDS = 8_000_000
-SMALL_ZARR_SHARDS = 25_000_000
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +54,7 @@ def converted(tmp_path_factory, train_zip, test_zip, dask_scheduler) -> Path:
 
 
 def fast_options(scheduler: str, **overrides) -> ConvertOptions:
-    defaults = {"shard_bytes": SMALL_SHARDS, "zarr_shard_bytes": SMALL_ZARR_SHARDS, "scheduler": scheduler,
-                "progress": False}  # fmt: skip
+    defaults = {"shard_bytes": SMALL_SHARDS, "scheduler": scheduler, "progress": False}
     return ConvertOptions(**{**defaults, **overrides})
 
 
