@@ -12,5 +12,18 @@ __all__ = [
     "SchemaError",
     "SourceError",
     "SSMSpineError",
+    "ZarrDataset",
     "decode_wds_sample",
+    "open_zarr",
 ]
+
+#: Readers import torch, zarr and xarray: load them on first use, so `import pipeline` stays light.
+_LAZY = {"ZarrDataset": "random_access", "open_zarr": "random_access"}
+
+
+def __getattr__(name: str):  # PEP 562
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -264,32 +264,31 @@ def _load_or_make_plan(out: Path, identity: dict, by_split: Mapping[str, Sequenc
     measure again: otherwise resumed shards could differ from the kept ones.
     """
     path = manifest.plan_path(out)
-    if manifest.manifest_path(out).exists():
-        done = manifest.read_manifest(out)
-        plan = {"identity": identity, **{k: done[k] for k in PLAN_KEYS}}
-    elif path.exists():
+    if path.exists():
         plan = manifest.read_json(path)
         if plan["identity"] != identity:
             raise OutputError(
                 f"{out} holds an unfinished conversion of other sources or options; "
                 "choose another --out, or delete it to start over"
             )
-    else:
-        first_split = next(iter(by_split.values()))
-        plan = {"identity": identity, **_calibrate(first_split, options)}
+        return plan
+    plan = {"identity": identity, **_calibrate(next(iter(by_split.values())), options)}
     manifest.write_json_atomic(path, plan)
     return plan
 
 
-def _recorded_shards(out: Path) -> dict[tuple[str, int], ShardMeta]:
-    """Shards an earlier run finished: from its manifest, and from progress records since."""
-    recorded = {}
-    if manifest.manifest_path(out).exists():
-        done = manifest.read_manifest(out)
-        recorded = {(m.split, m.index): m for split in done["splits"] for m in manifest.shards_of(done, split)}
-    for meta in manifest.recorded_shards(out):
-        recorded[(meta.split, meta.index)] = meta
-    return recorded
+def _reopen_finished(out: Path, identity: dict) -> None:
+    """Turn a finished output that needs repair back into an unfinished one, losing nothing.
+
+    Its shards become progress records and its plan the current plan; only then does the
+    manifest go, so the output never claims to be complete while a shard is being rewritten.
+    """
+    done = manifest.read_manifest(out)
+    for split in done["splits"]:
+        for meta in manifest.shards_of(done, split):
+            manifest.record_shard(out, meta)
+    manifest.write_json_atomic(manifest.plan_path(out), {"identity": identity, **{k: done[k] for k in PLAN_KEYS}})
+    manifest.manifest_path(out).unlink()
 
 
 def _tasks(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]]) -> list[GroupTask]:
@@ -398,26 +397,29 @@ def convert(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     if _is_up_to_date(out, identity):
         summary.up_to_date = True
     else:
+        if manifest.manifest_path(out).exists():
+            _reopen_finished(out, identity)
         (out / WDS_DIR).mkdir(parents=True, exist_ok=True)
         remove_temporaries(out)
         plan = _load_or_make_plan(out, identity, by_split, options)
         _create_zarr(out, plan, by_split, identity["sources"])
         tasks = _tasks(out, plan, by_split)
-        recorded = _recorded_shards(out)
+        recorded = {(m.split, m.index): m for m in manifest.recorded_shards(out)}
         kept = {(t.split, t.index): m for t in tasks if (m := _kept_shard(t, recorded.get((t.split, t.index))))}
         todo = [t for t in tasks if (t.split, t.index) not in kept]
         summary.shards_kept, summary.shards_written = len(kept), len(todo)
         written, summary.startup_seconds = _run(todo, options)
         manifest.write_manifest(out, _build_manifest(plan, by_split, [*kept.values(), *written]))
         shutil.rmtree(out / manifest.PROGRESS_DIR, ignore_errors=True)
-    summary.zarr_bytes = _tree_bytes(zarr_store.store_path(out))
-    summary.wds_bytes = _tree_bytes(out / WDS_DIR)
+    summary.zarr_bytes = tree_bytes(zarr_store.store_path(out))
+    summary.wds_bytes = tree_bytes(out / WDS_DIR)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def tree_bytes(path: str | os.PathLike) -> int:
+    """Bytes of all files under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def _run(tasks: Sequence[GroupTask], options: ConvertOptions) -> tuple[list[ShardMeta], float]:

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChunkLayout", "ZarrDataset", "fast_layout", "open_zarr"]
+__all__ = ["ChunkLayout", "ZarrDataset", "dask_step", "fast_layout", "open_zarr"]
 
 #: Offset and size of an inner chunk that was never written (it equals the fill value).
 _MISSING = 2**64 - 1
@@ -436,19 +436,35 @@ def _dims(field: str, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
     return ("sample", *(f"{field}_dim{k}" for k in range(len(sample_shape))))
 
 
+def dask_step(shard_samples: int, sample_nbytes: int, limit: int) -> int:
+    """Samples per dask chunk: a whole shard if it fits in ``limit`` bytes (one file read per task).
+
+    Otherwise the largest divisor of the shard that fits, so no task reads from two shards,
+    unless that is under a quarter of what would fit (tiny tasks; a shard of a prime number
+    of samples): then as many samples as fit, and some tasks read the ends of two shards.
+    """
+    fit = max(1, limit // max(sample_nbytes, 1))
+    if shard_samples <= fit:
+        return shard_samples
+    divisor = max(d for d in range(1, fit + 1) if shard_samples % d == 0)
+    return divisor if 4 * divisor >= fit else fit
+
+
 def open_zarr(out: str | os.PathLike, split: str | None = None,
               fields: Sequence[str] | None = None) -> xarray.Dataset | dict[str, xarray.Dataset]:  # fmt: skip
     """Lazy views of the output for analysis: an ``xarray.Dataset`` of ``split``, or a dict of
     them by split when ``split`` is None.
 
-    Each field is a dask array chunked by Zarr shard (one file read per task), with the
+    Each field is a dask array chunked along Zarr shards (see :func:`dask_step`), with the
     coordinates ``key``, ``patient`` and ``aug`` along ``sample``, so per-patient statistics
     such as ``open_zarr(out, "train").img.groupby("patient").mean()`` read each chunk once
     and never hold more than a few shards in memory.
     """
+    import dask
     import dask.array as da
     import xarray as xr
 
+    limit = dask.utils.parse_bytes(dask.config.get("array.chunk-size"))
     out = Path(out)
     manifest = read_manifest(out)
     views = {}
@@ -457,7 +473,8 @@ def open_zarr(out: str | os.PathLike, split: str | None = None,
         data_vars = {}
         for field in chosen:
             array = group[field]
-            step = (array.shards or array.chunks)[0]
+            sample_nbytes = int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize
+            step = dask_step((array.shards or array.chunks)[0], sample_nbytes, limit)
             data = da.from_zarr(array, chunks=(step, *array.shape[1:]))
             data_vars[field] = (_dims(field, tuple(array.shape[1:])), data)
         used = {d for dims, _ in data_vars.values() for d in dims}

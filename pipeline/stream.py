@@ -26,11 +26,14 @@ fetched by ranged reads of only the fields asked for. That makes a true global s
 * **Storage**: local paths (``os.preadv`` into one reused buffer), ``http(s)://`` (ranged GETs on
   a kept-alive connection, standard library only) and any other fsspec URL (``cat_file`` ranges).
   Adjacent fields of a sample are fetched with one read.
-* **Decoding** goes straight from the read buffer into the output tensor (inside DataLoader
-  workers, into shared memory, so handing a multi-MB batch to the main process copies nothing).
+* **Decoding** goes straight from the read buffer into the output tensor. Inside DataLoader
+  workers the tensor is a reused shared-memory slot (see "batches in shared memory" below), so
+  handing a multi-MB batch to the main process copies nothing and faults in no fresh pages.
 
-State for resumption is a handful of numbers (:meth:`StreamingDataset.state_dict`); nothing lives
-in shared memory, files or other processes.
+State for resumption is a handful of numbers (:meth:`StreamingDataset.state_dict`) kept in the
+main process; workers learn the epoch and start of a pass from a two-number shared tensor that
+the main process writes. Shared memory here is anonymous (file descriptors), so nothing outlives
+a crash.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import logging
 import math
 import os
 import urllib.parse
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -103,7 +107,8 @@ def rank_positions(samples: int, start: int, rank: int, world_size: int, batch_s
 
 
 def rank_samples(samples: int, seed: int, epoch: int, rank: int, world_size: int, start: int = 0,
-                 batch_size: int | None = None, drop_last: bool = False, shuffle: bool = True) -> np.ndarray:  # fmt: skip
+                 batch_size: int | None = None, drop_last: bool = False,
+                 shuffle: bool = True) -> np.ndarray:  # fmt: skip
     """Sample indices (manifest order) that ``rank`` visits in epoch ``epoch``, from position ``start``."""
     positions = rank_positions(samples, start, rank, world_size, batch_size, drop_last)
     return epoch_order(samples, seed, epoch, shuffle)[positions % samples] if len(positions) else positions
@@ -183,6 +188,7 @@ class _Store:
 
 class _LocalStore(_Store):
     coalesce_gap = LOCAL_COALESCE_GAP
+    max_open = 64  # shards kept open at once; a global shuffle may touch every shard per batch
 
     def __init__(self, root: str, files: Sequence[str], sizes: Sequence[int]) -> None:
         super().__init__(root, files, sizes)
@@ -202,6 +208,8 @@ class _LocalStore(_Store):
             if size != self.sizes[shard]:
                 os.close(fd)
                 raise self._size_mismatch(shard, size)
+            if len(self._fds) >= self.max_open:
+                os.close(self._fds.pop(next(iter(self._fds))))
             self._fds[shard] = fd
         return fd
 
@@ -242,7 +250,7 @@ class _HttpStore(_Store):
                 conn = self._connection()
                 conn.request("GET", path, headers=dict(headers))
                 return conn.getresponse()
-            except (http.client.HTTPException, ConnectionError) as exc:
+            except (http.client.HTTPException, OSError) as exc:
                 self.close()
                 if attempt:
                     raise OutputError(f"{self.root}{path}: request failed ({exc})") from exc
@@ -262,7 +270,7 @@ class _HttpStore(_Store):
         path = self._url.path.rstrip("/") + "/" + self.files[shard]
         response = self._get(path, {"Range": f"bytes={offset}-{offset + length - 1}"})
         if response.status != 206:
-            response.read()
+            self.close()  # drops whatever body came (a server ignoring Range sends the whole shard)
             if response.status == 404:
                 raise OutputError(f"{name}: shard is missing (HTTP 404)")
             if response.status == 416:
@@ -271,7 +279,7 @@ class _HttpStore(_Store):
                               "(the server must support Range requests)")  # fmt: skip
         total = response.getheader("Content-Range", "").rpartition("/")[2]
         if total.isdigit() and int(total) != self.sizes[shard]:
-            response.read()
+            self.close()
             raise self._size_mismatch(shard, int(total))
         view = self.buffer(length)
         done = 0
@@ -392,16 +400,121 @@ def _decode_into(payload: memoryview, out: np.ndarray, name: str, headers: dict[
         raise OutputError(f"{name}: damaged Blosc data ({exc})") from exc
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor; in shared memory when it will cross a process boundary."""
-    if not shared:
-        return torch.empty(shape, dtype=dtype)
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+# --------------------------------------------------------------------------- batches in shared memory
+#
+# A DataLoader worker hands a batch to the main process through shared memory. Fresh shared
+# memory is expensive: it is never backed by transparent huge pages, so every 4 KiB page faults
+# on first touch (measured here: ~1.8 ms per MB, more than decoding the data). Each worker
+# therefore keeps a small pool of shared-memory *slots*, one batch each, and reuses a slot once
+# the process that received its batch has dropped every tensor of it. The receiving process
+# learns that from a finalizer on the object that owns the tensors' memory, and writes "free"
+# into the slot's header; the worker only ever writes into free slots. The slots are anonymous
+# (file-descriptor) shared memory: nothing outlives the processes that map it.
+
+_ALIGN = 64
+_FREE, _BUSY = 0, 1
+#: Slots a worker keeps for reuse; more batches in flight at once get one-off slots.
+MAX_SLOTS = 6
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each field of a batch lies in a slot: (field, offset, per-sample shape, numpy dtype)."""
+
+    fields: tuple[tuple[str, int, tuple[int, ...], str], ...]
+    batch_size: int
+    nbytes: int
+
+    @classmethod
+    def of(cls, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], batch_size: int) -> "_Layout":
+        offset, fields = _ALIGN, []  # the first _ALIGN bytes hold the header (the slot's state)
+        for field, (shape, dtype) in specs.items():
+            fields.append((field, offset, tuple(shape), np.dtype(dtype).str))
+            offset += -(-batch_size * math.prod(shape) * np.dtype(dtype).itemsize // _ALIGN) * _ALIGN
+        return cls(tuple(fields), batch_size, offset)
+
+    def arrays(self, base: np.ndarray, rows: int) -> dict[str, np.ndarray]:
+        """Field arrays of ``rows`` samples, as views of the uint8 array ``base`` of a slot."""
+        out = {}
+        for field, offset, shape, dtype in self.fields:
+            dt = np.dtype(dtype)
+            size = rows * math.prod(shape) * dt.itemsize
+            out[field] = base[offset : offset + size].view(dt).reshape((rows, *shape))
+        return out
+
+
+def _shared_storage(nbytes: int) -> torch.UntypedStorage:
     try:
-        storage = torch.UntypedStorage._new_shared(nbytes)
-    except (AttributeError, RuntimeError):  # private API; fall back to the public (copying) one
-        return torch.empty(shape, dtype=dtype).share_memory_()
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+        return torch.UntypedStorage._new_shared(nbytes)
+    except (AttributeError, RuntimeError):  # private API; the public one copies, but works
+        return torch.empty(nbytes, dtype=torch.uint8).share_memory_().untyped_storage()
+
+
+class _Slot:
+    def __init__(self, nbytes: int) -> None:
+        self.storage = _shared_storage(nbytes)
+        self.bytes = torch.empty(0, dtype=torch.uint8).set_(self.storage, 0, (nbytes,)).numpy()
+        self.header = self.bytes[:8].view(np.int64)
+
+
+class _SlotPool:
+    """The shared-memory slots of one DataLoader worker."""
+
+    def __init__(self, layout: _Layout) -> None:
+        self.layout = layout
+        self.slots: list[_Slot] = []
+
+    def take(self) -> _Slot:
+        for slot in self.slots:
+            if slot.header[0] == _FREE:
+                break
+        else:
+            slot = _Slot(self.layout.nbytes)
+            if len(self.slots) < MAX_SLOTS:
+                self.slots.append(slot)
+        slot.header[0] = _BUSY
+        return slot
+
+
+class _SharedBatch:
+    """A batch in a slot, on its way out of a worker: unpickles as a plain dict of tensors.
+
+    Deliberately not a Mapping, so the DataLoader's ``default_convert`` passes it through as is.
+    """
+
+    def __init__(self, slot: _Slot, layout: _Layout, rows: int, keys: list[str]) -> None:
+        self.slot, self.layout, self.rows, self.keys = slot, layout, rows, keys
+
+    def __reduce__(self):
+        return _rebuild_shared_batch, (self.slot.storage, self.layout, self.rows, self.keys, os.getpid())
+
+    def __getitem__(self, key: str) -> Any:
+        """Read access for a custom ``collate_fn`` in the worker (the slot then stays taken)."""
+        return _rebuild_shared_batch(self.slot.storage, self.layout, self.rows, self.keys, os.getpid())[key]
+
+
+class _SlotMemory:
+    """Owns a received slot's memory for numpy and torch; its death frees the slot for reuse."""
+
+    def __init__(self, storage: torch.UntypedStorage) -> None:
+        self.storage = storage
+        self.__array_interface__ = {"shape": (storage.nbytes(),), "typestr": "|u1",
+                                    "data": (storage.data_ptr(), False), "version": 3}  # fmt: skip
+
+
+def _release(header: torch.Tensor) -> None:
+    header[0] = _FREE
+
+
+def _rebuild_shared_batch(storage: torch.UntypedStorage, layout: _Layout, rows: int, keys: list[str],
+                          worker_pid: int) -> dict:  # fmt: skip
+    owner = _SlotMemory(storage)
+    base = np.asarray(owner)  # every view of it, and every tensor made from one, keeps ``owner`` alive
+    tensors = {f: torch.from_numpy(a) for f, a in layout.arrays(base, rows).items()}
+    if os.getpid() != worker_pid:  # inside the worker itself the slot is never handed back
+        header = torch.empty(0, dtype=torch.int64).set_(storage, 0, (1,))
+        weakref.finalize(owner, _release, header)
+    return {"__key__": keys, **tensors}
 
 
 # --------------------------------------------------------------------------- the dataset
@@ -412,8 +525,6 @@ class _Index:
     """Where every sample's requested fields lie: small numpy arrays, cheap to pickle to workers."""
 
     keys: list[str]
-    patient: np.ndarray
-    aug: np.ndarray
     shard: np.ndarray  # (N,) shard number of each sample
     ranges: np.ndarray  # (N, F, 2) offset, size of each requested field's payload
     digests: np.ndarray | None  # (N, F, 16) xxh3-128 of each requested field's bytes
@@ -446,8 +557,7 @@ def _build_index(data: Mapping[str, Any], split: str, fields: Sequence[str], che
                 for j, field in enumerate(fields):
                     digests[row, j] = np.frombuffer(bytes.fromhex(meta.digests[field][i]), np.uint8)
             row += 1
-    return _Index(keys=keys, patient=np.asarray(info["patient"]), aug=np.asarray(info["aug"]), shard=shard,
-                  ranges=ranges, digests=digests, files=[s.file for s in shards],
+    return _Index(keys=keys, shard=shard, ranges=ranges, digests=digests, files=[s.file for s in shards],
                   sizes=[s.bytes for s in shards])  # fmt: skip
 
 
@@ -466,9 +576,18 @@ class StreamingDataset(IterableDataset):
     are decoded (``None``: all of them), nothing else is read. Items are
     ``{"__key__": str, field: Tensor}`` or, with ``batch_size``, batches
     ``{"__key__": [str, ...], field: Tensor(b, ...)}`` assembled before they leave the DataLoader
-    worker — use ``DataLoader(ds, batch_size=None, num_workers=W)`` then. Dataset-level batches are
-    the fast path with workers (one shared-memory tensor per field per batch) and make a rank's
-    sequence independent of ``num_workers``.
+    worker — use ``DataLoader(ds, batch_size=None, num_workers=W, persistent_workers=True)``
+    then. Dataset-level batches are the fast path with workers (one reused shared-memory slot
+    per batch, no copy) and make a rank's sequence independent of ``num_workers``. Persistent
+    workers follow :meth:`set_epoch` and keep their slots warm across epochs. A batch from a
+    worker stays valid for as long as the receiving process holds any tensor (or view) of it;
+    only then is its memory reused — don't pass such tensors on to yet another process.
+
+    ``shuffle=False`` keeps manifest order; ``seed`` and the epoch fix the order otherwise.
+    ``drop_last`` drops, rather than pads, the tail that would make ranks unequal.
+    ``check_digests`` compares every decoded field with its digest in the manifest (xxh3-128,
+    about a tenth of the decoding time): Blosc frames carry no checksum, so without it a
+    corrupted payload may decode to wrong values silently.
 
     Ranks: ``rank``/``world_size`` if given, else ``torch.distributed`` when initialised, else the
     ``RANK``/``WORLD_SIZE`` environment, else one process — always decided in the main process
@@ -489,8 +608,7 @@ class StreamingDataset(IterableDataset):
     finished epoch is saved as the start of the next. Without :meth:`track`, pass the number of
     samples this rank has received in the current pass: ``ds.state_dict(samples_seen=k)``.
     Exact resumption with DataLoader workers needs dataset-level ``batch_size`` (or a DataLoader
-    batch of one sample), because workers batch their own samples otherwise. Don't use
-    ``persistent_workers=True``: workers would keep the epoch they started with.
+    batch of one sample), because workers batch their own samples otherwise.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", fields: Sequence[str] | None = ("img", "label"),
@@ -534,9 +652,14 @@ class StreamingDataset(IterableDataset):
         self._seen = 0  # samples this rank has received in the current pass (counted by track)
         self._pass_world = self._world_size
         self._finished = False  # the current pass ran to its end
+        # (epoch, start of the next pass), read by DataLoader workers when a pass begins: persistent
+        # workers keep their copy of the dataset across epochs, so they learn these from here
+        self._next_pass = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._loader_exact = True  # False: workers batch their own samples, position is not a prefix
         self._store: _Store | None = None
         self._store_pid = 0
+        self._slots: _SlotPool | None = None
+        self._slots_pid = 0
         self._headers: dict[bytes, tuple] = {}
 
     # ----------------------------------------------------------------- ranks, epochs, state
@@ -545,7 +668,8 @@ class StreamingDataset(IterableDataset):
         """Rank and world size: explicit, else torch.distributed, else (in a worker) as handed over."""
         if self._explicit_world is not None:
             return self._explicit_world
-        if get_worker_info() is not None and not torch.distributed.is_initialized():
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if get_worker_info() is not None and not distributed:
             return self._rank, self._world_size  # a spawned worker: what the main process decided
         rank, world = _world_from_environment()
         self._rank, self._world_size = rank, world
@@ -601,6 +725,10 @@ class StreamingDataset(IterableDataset):
             raise ValueError(f"epoch must be non-negative, got {epoch}")
         if epoch != self._epoch or self._finished:
             self._epoch, self._start, self._seen, self._finished = epoch, 0, 0, False
+        self._publish()
+
+    def _publish(self) -> None:
+        self._next_pass[0], self._next_pass[1] = self._epoch, 0 if self._finished else self._start
 
     def track(self, batches: Iterable[dict]) -> Iterator[dict]:
         """Yield the items of ``batches`` (a DataLoader over this dataset), counting them.
@@ -618,11 +746,13 @@ class StreamingDataset(IterableDataset):
             self._start, self._seen = self.position, 0
         self._pass_world = self.world_size
         self._loader_exact = self.batch_size is not None or workers == 0 or loader_batch in (None, 1)
+        self._publish()
         for batch in batches:
             keys = batch["__key__"]
             self._seen += 1 if isinstance(keys, str) else len(keys)
             yield batch
         self._finished = True
+        self._publish()
 
     def state_dict(self, samples_seen: int | None = None) -> dict:
         """Where the job stands in its epoch: tiny, JSON-serialisable, the same on every rank.
@@ -633,8 +763,9 @@ class StreamingDataset(IterableDataset):
         world = self._pass_world if samples_seen is None else self.world_size
         if samples_seen is None:
             if not self._loader_exact:
-                raise ValueError("DataLoader workers batch their own samples here, so the samples seen do not "
-                                 "form a prefix of the order: give the dataset batch_size=... for exact resumption")  # fmt: skip
+                raise ValueError("DataLoader workers batch their own samples here, so the samples seen do "
+                                 "not form a prefix of the order: give the dataset batch_size=... for "
+                                 "exact resumption")  # fmt: skip
             position = self.position
         else:
             position = consumed_position(self._start, samples_seen, world, self.samples)
@@ -667,6 +798,7 @@ class StreamingDataset(IterableDataset):
         if not 0 <= position <= self.samples:
             raise ValueError(f"position {position} is outside [0, {self.samples}]")
         self._epoch, self._start, self._seen, self._finished = int(state["epoch"]), position, 0, False
+        self._publish()
         self._pass_world = self.world_size
 
     # ----------------------------------------------------------------- iteration
@@ -677,40 +809,47 @@ class StreamingDataset(IterableDataset):
             self._resolve_world()
         state = dict(self.__dict__)
         state["_store"] = None
+        state["_slots"] = None
         state["_headers"] = {}
         return state
 
     def __iter__(self) -> Iterator[dict]:
         rank, world = self._resolve_world()
-        start = 0 if self._finished else self._start
-        sequence = rank_samples(self.samples, self.seed, self._epoch, rank, world, start, self.batch_size,
-                                self.drop_last, self.shuffle)  # fmt: skip
         worker = get_worker_info()
+        if worker is None:
+            epoch, start = self._epoch, 0 if self._finished else self._start
+        else:
+            epoch, start = (int(x) for x in self._next_pass.tolist())
+        sequence = rank_samples(self.samples, self.seed, epoch, rank, world, start, self.batch_size,
+                                self.drop_last, self.shuffle)  # fmt: skip
         wid, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
         batches = worker_batches(len(sequence), self.batch_size or 1, wid, workers)
         return self._generate(sequence, batches, shared=worker is not None)
 
     def _generate(self, sequence: np.ndarray, batches: list[range], shared: bool) -> Iterator[dict]:
-        try:
-            for rows in batches:
-                indices = sequence[rows.start : rows.stop]
-                if self.batch_size is None:
-                    yield self._read_batch(indices, shared=False, batched=False)
-                else:
-                    yield self._read_batch(indices, shared=shared, batched=True)
-        finally:
-            if self._store is not None and self._store_pid == os.getpid():
-                self._store.close()
-                self._store = None
+        # the store (open shards, an HTTP connection) stays with the dataset for the next pass
+        for rows in batches:
+            indices = sequence[rows.start : rows.stop]
+            if self.batch_size is None:
+                yield self._read_batch(indices, shared=False, batched=False)
+            else:
+                yield self._read_batch(indices, shared=shared, batched=True)
 
-    def _read_batch(self, indices: np.ndarray, shared: bool, batched: bool) -> dict:
+    def _read_batch(self, indices: np.ndarray, shared: bool, batched: bool) -> Any:
+        keys = [self._index.keys[i] for i in indices]
+        if shared:
+            if self._slots is None or self._slots_pid != os.getpid():
+                self._slots, self._slots_pid = _SlotPool(_Layout.of(self._specs, self.batch_size or 1)), os.getpid()
+            slot = self._slots.take()
+            arrays = self._slots.layout.arrays(slot.bytes, len(indices))
+            for row, index in enumerate(indices):
+                self._read_sample(int(index), {f: a[row] for f, a in arrays.items()})
+            return _SharedBatch(slot, self._slots.layout, len(indices), keys)
         lead = (len(indices),) if batched else ()
-        tensors = {f: _empty(lead + shape, self._torch_dtypes[f], shared) for f, (shape, _) in self._specs.items()}
+        tensors = {f: torch.empty(lead + shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
         arrays = {f: t.numpy() for f, t in tensors.items()}
-        keys = []
         for row, index in enumerate(indices):
             self._read_sample(int(index), {f: a[row] if batched else a for f, a in arrays.items()})
-            keys.append(self._index.keys[index])
         return {"__key__": keys if batched else keys[0], **tensors}
 
     def _read_sample(self, index: int, out: Mapping[str, np.ndarray]) -> None:
@@ -718,6 +857,7 @@ class StreamingDataset(IterableDataset):
         if self._store is None or self._store_pid != os.getpid():  # never share a forked parent's connection
             self._store = _store_class(self.root)(self.root, self._index.files, self._index.sizes)
             self._store_pid = os.getpid()
+            weakref.finalize(self, self._store.close)
         store, shard, ranges = self._store, int(self._index.shard[index]), self._index.ranges[index]
         key = self._index.keys[index]
         j, count = 0, len(self.fields)
@@ -740,5 +880,6 @@ class StreamingDataset(IterableDataset):
                         raise OutputError(f"{name}: decodes to other values than were converted; the shard is corrupt")
 
     def __repr__(self) -> str:
-        return (f"StreamingDataset({self.root!r}, split={self.split!r}, fields={self.fields}, samples={self.samples}, "
-                f"batch_size={self.batch_size}, rank={self._rank}/{self._world_size}, epoch={self._epoch})")  # fmt: skip
+        return (f"StreamingDataset({self.root!r}, split={self.split!r}, fields={self.fields}, "
+                f"samples={self.samples}, batch_size={self.batch_size}, rank={self._rank}/{self._world_size}, "
+                f"epoch={self._epoch})")  # fmt: skip

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import shutil
 from pathlib import Path
 
 import dask.array
@@ -15,13 +12,13 @@ import tensorstore
 import torch
 import zarr
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, ZstdCodec
 
 from pipeline import zarr_store
 from pipeline.codecs import CANDIDATES
 from pipeline.manifest import read_manifest, write_manifest
-from pipeline.random_access import ZarrDataset, fast_layout, open_zarr
-from pipeline.schema import OutputError, schema_from_json, spec_of
+from pipeline.random_access import ZarrDataset, dask_step, fast_layout, open_zarr
+from pipeline.schema import OutputError, spec_of
 
 from conftest import assert_bit_exact, copy_output
 
@@ -67,8 +64,9 @@ def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def variant(tmp_path_factory, converted) -> tuple[Path, dict[str, np.ndarray]]:
-    """An output written through ``zarr_store`` with multi-sample shards, other dtypes and codecs,
-    a chunk and a whole shard equal to the fill value; with the data written into it."""
+    """An output laid out by ``zarr_store`` but written by zarr-python, with shards of several
+    samples, other dtypes and codecs, a chunk and a whole shard equal to the fill value (which
+    zarr-python leaves unwritten); with the data written into it."""
     out = tmp_path_factory.mktemp("variant") / "out"
     manifest = read_manifest(converted)
     train = manifest["splits"]["train"]
@@ -81,8 +79,8 @@ def variant(tmp_path_factory, converted) -> tuple[Path, dict[str, np.ndarray]]:
     zarr_store.create_split(out, "train", schema, encodings, np.array(train["patient"][:n]),
                             np.array(train["aug"][:n]), shard_samples=VARIANT_SHARD,
                             attributes={"fields": list(schema)})  # fmt: skip
-    for f, values in data.items():
-        zarr_store.write_region(out, "train", f, 0, values)
+    for f, values in data.items():  # zarr-python, unlike the conversion, skips chunks equal to the fill value
+        zarr_store.open_array(out, "train", f, mode="r+")[:] = values
     manifest["splits"] = {"train": {k: train[k][:n] for k in ("keys", "patient", "aug")} | {"samples": n}}
     write_manifest(out, manifest)
     return out, data
@@ -104,8 +102,7 @@ def test_fast_path_equals_zarr_python_on_every_field(converted, split):
 
 def test_variant_has_the_layouts_it_is_meant_to_test(variant):
     out, _ = variant
-    shard_dir = zarr_store.store_path(out) / "train"
-    layout = fast_layout(zarr_store.open_array(out, "train", "mask"), shard_dir / "mask")
+    layout = fast_layout(zarr_store.open_array(out, "train", "mask"))
     assert layout is not None and layout.shard_samples == VARIANT_SHARD
     raw = Path(layout.shard_path(EMPTY_MASK_ROW // VARIANT_SHARD)).read_bytes()
     index = np.frombuffer(raw[-(16 * VARIANT_SHARD + 4) : -4], "<u8").reshape(-1, 2)
@@ -136,25 +133,44 @@ def test_tensorstore_agrees_on_the_release_layout(converted):
             assert_bit_exact(values, _tensorstore_read(converted, "train", field, row), field)
 
 
-def test_fallback_reads_arrays_with_other_codecs_through_zarr_python(converted, tmp_path):
+#: Arrays rewritten in another layout: which the fast path must take, and which it must leave
+#: to zarr-python. Samples 12, so shards of 5 leave a partial last shard.
+OTHER_LAYOUTS = {
+    # fast: raw (uncompressed) chunks, read with preadv straight into the array
+    "img_corrected": (True, dict(chunks=(1, 512, 512), shards=(5, 512, 512), compressors=None)),
+    # fast: "." chunk key separator
+    "img_equalized": (True, dict(chunks=(1, 512, 512), shards=(5, 512, 512), compressors=BloscCodec(),
+                                 chunk_key_encoding={"name": "default", "separator": "."})),  # fmt: skip
+    # fast: index at the start of the shard
+    "mask": (True, dict(chunks=(5, 11, 512, 512), compressors=None, serializer=ShardingCodec(
+        chunk_shape=(1, 11, 512, 512), codecs=[BytesCodec(), BloscCodec(cname="lz4")], index_location="start"))),
+    # fast: index without crc32c
+    "label": (True, dict(chunks=(4, 1, 512, 512), compressors=None, serializer=ShardingCodec(
+        chunk_shape=(1, 1, 512, 512), codecs=[BytesCodec(), BloscCodec()], index_codecs=[BytesCodec()]))),
+    # zarr-python: sharded, another compressor
+    "shape": (False, dict(chunks=(1, 1696, 2), shards=(4, 1696, 2), compressors=ZstdCodec(level=3))),
+    # zarr-python: Blosc, but one file per chunk
+    "bone": (False, dict(chunks=(1, 6, 236, 2), compressors=BloscCodec(cname="lz4"))),
+    # zarr-python: another compressor, several samples per chunk
+    "disk": (False, dict(chunks=(2, 5, 176, 2), compressors=GzipCodec())),
+}
+
+
+def test_other_layouts_read_fast_or_through_zarr_python(converted, tmp_path):
     out = copy_output(converted, tmp_path)
-    expected = {f: _full_read(converted, "train", f) for f in ("shape", "bone", "disk")}
+    expected = {f: _full_read(converted, "train", f) for f in OTHER_LAYOUTS}
     group = zarr.open_group(zarr_store.store_path(out) / "train", mode="r+", zarr_format=3)
-    replacements = {
-        "shape": dict(shards=(4, 1696, 2), compressors=ZstdCodec(level=3)),  # sharded, another codec
-        "bone": dict(shards=None, compressors=BloscCodec(cname="lz4")),  # Blosc, but no shards
-        "disk": dict(shards=None, compressors=GzipCodec()),
-    }
-    for field, spec in replacements.items():
+    for field, (_, spec) in OTHER_LAYOUTS.items():
         values = expected[field]
         del group[field]
-        group.create_array(field, shape=values.shape, dtype=values.dtype, chunks=(1, *values.shape[1:]), **spec)
-        group[field][:] = values
+        group.create_array(field, shape=values.shape, dtype=values.dtype, **spec)[:] = values
     ds = ZarrDataset(out)
-    assert set(ds.fields) - set(ds.fast_fields) == set(replacements)
+    assert set(ds.fields) - set(ds.fast_fields) == {f for f, (fast, _) in OTHER_LAYOUTS.items() if not fast}
+    assert "img" in ds.fast_fields
     for row in range(len(ds)):
-        for field in replacements:
-            assert_bit_exact(ds[row][field].numpy(), expected[field][row], f"{row} {field}")
+        _, record = ds.read_record(row)
+        for field in OTHER_LAYOUTS:
+            assert_bit_exact(record[field], expected[field][row], f"{row} {field}")
 
 
 # ---------------------------------------------------------------------- the dataset
@@ -212,15 +228,17 @@ def test_errors_are_clear(converted, tmp_path):
 
 def test_damaged_shard_index_is_an_error_naming_the_file(converted, tmp_path):
     out = copy_output(converted, tmp_path)
-    layout = fast_layout(zarr_store.open_array(out, "train", "img"), zarr_store.store_path(out) / "train" / "img")
-    path = Path(layout.shard_path(3 // layout.shard_samples))
+    layout = fast_layout(zarr_store.open_array(out, "train", "img"))
+    last = layout.shape[0] - 1
+    assert last // layout.shard_samples > 0, "the fixture has a single shard"
+    path = Path(layout.shard_path(last // layout.shard_samples))
     raw = bytearray(path.read_bytes())
-    raw[-20] ^= 0xFF  # inside the index, before its crc32c
+    raw[-5] ^= 0xFF  # the last byte of the index, just before its crc32c
     path.write_bytes(bytes(raw))
     ds = ZarrDataset(out, fields=("img",))
-    ds[0]
+    assert_bit_exact(ds[0]["img"].numpy(), _zarr_read(converted, "train", "img", 0), "an intact shard")
     with pytest.raises(OutputError, match=f"{path}.*crc32c"):
-        ds[3]
+        ds[last]
 
 
 def test_pickles_without_process_state_and_reads_the_same(converted):
@@ -293,3 +311,16 @@ def test_spawned_workers_read_the_same(converted):
     assert list(got) == [ds.keys[i] for i in sampler]
     for key, label in got.items():
         assert torch.equal(label, ds[ds.index_of(key=key)]["label"])
+
+
+@pytest.mark.parametrize(
+    ("shard", "sample_nbytes", "limit", "step"),
+    [
+        (24, 1 << 20, 128 << 20, 24),  # the whole shard fits
+        (161, 2 << 20, 128 << 20, 23),  # largest divisor within 64 samples
+        (157, 2 << 20, 128 << 20, 64),  # prime: as many as fit
+        (10, 256 << 20, 128 << 20, 1),  # one sample over the limit
+    ],
+)
+def test_dask_chunks_stay_within_shards_and_memory(shard, sample_nbytes, limit, step):
+    assert dask_step(shard, sample_nbytes, limit) == step

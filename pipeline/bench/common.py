@@ -7,7 +7,6 @@ import os
 import statistics
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -46,10 +45,6 @@ def load_every_member(archive: str | os.PathLike) -> int:
                 torch.load(io.BytesIO(z.read(name)), weights_only=False)
                 count += 1
     return count
-
-
-def tree_bytes(path: str | os.PathLike) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

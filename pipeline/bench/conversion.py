@@ -19,9 +19,9 @@ from pathlib import Path
 from distributed import Client
 
 from ..cluster import local_cluster
-from ..convert import ConvertOptions, convert
+from ..convert import ConvertOptions, convert, tree_bytes
 from ..synth import SynthConfig, write_archive
-from .common import interleave, load_every_member, machine_description, markdown_table, tree_bytes
+from .common import interleave, load_every_member, machine_description, markdown_table
 
 #: Small enough that 64 samples make a dozen tasks to share between 2 workers.
 BENCH_SHARD_BYTES = 8_000_000
@@ -34,20 +34,19 @@ def _peak_rss_mb() -> float:
 class _ConversionRun:
     """One conversion on a fresh local cluster; remembers start-up time and worker memory."""
 
-    def __init__(self, archive: Path, workers: int, scratch: Path) -> None:
-        self.archive, self.workers, self.scratch = archive, workers, scratch
+    def __init__(self, archive: Path, workers: int, out: Path) -> None:
+        self.archive, self.workers, self.out = archive, workers, out
         self.startup: list[float] = []
         self.peak_mb: list[float] = []
 
     def __call__(self) -> float:
-        out = self.scratch / f"out-{self.workers}"
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(self.out, ignore_errors=True)
         started = time.perf_counter()
         with local_cluster(self.workers) as cluster, Client(cluster) as client:
             client.wait_for_workers(self.workers)
             self.startup.append(time.perf_counter() - started)
             begun = time.perf_counter()
-            convert([self.archive], out, ConvertOptions(shard_bytes=BENCH_SHARD_BYTES,
+            convert([self.archive], self.out, ConvertOptions(shard_bytes=BENCH_SHARD_BYTES,
                                                         scheduler=cluster.scheduler_address, progress=False))  # fmt: skip
             seconds = time.perf_counter() - begun
             self.peak_mb.append(max(client.run(_peak_rss_mb).values()))
@@ -59,17 +58,17 @@ def run(samples: int = 64, repeats: int = 3, scratch: Path | None = None) -> dic
     scratch = Path(scratch or tempfile.mkdtemp(prefix="ssmspine-bench-"))
     patients = 2
     archive = write_archive(scratch / "SSMSpine_Train.zip", SynthConfig(patients=patients, shapes=samples // patients))
-    runs = {workers: _ConversionRun(archive, workers, scratch) for workers in (1, 2)}
+    runs = {workers: _ConversionRun(archive, workers, scratch / f"out-{workers}") for workers in (1, 2)}
     systems = {"load only (1 process)": lambda: _timed(load_every_member, archive)}
     systems.update({f"convert, {w} worker{'s' * (w > 1)}": runs[w] for w in runs})
     timings = interleave(systems, repeats)
 
     double = write_archive(scratch / "double.zip", SynthConfig(patients=2 * patients, shapes=samples // patients))
-    double_run = _ConversionRun(double, 2, scratch)
+    double_run = _ConversionRun(double, 2, scratch / "out-double")
     double_run()
 
     baseline = timings["load only (1 process)"].median
-    out = scratch / "out-2"
+    out = runs[2].out
     source_bytes = archive.stat().st_size
     result = {
         "date": time.strftime("%Y-%m-%d"),
