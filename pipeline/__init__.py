@@ -12,13 +12,14 @@ __all__ = [
     "SchemaError",
     "SourceError",
     "SSMSpineError",
+    "StreamingDataset",
     "ZarrDataset",
     "decode_wds_sample",
     "open_zarr",
 ]
 
 #: Readers import torch, zarr and xarray: load them on first use, so `import pipeline` stays light.
-_LAZY = {"ZarrDataset": "random_access", "open_zarr": "random_access"}
+_LAZY = {"StreamingDataset": "stream", "ZarrDataset": "random_access", "open_zarr": "random_access"}
 
 
 def __getattr__(name: str):  # PEP 562

@@ -124,9 +124,8 @@ def _convert(args: argparse.Namespace) -> int:
     for name, nbytes in (("zarr", summary.zarr_bytes), ("wds", summary.wds_bytes)):
         ratio = nbytes / summary.source_bytes if summary.source_bytes else 0
         print(f"  bytes out, {name}: {human_bytes(nbytes)} ({ratio:.3f} of the sources)")
-    work = summary.seconds - summary.startup_seconds
-    rate = summary.samples / work if work > 0 else 0
-    print(f"  time: {summary.seconds:.1f} s ({summary.startup_seconds:.1f} s cluster start-up), {rate:.1f} samples/s")
+    print(f"  time: {summary.seconds:.1f} s ({summary.planning_seconds:.1f} s planning, "
+          f"{summary.startup_seconds:.1f} s cluster start-up), {summary.samples_per_second:.1f} samples/s converting")  # fmt: skip
     return 0
 
 

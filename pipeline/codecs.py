@@ -35,7 +35,7 @@ SIZE_SLACK_BYTES = 8192
 #: A sample is encoded once but decoded every epoch: decode time weighs this much more.
 DECODES_PER_ENCODE = 10
 #: Timings are the best of this many runs: the machine may be busy with other work.
-TIMING_RUNS = 3
+TIMING_RUNS = 2
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 WDS_DIR = "wds"
 #: Per-member tar overhead: a 512-byte header and padding to 512 bytes on average.
 TAR_MEMBER_OVERHEAD = 768
+#: glibc ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 #: What a plan decides once (by measurement) and every later run into the same output reuses.
 PLAN_KEYS = ("schema", "encodings", "encoded_ratio", "group_samples")
 
@@ -59,7 +62,7 @@ class ConvertOptions:
     scheduler: str | None = None
     split: str | None = None
     val_patients: tuple[int, ...] = ()
-    calibration_samples: int = 2
+    calibration_samples: int = 1
     progress: bool = True
 
 
@@ -93,15 +96,23 @@ class Summary:
     zarr_bytes: int = 0
     wds_bytes: int = 0
     seconds: float = 0.0
-    startup_seconds: float = 0.0
+    planning_seconds: float = 0.0  # listing, calibration, creating the Zarr arrays
+    startup_seconds: float = 0.0  # starting (or connecting to) the Dask cluster
     shards_written: int = 0
     shards_kept: int = 0
     up_to_date: bool = False
     splits: dict[str, int] = field(default_factory=dict)
 
+    samples_written: int = 0
+
+    @property
+    def converting_seconds(self) -> float:
+        """Wall time of the tasks alone: without planning and cluster start-up."""
+        return self.seconds - self.planning_seconds - self.startup_seconds
+
     @property
     def samples_per_second(self) -> float:
-        return self.samples / self.seconds if self.seconds else 0.0
+        return self.samples_written / self.converting_seconds if self.samples_written else 0.0
 
 
 def shard_file(split: str, index: int) -> str:
@@ -123,7 +134,7 @@ def convert_group(task: GroupTask) -> ShardMeta:
     an npy header) and, unchanged, into the Zarr shard. Nothing is renamed into place before
     everything read back correctly; the progress record is written last.
     """
-    _limit_threads()
+    _tune_worker()
     schema = schema_from_json(task.schema)
     encodings = {f: Encoding.from_json(e) for f, e in task.encodings.items()}
     tar = tar_shards.ShardWriter(task.tar_path)
@@ -168,13 +179,29 @@ def convert_group(task: GroupTask) -> ShardMeta:
     return meta
 
 
-def _limit_threads() -> None:
-    """One task per core: keep torch and Blosc from each starting a thread per core too."""
+def _tune_worker() -> None:
+    """Make a worker process fit for tasks that juggle multi-MB buffers, one task per core.
+
+    Threads: torch and Blosc would each start a thread per core on top of the one task per core.
+    Memory: Dask sets ``MALLOC_TRIM_THRESHOLD_`` low for its workers, and with it glibc stops
+    adapting its mmap threshold, so every multi-MB buffer of a sample becomes a fresh mmap whose
+    pages fault in one by one: that doubled a task's CPU time. Keeping such buffers on the heap
+    costs memory only up to one sample's working set. Done here rather than in the cluster's
+    environment so that it also holds on clusters started by the user (``--scheduler``).
+    """
+    import ctypes
+    import ctypes.util
+
     import numcodecs.blosc
     import torch
 
     torch.set_num_threads(1)
     numcodecs.blosc.set_nthreads(1)
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is not None and hasattr(libc, "mallopt"):  # glibc; elsewhere the defaults stand
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
 
 
 def _check_zarr_shard(path: Path, chunks_per_shard: int, frame_digests: Sequence[str]) -> None:
@@ -404,10 +431,12 @@ def convert(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
         plan = _load_or_make_plan(out, identity, by_split, options)
         _create_zarr(out, plan, by_split, identity["sources"])
         tasks = _tasks(out, plan, by_split)
+        summary.planning_seconds = time.perf_counter() - started
         recorded = {(m.split, m.index): m for m in manifest.recorded_shards(out)}
         kept = {(t.split, t.index): m for t in tasks if (m := _kept_shard(t, recorded.get((t.split, t.index))))}
         todo = [t for t in tasks if (t.split, t.index) not in kept]
         summary.shards_kept, summary.shards_written = len(kept), len(todo)
+        summary.samples_written = sum(len(t.members) for t in todo)
         written, summary.startup_seconds = _run(todo, options)
         manifest.write_manifest(out, _build_manifest(plan, by_split, [*kept.values(), *written]))
         shutil.rmtree(out / manifest.PROGRESS_DIR, ignore_errors=True)

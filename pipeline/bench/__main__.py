@@ -11,7 +11,7 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__)
     parser.add_argument("which", choices=("convert",))
-    parser.add_argument("--samples", type=int, default=64, help="synthetic samples (at least 64 for the README)")
+    parser.add_argument("--samples", type=int, default=128, help="synthetic samples (at least 64)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scratch", type=Path, help="working directory (default: a new temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="where to save the figures (default bench/<which>.json)")

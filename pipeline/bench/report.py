@@ -1,0 +1,262 @@
+"""``bench/report.md`` and its charts, from the figures the benchmarks saved.
+
+Why a separate step: the benchmarks take minutes and save their raw figures (``bench/convert.json``
+from ``make bench-convert``, ``bench/read.json`` from the reading benchmark); the report only reads
+them, so it can be regenerated (and its charts restyled) without measuring again, and the README
+can link one page and three PNGs: ``throughput.png`` (samples/s per reader and field set),
+``conversion.png`` (conversion rate with 1 and 2 workers against loading alone) and ``bytes.png``
+(bytes of each format against the source zip). Either JSON file may be missing; the report then
+covers the other one.
+
+Charts are drawn on :class:`matplotlib.figure.Figure` directly (no ``pyplot``, no display).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from .common import markdown_table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+CONVERT_JSON = "convert.json"
+READ_JSON = "read.json"
+REPORT_MD = "report.md"
+THROUGHPUT_PNG = "throughput.png"
+CONVERSION_PNG = "conversion.png"
+BYTES_PNG = "bytes.png"
+#: Bar colours per field set of the reading benchmark (anything else gets grey).
+FIELD_SET_COLOURS = {"img+label": "#4363d8", "all": "#f58231"}
+BASELINE_SYSTEM = "load only (1 process)"
+
+
+def _load(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, facecolor="white", layout="constrained")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """PNG without version metadata, so an unchanged chart gives unchanged bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker{'s' * (n != 1)}"
+
+
+# ------------------------------------------------------------------------ reading
+
+
+def throughput_chart(read: Mapping[str, Any], path: Path) -> Path:
+    """Horizontal bars of samples/s, one group per (reader, workers), one bar per field set,
+    each labelled with its rate and its ratio to the baseline."""
+    results = list(read["results"])
+    groups: list[tuple[str, int]] = []
+    for r in results:
+        if (r["reader"], r["workers"]) not in groups:
+            groups.append((r["reader"], r["workers"]))
+    seen = list(dict.fromkeys(r["fields"] for r in results))
+    field_sets = [f for f in FIELD_SET_COLOURS if f in seen] + [f for f in seen if f not in FIELD_SET_COLOURS]
+    bar = 0.8 / max(1, len(field_sets))
+    fig = _new_figure(9, 1.2 + 0.5 * len(groups) * max(1, len(field_sets)))
+    ax = fig.add_subplot()
+    top = max((r["samples_per_s"] for r in results), default=1.0)
+    for j, fields in enumerate(field_sets):
+        rows = [(groups.index((r["reader"], r["workers"])), r) for r in results if r["fields"] == fields]
+        ys = [g + (j - (len(field_sets) - 1) / 2) * bar for g, _ in rows]
+        values = [r["samples_per_s"] for _, r in rows]
+        ax.barh(ys, values, height=bar * 0.9, color=FIELD_SET_COLOURS.get(fields, "0.6"), label=f"fields: {fields}")
+        for y, (_, r) in zip(ys, rows):
+            note = f" {r['samples_per_s']:.0f}/s"
+            if r.get("vs_baseline") is not None:
+                note += f" ({r['vs_baseline']:.1f}×)"
+            ax.text(r["samples_per_s"], y, note, va="center", fontsize=8)
+    ax.set_yticks(range(len(groups)), [f"{reader}, {_workers(w) if w else 'in process'}" for reader, w in groups])
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.3)
+    ax.set_xlabel("samples per second (higher is better)")
+    ax.set_title(f"reading {read.get('samples', '?')} samples — {read.get('date', '')}", fontsize=10)
+    fig.legend(loc="outside upper right", fontsize=8, ncol=len(field_sets), frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(fig, path)
+
+
+def _read_section(read: Mapping[str, Any]) -> list[str]:
+    rows = [[r["reader"], r["fields"], r["workers"], f"{r['samples_per_s']:.1f}",
+             "-" if r.get("vs_baseline") is None else f"{r['vs_baseline']:.2f}×"] for r in read["results"]]  # fmt: skip
+    return [
+        "## Reading",
+        "",
+        f"{read.get('samples', '?')} samples; {read.get('machine', 'machine not recorded')}; {read.get('date', '')}.",
+        "Ratios are against the per-file `torch.load` baseline measured in the same run.",
+        "",
+        markdown_table(["reader", "fields", "workers", "samples/s", "vs baseline"], rows),
+        "",
+        f"![samples per second by reader and field set]({THROUGHPUT_PNG})",
+        "",
+    ]
+
+
+# --------------------------------------------------------------------- conversion
+
+
+def _rates(convert: Mapping[str, Any]) -> list[tuple[str, float, float, float]]:
+    """(system, median samples/s, slowest, fastest) per system, in the file's order."""
+    samples = convert["samples"]
+    out = []
+    for name, seconds in convert["seconds"].items():
+        if seconds:
+            out.append((name, samples / statistics.median(seconds), samples / max(seconds), samples / min(seconds)))
+    return out
+
+
+def conversion_chart(convert: Mapping[str, Any], path: Path) -> Path:
+    """Samples/s of loading alone and of converting with 1 and 2 workers (median, min–max whiskers)."""
+    rates = _rates(convert)
+    baseline = next((r for name, r, _, _ in rates if name == BASELINE_SYSTEM), None)
+    fig = _new_figure(8, 1.0 + 0.55 * len(rates))
+    ax = fig.add_subplot()
+    ys = range(len(rates))
+    medians = [r for _, r, _, _ in rates]
+    errors = [[r - low for _, r, low, _ in rates], [high - r for _, r, _, high in rates]]
+    colours = ["0.6" if name == BASELINE_SYSTEM else "#3cb44b" for name, *_ in rates]
+    ax.barh(ys, medians, xerr=errors, color=colours, height=0.6, capsize=3, error_kw={"elinewidth": 0.8})
+    for y, (name, r, _, high) in zip(ys, rates):
+        note = f" {r:.1f}/s" + (f" ({r / baseline:.2f}× load-only)" if baseline and name != BASELINE_SYSTEM else "")
+        ax.text(high, y, note, va="center", fontsize=8)
+    ax.set_yticks(list(ys), [name for name, *_ in rates])
+    ax.invert_yaxis()
+    ax.set_xlim(0, max((h for *_, h in rates), default=1.0) * 1.45)
+    ax.set_xlabel("samples per second (median of interleaved repeats; whiskers: slowest–fastest)")
+    ax.set_title(f"converting {convert['samples']} synthetic samples — {convert.get('date', '')}", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(fig, path)
+
+
+def bytes_chart(convert: Mapping[str, Any], path: Path) -> Path:
+    """Bytes of the source zip, the Zarr store and the tar shards, each with its ratio to the zip."""
+    source = convert["source_bytes"]
+    items = [("source zip", source), ("Zarr store", convert["zarr_bytes"]), ("WebDataset tars", convert["wds_bytes"])]
+    fig = _new_figure(7, 2.4)
+    ax = fig.add_subplot()
+    ax.barh(range(3), [b / 1e6 for _, b in items], color=["0.6", "#4363d8", "#f58231"], height=0.6)
+    for y, (_, b) in enumerate(items):
+        ax.text(b / 1e6, y, f" {_mb(b)} ({b / source:.3f}×)" if source else f" {_mb(b)}", va="center", fontsize=8)
+    ax.set_yticks(range(3), [name for name, _ in items])
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(b for _, b in items) / 1e6 * 1.35)
+    ax.set_xlabel("MB on disk")
+    ax.set_title(f"{convert['samples']} synthetic samples: bytes per format against the source", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(fig, path)
+
+
+def _convert_section(convert: Mapping[str, Any]) -> list[str]:
+    samples = convert["samples"]
+    rates = _rates(convert)
+    baseline = next((r for name, r, _, _ in rates if name == BASELINE_SYSTEM), None)
+    rows = [[name, f"{samples / r:.2f}", f"{r:.1f}", f"{r / baseline:.2f}×" if baseline else "-"]
+            for name, r, _, _ in rates]  # fmt: skip
+    repeats = max((len(s) for s in convert["seconds"].values()), default=0)
+    lines = [
+        "## Conversion",
+        "",
+        f"{samples} synthetic samples in the release format, tar shards of {_mb(convert.get('shard_bytes', 0))}; "
+        f"{convert.get('machine', 'machine not recorded')}; {convert.get('date', '')}. "
+        f"Median of {repeats} interleaved repeats.",
+        "",
+        markdown_table(["system", "seconds", "samples/s", "vs load-only"], rows),
+        "",
+    ]
+    startup = convert.get("startup_seconds") or {}
+    if startup:
+        parts = [f"{_workers(int(w))} {min(s):.1f} s" for w, s in startup.items() if s]
+        lines += [f"Cluster start-up (excluded above): {', '.join(parts)}.", ""]
+    peak = convert.get("worker_peak_mb") or {}
+    if peak:
+        parts = [f"{max(mb):.0f} MB on {n} samples" for n, mb in peak.items() if mb]
+        lines += [f"Peak memory per worker: {', '.join(parts)}.", ""]
+    lines += [f"![conversion rate with 1 and 2 workers]({CONVERSION_PNG})", ""]
+    source = convert["source_bytes"]
+    rows = [[name, f"{b:,}", f"{b / source:.3f}" if source else "-"]
+            for name, b in (("source zip", source), ("zarr", convert["zarr_bytes"]), ("wds tar", convert["wds_bytes"]))]  # fmt: skip
+    lines += ["## Bytes", "", markdown_table(["format", "bytes", "vs source zip"], rows), "",
+              f"![bytes per format against the source]({BYTES_PNG})", ""]  # fmt: skip
+    encodings = convert.get("encodings") or {}
+    if encodings:
+        rows = [[f, e.get("cname"), e.get("clevel"), {0: "no", 1: "byte", 2: "bit"}.get(e.get("shuffle"), e.get("shuffle"))]
+                for f, e in encodings.items()]  # fmt: skip
+        lines += ["Blosc encodings chosen per field:", "", markdown_table(["field", "codec", "level", "shuffle"], rows), ""]
+    return lines
+
+
+# ------------------------------------------------------------------------- report
+
+
+def write_report(bench_dir: str | Path = "bench") -> Path:
+    """Write ``report.md`` and its PNG charts into ``bench_dir`` from the JSON figures there.
+
+    Returns the report's path. Charts whose figures are missing are not drawn (and a stale chart
+    from an earlier run is removed, so the folder never shows figures the report does not).
+    FileNotFoundError if neither ``convert.json`` nor ``read.json`` exists.
+    """
+    bench_dir = Path(bench_dir)
+    convert = _load(bench_dir / CONVERT_JSON)
+    read = _load(bench_dir / READ_JSON)
+    if convert is None and read is None:
+        raise FileNotFoundError(
+            f"{bench_dir}: neither {CONVERT_JSON} nor {READ_JSON}; run `make bench-convert` or `make bench` first"
+        )
+    lines = ["# Benchmarks", "",
+             "Generated by `python -m pipeline.bench.report` from "
+             + " and ".join(f"`{n}`" for n, d in ((CONVERT_JSON, convert), (READ_JSON, read)) if d is not None)
+             + "; every rate is reported next to the baseline measured in the same run.", ""]  # fmt: skip
+    charts: dict[str, Any] = {}
+    if read is not None and read.get("results"):
+        lines += _read_section(read)
+        charts[THROUGHPUT_PNG] = lambda p: throughput_chart(read, p)
+    if convert is not None:
+        lines += _convert_section(convert)
+        charts[CONVERSION_PNG] = lambda p: conversion_chart(convert, p)
+        charts[BYTES_PNG] = lambda p: bytes_chart(convert, p)
+    for name in (THROUGHPUT_PNG, CONVERSION_PNG, BYTES_PNG):
+        if name in charts:
+            charts[name](bench_dir / name)
+        else:
+            (bench_dir / name).unlink(missing_ok=True)
+    path = bench_dir / REPORT_MD
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m pipeline.bench.report [BENCH_DIR]``: regenerate the report, print its path."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("bench_dir", nargs="?", default="bench", help="folder of convert.json / read.json (default bench)")
+    args = parser.parse_args(argv)
+    print(f"wrote {write_report(args.bench_dir)}")
+
+
+if __name__ == "__main__":
+    main()
