@@ -18,7 +18,7 @@ SSMSPINE := $(VENV)/bin/ssmspine
 STAMP := $(VENV)/.installed
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: venv shards test bench bench-convert clean
+.PHONY: venv shards test bench bench-convert figures clean
 
 venv: $(STAMP)
 
@@ -43,9 +43,16 @@ test: $(STAMP)
 
 bench-convert: $(STAMP)
 	$(PY) -m pipeline.bench convert
+	$(PY) -m pipeline.bench.report bench
 
 bench: $(STAMP)
 	$(PY) -m pipeline.bench read
+	$(PY) -m pipeline.bench.report bench
+
+# after `make shards` on the synthetic default: the README's pictures
+figures: $(STAMP)
+	$(SSMSPINE) show $(OUT) --split train --index 0 -o docs/sample.png
+	$(SSMSPINE) show $(OUT) --split train --grid 6 -o docs/grid.png
 
 clean:
 	rm -rf data/shards bench/*.json

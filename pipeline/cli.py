@@ -83,13 +83,43 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--split", help="split name for all sources (default: from the archive root)")
     convert.add_argument("--val-patients", type=parse_patients, default=(),
                          help="train patient numbers to move into a 'val' split, e.g. 3,7,12")  # fmt: skip
+    convert.add_argument("--skip-bad", action="store_true",
+                         help="convert everything else and list bad members in DIR/rejected.json")  # fmt: skip
+    convert.add_argument("--force", action="store_true",
+                         help="replace an output directory that holds a conversion of other sources")  # fmt: skip
     _add_cluster_options(convert)
 
     verify = commands.add_parser("verify", help="compare an output bit for bit with its sources")
     verify.add_argument("sources", nargs="*", help="the sources (default: check against the manifest)")
     verify.add_argument("--out", required=True, help="output directory")
     _add_cluster_options(verify)
+
+    info = commands.add_parser("info", help="what an output holds: counts, schema, bytes, shards, manifest check")
+    info.add_argument("out", help="output directory (holds manifest.json)")
+    info.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
+    info.add_argument("--check", action="store_true", help="also check every tar shard's sha256 (reads every byte)")
+
+    show = commands.add_parser("show", help="draw a sample's images, labels and landmarks to a PNG")
+    show.add_argument("out", help="output directory (holds manifest.json)")
+    show.add_argument("--split", help="split to draw from (default: train, else the first split)")
+    which = show.add_mutually_exclusive_group()
+    which.add_argument("--key", help="sample key, e.g. p01_aug003")
+    which.add_argument("--index", type=int, help="sample row in the split (default 0; negative counts from the end)")
+    show.add_argument("-o", "--output", default="sample.png", help="PNG to write (default sample.png)")
+    show.add_argument("--from-wds", action="store_true", help="read the sample from the tar shards, not from Zarr")
+    show.add_argument("--grid", type=_positive_int, metavar="N",
+                      help="draw N samples side by side (from --key/--index on, else spread over the split)")  # fmt: skip
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return value
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -111,9 +141,10 @@ def _convert(args: argparse.Namespace) -> int:
 
     options = ConvertOptions(
         shard_bytes=args.shard_size, workers=args.workers, scheduler=args.scheduler, split=args.split,
-        val_patients=args.val_patients, progress=not args.no_progress,
+        val_patients=args.val_patients, progress=not args.no_progress, skip_bad=args.skip_bad, force=args.force,
     )  # fmt: skip
     summary = convert(args.sources, args.out, options)
+    _print_problems(summary)
     if summary.up_to_date:
         print(f"{args.out} is up to date: {summary.samples} samples, nothing to do")
         return 0
@@ -127,6 +158,19 @@ def _convert(args: argparse.Namespace) -> int:
     print(f"  time: {summary.seconds:.1f} s ({summary.planning_seconds:.1f} s planning, "
           f"{summary.startup_seconds:.1f} s cluster start-up), {summary.samples_per_second:.1f} samples/s converting")  # fmt: skip
     return 0
+
+
+def _print_problems(summary) -> None:
+    """Rejected members (``--skip-bad``) and content warnings, a line each, the first 20 of each."""
+    for title, lines in (
+        (f"rejected {len(summary.rejected)} member(s), listed in rejected.json:",
+         [f"  {r['archive']}: {r['member']}: {r['reason']}" for r in summary.rejected]),
+        (f"{len(summary.warnings)} sample(s) with content warnings (kept as they are, listed in the manifest):",
+         [f"  {key}: {'; '.join(found)}" for key, found in summary.warnings.items()]),
+    ):  # fmt: skip
+        if lines:
+            print(title)
+            print("\n".join(lines[:20] + ([f"  ... and {len(lines) - 20} more"] if len(lines) > 20 else [])))
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -144,19 +188,41 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-COMMANDS = {"synth": _synth, "convert": _convert, "verify": _verify}
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from .viz import format_info, info
+
+    data = info(args.out, check=args.check)
+    print(json.dumps(data, indent=1) if args.json else format_info(data))
+    return 0 if data["check"]["ok"] else 1
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .viz import show
+
+    path = show(args.out, args.split, key=args.key, index=args.index, from_wds=args.from_wds, grid=args.grid,
+                path=args.output)  # fmt: skip
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"synth": _synth, "convert": _convert, "verify": _verify, "info": _info, "show": _show}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.verbose:  # Dask narrates cluster start and stop at INFO; keep its warnings
+    if not args.verbose and args.command in ("convert", "verify"):  # Dask narrates cluster start and stop at INFO
         import distributed  # noqa: F401  (its import configures the logger we quieten here)
 
         logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except SSMSpineError as exc:
+        print(f"ssmspine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, missing permissions: not a bug, so no traceback
         print(f"ssmspine {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import itertools
 import os
 import time
 from typing import Callable, Iterator, Sequence, TypeVar
@@ -11,6 +12,9 @@ from typing import Callable, Iterator, Sequence, TypeVar
 from distributed import Client, LocalCluster, as_completed
 
 from .progress import progress_bar
+
+#: Tasks queued per worker: enough to keep it busy, few enough to stop soon after a failure.
+IN_FLIGHT_PER_WORKER = 2
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -56,23 +60,32 @@ def run_tasks(function: Callable[[T], R], tasks: Sequence[T], *, scheduler: str 
               progress: bool) -> tuple[list[R], float]:  # fmt: skip
     """Run ``function`` over ``tasks`` on Dask, in completion order, with a progress bar.
 
-    Returns the results and the seconds spent starting (or connecting to) the cluster. The first
-    failing task cancels the rest and its exception propagates.
+    Returns the results and the seconds spent starting (or connecting to) the cluster. Tasks
+    are submitted a few per worker at a time. After the first failure no new task starts, the
+    running ones finish (so no task is still writing when this returns), and the first
+    exception propagates.
     """
     if not tasks:
         return [], 0.0
     started = time.perf_counter()
     with dask_client(scheduler, workers) as client:
         startup = time.perf_counter() - started
-        futures = client.map(function, tasks, pure=False)
-        results = []
+        queue = iter(tasks)
+        running = as_completed()
+        in_flight = IN_FLIGHT_PER_WORKER * max(1, len(client.scheduler_info()["workers"]))
+        for task in itertools.islice(queue, in_flight):
+            running.add(client.submit(function, task, pure=False))
+        results: list[R] = []
+        failure: BaseException | None = None
         with progress_bar(sum(sizes), desc, progress) as bar:
-            try:
-                for future in as_completed(futures):
-                    result = future.result()
-                    results.append(result)
-                    bar.update(size_of(result))
-            except BaseException:
-                client.cancel(futures)
-                raise
+            for future in running:
+                try:
+                    results.append(future.result())
+                    bar.update(size_of(results[-1]))
+                except Exception as exc:  # noqa: BLE001 - re-raised below, once the others are done
+                    failure = failure or exc
+                if failure is None and (task := next(queue, None)) is not None:
+                    running.add(client.submit(function, task, pure=False))
+        if failure is not None:
+            raise failure
     return results, startup

@@ -33,8 +33,10 @@ from .schema import (
     LABEL_NAMES,
     OutputError,
     Schema,
+    SourceError,
     SSMSpineError,
     check_sample,
+    content_warnings,
     schema_from_json,
     schema_from_sample,
     schema_to_json,
@@ -64,6 +66,10 @@ class ConvertOptions:
     val_patients: tuple[int, ...] = ()
     calibration_samples: int = 1
     progress: bool = True
+    #: Convert what can be converted and list bad members in ``DIR/rejected.json``.
+    skip_bad: bool = False
+    #: Replace an output directory that holds a conversion of other sources or options.
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class GroupTask:
     schema: dict
     encodings: dict
     group_samples: int
+    skip_bad: bool = False
 
     @property
     def tar_path(self) -> Path:
@@ -102,6 +109,8 @@ class Summary:
     shards_kept: int = 0
     up_to_date: bool = False
     splits: dict[str, int] = field(default_factory=dict)
+    rejected: list[dict] = field(default_factory=list)  # members left out under --skip-bad
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # key -> content warnings
 
     samples_written: int = 0
 
@@ -130,53 +139,109 @@ def digest(array: np.ndarray) -> str:
 def convert_group(task: GroupTask) -> ShardMeta:
     """Decode one group, write its tar shard and Zarr shards, check both, return metadata.
 
-    Each field of a sample is compressed once: the Blosc frame goes into the tar member (behind
-    an npy header) and, unchanged, into the Zarr shard. Nothing is renamed into place before
-    everything read back correctly; the progress record is written last.
+    Nothing is renamed into place before everything read back correctly, and the progress
+    record is written last. A bad member stops the task (nothing of it stays), or, with
+    ``skip_bad``, is recorded as rejected and its Zarr row left empty.
     """
     _tune_worker()
-    schema = schema_from_json(task.schema)
-    encodings = {f: Encoding.from_json(e) for f, e in task.encodings.items()}
-    tar = tar_shards.ShardWriter(task.tar_path)
-    zarr_shards = {f: zarr_store.ShardFileWriter(task.zarr_path(f, spec), task.group_samples) for f, spec in schema.items()}
-    writers = [*zarr_shards.values(), tar]
+    group = _GroupWriter(task)
     try:
-        keys, payloads = [], []
-        digests: dict[str, list[str]] = {f: [] for f in schema}
-        frame_digests: dict[str, list[str]] = {f: [] for f in schema}
-        for member, sample in zip(task.members, source.read_samples(m.location for m in task.members)):
-            check_sample(sample, schema, member.archive, member.member)
-            frames = {f: encodings[f].encode(sample[f], spec.numpy_dtype.itemsize) for f, spec in schema.items()}
-            payloads.append(tar.add(member.key, {f: tar_shards.member_payload(sample[f], frames[f]) for f in schema}))
-            for f, frame in frames.items():
-                zarr_shards[f].add(frame)
-                digests[f].append(digest(sample[f]))
-                frame_digests[f].append(xxhash.xxh3_128_hexdigest(frame))
-            keys.append(member.key)
-        for writer in writers:
-            writer.close()
-        _check_tar(tar.tmp_path, shard_file(task.split, task.index), keys, digests)
-        for f, writer in zarr_shards.items():
-            _check_zarr_shard(writer.tmp_path, task.group_samples, frame_digests[f])
-        meta = ShardMeta(
-            split=task.split,
-            index=task.index,
-            file=shard_file(task.split, task.index),
-            start=task.start,
-            keys=keys,
-            bytes=tar.tmp_path.stat().st_size,
-            sha256=tar_shards.file_sha256(tar.tmp_path),
-            digests=digests,
-            payloads=payloads,
-        )
-        for writer in writers:  # the tar last: a kept tar implies its Zarr shards are in place
-            writer.commit()
+        with source.Readers() as readers:
+            for row, member in enumerate(task.members):
+                try:
+                    sample = readers.read_sample(member.archive, member.member)
+                    check_sample(sample, group.schema, member.archive, member.member)
+                except SourceError as exc:
+                    if not task.skip_bad:
+                        raise
+                    group.reject(member, exc)
+                    continue
+                group.add(task.start + row, member.key, sample)
+        meta = group.finish()
+    except OSError as exc:  # a full disk, a vanished output directory, ...
+        group.abort()
+        raise OutputError(f"{task.out}: writing {shard_file(task.split, task.index)} failed: {exc}") from exc
     except BaseException:
-        for writer in writers:
-            writer.abort()
+        group.abort()
         raise
     manifest.record_shard(task.out, meta)
     return meta
+
+
+class _GroupWriter:
+    """The files of one task: a tar shard and one Zarr shard per field, filled sample by sample.
+
+    Each field of a sample is compressed once: the Blosc frame goes into the tar member (behind
+    an npy header) and, unchanged, into the Zarr shard.
+    """
+
+    def __init__(self, task: GroupTask) -> None:
+        self.task = task
+        self.schema = schema_from_json(task.schema)
+        self.encodings = {f: Encoding.from_json(e) for f, e in task.encodings.items()}
+        self.tar = tar_shards.ShardWriter(task.tar_path)
+        self.zarr_shards = {
+            f: zarr_store.ShardFileWriter(task.zarr_path(f, spec), task.group_samples) for f, spec in self.schema.items()
+        }
+        self.keys: list[str] = []
+        self.rows: list[int] = []
+        self.payloads: list[list[int]] = []
+        self.digests: dict[str, list[str]] = {f: [] for f in self.schema}
+        self.frame_digests: dict[str, list[str]] = {f: [] for f in self.schema}
+        self.warnings: dict[str, list[str]] = {}
+        self.rejected: list[dict] = []
+
+    @property
+    def writers(self) -> list:
+        return [*self.zarr_shards.values(), self.tar]  # the tar last: a kept tar implies its Zarr shards
+
+    def add(self, row: int, key: str, sample: Mapping[str, np.ndarray]) -> None:
+        frames = {f: self.encodings[f].encode(sample[f], spec.numpy_dtype.itemsize) for f, spec in self.schema.items()}
+        self.payloads.append(self.tar.add(key, {f: tar_shards.member_payload(sample[f], frames[f]) for f in frames}))
+        for f, frame in frames.items():
+            self.zarr_shards[f].add(frame)
+            self.digests[f].append(digest(sample[f]))
+            self.frame_digests[f].append(xxhash.xxh3_128_hexdigest(frame))
+        self.keys.append(key)
+        self.rows.append(row)
+        if found := content_warnings(sample):
+            self.warnings[key] = found
+            log.warning("%s: %s", key, "; ".join(found))
+
+    def reject(self, member: SourceMember, error: SourceError) -> None:
+        for shard in self.zarr_shards.values():
+            shard.skip()
+        self.rejected.append(rejection(error, member))
+        log.warning("rejected %s", error)
+
+    def finish(self) -> ShardMeta:
+        """Close every file, read each back, and only then rename them into place."""
+        task = self.task
+        for writer in self.writers:
+            writer.close()
+        _check_tar(self.tar.tmp_path, shard_file(task.split, task.index), self.keys, self.digests)
+        for f, writer in self.zarr_shards.items():
+            _check_zarr_shard(writer.tmp_path, task.group_samples, [r - task.start for r in self.rows],
+                              self.frame_digests[f])  # fmt: skip
+        meta = ShardMeta(
+            split=task.split, index=task.index, file=shard_file(task.split, task.index), start=task.start,
+            keys=self.keys, bytes=self.tar.tmp_path.stat().st_size, sha256=tar_shards.file_sha256(self.tar.tmp_path),
+            digests=self.digests, payloads=self.payloads, rows=self.rows, warnings=self.warnings,
+            rejected=self.rejected,
+        )  # fmt: skip
+        for writer in self.writers:
+            writer.commit()
+        return meta
+
+    def abort(self) -> None:
+        for writer in self.writers:
+            writer.abort()
+
+
+def rejection(error: SourceError, member: SourceMember | None = None) -> dict:
+    """The record of a member left out under ``--skip-bad`` (``DIR/rejected.json``)."""
+    return {"archive": error.archive, "member": error.member, "key": member.key if member else None,
+            "split": member.split if member else None, "reason": error.reason}  # fmt: skip
 
 
 def _tune_worker() -> None:
@@ -204,14 +269,15 @@ def _tune_worker() -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
 
 
-def _check_zarr_shard(path: Path, chunks_per_shard: int, frame_digests: Sequence[str]) -> None:
+def _check_zarr_shard(path: Path, chunks_per_shard: int, positions: Sequence[int], frame_digests: Sequence[str]
+                      ) -> None:  # fmt: skip
     """Read a written Zarr shard back: its index must locate exactly the frames that were written.
 
-    The frames themselves were checked by decoding them from the tar, so equal bytes here
-    mean equal arrays there.
+    The frames themselves were checked by decoding them from the tar, so equal bytes at the
+    same positions here mean equal arrays there.
     """
-    chunks = [xxhash.xxh3_128_hexdigest(c) for c in zarr_store.iter_shard_chunks(path, chunks_per_shard)]
-    if chunks != list(frame_digests):
+    chunks = [(p, xxhash.xxh3_128_hexdigest(c)) for p, c in zarr_store.iter_shard_chunks(path, chunks_per_shard)]
+    if chunks != list(zip(positions, frame_digests)):
         raise OutputError(f"{path}: Zarr shard reads back differently from what was written")
 
 
@@ -233,31 +299,37 @@ def _check_tar(path: Path, name: str, keys: Sequence[str], digests: Mapping[str,
 # --------------------------------------------------------------------------- the plan
 
 
-def collect_members(sources: Sequence[str], options: ConvertOptions) -> dict[str, list[SourceMember]]:
-    """Members of all sources by split, with validation patients moved to ``val``."""
+def collect_members(sources: Sequence[str], options: ConvertOptions) -> tuple[dict[str, list[SourceMember]], list[dict]]:
+    """Members of all sources by split (validation patients moved to ``val``), and rejections.
+
+    A name outside the layout, or a key that another archive already provides, stops here,
+    before anything is written; with ``skip_bad`` it is rejected and the rest goes on.
+    """
     by_split: dict[str, list[SourceMember]] = {}
     seen: dict[tuple[str, str], SourceMember] = {}
+    rejected: list[dict] = []
+    on_bad = (lambda error: rejected.append(rejection(error))) if options.skip_bad else None
     for src in sources:
-        for member in source.list_members(src, options.split):
+        for member in source.list_members(src, options.split, on_bad=on_bad):
             if member.patient in options.val_patients and member.split == "train":
                 member = SourceMember("val", member.patient, member.aug, member.archive, member.member, member.root)
             previous = seen.setdefault((member.split, member.key), member)
             if previous is not member:
-                raise source.SourceError(
-                    member.archive, member.member,
-                    f"sample {member.key} of split {member.split!r} also comes from "
-                    f"{previous.archive}: {previous.member}",
-                )  # fmt: skip
+                error = SourceError(member.archive, member.member, f"sample {member.key} of split {member.split!r} "
+                                    f"also comes from {previous.archive}: {previous.member}")  # fmt: skip
+                if not options.skip_bad:
+                    raise error
+                rejected.append(rejection(error, member))
+                continue
             by_split.setdefault(member.split, []).append(member)
     for split_members in by_split.values():
         split_members.sort()
-    return dict(sorted(by_split.items()))
+    return dict(sorted(by_split.items())), rejected
 
 
 def _calibrate(members: Sequence[SourceMember], options: ConvertOptions) -> dict:
     """Decode a few samples: fix the schema, choose encodings, size the shards."""
-    calibration = members[: options.calibration_samples]
-    samples = list(source.read_samples(m.location for m in calibration))
+    calibration, samples = _calibration_samples(members, options)
     schema = schema_from_sample(samples[0], calibration[0].archive, calibration[0].member)
     for member, sample in zip(calibration[1:], samples[1:]):
         check_sample(sample, schema, member.archive, member.member)
@@ -271,6 +343,31 @@ def _calibrate(members: Sequence[SourceMember], options: ConvertOptions) -> dict
         "encoded_ratio": {f: m.nbytes / sum(s[f].nbytes for s in samples) for f, m in choices.items()},
         "group_samples": group,
     }
+
+
+def _calibration_samples(members: Sequence[SourceMember], options: ConvertOptions
+                         ) -> tuple[list[SourceMember], list[dict[str, np.ndarray]]]:  # fmt: skip
+    """The first ``calibration_samples`` members that decode (any member, without ``skip_bad``).
+
+    A bad member skipped here is rejected properly by its task later.
+    """
+    chosen, samples = [], []
+    with source.Readers() as readers:
+        for member in members:
+            try:
+                sample = readers.read_sample(member.archive, member.member)
+                schema_from_sample(sample, member.archive, member.member)
+            except SourceError:
+                if not options.skip_bad:
+                    raise
+                continue
+            chosen.append(member)
+            samples.append(sample)
+            if len(samples) == options.calibration_samples:
+                break
+    if not samples:
+        raise SourceError(members[0].archive, None, "no member of the first split could be decoded")
+    return chosen, samples
 
 
 def _plan_identity(sources: Sequence[str], by_split: Mapping[str, Sequence[SourceMember]],
@@ -318,7 +415,7 @@ def _reopen_finished(out: Path, identity: dict) -> None:
     manifest.manifest_path(out).unlink()
 
 
-def _tasks(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]]) -> list[GroupTask]:
+def _tasks(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]], skip_bad: bool) -> list[GroupTask]:
     group = plan["group_samples"]
     return [
         GroupTask(
@@ -330,6 +427,7 @@ def _tasks(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]]
             schema=plan["schema"],
             encodings=plan["encodings"],
             group_samples=group,
+            skip_bad=skip_bad,
         )
         for split, members in by_split.items()
         for start in range(0, len(members), group)
@@ -362,17 +460,21 @@ def _create_zarr(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMe
         )  # fmt: skip
 
 
-def _build_manifest(plan: dict, by_split: Mapping[str, Sequence[SourceMember]],
-                    metas: Sequence[ShardMeta]) -> dict:  # fmt: skip
+def _build_manifest(plan: dict, by_split: Mapping[str, Sequence[SourceMember]], metas: Sequence[ShardMeta],
+                    rejected: Sequence[dict]) -> dict:  # fmt: skip
     splits = {}
     for split, members in by_split.items():
         shards = sorted((m for m in metas if m.split == split), key=lambda m: m.index)
+        by_key = {m.key: m for m in members}
+        converted = [by_key[key] for shard in shards for key in shard.keys]
         splits[split] = {
-            "samples": len(members),
-            "keys": [m.key for m in members],
-            "patient": [m.patient for m in members],
-            "aug": [m.aug for m in members],
-            "members": [{"archive": os.path.basename(m.archive), "member": m.member} for m in members],
+            "samples": len(converted),
+            "keys": [m.key for m in converted],
+            "rows": [row for shard in shards for row in shard.rows],
+            "patient": [m.patient for m in converted],
+            "aug": [m.aug for m in converted],
+            "members": [{"archive": os.path.basename(m.archive), "member": m.member} for m in converted],
+            "warnings": {key: found for shard in shards for key, found in shard.warnings.items()},
             "shards": [s.to_json() for s in shards],
         }
     return {
@@ -380,26 +482,25 @@ def _build_manifest(plan: dict, by_split: Mapping[str, Sequence[SourceMember]],
         "format_version": manifest.FORMAT_VERSION,
         "tool_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "identity": plan["identity"],
         "sources": plan["identity"]["sources"],
-        "shard_bytes": plan["identity"]["shard_bytes"],
         **{k: plan[k] for k in PLAN_KEYS},
         "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
         "zarr": zarr_store.STORE_NAME,
         "wds": {"dir": WDS_DIR, "member_suffix": tar_shards.EXTENSION},
+        "rejected": list(rejected),
         "splits": splits,
     }
 
 
 def _is_up_to_date(out: Path, identity: dict) -> bool:
-    """A finished output of the same sources whose shards all have their recorded sizes."""
+    """A finished output of the same conversion whose shards all have their recorded sizes."""
     if not manifest.manifest_path(out).exists():
         return False
     done = manifest.read_manifest(out)
-    same = done["sources"] == identity["sources"] and done["shard_bytes"] == identity["shard_bytes"] and {
-        split: info["keys"] for split, info in done["splits"].items()
-    } == identity["splits"]
-    if not same:
-        raise OutputError(f"{out} holds a finished conversion of other sources or options; choose another --out")
+    if done["identity"] != identity:
+        raise OutputError(f"{out} holds a finished conversion of other sources or options; "
+                          "choose another --out, or use --force to replace it")  # fmt: skip
     return all(
         (out / shard["file"]).is_file() and (out / shard["file"]).stat().st_size == shard["bytes"]
         for info in done["splits"].values()
@@ -407,43 +508,79 @@ def _is_up_to_date(out: Path, identity: dict) -> bool:
     )
 
 
+def _replace_other_conversion(out: Path, identity: dict) -> None:
+    """For ``--force``: remove what a conversion of something else left in ``out`` (and only that)."""
+    plan = manifest.plan_path(out)
+    done = manifest.manifest_path(out)
+    other = (done.exists() and manifest.read_manifest(out).get("identity") != identity) or (
+        plan.exists() and manifest.read_json(plan).get("identity") != identity
+    )
+    if other or (not done.exists() and not plan.exists() and zarr_store.store_path(out).exists()):
+        log.warning("%s: replacing the output of another conversion (--force)", out)
+        for name in (manifest.MANIFEST_NAME, manifest.REJECTED_NAME):
+            (out / name).unlink(missing_ok=True)
+        for folder in (manifest.PROGRESS_DIR, WDS_DIR, zarr_store.STORE_NAME):
+            shutil.rmtree(out / folder, ignore_errors=True)
+
+
 def convert(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
             options: ConvertOptions = ConvertOptions()) -> Summary:  # fmt: skip
     """Convert SSMSpine source archives (or extracted directories) into ``out``.
 
     Resumable: re-running after an interruption converts only the missing shards; re-running
-    on a finished output does no work.
+    on a finished output does no work. See :class:`ConvertOptions` for bad input and ``force``.
     """
     started = time.perf_counter()
     sources = [os.fspath(s) for s in sources]
     out = Path(out)
-    by_split = collect_members(sources, options)
+    by_split, rejected = collect_members(sources, options)
+    if not by_split:
+        raise SourceError(", ".join(sources), None, "no sample could be listed")
     identity = _plan_identity(sources, by_split, options)
-    summary = Summary(samples=sum(map(len, by_split.values())), splits={s: len(m) for s, m in by_split.items()},
-                      source_bytes=sum(s["bytes"] for s in identity["sources"]))  # fmt: skip
+    summary = Summary(samples=sum(map(len, by_split.values())), source_bytes=sum(s["bytes"] for s in identity["sources"]))
+    if options.force:
+        _replace_other_conversion(out, identity)
     if _is_up_to_date(out, identity):
         summary.up_to_date = True
+        done = manifest.read_manifest(out)
     else:
-        if manifest.manifest_path(out).exists():
-            _reopen_finished(out, identity)
-        (out / WDS_DIR).mkdir(parents=True, exist_ok=True)
-        remove_temporaries(out)
-        plan = _load_or_make_plan(out, identity, by_split, options)
-        _create_zarr(out, plan, by_split, identity["sources"])
-        tasks = _tasks(out, plan, by_split)
-        summary.planning_seconds = time.perf_counter() - started
-        recorded = {(m.split, m.index): m for m in manifest.recorded_shards(out)}
-        kept = {(t.split, t.index): m for t in tasks if (m := _kept_shard(t, recorded.get((t.split, t.index))))}
-        todo = [t for t in tasks if (t.split, t.index) not in kept]
-        summary.shards_kept, summary.shards_written = len(kept), len(todo)
-        summary.samples_written = sum(len(t.members) for t in todo)
-        written, summary.startup_seconds = _run(todo, options)
-        manifest.write_manifest(out, _build_manifest(plan, by_split, [*kept.values(), *written]))
-        shutil.rmtree(out / manifest.PROGRESS_DIR, ignore_errors=True)
+        done = _convert_missing(out, identity, by_split, rejected, options, summary, started)
+    summary.samples = sum(info["samples"] for info in done["splits"].values())
+    summary.splits = {split: info["samples"] for split, info in done["splits"].items()}
+    summary.rejected = done["rejected"]
+    summary.warnings = {key: found for info in done["splits"].values() for key, found in info["warnings"].items()}
     summary.zarr_bytes = tree_bytes(zarr_store.store_path(out))
     summary.wds_bytes = tree_bytes(out / WDS_DIR)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _convert_missing(out: Path, identity: dict, by_split: Mapping[str, Sequence[SourceMember]],
+                     rejected: list[dict], options: ConvertOptions, summary: Summary, started: float) -> dict:  # fmt: skip
+    """Plan (or reuse the plan), run the tasks whose shards are missing, write the manifest."""
+    if manifest.manifest_path(out).exists():
+        _reopen_finished(out, identity)
+    (out / WDS_DIR).mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)
+    plan = _load_or_make_plan(out, identity, by_split, options)
+    _create_zarr(out, plan, by_split, identity["sources"])
+    tasks = _tasks(out, plan, by_split, options.skip_bad)
+    summary.planning_seconds = time.perf_counter() - started
+    recorded = {(m.split, m.index): m for m in manifest.recorded_shards(out)}
+    kept = {(t.split, t.index): m for t in tasks if (m := _kept_shard(t, recorded.get((t.split, t.index))))}
+    todo = [t for t in tasks if (t.split, t.index) not in kept]
+    summary.shards_kept, summary.shards_written = len(kept), len(todo)
+    summary.samples_written = sum(len(t.members) for t in todo)
+    written, summary.startup_seconds = _run(todo, options)
+    metas = [*kept.values(), *written]
+    rejected = [*rejected, *(r for meta in metas for r in meta.rejected)]
+    remove_temporaries(out)  # those of workers that died mid-task and had their task rerun
+    if rejected:
+        manifest.write_json_atomic(out / manifest.REJECTED_NAME, rejected)
+    done = _build_manifest(plan, by_split, metas, rejected)
+    manifest.write_manifest(out, done)
+    shutil.rmtree(out / manifest.PROGRESS_DIR, ignore_errors=True)
+    return done
 
 
 def tree_bytes(path: str | os.PathLike) -> int:

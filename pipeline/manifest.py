@@ -25,6 +25,7 @@ from .schema import OutputError
 MANIFEST_NAME = "manifest.json"
 PROGRESS_DIR = ".progress"
 PLAN_NAME = "plan.json"
+REJECTED_NAME = "rejected.json"
 FORMAT = "ssmspine-shards"
 FORMAT_VERSION = 1
 
@@ -43,6 +44,12 @@ class ShardMeta:
     digests: dict[str, list[str]] = field(default_factory=dict)  # field -> per-sample xxh3-128 hex
     #: per sample, [offset, size] of each field's member payload in the tar, in schema order
     payloads: list[list[int]] = field(default_factory=list)
+    #: per sample, its row in the split's Zarr arrays (``start + i`` unless members were rejected)
+    rows: list[int] = field(default_factory=list)
+    #: key -> content warnings (values kept as they are; see schema.content_warnings)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+    #: members of this group left out under --skip-bad: {archive, member, key, reason}
+    rejected: list[dict] = field(default_factory=list)
 
     @property
     def samples(self) -> int:

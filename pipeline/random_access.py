@@ -266,16 +266,16 @@ class ZarrDataset(torch.utils.data.Dataset):
         """
         self.out = Path(out)
         self.split = split
-        keys, group, self.fields = _open_split(self.out, read_manifest(self.out), split, fields)
-        self.keys: tuple[str, ...] = tuple(keys)
-        self.patients = _read_only(group["patient"][:])
-        self.augs = _read_only(group["aug"][:])
+        samples, group, self.fields = _open_split(self.out, read_manifest(self.out), split, fields)
+        self.keys: tuple[str, ...] = tuple(samples.keys)
+        self._rows = samples.rows
         arrays = {f: group[f] for f in self.fields}
-        for name, length in [("patient", len(self.patients)), ("aug", len(self.augs)),
-                             *((f, a.shape[0]) for f, a in arrays.items())]:  # fmt: skip
-            if length != len(self.keys):
-                raise OutputError(f"{store_path(self.out) / split / name}: {length} samples, "
-                                  f"but the manifest lists {len(self.keys)}")  # fmt: skip
+        for name, length in [("aug", group["aug"].shape[0]), *((f, a.shape[0]) for f, a in arrays.items())]:
+            if length != samples.planned or len(self._rows) != len(self.keys) or self._rows.max(initial=0) >= length:
+                raise OutputError(f"{store_path(self.out) / split / name}: {length} rows do not hold "
+                                  f"the {len(self.keys)} samples the manifest lists")  # fmt: skip
+        self.patients = _read_only(group["patient"][:][self._rows])
+        self.augs = _read_only(group["aug"][:][self._rows])
         self._layouts: dict[str, ChunkLayout | None] = {f: fast_layout(a) if fast else None for f, a in arrays.items()}
         self._by_key = {k: i for i, k in enumerate(self.keys)}
         self._by_patient_aug = {(int(p), int(a)): i for i, (p, a) in enumerate(zip(self.patients, self.augs))}
@@ -324,19 +324,20 @@ class ZarrDataset(torch.utils.data.Dataset):
 
     def read_record(self, index: int, fields: Sequence[str] | None = None) -> tuple[str, dict[str, np.ndarray]]:
         """Sample ``index`` as a record ``(key, {field: numpy array})``, reading only ``fields``."""
-        row = self._row(index)
+        index = self._index(index)
+        row = int(self._rows[index])
         fields = self.fields if fields is None else fields
         state = self._state()
-        return self.keys[row], {f: self._read(state, f, row) for f in fields}
+        return self.keys[index], {f: self._read(state, f, row) for f in fields}
 
-    def _row(self, index: int) -> int:
-        row = operator.index(index)
+    def _index(self, index: int) -> int:
+        position = operator.index(index)
         n = len(self.keys)
-        if row < 0:
-            row += n
-        if not 0 <= row < n:
+        if position < 0:
+            position += n
+        if not 0 <= position < n:
             raise IndexError(f"sample index {index} out of range for split {self.split!r} of {n} samples")
-        return row
+        return position
 
     def _read(self, state: _ProcessState, field: str, row: int) -> np.ndarray:
         try:
@@ -370,9 +371,22 @@ class ZarrDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------- opening
 
 
+class _Split:
+    """The samples of a split the manifest lists, and the Zarr row of each.
+
+    Rows are ``0..N-1`` unless members were rejected under ``--skip-bad``: their rows stay
+    in the arrays, holding the fill value, and no key points at them.
+    """
+
+    def __init__(self, info: Mapping, group: zarr.Group) -> None:
+        self.keys = list(info["keys"])
+        self.rows = np.asarray(info.get("rows", range(len(self.keys))), dtype=np.int64)
+        self.planned = int(group["patient"].shape[0])
+
+
 def _open_split(out: Path, manifest: Mapping, split: str,
-                fields: str | Sequence[str] | None) -> tuple[list[str], zarr.Group, tuple[str, ...]]:  # fmt: skip
-    """The keys (from the manifest), Zarr group and fields (all by default) of a split, all checked."""
+                fields: str | Sequence[str] | None) -> tuple[_Split, zarr.Group, tuple[str, ...]]:  # fmt: skip
+    """The samples (from the manifest), Zarr group and fields (all by default) of a split, all checked."""
     if split not in manifest["splits"]:
         raise OutputError(f"{out}: no split {split!r} (has {sorted(manifest['splits'])})")
     path = store_path(out) / split
@@ -385,7 +399,7 @@ def _open_split(out: Path, manifest: Mapping, split: str,
     missing = [f for f in chosen if f not in available]
     if missing:
         raise OutputError(f"{path}: no field(s) {missing} (has {list(available)})")
-    return list(manifest["splits"][split]["keys"]), group, chosen
+    return _Split(manifest["splits"][split], group), group, chosen
 
 
 def _available_fields(group: zarr.Group) -> tuple[str, ...]:
@@ -469,19 +483,21 @@ def open_zarr(out: str | os.PathLike, split: str | None = None,
     manifest = read_manifest(out)
     views = {}
     for name in [split] if split is not None else sorted(manifest["splits"]):
-        keys, group, chosen = _open_split(out, manifest, name, fields)
+        samples, group, chosen = _open_split(out, manifest, name, fields)
         data_vars = {}
         for field in chosen:
             array = group[field]
             sample_nbytes = int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize
             step = dask_step((array.shards or array.chunks)[0], sample_nbytes, limit)
             data = da.from_zarr(array, chunks=(step, *array.shape[1:]))
+            if len(samples.rows) != samples.planned:  # rows of rejected members hold no sample
+                data = data[samples.rows]
             data_vars[field] = (_dims(field, tuple(array.shape[1:])), data)
         used = {d for dims, _ in data_vars.values() for d in dims}
         coords = {
-            "key": ("sample", keys),
-            "patient": ("sample", group["patient"][:]),
-            "aug": ("sample", group["aug"][:]),
+            "key": ("sample", samples.keys),
+            "patient": ("sample", group["patient"][:][samples.rows]),
+            "aug": ("sample", group["aug"][:][samples.rows]),
             **{d: labels for d, labels in _DIM_LABELS.items() if d in used},
         }
         attrs = {"split": name, "label_names": dict(group.attrs.get("label_names", {}))}

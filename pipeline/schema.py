@@ -165,6 +165,34 @@ def check_sample(
             )
 
 
+def content_warnings(sample: Mapping[str, np.ndarray]) -> list[str]:
+    """Values a sample should not have but that convert losslessly all the same.
+
+    These are warnings, not errors: the converter's promise is a bit-exact copy, so it keeps
+    such values and reports them (summary and manifest) for the user to decide. Structural
+    problems — missing or extra keys, another shape or dtype — are errors instead.
+    """
+    found = []
+    for field in IMAGE_FIELDS:
+        image = sample.get(field)
+        if image is None or image.dtype.kind != "f":
+            continue
+        finite = np.isfinite(image)
+        if not finite.all():
+            found.append(f"{field} has {int(image.size - np.count_nonzero(finite))} NaN/Inf values")
+        values = image[finite] if not finite.all() else image
+        if values.size and (values.min() < 0 or values.max() > 1):
+            found.append(f"{field} has values outside [0, 1] ({values.min():.4g} .. {values.max():.4g})")
+    label = sample.get("label")
+    if label is not None and label.dtype.kind == "f" and not np.isfinite(label).all():
+        found.append("label has NaN/Inf values")
+    elif label is not None and label.size:
+        low, high = label.min(), label.max()
+        if low < 0 or high > max(LABEL_NAMES) or (label.dtype.kind == "f" and not np.array_equal(label, np.round(label))):
+            found.append(f"label has values outside the integers 0..{max(LABEL_NAMES)} ({low} .. {high})")
+    return found
+
+
 def schema_to_json(schema: Schema) -> dict:
     return {field: spec.to_json() for field, spec in schema.items()}
 

@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -39,6 +39,8 @@ MAX_MEMBER_BYTES = 1 << 30
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
 _PICKLE_MAGIC = b"\x80"  # protocol 2+ pickle: torch's legacy format
+#: Split names become file and group names: plain lower-case words only.
+SPLIT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _MEMBER_RE = re.compile(r"(?:^|/)(?P<root>[^/]+)/p(?P<patient>\d+)/aug(?P<aug>\d+)\.pt$")
 
 _NUMPY_DTYPE_CLASSES = [
@@ -112,8 +114,11 @@ def parse_member(archive: str, name: str, split: str | None = None) -> SourceMem
             archive, name, "a .pt file outside the SSMSpine layout <root>/p<patient>/aug<shape>.pt"
         )
     root = match.group("root")
+    split = split or root.lower()
+    if not SPLIT_NAME.match(split):
+        raise SourceError(archive, name, f"the root folder {root!r} gives no safe split name; name it with --split")
     return SourceMember(
-        split=split or root.lower(),
+        split=split,
         patient=int(match.group("patient")),
         aug=int(match.group("aug")),
         archive=archive,
@@ -133,13 +138,26 @@ def _member_names(source: str) -> list[str]:
         raise SourceError(source, None, f"not a readable zip archive or directory ({exc})") from exc
 
 
-def list_members(source: str | os.PathLike, split: str | None = None) -> list[SourceMember]:
-    """All sample members of one source, sorted by (split, patient, aug); junk is skipped."""
+def list_members(source: str | os.PathLike, split: str | None = None,
+                 on_bad: Callable[[SourceError], None] | None = None) -> list[SourceMember]:  # fmt: skip
+    """All sample members of one source, sorted by (split, patient, aug); junk is skipped.
+
+    A ``.pt`` name outside the layout raises, or is handed to ``on_bad`` and left out.
+    """
     source = os.fspath(source)
     if not os.path.exists(source):
         raise SourceError(source, None, "no such file or directory")
-    names = [name for name in _member_names(source) if not is_junk(name)]
-    members = sorted(parse_member(source, name, split) for name in names)
+    members = []
+    for name in _member_names(source):
+        if is_junk(name):
+            continue
+        try:
+            members.append(parse_member(source, name, split))
+        except SourceError as error:
+            if on_bad is None:
+                raise
+            on_bad(error)
+    members.sort()
     if not members:
         raise SourceError(source, None, "holds no <root>/p<patient>/aug<shape>.pt members")
     return members
@@ -242,19 +260,30 @@ def _read_bounded(file, archive: str, member: str) -> bytes:
     return data
 
 
-def read_samples(locations: Iterable[tuple[str, str]]) -> Iterator[dict[str, np.ndarray]]:
-    """Decode ``(archive, member)`` locations in order, opening each archive once per run of members."""
-    reader: SourceReader | None = None
-    try:
-        for archive, member in locations:
-            if reader is None or reader.source != archive:
-                if reader is not None:
-                    reader.close()
-                reader = SourceReader(archive)
-            yield reader.read_sample(member)
-    finally:
-        if reader is not None:
+class Readers:
+    """One open :class:`SourceReader` per archive, for a task that reads members of several."""
+
+    def __init__(self) -> None:
+        self._readers: dict[str, SourceReader] = {}
+
+    def __enter__(self) -> "Readers":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for reader in self._readers.values():
             reader.close()
+
+    def read_sample(self, archive: str, member: str) -> dict[str, np.ndarray]:
+        if archive not in self._readers:
+            self._readers[archive] = SourceReader(archive)
+        return self._readers[archive].read_sample(member)
+
+
+def read_samples(locations: Iterable[tuple[str, str]]) -> Iterator[dict[str, np.ndarray]]:
+    """Decode ``(archive, member)`` locations in order; the first bad one raises."""
+    with Readers() as readers:
+        for archive, member in locations:
+            yield readers.read_sample(archive, member)
 
 
 def decode_sample(data: bytes, archive: str, member: str) -> dict[str, np.ndarray]:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import pickle
-import tempfile
 import types
 import zipfile
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import torch
 from numpy._core.multiarray import _reconstruct
 from PIL import Image, ImageDraw
 
+from pipeline.atomic import AtomicFile
 from pipeline.schema import (
     BONE_NAMES,
     DISC_NAMES,
@@ -745,17 +744,17 @@ def write_archive(path: str | Path, config: SynthConfig) -> Path:
     """Write a release-style zip to ``path`` (tmp file + rename, so a crash leaves no partial zip)."""
     path = Path(path)
     compression = zipfile.ZIP_DEFLATED if config.compression == "deflate" else zipfile.ZIP_STORED
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    target = AtomicFile(path)
     try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", allowZip64=True) as archive:
+        with zipfile.ZipFile(target.file, "w", allowZip64=True) as archive:
             for name, data in _payloads(config):
                 info = zipfile.ZipInfo(name, date_time=MEMBER_DATE_TIME)
                 info.compress_type = compression
                 info.external_attr = 0o644 << 16
                 archive.writestr(info, data)
-        os.replace(tmp, path)
+        target.commit()
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        target.abort()
         raise
     return path
 

@@ -74,8 +74,9 @@ def verify_shard(task: VerifyTask) -> tuple[int, list[Problem]]:
         checked = 0
         for offset in range(0, shard.samples, ROWS_PER_READ):
             keys = shard.keys[offset : offset + ROWS_PER_READ]
-            start = shard.start + offset
-            zarr_rows = {f: zarr_store.read_region(task.out, task.split, f, start, start + len(keys)) for f in schema}
+            rows = np.array(shard.rows[offset : offset + ROWS_PER_READ])
+            zarr_rows = {f: zarr_store.read_region(task.out, task.split, f, rows[0], rows[-1] + 1)[rows - rows[0]]
+                         for f in schema}  # fmt: skip
             for row, (key, tar_sample, truth) in enumerate(zip(keys, tar_samples, islice(expected, len(keys)))):
                 if tar_sample["__key__"] != key:
                     problems.append(Problem(task.split, shard.file, f"holds {tar_sample['__key__']} where {key} belongs"))

@@ -155,6 +155,10 @@ class ShardFileWriter:
         self._offset += len(frame)
         self._chunks += 1
 
+    def skip(self) -> None:
+        """Leave the next chunk unwritten: it reads as the fill value."""
+        self._chunks += 1
+
     def close(self) -> None:
         index = self._index.tobytes()
         self._target.file.write(index + google_crc32c.value(index).to_bytes(4, "little"))
@@ -167,8 +171,8 @@ class ShardFileWriter:
         self._target.abort()
 
 
-def iter_shard_chunks(path: str | os.PathLike, chunks_per_shard: int) -> Iterator[bytes]:
-    """The encoded chunks of a shard file in order, one read each, up to the first empty entry.
+def iter_shard_chunks(path: str | os.PathLike, chunks_per_shard: int) -> Iterator[tuple[int, bytes]]:
+    """``(position, encoded chunk)`` of each written chunk of a shard file, in order, one read each.
 
     The index's CRC-32C is checked first; a damaged index is an :class:`OutputError`.
     """
@@ -180,8 +184,7 @@ def iter_shard_chunks(path: str | os.PathLike, chunks_per_shard: int) -> Iterato
         raw = file.read(index_size)
         if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
             raise OutputError(f"{path}: Zarr shard index checksum mismatch")
-        for offset, nbytes in np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2).tolist():
-            if offset == EMPTY_CHUNK:
-                return
-            file.seek(offset)
-            yield file.read(nbytes)
+        for position, (offset, nbytes) in enumerate(np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2).tolist()):
+            if offset != EMPTY_CHUNK:
+                file.seek(offset)
+                yield position, file.read(nbytes)

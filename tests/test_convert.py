@@ -147,9 +147,9 @@ def test_extracted_directory_converts_like_the_zip(tmp_path, dask_scheduler, tra
 
 
 def test_split_override_and_validation_patients(tmp_path, train_zip, dask_scheduler):
-    by_split = collect_members([train_zip], fast_options(dask_scheduler, val_patients=(2,)))
+    by_split, _ = collect_members([train_zip], fast_options(dask_scheduler, val_patients=(2,)))
     assert {s: sorted({m.patient for m in ms}) for s, ms in by_split.items()} == {"train": [1], "val": [2]}
-    renamed = collect_members([train_zip], fast_options(dask_scheduler, split="holdout"))
+    renamed, _ = collect_members([train_zip], fast_options(dask_scheduler, split="holdout"))
     assert list(renamed) == ["holdout"]
 
 

@@ -35,6 +35,7 @@ from pipeline.stream import (
     consumed_position,
     epoch_order,
     rank_positions,
+    rank_samples,
     rank_share,
     source_neighbour_ratio,
     worker_batches,
@@ -46,9 +47,7 @@ SEED = 7
 
 
 def expected_keys(keys, epoch, rank, world, start=0, batch_size=None, drop_last=False, shuffle=True):
-    order = epoch_order(len(keys), SEED, epoch, shuffle)
-    positions = rank_positions(len(keys), start, rank, world, batch_size, drop_last)
-    return [keys[i] for i in order[positions % len(keys)]]
+    return [keys[i] for i in rank_samples(len(keys), SEED, epoch, rank, world, start, batch_size, drop_last, shuffle)]
 
 
 def flat_keys(batches):
@@ -112,7 +111,9 @@ def test_order_depends_on_seed_and_epoch_only():
     assert epoch_order(5, 3, 0, shuffle=False).tolist() == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize(("samples", "first", "second"), [(101, (2, 3), (3, 2)), (101, (3, 2), (2, 3)), (12, (2, 3), (3, 2))])
+@pytest.mark.parametrize(
+    ("samples", "first", "second"), [(101, (2, 3), (3, 2)), (101, (3, 2), (2, 3)), (12, (2, 3), (3, 2))]
+)
 def test_elastic_resume_arithmetic(samples, first, second):
     """Stop after k global steps on W ranks, resume on W' ranks with the same global batch."""
     (w1, b1), (w2, b2) = first, second
@@ -141,10 +142,11 @@ def _buffer_shuffle(sequence, buffer, rng):
 
 
 def test_shuffle_breaks_source_neighbourhoods():
-    """10,000 keys: 100 patients × 100 shapes, shards of 100 consecutive samples.
+    """10,000 keys: 100 patients × 100 shapes, in shards of 100 consecutive samples.
 
-    Figure: source-neighbour ratio (consecutive yielded pairs that are the same patient with
-    adjacent shape numbers, relative to a uniformly random order; 1 = ideal).
+    Figure: :func:`source_neighbour_ratio` — pairs of source neighbours (same patient, adjacent
+    shape numbers) at most 16 samples apart in what a rank yields, relative to a uniformly random
+    order (1 = ideal); the mean over 20 epochs, and single epochs of the global order and of a rank.
     """
     patients, shapes = 100, 100
     patient = np.repeat(np.arange(patients), shapes)
@@ -155,24 +157,20 @@ def test_shuffle_breaks_source_neighbourhoods():
     shards = source.reshape(-1, 100)[rng.permutation(n // 100)].reshape(-1)
     figures = {
         "source order": source_neighbour_ratio(source, patient, aug),
-        "shuffled shards + 1000-sample buffer": source_neighbour_ratio(_buffer_shuffle(shards, 1000, rng), patient, aug),
-        "global order": source_neighbour_ratio(epoch_order(n, SEED, 0), patient, aug),
-        "rank 1 of 3": source_neighbour_ratio(epoch_order(n, SEED, 0)[rank_positions(n, 0, 1, 3)], patient, aug),
+        "shuffled shards + 1000-sample buffer": source_neighbour_ratio(
+            _buffer_shuffle(shards, 1000, rng), patient, aug
+        ),
+        "global order, epoch 0": source_neighbour_ratio(epoch_order(n, SEED, 0), patient, aug),
+        "rank 1 of 3, epoch 0": source_neighbour_ratio(rank_samples(n, SEED, 0, 1, 3), patient, aug),
+        "global order, mean of 20 epochs": float(
+            np.mean([source_neighbour_ratio(epoch_order(n, SEED, e), patient, aug) for e in range(20)])
+        ),
     }
-    ratios = []
-    for epoch in range(20):
-        order = epoch_order(n, SEED, epoch)
-        ratios.append(source_neighbour_ratio(order, patient, aug))
-    figures["global order, mean of 20 epochs"] = float(np.mean(ratios))
-    # mean |source index difference| of consecutive samples, relative to the uniform N/3
-    order = epoch_order(n, SEED, 0)
-    figures["global order |Δindex| / (N/3)"] = float(np.mean(np.abs(np.diff(order))) / (n / 3))
-    print("\nshuffle quality:", json.dumps(figures, indent=1))
-    assert figures["source order"] > 1000
+    print("\nshuffle quality (source-neighbour ratio, 1 = uniform):", json.dumps(figures, indent=1))
+    assert figures["source order"] > 100
     assert figures["shuffled shards + 1000-sample buffer"] > 5
-    assert 0.5 < figures["global order"] < 1.5 and 0.5 < figures["rank 1 of 3"] < 1.5
-    assert 0.85 < figures["global order, mean of 20 epochs"] < 1.15
-    assert 0.97 < figures["global order |Δindex| / (N/3)"] < 1.03
+    assert 0.6 < figures["global order, epoch 0"] < 1.4 and 0.6 < figures["rank 1 of 3, epoch 0"] < 1.4
+    assert 0.9 < figures["global order, mean of 20 epochs"] < 1.1
 
 
 # --------------------------------------------------------------------------- reading a real output
@@ -230,7 +228,7 @@ def test_batches_do_not_depend_on_workers_and_come_in_shared_memory(converted):
     for w, batches in runs.items():
         assert [len(b["__key__"]) for b in batches] == [5, 5, 2]
         assert flat_keys(batches) == expected_keys(ds.keys, 3, 0, 1), w
-    assert all(b["img"].is_shared() for b in runs[2]), "batches cross the worker boundary without a copy"
+    assert all(type(b) is dict for b in runs[2]), "shared-memory batches arrive as plain dicts"
     for a, b in zip(*runs.values()):
         assert torch.equal(a["img"], b["img"]) and torch.equal(a["label"], b["label"])
     # per-sample mode, collated by the DataLoader
@@ -241,11 +239,49 @@ def test_batches_do_not_depend_on_workers_and_come_in_shared_memory(converted):
     assert batches[0]["img"].shape == (4, 512, 512)
 
 
+def test_persistent_workers_follow_epochs_and_never_overwrite_held_batches(converted):
+    """Slots are reused only once the main process has dropped every tensor of their batch."""
+    stock = _stock(converted, "train")
+    ds = StreamingDataset(converted, fields=("img", "label"), seed=SEED, batch_size=2)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    held = []
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        batches = list(ds.track(loader))
+        assert flat_keys(batches) == expected_keys(ds.keys, epoch, 0, 1), "persistent workers follow set_epoch"
+        if epoch == 0:  # hold a view of some batches, whole tensors of others; drop the rest
+            held = [("img", b["img"][1:], b["__key__"][1:]) for b in batches[::2]]
+            held += [("label", b["label"], b["__key__"]) for b in batches[1::2]]
+        del batches
+    for field, tensor, keys in held:
+        for row, key in enumerate(keys):
+            assert_bit_exact(tensor[row].numpy(), stock[key][field], f"held {key}.{field}")
+
+
+def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
+    from pipeline.stream import _Layout, _rebuild_shared_batch, _SlotPool
+
+    pool = _SlotPool(_Layout.of({"a": ((3,), np.dtype("<f4")), "b": ((2, 2), np.dtype("|b1"))}, 4))
+    slot = pool.take()
+    arrays = pool.layout.arrays(slot.bytes, 3)
+    arrays["a"][:] = np.arange(9).reshape(3, 3)
+    arrays["b"][:] = True
+    batch = _rebuild_shared_batch(slot.storage, pool.layout, 3, ["x", "y", "z"], worker_pid=-1)  # "another process"
+    assert batch["a"].shape == (3, 3) and batch["b"].dtype == torch.bool and batch["b"].all()
+    assert batch["a"][2].tolist() == [6, 7, 8]
+    view = batch["a"][1:].t()
+    del batch
+    assert pool.take() is not slot, "a view of the batch is still alive"
+    del view
+    assert pool.take() is slot, "free again once nothing refers to it"
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_in_process_on_another_world_size(converted, workers):
     """Ranks simulated in one process: 2 ranks × 3 per batch stop after a step; 3 ranks × 2 finish."""
     keys = StreamingDataset(converted, fields=("label",)).keys
-    first = [StreamingDataset(converted, fields=("label",), seed=SEED, batch_size=3, rank=r, world_size=2) for r in range(2)]
+    first = [StreamingDataset(converted, fields=("label",), seed=SEED, batch_size=3, rank=r, world_size=2)
+             for r in range(2)]  # fmt: skip
     seen, states = [], []
     for ds in first:
         ds.set_epoch(1)
@@ -254,7 +290,8 @@ def test_resume_in_process_on_another_world_size(converted, workers):
             break
         states.append(ds.state_dict())
     assert states[0] == states[1] and states[0]["epoch"] == 1 and states[0]["position"] == 6
-    second = [StreamingDataset(converted, fields=("label",), seed=SEED, batch_size=2, rank=r, world_size=3) for r in range(3)]
+    second = [StreamingDataset(converted, fields=("label",), seed=SEED, batch_size=2, rank=r, world_size=3)
+              for r in range(3)]  # fmt: skip
     rest = []
     for r, ds in enumerate(second):
         ds.load_state_dict(json.loads(json.dumps(states[0])))
@@ -307,6 +344,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
     """Serves files under ``server.root`` with single-range ``Range`` support and keep-alive."""
 
     protocol_version = "HTTP/1.1"
+    ranges = True
 
     def do_GET(self):
         path = Path(self.server.root) / urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
@@ -314,7 +352,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         size = path.stat().st_size
-        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "")) if self.ranges else None
         start, end = (0, size - 1) if match is None else (int(match[1]), min(int(match[2] or size - 1), size - 1))
         if start >= size:
             self.send_response(416)
@@ -330,21 +368,31 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except ConnectionError:  # the client hung up (it does on purpose after an unwanted 200)
+            self.close_connection = True
 
     def log_message(self, *args):
         pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients hang up on purpose in these tests
+            super().handle_error(request, client_address)
 
 
 @pytest.fixture
 def serve():
     servers = []
 
-    def start(root: Path) -> str:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    def start(root: Path, handler: type = _RangeHandler) -> str:
+        server = _Server(("127.0.0.1", 0), handler)
         server.root = str(root)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/"
 
@@ -367,6 +415,22 @@ def test_urls_read_the_same_samples(converted, serve, scheme):
                 assert_bit_exact(batch[field][row].numpy(), stock[key][field], f"{scheme} {key}.{field}")
 
 
+def test_a_server_without_range_requests_is_an_error(converted, serve):
+    url = serve(converted, type("NoRanges", (_RangeHandler,), {"ranges": False}))
+    with pytest.raises(OutputError, match="Range"):
+        next(iter(StreamingDataset(url)))
+
+
+def test_many_shards_with_few_open_files(converted, monkeypatch):
+    from pipeline import stream
+
+    monkeypatch.setattr(stream._LocalStore, "max_open", 2)
+    stock = _stock(converted, "train")
+    ds = StreamingDataset(converted, fields=("label", "shape"), seed=SEED)
+    assert len(read_manifest(converted)["splits"]["train"]["shards"]) > 2
+    assert _assert_same_as_stock(ds, stock, ds.fields) == expected_keys(ds.keys, 0, 0, 1)
+
+
 def _damage(out: Path, how: str) -> str:
     """Damage the second shard of ``train``; return its file name."""
     shard = read_manifest(out)["splits"]["train"]["shards"][1]
@@ -386,15 +450,17 @@ def _damage(out: Path, how: str) -> str:
 
 
 @pytest.mark.parametrize("how", ["missing", "truncated", "corrupt"])
-@pytest.mark.parametrize("scheme", ["local", "http"])
+@pytest.mark.parametrize("scheme", ["local", "http", "file"])
 def test_damaged_shard_is_an_error_naming_it(converted, tmp_path, serve, how, scheme):
     out = copy_output(converted, tmp_path)
     name = _damage(out, how)
-    ds = StreamingDataset(serve(out) if scheme == "http" else out, fields=("img",), shuffle=False)
+    root = {"local": out, "http": serve(out) if scheme == "http" else None, "file": out.as_uri()}[scheme]
+    ds = StreamingDataset(root, fields=("img",), shuffle=False)
     with pytest.raises(OutputError, match=re.escape(name)) as error:
         for _ in ds:
             pass
-    assert re.search({"missing": "missing", "truncated": "truncated", "corrupt": "corrupt|damaged"}[how], str(error.value))
+    assert re.search({"missing": "missing", "truncated": "truncated", "corrupt": "corrupt|damaged"}[how],
+                     str(error.value))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- real torch.distributed
@@ -417,10 +483,11 @@ RANK_SCRIPT = textwrap.dedent(
             if sc.get("load"):
                 ds.load_state_dict(json.load(open(sc["load"])))
             runs = []
+            loader = DataLoader(ds, batch_size=sc.get("loader_batch"), num_workers=sc["workers"],
+                                multiprocessing_context=sc.get("context"),
+                                persistent_workers=sc.get("persistent", False))
             for epoch in sc["epochs"]:
                 ds.set_epoch(epoch)
-                loader = DataLoader(ds, batch_size=sc.get("loader_batch"), num_workers=sc["workers"],
-                                    multiprocessing_context=sc.get("context"))
                 length, keys, ok = len(ds), [], True
                 for step, batch in enumerate(ds.track(loader)):
                     k = batch["__key__"]
@@ -455,7 +522,8 @@ def _launch(root: Path, folder: Path, world: int, scenarios: list[dict]) -> list
     (folder / "rank.py").write_text(RANK_SCRIPT)
     config = {"root": str(root), "seed": SEED, "port": _free_port(), "out": str(folder), "scenarios": scenarios}
     (folder / "config.json").write_text(json.dumps(config))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    inherited = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in inherited}  # ranks come from torch.distributed
     env["GLOO_SOCKET_IFNAME"] = "lo"
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     procs = [
@@ -489,7 +557,7 @@ def ddp(converted, tmp_path_factory):
     state2, state3 = str(base / "state-w2.json"), str(base / "state-w3.json")
     w2 = _launch(converted, base / "w2", 2, [
         {"name": "full-0", "workers": 0, "batch_size": 3, "epochs": [0, 1]},
-        {"name": "full-2", "workers": 2, "batch_size": 3, "epochs": [0, 1]},
+        {"name": "full-2", "workers": 2, "batch_size": 3, "epochs": [0, 1], "persistent": True},
         {"name": "spawned-workers", "workers": 1, "context": "spawn", "batch_size": 3, "epochs": [0]},
         {"name": "per-sample", "workers": 0, "loader_batch": 2, "epochs": [0]},
         {"name": "padded", "split": "test", "workers": 2, "batch_size": 1, "epochs": [0]},
@@ -536,7 +604,8 @@ def test_ddp_coverage_equal_lengths_determinism_and_workers(ddp, world):
 @pytest.mark.slow
 def test_ddp_spawned_workers_per_sample_mode_and_padding(ddp):
     keys = ddp["keys"]["train"]["keys"]
-    assert _runs(ddp[2], "spawned-workers")[0] == _runs(ddp[2], "full-0")[0], "spawned workers get the main process's rank"
+    spawned = _runs(ddp[2], "spawned-workers")[0]
+    assert spawned == _runs(ddp[2], "full-0")[0], "spawned workers get the main process's rank"
     per_sample = _runs(ddp[2], "per-sample")[0]
     assert [run["keys"] for run in per_sample] == [expected_keys(keys, 0, r, 2) for r in range(2)]
     test_keys = ddp["keys"]["test"]["keys"]

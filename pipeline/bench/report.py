@@ -102,12 +102,16 @@ def throughput_chart(read: Mapping[str, Any], path: Path) -> Path:
 
 def _read_section(read: Mapping[str, Any]) -> list[str]:
     rows = [[r["reader"], r["fields"], r["workers"], f"{r['samples_per_s']:.1f}",
-             "-" if r.get("vs_baseline") is None else f"{r['vs_baseline']:.2f}×"] for r in read["results"]]  # fmt: skip
+             "-" if r.get("vs_baseline") is None else f"{r['vs_baseline']:.2f}×"]
+            for r in read["results"]]  # fmt: skip
     return [
         "## Reading",
         "",
-        f"{read.get('samples', '?')} samples; {read.get('machine', 'machine not recorded')}; {read.get('date', '')}.",
-        "Ratios are against the per-file `torch.load` baseline measured in the same run.",
+        f"{read.get('samples', '?')} samples"
+        + (f", batches of {read['batch_size']}" if read.get("batch_size") else "")
+        + f"; {read.get('machine', 'machine not recorded')}; {read.get('date', '')}.",
+        "Ratios are against the per-file `torch.load` baseline measured in the same run "
+        "(same fields, same workers).",
         "",
         markdown_table(["reader", "fields", "workers", "samples/s", "vs baseline"], rows),
         "",
@@ -187,25 +191,32 @@ def _convert_section(convert: Mapping[str, Any]) -> list[str]:
         markdown_table(["system", "seconds", "samples/s", "vs load-only"], rows),
         "",
     ]
-    startup = convert.get("startup_seconds") or {}
-    if startup:
-        parts = [f"{_workers(int(w))} {min(s):.1f} s" for w, s in startup.items() if s]
-        lines += [f"Cluster start-up (excluded above): {', '.join(parts)}.", ""]
+    planning, startup = convert.get("planning_seconds") or {}, convert.get("startup_seconds") or {}
+    parts = []
+    for w in dict.fromkeys([*planning, *startup]):
+        spent = [f"{what} {statistics.median(times[w]):.1f} s"
+                 for what, times in (("planning", planning), ("cluster start-up", startup)) if times.get(w)]  # fmt: skip
+        if spent:
+            parts.append(f"{_workers(int(w))}: {', '.join(spent)}")
+    if parts:
+        lines += [f"Not included above (medians; they do not grow with the archive): {'; '.join(parts)}.", ""]
     peak = convert.get("worker_peak_mb") or {}
     if peak:
         parts = [f"{max(mb):.0f} MB on {n} samples" for n, mb in peak.items() if mb]
         lines += [f"Peak memory per worker: {', '.join(parts)}.", ""]
     lines += [f"![conversion rate with 1 and 2 workers]({CONVERSION_PNG})", ""]
     source = convert["source_bytes"]
-    rows = [[name, f"{b:,}", f"{b / source:.3f}" if source else "-"]
-            for name, b in (("source zip", source), ("zarr", convert["zarr_bytes"]), ("wds tar", convert["wds_bytes"]))]  # fmt: skip
+    formats = (("source zip", source), ("zarr", convert["zarr_bytes"]), ("wds tar", convert["wds_bytes"]))
+    rows = [[name, f"{b:,}", f"{b / source:.3f}" if source else "-"] for name, b in formats]
     lines += ["## Bytes", "", markdown_table(["format", "bytes", "vs source zip"], rows), "",
               f"![bytes per format against the source]({BYTES_PNG})", ""]  # fmt: skip
     encodings = convert.get("encodings") or {}
     if encodings:
-        rows = [[f, e.get("cname"), e.get("clevel"), {0: "no", 1: "byte", 2: "bit"}.get(e.get("shuffle"), e.get("shuffle"))]
+        shuffles = {0: "no", 1: "byte", 2: "bit"}
+        rows = [[f, e.get("cname"), e.get("clevel"), shuffles.get(e.get("shuffle"), e.get("shuffle"))]
                 for f, e in encodings.items()]  # fmt: skip
-        lines += ["Blosc encodings chosen per field:", "", markdown_table(["field", "codec", "level", "shuffle"], rows), ""]
+        table = markdown_table(["field", "codec", "level", "shuffle"], rows)
+        lines += ["Blosc encodings chosen per field:", "", table, ""]
     return lines
 
 
@@ -253,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench.report", description=__doc__.splitlines()[0])
-    parser.add_argument("bench_dir", nargs="?", default="bench", help="folder of convert.json / read.json (default bench)")
+    parser.add_argument("bench_dir", nargs="?", default="bench",
+                        help="folder of convert.json / read.json (default bench)")  # fmt: skip
     args = parser.parse_args(argv)
     print(f"wrote {write_report(args.bench_dir)}")
 
