@@ -48,11 +48,15 @@ def _wait_for_finished_shards(process: subprocess.Popen, out: Path, count: int, 
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
-def test_an_interrupted_conversion_resumes_and_verifies(sig, ten_samples, tmp_path, dask_scheduler):
+@pytest.mark.parametrize(
+    "sig, after",
+    [(signal.SIGKILL, 1), (signal.SIGKILL, 4), (signal.SIGKILL, 7), (signal.SIGINT, 2), (signal.SIGINT, 6)],
+    ids=["SIGKILL-after-1", "SIGKILL-after-4", "SIGKILL-after-7", "SIGINT-after-2", "SIGINT-after-6"],
+)
+def test_an_interrupted_conversion_resumes_and_verifies(sig, after, ten_samples, tmp_path, dask_scheduler):
     out = tmp_path / "out"
     process = _start_conversion(ten_samples, out)
-    _wait_for_finished_shards(process, out, count=2)
+    _wait_for_finished_shards(process, out, count=after)
     if sig == signal.SIGKILL:
         os.killpg(process.pid, signal.SIGKILL)
     else:
@@ -64,10 +68,10 @@ def test_an_interrupted_conversion_resumes_and_verifies(sig, ten_samples, tmp_pa
     if sig == signal.SIGINT:
         assert process.returncode == 130 and "run the same command again to resume" in output
     finished = sorted(p.name for p in (out / "wds").glob("train-*.tar"))
-    assert 2 <= len(finished) < 10
+    assert after <= len(finished) < 10
 
     summary = convert([ten_samples], out, fast_options(dask_scheduler, shard_bytes=1_000_000))
-    assert summary.shards_kept >= 2 and summary.shards_kept + summary.shards_written == 10
+    assert summary.shards_kept >= after and summary.shards_kept + summary.shards_written == 10
     assert read_manifest(out)["splits"]["train"]["samples"] == 10
     assert not list((out / "wds").glob("*.tmp-*")), "temporary files of the killed run are cleaned up"
     report = verify(out, [ten_samples], scheduler=dask_scheduler)

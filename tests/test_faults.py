@@ -1,0 +1,117 @@
+"""Faults during a conversion: a worker killed mid-task, a full disk, someone else's output."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+from distributed import Client
+
+from pipeline.cluster import local_cluster
+from pipeline.convert import convert
+from pipeline.manifest import read_manifest, recorded_shards
+from pipeline.schema import OutputError, SourceError
+from pipeline.synth import SynthConfig, write_archive
+from pipeline.verify import verify
+
+from conftest import fast_options
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def eight_samples(tmp_path_factory) -> Path:
+    return write_archive(tmp_path_factory.mktemp("faults") / "SSMSpine_Train.zip", SynthConfig(patients=1, shapes=8))
+
+
+def test_a_worker_killed_mid_task_does_not_stop_the_conversion(eight_samples, tmp_path):
+    """The nanny restarts the worker, the scheduler reruns its task; the output still verifies."""
+    out = tmp_path / "out"
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        victims = list(client.run(os.getpid).values())
+        first_task_started = threading.Event()
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                outcome["summary"] = convert([eight_samples], out, fast_options(cluster.scheduler_address,
+                                                                                shard_bytes=1))  # fmt: skip
+            except BaseException as exc:  # reported by the assertion below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        _wait_for(lambda: any((out / "wds").glob("*.tmp-*")) or not thread.is_alive(), first_task_started)
+        os.kill(victims[0], signal.SIGKILL)  # in the middle of writing a shard
+        thread.join(timeout=600)
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["summary"].samples == 8
+        assert not list(out.rglob("*.tmp-*")), "the dead worker's temporary files are cleaned up"
+        assert verify(out, [eight_samples], scheduler=cluster.scheduler_address).ok
+
+
+def _wait_for(condition, event: threading.Event, timeout: float = 120) -> None:
+    """Poll ``condition`` (a file appearing) every 10 ms; the event only carries the wait."""
+    for _ in range(int(timeout * 100)):
+        if condition():
+            event.set()
+            return
+        event.wait(0.01)
+    raise AssertionError("the condition never came true")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MB tmpfs: room for the plan and a few shards, not for the whole output."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:  # needs root, as CI and the development machines have
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_shard_looking_complete(eight_samples, small_disk, dask_scheduler):
+    out = small_disk / "out"
+    with pytest.raises(OutputError, match="No space left on device"):
+        convert([eight_samples], out, fast_options(dask_scheduler, shard_bytes=1))
+    assert not (out / "manifest.json").exists()
+    assert not list(out.rglob("*.tmp-*")), "half-written files are removed"
+    recorded = {meta.file: meta for meta in recorded_shards(out)}
+    for tar in (out / "wds").glob("*.tar"):
+        meta = recorded.get(f"wds/{tar.name}")
+        assert meta is not None and tar.stat().st_size == meta.bytes, f"{tar.name} looks complete but is not"
+
+
+def test_another_conversion_in_out_is_refused_unless_forced(eight_samples, converted, tmp_path, dask_scheduler):
+    out = tmp_path / "out"
+    shutil.copytree(converted, out)
+    (out / "notes.txt").write_text("the user's own file")
+    with pytest.raises(OutputError, match="other sources or options.*--force"):
+        convert([eight_samples], out, fast_options(dask_scheduler))
+    assert read_manifest(out)["splits"]["train"]["samples"] == 12, "nothing of the other output was touched"
+
+    summary = convert([eight_samples], out, fast_options(dask_scheduler, force=True))
+    assert summary.samples == 8 and set(read_manifest(out)["splits"]) == {"train"}
+    assert (out / "notes.txt").read_text() == "the user's own file", "--force removes only conversion outputs"
+    assert verify(out, [eight_samples], scheduler=dask_scheduler).ok
+
+
+def test_an_unfinished_conversion_of_other_sources_is_refused(eight_samples, train_zip, tmp_path, dask_scheduler):
+    broken = tmp_path / "SSMSpine_Train.zip"
+    shutil.copy(eight_samples, broken)
+    with zipfile.ZipFile(broken, "a") as z:
+        z.writestr("Train/p1/aug99.pt", b"")  # the last member: earlier shards finish first
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match="aug99.pt: is empty"):
+        convert([broken], out, fast_options(dask_scheduler, shard_bytes=1))
+    assert recorded_shards(out), "an unfinished output with finished shards"
+    with pytest.raises(OutputError, match="unfinished conversion of other sources"):
+        convert([train_zip], out, fast_options(dask_scheduler))
