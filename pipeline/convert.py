@@ -14,6 +14,7 @@ whose size and checksum still match and converts only the rest.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 WDS_DIR = "wds"
 #: Per-member tar overhead: a 512-byte header and padding to 512 bytes on average.
 TAR_MEMBER_OVERHEAD = 768
+#: Shards per split at least (when it has that many samples): tasks enough to share out.
+MIN_SHARDS = 8
 #: glibc ``mallopt`` parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -327,8 +330,12 @@ def collect_members(sources: Sequence[str], options: ConvertOptions) -> tuple[di
     return dict(sorted(by_split.items())), rejected
 
 
-def _calibrate(members: Sequence[SourceMember], options: ConvertOptions) -> dict:
-    """Decode a few samples: fix the schema, choose encodings, size the shards."""
+def _calibrate(members: Sequence[SourceMember], largest_split: int, options: ConvertOptions) -> dict:
+    """Decode a few samples: fix the schema, choose encodings, size the shards.
+
+    A shard holds ``shard_bytes`` worth of samples, but never more than 1/:data:`MIN_SHARDS` of
+    the largest split, so that a small archive still makes enough tasks for every worker.
+    """
     calibration, samples = _calibration_samples(members, options)
     schema = schema_from_sample(samples[0], calibration[0].archive, calibration[0].member)
     for member, sample in zip(calibration[1:], samples[1:]):
@@ -336,7 +343,7 @@ def _calibrate(members: Sequence[SourceMember], options: ConvertOptions) -> dict
     choices = choose_encodings(samples)
     encoded_per_sample = sum(m.nbytes for m in choices.values()) / len(samples)
     encoded_per_sample += TAR_MEMBER_OVERHEAD * len(schema)
-    group = max(1, int(options.shard_bytes // encoded_per_sample))
+    group = max(1, min(int(options.shard_bytes // encoded_per_sample), math.ceil(largest_split / MIN_SHARDS)))
     return {
         "schema": schema_to_json(schema),
         "encodings": {f: m.encoding.to_json() for f, m in choices.items()},
@@ -396,7 +403,8 @@ def _load_or_make_plan(out: Path, identity: dict, by_split: Mapping[str, Sequenc
                 "choose another --out, or delete it to start over"
             )
         return plan
-    plan = {"identity": identity, **_calibrate(next(iter(by_split.values())), options)}
+    largest = max(map(len, by_split.values()))
+    plan = {"identity": identity, **_calibrate(next(iter(by_split.values())), largest, options)}
     manifest.write_json_atomic(path, plan)
     return plan
 

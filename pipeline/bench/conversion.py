@@ -25,8 +25,6 @@ from ..convert import ConvertOptions, convert, tree_bytes
 from ..synth import SynthConfig, write_archive
 from .common import interleave, load_every_member, machine_description, markdown_table
 
-#: Small enough that the archive makes a dozen or more tasks to share between 2 workers.
-BENCH_SHARD_BYTES = 16_000_000
 BASELINE = "load only (1 process)"
 
 
@@ -50,8 +48,7 @@ class _ConversionRun:
         with local_cluster(self.workers) as cluster, Client(cluster) as client:
             client.wait_for_workers(self.workers)
             self.startup.append(time.perf_counter() - started)
-            options = ConvertOptions(shard_bytes=BENCH_SHARD_BYTES, scheduler=cluster.scheduler_address,
-                                     progress=False)  # fmt: skip
+            options = ConvertOptions(scheduler=cluster.scheduler_address, progress=False)  # default shard size
             summary = convert([self.archive], self.out, options)
             self.planning.append(summary.planning_seconds)
             self.peak_mb.append(max(client.run(_peak_rss_mb).values()))
@@ -83,7 +80,7 @@ def run(samples: int = 128, repeats: int = 3, scratch: Path | None = None) -> di
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_description(),
         "samples": samples,
-        "shard_bytes": BENCH_SHARD_BYTES,
+        "shard_bytes": ConvertOptions().shard_bytes,
         "source_bytes": source_bytes,
         "zarr_bytes": tree_bytes(runs[2].out / "ssmspine.zarr"),
         "wds_bytes": tree_bytes(runs[2].out / "wds"),
