@@ -13,6 +13,7 @@ whose size and checksum still match and converts only the rest.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -247,8 +248,9 @@ def rejection(error: SourceError, member: SourceMember | None = None) -> dict:
             "split": member.split if member else None, "reason": error.reason}  # fmt: skip
 
 
+@functools.cache
 def _tune_worker() -> None:
-    """Make a worker process fit for tasks that juggle multi-MB buffers, one task per core.
+    """Make a worker process fit for tasks that juggle multi-MB buffers, one task per core (once).
 
     Threads: torch and Blosc would each start a thread per core on top of the one task per core.
     Memory: Dask sets ``MALLOC_TRIM_THRESHOLD_`` low for its workers, and with it glibc stops
@@ -258,18 +260,16 @@ def _tune_worker() -> None:
     environment so that it also holds on clusters started by the user (``--scheduler``).
     """
     import ctypes
-    import ctypes.util
 
     import numcodecs.blosc
     import torch
 
     torch.set_num_threads(1)
     numcodecs.blosc.set_nthreads(1)
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name) if libc_name else None
-    if libc is not None and hasattr(libc, "mallopt"):  # glibc; elsewhere the defaults stand
-        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-        libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
+    process = ctypes.CDLL(None)  # the C library already loaded into this process
+    if hasattr(process, "mallopt"):  # glibc; elsewhere the defaults stand
+        process.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+        process.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
 
 
 def _check_zarr_shard(path: Path, chunks_per_shard: int, positions: Sequence[int], frame_digests: Sequence[str]
