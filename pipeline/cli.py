@@ -14,6 +14,7 @@ from typing import Sequence
 
 from . import __version__
 from .schema import SSMSpineError
+from .sizes import human_bytes
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1}
@@ -35,14 +36,6 @@ def parse_patients(text: str) -> tuple[int, ...]:
         return tuple(sorted({int(p.strip().lstrip("p")) for p in text.split(",") if p.strip()}))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of patient numbers: {text!r}") from None
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.2f} TB"
 
 
 def _add_cluster_options(parser: argparse.ArgumentParser) -> None:

@@ -43,6 +43,7 @@ from .schema import (
     schema_from_sample,
     schema_to_json,
 )
+from .sizes import tree_bytes
 from .source import SourceMember
 
 log = logging.getLogger(__name__)
@@ -589,11 +590,6 @@ def _convert_missing(out: Path, identity: dict, by_split: Mapping[str, Sequence[
     manifest.write_manifest(out, done)
     shutil.rmtree(out / manifest.PROGRESS_DIR, ignore_errors=True)
     return done
-
-
-def tree_bytes(path: str | os.PathLike) -> int:
-    """Bytes of all files under ``path``."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def _run(tasks: Sequence[GroupTask], options: ConvertOptions) -> tuple[list[ShardMeta], float]:

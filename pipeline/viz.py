@@ -30,6 +30,7 @@ from .atomic import write_bytes_atomic
 from .codecs import Encoding
 from .manifest import read_manifest
 from .schema import BONE_NAMES, DISC_NAMES, IMAGE_FIELDS, LABEL_NAMES, FieldSpec, OutputError
+from .sizes import human_bytes, tree_bytes
 from .tar_shards import decode_field, file_sha256, member_name
 from .zarr_store import STORE_NAME
 
@@ -43,15 +44,6 @@ log = logging.getLogger(__name__)
 Record = tuple[str, Mapping[str, np.ndarray]]
 
 # ------------------------------------------------------------------------------------ info
-
-
-def tree_bytes(path: str | os.PathLike) -> int:
-    """Bytes of all files under ``path`` (0 if it does not exist).
-
-    The same measure as :func:`pipeline.convert.tree_bytes`, kept here so ``info`` does not
-    import the conversion (and with it Dask).
-    """
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def info(out: str | os.PathLike, check: bool = False) -> dict[str, Any]:
@@ -275,15 +267,6 @@ def _check_zarr_array(store: Path, split: str, field: str, shape: tuple[int, ...
         same_dtype = False
     if not same_dtype:
         problems.append(f"{name}: data type {meta.get('data_type')!r}, the manifest says {spec.dtype}")
-
-
-def human_bytes(n: float) -> str:
-    """``25051211`` → ``"25.1 MB"`` (powers of 1000, like the rest of the tool's output)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.2f} TB"
 
 
 def _count(n: int, noun: str) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 from distributed import Client
 
 from ..cluster import local_cluster
-from ..convert import ConvertOptions, convert, tree_bytes
+from ..convert import ConvertOptions, convert
+from ..sizes import tree_bytes
 from ..synth import SynthConfig, write_archive
 from .common import interleave, load_every_member, machine_description, markdown_table
 
