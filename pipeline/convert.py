@@ -34,9 +34,7 @@ from .manifest import ShardMeta
 from .schema import (
     LABEL_NAMES,
     OutputError,
-    Schema,
     SourceError,
-    SSMSpineError,
     check_sample,
     content_warnings,
     schema_from_json,
