@@ -202,17 +202,17 @@ def test_samples_are_bit_exact_and_in_manifest_order_without_shuffle(converted):
 
 
 def test_only_requested_fields_are_read(converted, monkeypatch):
-    from pipeline import stream
+    from pipeline.stream import storage
 
     ds = StreamingDataset(converted, fields=("label",), seed=SEED)
     lengths = []
-    original = stream._LocalStore.read
+    original = storage._LocalStore.read
 
     def counting_read(self, shard, offset, length):
         lengths.append(length)
         return original(self, shard, offset, length)
 
-    monkeypatch.setattr(stream._LocalStore, "read", counting_read)
+    monkeypatch.setattr(storage._LocalStore, "read", counting_read)
     samples = list(ds)
     assert [s["__key__"] for s in samples] == expected_keys(ds.keys, 0, 0, 1)
     assert all(s["label"].dtype == torch.int64 and s["label"].shape == (1, 512, 512) for s in samples)
@@ -259,7 +259,7 @@ def test_persistent_workers_follow_epochs_and_never_overwrite_held_batches(conve
 
 
 def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
-    from pipeline.stream import _Layout, _rebuild_shared_batch, _SlotPool
+    from pipeline.stream.shared import _Layout, _rebuild_shared_batch, _SlotPool
 
     pool = _SlotPool(_Layout.of({"a": ((3,), np.dtype("<f4")), "b": ((2, 2), np.dtype("|b1"))}, 4))
     slot = pool.take()
@@ -422,9 +422,9 @@ def test_a_server_without_range_requests_is_an_error(converted, serve):
 
 
 def test_many_shards_with_few_open_files(converted, monkeypatch):
-    from pipeline import stream
+    from pipeline.stream import storage
 
-    monkeypatch.setattr(stream._LocalStore, "max_open", 2)
+    monkeypatch.setattr(storage._LocalStore, "max_open", 2)
     stock = _stock(converted, "train")
     ds = StreamingDataset(converted, fields=("label", "shape"), seed=SEED)
     assert len(read_manifest(converted)["splits"]["train"]["shards"]) > 2
