@@ -15,12 +15,14 @@ The two map-style datasets deliver single samples in process (``batch_size=None`
 access loop gets) and batches of :data:`BATCH_SIZE` collated by the DataLoader with workers
 (one sample per inter-process message would measure IPC, not reading).
 
-How it is timed: every configuration gets its own DataLoader, built once and kept for all passes
-(with workers: persistent workers, forked), and one untimed warm-up pass (worker start-up,
+How it is timed: every configuration gets its own DataLoader, built once and kept for all epochs
+(with workers: persistent workers, forked), and one untimed warm-up epoch (worker start-up,
 page cache, shard indexes, digest checks of the warm-up's samples). Then the configurations
-take turns, one full epoch each, ``repeats`` rounds; each row reports the median epoch.
-``vs_baseline`` compares like with like: the baseline row with the same fields and the same
-number of workers.
+take turns, ``repeats`` rounds; in each turn a configuration runs whole epochs for at least
+:data:`MIN_MEASURE_SECONDS` (one epoch for the baseline, several for fast readers, whose
+64-sample epoch lasts ~0.1 s), and each row reports the median seconds per epoch.
+``vs_baseline`` is against the baseline's faster setting (in process or with workers) for the
+same field set, so no reader gains from a setting that only slows the baseline down.
 
 Process conditions: the per-file ``torch.load`` baseline swings by ±40 % between processes,
 because glibc adapts its mmap threshold to the order in which multi-MB buffers happen to be
@@ -28,8 +30,9 @@ freed: in some processes each ``torch.load`` maps fresh pages and faults every 4
 in others it reuses heap. Before measuring, :func:`steady_malloc` fixes glibc's thresholds for
 this process (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` would at
 start-up), so multi-MB buffers are reused from the heap; DataLoader workers are forked and
-inherit it. Every system runs under these same conditions; they make the baseline faster and
-steady, so the ratios are, if anything, conservative.
+inherit it. Every system runs under these same conditions; they make the baseline faster
+(about 11 ms instead of 14 or 25 ms per sample here) and steady, so the ratios are, if
+anything, conservative.
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import logging
+import math
 import multiprocessing
+import os
+import resource
 import shutil
 import tempfile
 import time
@@ -49,10 +56,12 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ..convert import ConvertOptions, convert
 from ..random_access import ZarrDataset
-from ..schema import FIELDS, sample_key
+from ..schema import FIELDS, OutputError, sample_key
 from ..stream import StreamingDataset
 from ..synth import SynthConfig, write_archive, write_tree
 from .common import interleave, machine_description, markdown_table
+
+log = logging.getLogger(__name__)
 
 #: Samples per batch: per DataLoader item with workers, and the streaming dataset's own batches.
 BATCH_SIZE = 8
@@ -65,6 +74,12 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 256 << 20
 TRIM_THRESHOLD = 1 << 30
 SEED = 0
+#: A measurement lasts at least this long: fast readers run several epochs per measurement, so
+#: that a 50 ms epoch is not at the mercy of one scheduling hiccup; at most MAX_PASSES epochs.
+MIN_MEASURE_SECONDS = 0.5
+MAX_PASSES = 16
+#: Other processes busier than this many cores during the run make its figures suspect (said so).
+QUIET_CORES = 0.25
 
 
 class TorchLoadDataset(Dataset):
@@ -120,12 +135,19 @@ def prepare(samples: int, scratch: Path, scheduler: str | None = None) -> tuple[
         write_tree(tree, config)
         (tree / ".complete").touch()
     out = base / "out"
-    convert([archive], out, ConvertOptions(scheduler=scheduler, progress=False))  # no-op when done before
+    options = ConvertOptions(scheduler=scheduler, progress=False)
+    try:
+        convert([archive], out, options)  # a no-op when an earlier run converted it
+    except OutputError as exc:  # made by another version or with other options: ours to replace
+        log.info("%s: converting again (%s)", out, exc)
+        shutil.rmtree(out)
+        convert([archive], out, options)
     return tree, out
 
 
 class _Reader:
-    """One configuration (reader, fields, workers): its DataLoader, built once; one timed epoch per call."""
+    """One configuration (reader, fields, workers): its DataLoader, built once; each call times
+    ``passes`` full epochs and returns seconds per epoch."""
 
     def __init__(self, reader: str, fields: str, workers: int, loader: DataLoader, samples: int,
                  before_epoch: Callable[[int], None] | None = None) -> None:  # fmt: skip
@@ -134,12 +156,20 @@ class _Reader:
         self.samples = samples
         self.before_epoch = before_epoch
         self.epoch = 0
+        self.passes = 1
 
     @property
     def name(self) -> str:
         return f"{self.reader}, {self.fields}, {self.workers} workers"
 
     def __call__(self) -> float:
+        seconds = 0.0
+        for _ in range(self.passes):
+            seconds += self.epoch_seconds()
+        return seconds / self.passes
+
+    def epoch_seconds(self) -> float:
+        """One full epoch (the next one: streaming follows ``set_epoch``, samplers reshuffle)."""
         if self.loader is None:
             raise RuntimeError(f"{self.name}: closed")
         if self.before_epoch is not None:
@@ -150,15 +180,57 @@ class _Reader:
         for item in self.loader:
             keys = item["__key__"]
             seen += 1 if isinstance(keys, str) else len(keys)
+            del item  # a streaming batch's shared slot is free once its tensors are gone
         seconds = time.perf_counter() - started
-        del item
         if seen != self.samples:
             raise RuntimeError(f"{self.name}: an epoch gave {seen} samples, expected {self.samples}")
         return seconds
 
+    def warm_up(self) -> None:
+        """One untimed epoch (worker start-up, page cache, shard indexes, first digest checks);
+        its length sets how many epochs make one measurement."""
+        seconds = self.epoch_seconds()
+        self.passes = max(1, min(MAX_PASSES, math.ceil(MIN_MEASURE_SECONDS / max(seconds, 1e-6))))
+
     def close(self) -> None:
         """Drop the loader, which shuts its persistent workers down."""
         self.loader = None
+
+
+class _OtherLoad:
+    """How many cores processes other than this one and its children kept busy meanwhile.
+
+    The machine is shared: a figure measured while someone else's job held a core means little,
+    above all with DataLoader workers, so the run says how busy the rest of the machine was.
+    Linux only (``/proc/stat``); ``cores`` is None elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.machine, self.own = _machine_busy_seconds(), _own_cpu_seconds()
+
+    @property
+    def cores(self) -> float | None:
+        machine = _machine_busy_seconds()
+        if machine is None or self.machine is None:
+            return None
+        others = (machine - self.machine) - (_own_cpu_seconds() - self.own)
+        return max(0.0, others / (time.perf_counter() - self.started))
+
+
+def _machine_busy_seconds() -> float | None:
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(t) for t in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    """This process and its finished (joined) children, such as DataLoader workers shut down."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _fork_context() -> Any:
@@ -200,27 +272,38 @@ def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None,
         workers: Sequence[int] = (0, 2), steady: bool = True, scheduler: str | None = None) -> dict:  # fmt: skip
     """Run the reading benchmark and return its figures (also printed as a table).
 
-    ``steady=False`` leaves this process's allocator as it is (see :func:`steady_malloc`);
-    only meant for callers, such as tests, that do not measure. ``scheduler``: a Dask address
-    to convert on instead of a local cluster started for it.
+    ``scratch`` keeps the synthetic set, its extracted tree and its conversion for the next run
+    (default: a temporary directory, removed afterwards). ``steady=False`` leaves this process's
+    allocator as it is (see :func:`steady_malloc`); only meant for callers, such as tests, that do
+    not measure. ``scheduler``: a Dask address to convert on instead of a local cluster.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    scratch = Path(scratch or tempfile.mkdtemp(prefix="ssmspine-bench-"))
-    tree, out = prepare(samples, scratch, scheduler)
-    steadied = steady_malloc() if steady else False
-    readers = _readers(tree, out, workers)
+    owned = scratch is None  # a temporary directory of ours (~1 GB for 64 samples): removed at the end
+    scratch = Path(tempfile.mkdtemp(prefix="ssmspine-bench-")) if owned else Path(scratch)
     try:
-        for reader in readers:  # warm-up: workers, page cache, indexes, first digest checks
-            reader()
-        timings = interleave({r.name: r for r in readers}, repeats)
+        tree, out = prepare(samples, scratch, scheduler)
+        steadied = steady_malloc() if steady else False
+        readers = _readers(tree, out, workers)
+        other_load = _OtherLoad()
+        try:
+            for reader in readers:
+                reader.warm_up()
+            timings = interleave({r.name: r for r in readers}, repeats)
+        finally:
+            for reader in readers:
+                reader.close()
+            gc.collect()  # workers shut down and joined: their CPU time counts as ours
+        other_cores = other_load.cores
     finally:
-        for reader in readers:
-            reader.close()
-        gc.collect()
+        if owned:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     n = readers[0].samples
-    baseline = {(r.fields, r.workers): timings[r.name].median for r in readers if r.reader == "baseline"}
+    baseline: dict[str, float] = {}  # per field set: the baseline's best median over worker settings
+    for r in readers:
+        if r.reader == "baseline":
+            baseline[r.fields] = min(baseline.get(r.fields, math.inf), timings[r.name].median)
     results = []
     for r in readers:
         median = timings[r.name].median
@@ -229,7 +312,7 @@ def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None,
             "fields": r.fields,
             "workers": r.workers,
             "samples_per_s": n / median,
-            "vs_baseline": baseline[(r.fields, r.workers)] / median,
+            "vs_baseline": baseline[r.fields] / median,
             "seconds": timings[r.name].seconds,
         })  # fmt: skip
     results.sort(key=lambda x: (list(FIELD_SETS).index(x["fields"]), READERS.index(x["reader"]), x["workers"]))
@@ -239,15 +322,23 @@ def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None,
         "samples": n,
         "batch_size": BATCH_SIZE,
         "repeats": repeats,
+        "passes": {r.name: r.passes for r in readers},
         "steady_malloc": steadied,
+        "other_load_cores": other_cores,
         "results": results,
     }
-    print(f"reading {n} synthetic samples, {result['machine']}, {result['date']}; median of {repeats} "
-          f"interleaved epochs after one warm-up; batches of {BATCH_SIZE} (streaming; map-style with workers)")  # fmt: skip
+    print(f"reading {n} synthetic samples, {result['machine']}, {result['date']}; median of {repeats} interleaved "
+          f"measurements (each ≥ {MIN_MEASURE_SECONDS} s of whole epochs) after a warm-up epoch; batches of "
+          f"{BATCH_SIZE} (streaming; map-style readers with workers)")  # fmt: skip
     print(markdown_table(["system", "fields", "workers", "samples/s", "× baseline"], [
         [x["reader"], x["fields"], x["workers"], f"{x['samples_per_s']:.1f}", f"{x['vs_baseline']:.2f}×"]
         for x in results
     ]))  # fmt: skip
-    print("× baseline: against the per-file torch.load baseline with the same fields and workers, same run; "
-          + ("glibc malloc thresholds fixed for all systems (mallopt)" if steadied else "allocator left as is"))
+    print("× baseline: against the per-file torch.load baseline's faster setting (workers or not) for the same "
+          "fields, this run; " + ("glibc malloc thresholds fixed for all systems (mallopt)" if steadied
+                                  else "allocator left as is"))  # fmt: skip
+    if other_cores is not None:
+        busy = other_cores >= QUIET_CORES
+        print(f"other processes kept {other_cores:.2f} of {os.cpu_count()} cores busy meanwhile"
+              + (": figures with workers suffer most; measure again on a quieter machine" if busy else ""))
     return result
