@@ -62,7 +62,7 @@ PLAN_KEYS = ("schema", "encodings", "encoded_ratio", "group_samples")
 class ConvertOptions:
     """How to convert; everything that changes the output bytes is recorded in the plan."""
 
-    shard_bytes: int = 256 << 20
+    shard_bytes: int = 256_000_000  # as the CLI's default "256MB"
     workers: int | None = None
     scheduler: str | None = None
     split: str | None = None
