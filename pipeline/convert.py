@@ -110,12 +110,11 @@ class Summary:
     startup_seconds: float = 0.0  # starting (or connecting to) the Dask cluster
     shards_written: int = 0
     shards_kept: int = 0
+    samples_written: int = 0  # in the shards written by this run
     up_to_date: bool = False
     splits: dict[str, int] = field(default_factory=dict)
     rejected: list[dict] = field(default_factory=list)  # members left out under --skip-bad
     warnings: dict[str, list[str]] = field(default_factory=dict)  # key -> content warnings
-
-    samples_written: int = 0
 
     @property
     def converting_seconds(self) -> float:
