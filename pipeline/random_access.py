@@ -10,9 +10,16 @@ The fast path only takes arrays whose ``zarr.json`` it fully recognises (see
 :func:`fast_layout`); every other array — other codecs, no sharding, another key encoding —
 is read with zarr-python, so correctness never depends on it. Tests compare the two bit for bit.
 
-Process safety: file handles, shard indexes and zarr-python arrays live in a per-process state
-that is rebuilt when ``os.getpid()`` changes and is never pickled, so a dataset built in the
-main process works unchanged in forked or spawned DataLoader workers.
+Batches: the DataLoader asks a map-style dataset for a whole batch through ``__getitems__``.
+:meth:`ZarrDataset.__getitems__` decodes the batch straight into one buffer per field, and the
+default ``collate_fn`` hands those buffers on as the batch instead of stacking copies of them.
+Inside a DataLoader worker the buffers are reused shared-memory slots
+(:mod:`pipeline.shared_batches`, as for the streaming reader): with the stock collation every
+batch went into fresh shared memory, whose page faults cost the worker several times the decoding.
+
+Process safety: file handles, shard indexes, zarr-python arrays and shared-memory slots live in
+a per-process state that is rebuilt when ``os.getpid()`` changes and is never pickled, so a
+dataset built in the main process works unchanged in forked or spawned DataLoader workers.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ import numpy as np
 import torch
 import zarr
 from numcodecs import blosc
+from torch.utils.data import get_worker_info
 
 from .manifest import read_manifest
 from .schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES, OutputError
+from .shared_batches import _Layout, _SlotPool
 from .zarr_store import store_path
 
 if TYPE_CHECKING:
@@ -165,7 +174,8 @@ def _codec_key(codec: Mapping, itemsize: int) -> str:
 
 
 class _ProcessState:
-    """Open shard files, decoded shard indexes and zarr-python arrays of one process.
+    """Open shard files, decoded shard indexes, zarr-python arrays and (in a DataLoader worker)
+    the shared-memory slots of one process.
 
     Files are plain unbuffered file objects in a small LRU: evicting one only drops the
     cache's reference, so a thread still reading from it keeps it open until it is done.
@@ -177,6 +187,13 @@ class _ProcessState:
         self.files: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self.indexes: dict[str, np.ndarray] = {}
         self.arrays: dict[str, zarr.Array] = {}
+        self.slots: _SlotPool | None = None
+
+    def slot_pool(self, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], rows: int) -> _SlotPool:
+        """Slots for batches of up to ``rows`` samples (a larger batch replaces smaller slots)."""
+        if self.slots is None or self.slots.layout.batch_size < rows:
+            self.slots = _SlotPool(_Layout.of(specs, rows))
+        return self.slots
 
     def file(self, path: str):
         with self.lock:
@@ -217,18 +234,22 @@ def _read_index(layout: ChunkLayout, path: str, file) -> np.ndarray:
     return index
 
 
-def _read_fast(layout: ChunkLayout, state: _ProcessState, row: int) -> np.ndarray:
-    """Sample ``row`` of a fast-path array: one ``pread`` and one decode into a new array."""
+def _read_fast(layout: ChunkLayout, state: _ProcessState, row: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Sample ``row`` of a fast-path array: one ``pread`` and one decode into ``out`` (a
+    C-contiguous array of the sample's shape and dtype), or into a new array."""
+    if out is None:
+        out = np.empty(layout.sample_shape, dtype=layout.dtype)
     shard, within = divmod(row, layout.shard_samples)
     path = layout.shard_path(shard)
     try:
         file = state.file(path)
     except FileNotFoundError:  # zarr-python writes no shard whose chunks all equal the fill value
-        return np.full(layout.sample_shape, layout.fill_value, dtype=layout.dtype)
+        np.copyto(out, layout.fill_value, casting="unsafe")  # what np.full does
+        return out
     offset, nbytes = (int(v) for v in state.index(layout, path, file)[within])
     if offset == _MISSING and nbytes == _MISSING:
-        return np.full(layout.sample_shape, layout.fill_value, dtype=layout.dtype)
-    out = np.empty(layout.sample_shape, dtype=layout.dtype)
+        np.copyto(out, layout.fill_value, casting="unsafe")
+        return out
     expected = layout.sample_nbytes
     if not layout.blosc:
         got = os.preadv(file.fileno(), [memoryview(out).cast("B")], offset) if nbytes == expected else -1
@@ -255,6 +276,11 @@ class ZarrDataset(torch.utils.data.Dataset):
     by patient and virtual shape (``aug``) are answered from the ``patient``/``aug`` arrays
     without touching any image data. Pickles small (no open files, no caches), so it can be
     handed to DataLoader workers of any start method and used with ``DistributedSampler``.
+
+    With ``DataLoader(ds, batch_size=b, ...)`` and the default ``collate_fn``, batches are read
+    whole by :meth:`__getitems__`. From DataLoader workers they arrive in reused shared memory:
+    a batch stays valid for as long as the receiving process holds any tensor (or view) of it;
+    only then is its memory reused — don't pass such tensors on to yet another process.
     """
 
     def __init__(self, out: str | os.PathLike, split: str = "train", fields: Sequence[str] | None = None,
@@ -277,6 +303,7 @@ class ZarrDataset(torch.utils.data.Dataset):
         self.patients = _read_only(group["patient"][:][self._rows])
         self.augs = _read_only(group["aug"][:][self._rows])
         self._layouts: dict[str, ChunkLayout | None] = {f: fast_layout(a) if fast else None for f, a in arrays.items()}
+        self._specs = {f: (tuple(int(n) for n in a.shape[1:]), np.dtype(a.dtype)) for f, a in arrays.items()}
         self._by_key = {k: i for i, k in enumerate(self.keys)}
         self._by_patient_aug = {(int(p), int(a)): i for i, (p, a) in enumerate(zip(self.patients, self.augs))}
         self._local: _ProcessState | None = None
@@ -322,6 +349,33 @@ class ZarrDataset(torch.utils.data.Dataset):
         key, record = self.read_record(index)
         return {"__key__": key, **{f: torch.from_numpy(a) for f, a in record.items()}}
 
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """``[ds[i] for i in indices]``, read into one buffer per field: how DataLoader fetches a batch.
+
+        The samples' tensors are rows of those buffers, and the default ``collate_fn`` returns
+        the buffers themselves as the batch ``{"__key__": [key, ...], field: Tensor(b, ...)}``
+        rather than stacking copies. In a DataLoader worker the buffers are a reused
+        shared-memory slot; see the class docstring for how long such a batch stays valid. Any
+        other ``collate_fn`` gets the list of samples it would get without this method; a
+        sample it changed (a field replaced, added or removed) makes the default collation
+        stack the list as usual.
+        """
+        positions = [self._index(i) for i in indices]
+        keys = [self.keys[p] for p in positions]
+        state = self._state()
+        if get_worker_info() is None:
+            arrays = {f: np.empty((len(keys), *shape), dtype) for f, (shape, dtype) in self._specs.items()}
+            tensors = {f: torch.from_numpy(a) for f, a in arrays.items()}
+            whole: Any = {"__key__": keys, **tensors}
+        else:
+            whole = state.slot_pool(self._specs, len(keys)).batch(len(keys), keys)
+            arrays, tensors = whole.arrays, whole.tensors()
+        for field, array in arrays.items():
+            for j, position in enumerate(positions):
+                self._read(state, field, int(self._rows[position]), out=array[j])
+        samples = [_Sample({"__key__": key, **{f: t[j] for f, t in tensors.items()}}) for j, key in enumerate(keys)]
+        return _Batch(samples, whole)
+
     def read_record(self, index: int, fields: Sequence[str] | None = None) -> tuple[str, dict[str, np.ndarray]]:
         """Sample ``index`` as a record ``(key, {field: numpy array})``, reading only ``fields``."""
         index = self._index(index)
@@ -339,17 +393,21 @@ class ZarrDataset(torch.utils.data.Dataset):
             raise IndexError(f"sample index {index} out of range for split {self.split!r} of {n} samples")
         return position
 
-    def _read(self, state: _ProcessState, field: str, row: int) -> np.ndarray:
+    def _read(self, state: _ProcessState, field: str, row: int, out: np.ndarray | None = None) -> np.ndarray:
         try:
             layout = self._layouts[field]
         except KeyError:
             raise OutputError(f"field {field!r} was not opened; this dataset has {list(self.fields)}") from None
         if layout is not None:
-            return _read_fast(layout, state, row)
+            return _read_fast(layout, state, row, out)
         array = state.arrays.get(field)
         if array is None:
             array = state.arrays[field] = zarr.open_array(store_path(self.out), path=f"{self.split}/{field}", mode="r")
-        return np.asarray(array[row], order="C")
+        values = np.asarray(array[row], order="C")
+        if out is None:
+            return values
+        np.copyto(out, values)
+        return out
 
     def _state(self) -> _ProcessState:
         state = self._local
@@ -366,6 +424,55 @@ class ZarrDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"ZarrDataset({str(self.out)!r}, split={self.split!r}, fields={list(self.fields)}, samples={len(self)})"
+
+
+# ---------------------------------------------------------------------- batches
+
+
+class _Sample(dict):
+    """One sample of :meth:`ZarrDataset.__getitems__`, like ``ds[i]`` (and pickled as a plain dict);
+    its own type only tells the default collation to look for the batch's buffers."""
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
+class _Batch(list):
+    """The samples of one :meth:`ZarrDataset.__getitems__` call, and the buffers they are rows of:
+    ``whole`` (a dict of tensors, or a :class:`~pipeline.shared_batches._SharedBatch` in a worker).
+    Pickled, it is the plain list of dicts a custom ``collate_fn`` may return as is."""
+
+    def __init__(self, samples: list[_Sample], whole: Any) -> None:
+        super().__init__(samples)
+        self.whole = whole
+        self._items = [(sample, tuple(sample.items())) for sample in samples]
+
+    def __reduce__(self):  # a plain list of plain dicts, as the DataLoader would have made
+        return list, (list(self),)
+
+    def intact(self) -> bool:
+        """Whether the list still holds the same samples, in order, each with the values it was given."""
+        return len(self) == len(self._items) and all(
+            sample is original and len(sample) == len(items) and all(sample.get(k) is v for k, v in items)
+            for sample, (original, items) in zip(self, self._items)
+        )
+
+
+def _collate_samples(batch: Sequence[Mapping], *, collate_fn_map: dict | None = None) -> Any:
+    """The default collation of :class:`_Sample` dicts: the batch's buffers when the samples are as
+    :meth:`ZarrDataset.__getitems__` made them, else what it does for any other dicts."""
+    if isinstance(batch, _Batch) and batch.intact():
+        return batch.whole
+    return {key: _collate([d[key] for d in batch], collate_fn_map=collate_fn_map) for key in batch[0]}
+
+
+try:  # torch's documented way to extend default_collate (its module is private: degrade to stacking)
+    from torch.utils.data._utils.collate import collate as _collate
+    from torch.utils.data._utils.collate import default_collate_fn_map as _default_collate_fn_map
+except ImportError:  # pragma: no cover
+    log.debug("torch.utils.data._utils.collate moved: DataLoader batches of ZarrDataset are stacked copies")
+else:
+    _default_collate_fn_map[_Sample] = _collate_samples
 
 
 # ---------------------------------------------------------------------- opening

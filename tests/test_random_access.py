@@ -1,8 +1,9 @@
-"""Random access: ZarrDataset's fast path against zarr-python and tensorstore, lookups, workers, open_zarr."""
+"""Random access: ZarrDataset's fast path against zarr-python and tensorstore, lookups, batches, workers, open_zarr."""
 
 from __future__ import annotations
 
 import pickle
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import dask.array
@@ -11,14 +12,15 @@ import pytest
 import tensorstore
 import torch
 import zarr
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset, default_collate
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, ZstdCodec
 
-from pipeline import zarr_store
+from pipeline import random_access, zarr_store
 from pipeline.codecs import CANDIDATES
 from pipeline.manifest import read_manifest, write_manifest
 from pipeline.random_access import ZarrDataset, dask_step, fast_layout, open_zarr
 from pipeline.schema import OutputError, spec_of
+from pipeline.shared_batches import _BUSY, _FREE
 
 from conftest import assert_bit_exact, copy_output
 
@@ -171,6 +173,9 @@ def test_other_layouts_read_fast_or_through_zarr_python(converted, tmp_path):
         _, record = ds.read_record(row)
         for field in OTHER_LAYOUTS:
             assert_bit_exact(record[field], expected[field][row], f"{row} {field}")
+    batch = default_collate(ds.__getitems__(range(len(ds))))
+    for field in OTHER_LAYOUTS:
+        assert_bit_exact(batch[field].numpy(), expected[field], f"batched {field}")
 
 
 # ---------------------------------------------------------------------- the dataset
@@ -269,6 +274,118 @@ def test_dataloader_workers_and_distributed_sampler_cover_each_rank(converted):
         assert got == expected and len(got) == len(ds) // 2
         seen.extend(got)
     assert sorted(seen) == sorted(ds.keys)
+
+
+# ---------------------------------------------------------------------- batches
+
+
+def _assert_batch_equals_items(ds: ZarrDataset, batch: dict, indices: list[int], what: str) -> None:
+    assert type(batch) is dict and batch["__key__"] == [ds.keys[i] for i in indices], what
+    for j, i in enumerate(indices):
+        item = ds[i]
+        for field in ds.fields:
+            assert_bit_exact(batch[field][j].numpy(), item[field].numpy(), f"{what}: {item['__key__']}.{field}")
+
+
+@pytest.mark.parametrize("output", ["release", "variant"])
+def test_batched_reads_equal_single_reads_and_collate_without_copies(converted, variant, output):
+    """Every field and dtype, chunks and a shard left unwritten (fill value), indices in any order."""
+    ds = ZarrDataset(converted) if output == "release" else ZarrDataset(variant[0])
+    indices = [len(ds) - 1, 0, 4, -2, 4]
+    samples = ds.__getitems__(indices)
+    assert isinstance(samples, list) and len(samples) == len(indices)
+    for sample, i in zip(samples, indices):
+        item = ds[i]
+        assert list(sample) == list(item) and sample["__key__"] == item["__key__"]
+        for field in ds.fields:
+            assert sample[field].dtype == item[field].dtype
+            assert_bit_exact(sample[field].numpy(), item[field].numpy(), f"{item['__key__']}.{field}")
+    batch = default_collate(samples)
+    _assert_batch_equals_items(ds, batch, [i % len(ds) for i in indices], output)
+    for field in ds.fields:  # the samples are rows of the batch's tensors: nothing was stacked
+        assert batch[field][2].data_ptr() == samples[2][field].data_ptr()
+    pickled = pickle.loads(ForkingPickler.dumps(samples))  # as a custom collate_fn may return them from a worker
+    assert type(pickled) is list and [type(s) for s in pickled] == [dict] * len(indices)
+    assert torch.equal(pickled[1][ds.fields[-1]], samples[1][ds.fields[-1]])
+    with pytest.raises(IndexError, match="out of range"):
+        ds.__getitems__([0, len(ds)])
+
+
+def test_changed_samples_are_stacked_as_usual(converted):
+    ds = ZarrDataset(converted, fields=("img", "shape"))
+    samples = ds.__getitems__([3, 7])
+    samples[1]["img"] = samples[1]["img"] + 1  # what a transform in a wrapper dataset might do
+    batch = default_collate(samples)
+    assert batch["__key__"] == [ds.keys[3], ds.keys[7]]
+    assert torch.equal(batch["img"][0], ds[3]["img"]) and torch.equal(batch["img"][1], ds[7]["img"] + 1)
+    assert torch.equal(batch["shape"], torch.stack([ds[3]["shape"], ds[7]["shape"]]))
+    reordered = default_collate(ds.__getitems__([3, 7])[::-1])  # a plain list of the samples
+    assert reordered["__key__"] == [ds.keys[7], ds.keys[3]] and torch.equal(reordered["img"][0], ds[7]["img"])
+
+
+def test_worker_slots_are_freed_by_the_worker_unless_the_batch_was_shipped(converted, monkeypatch):
+    """In a worker (faked here), a batch that a custom collate_fn consumed frees its slot once the
+    worker drops it; a batch pickled to the main process is freed by that process instead."""
+    monkeypatch.setattr(random_access, "get_worker_info", lambda: object())
+    ds = ZarrDataset(converted, fields=("label",))
+    samples = ds.__getitems__([1, 2])
+    slot = samples.whole.slot
+    stacked = torch.stack([s["label"] for s in samples])  # a custom collate_fn
+    assert slot.header[0] == _BUSY
+    del samples
+    assert slot.header[0] == _FREE and torch.equal(stacked[1], ds[2]["label"])
+
+    samples = ds.__getitems__([5, 6, 7])  # a larger batch: larger slots
+    whole = default_collate(samples)
+    assert whole.slot is not slot and whole.rows == 3
+    payload = ForkingPickler.dumps(whole)  # what the DataLoader does with it
+    slot = whole.slot
+    del samples, whole
+    assert slot.header[0] == _BUSY, "freed by the worker although the main process may hold it"
+    received = pickle.loads(payload)
+    assert received["__key__"] == [ds.keys[i] for i in (5, 6, 7)]
+    assert torch.equal(received["label"][2], ds[7]["label"])
+
+
+def _collate_list(samples: list) -> list:
+    return samples
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_worker_batches_cover_each_rank_and_stay_valid_while_held(converted, context):
+    """Persistent workers over three epochs of a DistributedSampler: every rank's indices exactly,
+    in shared memory that is reused only after the main process dropped a batch."""
+    ds = ZarrDataset(converted, fields=("img", "label", "mask"))
+    for rank in (0, 1):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=7)
+        loader = DataLoader(ds, batch_size=2, sampler=sampler, num_workers=2, persistent_workers=True,
+                            multiprocessing_context=context)  # fmt: skip
+        held = []
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            expected = [i for i in sampler]
+            batches = list(loader)
+            got = [ds.index_of(key=k) for b in batches for k in b["__key__"]]
+            assert got == expected and len(got) == len(ds) // 2, (context, rank, epoch)
+            if epoch == 0:  # hold a view of some batches, whole tensors of others
+                held = [(b["img"][1:], b["__key__"][1:], "img") for b in batches[::2]]
+                held += [(b["mask"], b["__key__"], "mask") for b in batches[1::2]]
+            else:
+                start = 0
+                for b in batches:
+                    _assert_batch_equals_items(ds, b, expected[start : start + len(b["__key__"])], context)
+                    start += len(b["__key__"])
+            del batches
+        for tensor, keys, field in held:
+            for row, key in enumerate(keys):
+                assert torch.equal(tensor[row], ds[ds.index_of(key=key)][field]), f"held {key}.{field}"
+        del loader
+    # a custom collate_fn gets the samples as a list of dicts, as without __getitems__
+    loader = DataLoader(ds, batch_size=3, num_workers=2, collate_fn=_collate_list, multiprocessing_context=context)
+    samples = [s for b in loader for s in b]
+    assert [s["__key__"] for s in samples] == list(ds.keys) and all(type(s) is dict for s in samples)
+    assert all(torch.equal(s["label"], ds[i]["label"]) for i, s in enumerate(samples))
 
 
 # ---------------------------------------------------------------------- open_zarr

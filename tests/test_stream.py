@@ -259,7 +259,7 @@ def test_persistent_workers_follow_epochs_and_never_overwrite_held_batches(conve
 
 
 def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
-    from pipeline.stream.shared import _Layout, _rebuild_shared_batch, _SlotPool
+    from pipeline.shared_batches import _Layout, _rebuild_shared_batch, _SlotPool
 
     pool = _SlotPool(_Layout.of({"a": ((3,), np.dtype("<f4")), "b": ((2, 2), np.dtype("|b1"))}, 4))
     slot = pool.take()

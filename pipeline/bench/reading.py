@@ -13,7 +13,10 @@ with DataLoader workers:
 
 The two map-style datasets deliver single samples in process (``batch_size=None``: what a random
 access loop gets) and batches of :data:`BATCH_SIZE` collated by the DataLoader with workers
-(one sample per inter-process message would measure IPC, not reading).
+(one sample per inter-process message would measure IPC, not reading). Both use the same stock
+``DataLoader(ds, batch_size=..., num_workers=...)``: the baseline's samples are stacked by the
+default ``collate_fn``, while ZarrDataset reads each batch whole (its ``__getitems__``) into
+reused shared memory, which the default ``collate_fn`` passes on as it is.
 
 How it is timed: every configuration gets its own DataLoader, built once and kept for all epochs
 (with workers: persistent workers, forked), and two untimed warm-up epochs (worker start-up,

@@ -1,12 +1,14 @@
 """Streaming the tar shards for (distributed) training: :class:`StreamingDataset` and its parts.
 
 Laid out by concern, after MosaicML Streaming: :mod:`.order` (epoch order, partition over ranks
-and workers, resumption arithmetic), :mod:`.storage` (where the bytes come from), :mod:`.shared`
-(handing batches from DataLoader workers through shared memory) and :mod:`.dataset`, which only
-composes them. The pure helpers are public so that they can be tested, and used to predict what
-a rank will read, without a dataset.
+and workers, resumption arithmetic), :mod:`.storage` (where the bytes come from),
+:mod:`pipeline.shared_batches` (handing batches from DataLoader workers through shared memory,
+shared with ``ZarrDataset``) and :mod:`.dataset`, which only composes them. The pure helpers
+are public so that they can be tested, and used to predict what a rank will read, without a
+dataset.
 """
 
+from ..shared_batches import MAX_SLOTS
 from .dataset import STATE_FORMAT, STATE_VERSION, StreamingDataset
 from .order import (
     consumed_position,
@@ -17,7 +19,6 @@ from .order import (
     source_neighbour_ratio,
     worker_batches,
 )
-from .shared import MAX_SLOTS
 from .storage import LOCAL_COALESCE_GAP, REMOTE_COALESCE_GAP, read_stream_manifest
 
 __all__ = [

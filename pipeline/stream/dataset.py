@@ -15,8 +15,8 @@ The dataset only composes the package's parts:
   any fsspec URL.
 * **Decoding** (:func:`pipeline.tar_shards.decode_field` with ``out=``) goes straight from the read
   buffer into the output tensor. Inside DataLoader workers the tensor is a reused shared-memory
-  slot (:mod:`.shared`), so handing a multi-MB batch to the main process copies nothing and faults
-  in no fresh pages.
+  slot (:mod:`pipeline.shared_batches`), so handing a multi-MB batch to the main process copies
+  nothing and faults in no fresh pages.
 
 State for resumption is a handful of numbers (:meth:`StreamingDataset.state_dict`) kept in the
 main process; workers learn the epoch and start of a pass from a two-number shared tensor that
@@ -41,9 +41,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import manifest
 from ..schema import OutputError, schema_from_json
+from ..shared_batches import _Layout, _SlotPool
 from ..tar_shards import decode_field
 from .order import consumed_position, rank_samples, rank_share, worker_batches
-from .shared import _Layout, _SharedBatch, _SlotPool
 from .storage import _is_url, _Store, _store_class, read_stream_manifest
 
 STATE_FORMAT = "ssmspine-stream-state"
@@ -370,11 +370,10 @@ class StreamingDataset(IterableDataset):
         if shared:
             if self._slots is None or self._slots_pid != os.getpid():
                 self._slots, self._slots_pid = _SlotPool(_Layout.of(self._specs, self.batch_size or 1)), os.getpid()
-            slot = self._slots.take()
-            arrays = self._slots.layout.arrays(slot.bytes, len(indices))
+            batch = self._slots.batch(len(indices), keys)
             for row, index in enumerate(indices):
-                self._read_sample(int(index), {f: a[row] for f, a in arrays.items()})
-            return _SharedBatch(slot, self._slots.layout, len(indices), keys)
+                self._read_sample(int(index), {f: a[row] for f, a in batch.arrays.items()})
+            return batch
         lead = (len(indices),) if batched else ()
         tensors = {f: torch.empty(lead + shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
         arrays = {f: t.numpy() for f, t in tensors.items()}

@@ -1,12 +1,18 @@
 """Batches in shared memory: how a DataLoader worker hands a batch to the main process without a copy.
 
+Used by both readers: :class:`~pipeline.stream.StreamingDataset` (dataset-level batches) and
+:meth:`ZarrDataset.__getitems__ <pipeline.random_access.ZarrDataset.__getitems__>`.
+
 Fresh shared memory is expensive: it is never backed by transparent huge pages, so every 4 KiB
 page faults on first touch (measured here: ~1.8 ms per MB, more than decoding the data). Each
 worker therefore keeps a small pool of shared-memory *slots*, one batch each, and reuses a slot
 once the process that received its batch has dropped every tensor of it. The receiving process
 learns that from a finalizer on the object that owns the tensors' memory, and writes "free" into
-the slot's header; the worker only ever writes into free slots. The slots are anonymous
-(file-descriptor) shared memory: nothing outlives the processes that map it.
+the slot's header; the worker only ever writes into free slots. A batch that never leaves the
+worker as one (a custom ``collate_fn`` stacked or dropped its samples) frees its slot when the
+worker drops its last view of it; a tensor view that torch pickles on its own is copied into
+fresh shared memory on the way (its storage is not the slot's), so that is safe too. The slots
+are anonymous (file-descriptor) shared memory: nothing outlives the processes that map it.
 """
 
 from __future__ import annotations
@@ -84,26 +90,64 @@ class _SlotPool:
         slot.header[0] = _BUSY
         return slot
 
+    def batch(self, rows: int, keys: list[str]) -> _SharedBatch:
+        """A free slot as a batch of ``rows`` samples, to be filled through its ``arrays``."""
+        if rows > self.layout.batch_size:
+            raise ValueError(f"a batch of {rows} samples does not fit slots of {self.layout.batch_size}")
+        return _SharedBatch(self.take(), self.layout, rows, keys)
+
+
+class _Lease:
+    """Whether a batch left the worker as one (then the receiving process frees its slot)."""
+
+    __slots__ = ("shipped",)
+
+    def __init__(self) -> None:
+        self.shipped = False
+
+
+def _release_unless_shipped(header: np.ndarray, lease: _Lease) -> None:
+    if not lease.shipped:
+        header[0] = _FREE
+
 
 class _SharedBatch:
     """A batch in a slot, on its way out of a worker: unpickles as a plain dict of tensors.
 
-    Deliberately not a Mapping, so the DataLoader's ``default_convert`` passes it through as is.
+    Deliberately not a Mapping, so the DataLoader's ``default_convert`` passes it through as is;
+    ``keys()`` and ``batch[name]`` give a custom ``collate_fn`` in the worker read access
+    (``dict(batch)`` works). The worker fills it through ``arrays``; every view of them keeps the
+    slot taken, and once the last one is gone the slot is free again, unless the batch was
+    pickled to another process, which then frees it.
     """
 
     def __init__(self, slot: _Slot, layout: _Layout, rows: int, keys: list[str]) -> None:
-        self.slot, self.layout, self.rows, self.keys = slot, layout, rows, keys
+        self.slot, self.layout, self.rows, self.sample_keys = slot, layout, rows, keys
+        self._lease = _Lease()
+        owner = _SlotMemory(slot.storage)
+        weakref.finalize(owner, _release_unless_shipped, slot.header, self._lease)
+        self.arrays = layout.arrays(np.asarray(owner), rows)  # views of ``owner``: they keep it alive
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fields as tensors sharing the worker's views (so they, too, keep the slot taken)."""
+        return {f: torch.from_numpy(a) for f, a in self.arrays.items()}
 
     def __reduce__(self):
-        return _rebuild_shared_batch, (self.slot.storage, self.layout, self.rows, self.keys, os.getpid())
+        self._lease.shipped = True
+        return _rebuild_shared_batch, (self.slot.storage, self.layout, self.rows, self.sample_keys, os.getpid())
+
+    def keys(self) -> list[str]:
+        return ["__key__", *self.arrays]
 
     def __getitem__(self, key: str) -> Any:
-        """Read access for a custom ``collate_fn`` in the worker (the slot then stays taken)."""
-        return _rebuild_shared_batch(self.slot.storage, self.layout, self.rows, self.keys, os.getpid())[key]
+        """Read access for a custom ``collate_fn`` in the worker."""
+        if key == "__key__":
+            return self.sample_keys
+        return torch.from_numpy(self.arrays[key])
 
 
 class _SlotMemory:
-    """Owns a received slot's memory for numpy and torch; its death frees the slot for reuse."""
+    """Owns a slot's memory for numpy and torch; its death frees the slot for reuse."""
 
     def __init__(self, storage: torch.UntypedStorage) -> None:
         self.storage = storage
