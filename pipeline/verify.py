@@ -75,8 +75,7 @@ def verify_shard(task: VerifyTask) -> tuple[int, list[Problem]]:
         for offset in range(0, shard.samples, ROWS_PER_READ):
             keys = shard.keys[offset : offset + ROWS_PER_READ]
             rows = np.array(shard.rows[offset : offset + ROWS_PER_READ])
-            zarr_rows = {f: zarr_store.read_region(task.out, task.split, f, rows[0], rows[-1] + 1)[rows - rows[0]]
-                         for f in schema}  # fmt: skip
+            zarr_rows = {f: _read_zarr_rows(task, f, rows) for f in schema}
             for row, (key, tar_sample, truth) in enumerate(zip(keys, tar_samples, islice(expected, len(keys)))):
                 if tar_sample["__key__"] != key:
                     problems.append(Problem(task.split, shard.file, f"holds {tar_sample['__key__']} where {key} belongs"))
@@ -89,9 +88,18 @@ def verify_shard(task: VerifyTask) -> tuple[int, list[Problem]]:
                 checked += 1
         if checked != shard.samples:
             problems.append(Problem(task.split, shard.file, f"holds {checked} samples, the manifest says {shard.samples}"))
-    except SSMSpineError as exc:
-        problems.append(Problem(task.split, shard.file, str(exc)))
+    except SSMSpineError as exc:  # a damaged output, or a source that no longer reads
+        problems.append(Problem(task.split, shard.file, f"cannot be read back: {exc}"))
     return checked, problems
+
+
+def _read_zarr_rows(task: VerifyTask, field: str, rows: np.ndarray) -> np.ndarray:
+    """Rows of one field; a damaged shard becomes an :class:`OutputError` naming the array."""
+    try:
+        return zarr_store.read_region(task.out, task.split, field, rows[0], rows[-1] + 1)[rows - rows[0]]
+    except Exception as exc:  # zarr-python raises ValueError, RuntimeError, ... for damaged shards
+        raise OutputError(f"{zarr_store.STORE_NAME}/{task.split}/{field} rows {rows[0]}..{rows[-1]}: "
+                          f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
 
 
 def _check_file(split: str, path: Path, shard: ShardMeta) -> list[Problem]:

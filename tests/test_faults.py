@@ -115,3 +115,15 @@ def test_an_unfinished_conversion_of_other_sources_is_refused(eight_samples, tra
     assert recorded_shards(out), "an unfinished output with finished shards"
     with pytest.raises(OutputError, match="unfinished conversion of other sources"):
         convert([train_zip], out, fast_options(dask_scheduler))
+
+
+def test_a_zarr_shard_altered_after_conversion_is_reported_by_name(converted, tmp_path, dask_scheduler):
+    out = tmp_path / "out"
+    shutil.copytree(converted, out)
+    shard = sorted(p for p in (out / "ssmspine.zarr" / "train" / "mask" / "c").rglob("*") if p.is_file())[0]
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # inside the shard index: its CRC-32C no longer matches
+    shard.write_bytes(bytes(data))
+    report = verify(out, scheduler=dask_scheduler)
+    assert not report.ok
+    assert any("ssmspine.zarr/train/mask rows 0.." in problem.what for problem in report.problems), report.problems
