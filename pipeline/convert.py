@@ -398,7 +398,7 @@ def _load_or_make_plan(out: Path, identity: dict, by_split: Mapping[str, Sequenc
         if plan["identity"] != identity:
             raise OutputError(
                 f"{out} holds an unfinished conversion of other sources or options; "
-                "choose another --out, or delete it to start over"
+                "choose another --out, or use --force to replace it"
             )
         return plan
     largest = max(map(len, by_split.values()))
