@@ -23,6 +23,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from numcodecs import Blosc
 
+from .schema import OutputError
+
 log = logging.getLogger(__name__)
 
 SHUFFLE_NAMES = {Blosc.NOSHUFFLE: "noshuffle", Blosc.SHUFFLE: "shuffle", Blosc.BITSHUFFLE: "bitshuffle"}
@@ -83,6 +85,33 @@ def as_elements(data: np.ndarray | bytes | memoryview, itemsize: int) -> np.ndar
 def decode(payload: bytes | memoryview, out: bytearray | memoryview | None = None) -> memoryview:
     """Decompress a Blosc frame (it records its own codec settings) into ``out`` or a new buffer."""
     return memoryview(Blosc().decode(payload, out=out))
+
+
+#: A Blosc frame starts with 16 bytes: ..., nbytes at [4:8], ..., cbytes at [12:16].
+BLOSC_HEADER = 16
+
+
+def decode_into(frame: bytes | memoryview, out: np.ndarray, name: str) -> np.ndarray:
+    """Decompress one stored Blosc frame into the contiguous array ``out``, checking it first.
+
+    The frame's header must promise exactly ``out``'s bytes and be exactly as long as what was
+    read, so a truncated or foreign frame is an :class:`OutputError` naming ``name``, never a
+    crash or a silently short array.
+    """
+    view = memoryview(frame)
+    if len(view) < BLOSC_HEADER:
+        raise OutputError(f"{name}: damaged Blosc data (frame of {len(view)} bytes)")
+    nbytes = int.from_bytes(view[4:8], "little")
+    cbytes = int.from_bytes(view[12:16], "little")
+    if nbytes != out.nbytes or cbytes != len(view):
+        raise OutputError(f"{name}: damaged Blosc data (frame says {nbytes} bytes in {cbytes}, "
+                          f"expected {out.nbytes} in {len(view)})")  # fmt: skip
+    try:
+        if out.nbytes:
+            decode(view, out=memoryview(out.reshape(-1, order="A")).cast("B"))
+    except Exception as exc:  # numcodecs raises RuntimeError/ValueError on a damaged frame
+        raise OutputError(f"{name}: damaged Blosc data ({exc})") from exc
+    return out
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ import google_crc32c
 import numpy as np
 import torch
 import zarr
-from numcodecs import blosc
 from torch.utils.data import get_worker_info
 
+from .codecs import decode_into
 from .manifest import read_manifest
 from .schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES, OutputError
 from .shared_batches import _Layout, _SlotPool
@@ -57,8 +57,6 @@ _MISSING = 2**64 - 1
 #: Bytes per inner chunk in a shard index: little-endian uint64 offset and size.
 _INDEX_ENTRY = 16
 _CRC_BYTES = 4
-#: Blosc frame header: version, versionlz, flags, typesize, then uint32 nbytes, blocksize, cbytes.
-_BLOSC_HEADER = 16
 #: Open shard files kept per process: bounded, so thousands of shards stay under the fd limit.
 _MAX_OPEN_FILES = 64
 
@@ -256,16 +254,7 @@ def _read_fast(layout: ChunkLayout, state: _ProcessState, row: int, out: np.ndar
         if got != expected:
             raise OutputError(f"{path}: chunk {within} has {nbytes} bytes, expected {expected}")
         return out
-    frame = os.pread(file.fileno(), nbytes, offset)
-    if (
-        len(frame) != nbytes
-        or nbytes < _BLOSC_HEADER
-        or int.from_bytes(frame[4:8], "little") != expected
-        or int.from_bytes(frame[12:16], "little") != nbytes
-    ):
-        raise OutputError(f"{path}: chunk {within} is not a Blosc frame of {expected} bytes; the output is damaged")
-    blosc.decompress(frame, out)
-    return out
+    return decode_into(os.pread(file.fileno(), nbytes, offset), out, f"{path}: chunk {within}")
 
 
 class ZarrDataset(torch.utils.data.Dataset):

@@ -8,7 +8,6 @@ and then enforced on every sample, so one odd file cannot silently change a whol
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -56,7 +55,6 @@ DISC_NAMES: tuple[str, ...] = ("D1", "D2", "D3", "D4", "D5")
 #: complex, datetime) has no place in an image dataset and would not survive Zarr/tensorstore.
 STORABLE_KINDS = frozenset("biuf")
 
-_KEY_RE = re.compile(r"^p(\d+)_aug(\d+)$")
 
 
 class SSMSpineError(Exception):
@@ -204,11 +202,3 @@ def schema_from_json(data: Mapping) -> Schema:
 def sample_key(patient: int, aug: int) -> str:
     """The record key of patient texture ``patient``, virtual shape ``aug`` (e.g. ``p12_aug037``)."""
     return f"p{patient:02d}_aug{aug:03d}"
-
-
-def parse_key(key: str) -> tuple[int, int]:
-    """Inverse of :func:`sample_key`: ``"p12_aug037"`` → ``(12, 37)``."""
-    match = _KEY_RE.match(key)
-    if not match:
-        raise ValueError(f"not an SSMSpine sample key: {key!r}")
-    return int(match.group(1)), int(match.group(2))

@@ -30,7 +30,6 @@ from .schema import OutputError
 EXTENSION = "npy.blosc"
 _SUFFIX = "." + EXTENSION
 _NPY_MAGIC = b"\x93NUMPY"
-_BLOSC_HEADER = 16  # a Blosc frame starts with 16 bytes: ..., nbytes at [4:8], ..., cbytes at [12:16]
 
 
 def npy_header(array: np.ndarray) -> bytes:
@@ -74,20 +73,7 @@ def decode_field(payload: bytes | memoryview, name: str = "member", out: np.ndar
         order = ("C", "Fortran")
         raise OutputError(f"{name}: holds {dtype} {shape} in {order[fortran_order]} order, expected {out.dtype} "
                           f"{out.shape} in {order[not out.flags.c_contiguous]} order")  # fmt: skip
-    frame = view[header_length:]
-    if len(frame) < _BLOSC_HEADER:
-        raise OutputError(f"{name}: damaged Blosc data (frame of {len(frame)} bytes)")
-    nbytes = int.from_bytes(frame[4:8], "little")
-    cbytes = int.from_bytes(frame[12:16], "little")
-    if nbytes != out.nbytes or cbytes != len(frame):
-        raise OutputError(f"{name}: damaged Blosc data (frame says {nbytes} bytes in {cbytes}, "
-                          f"expected {out.nbytes} in {len(frame)})")  # fmt: skip
-    try:
-        if out.nbytes:
-            codecs.decode(frame, out=memoryview(out.reshape(-1, order="A")).cast("B"))
-    except Exception as exc:  # numcodecs raises RuntimeError/ValueError on a damaged frame
-        raise OutputError(f"{name}: damaged Blosc data ({exc})") from exc
-    return out
+    return codecs.decode_into(view[header_length:], out, name)
 
 
 @functools.lru_cache(maxsize=64)
