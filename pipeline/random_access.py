@@ -16,6 +16,8 @@ default ``collate_fn`` hands those buffers on as the batch instead of stacking c
 Inside a DataLoader worker the buffers are reused shared-memory slots
 (:mod:`pipeline.shared_batches`, as for the streaming reader): with the stock collation every
 batch went into fresh shared memory, whose page faults cost the worker several times the decoding.
+The samples of a batch decode at once on a few threads (:mod:`pipeline.decode_threads`); the
+per-process state below is safe to share between them.
 
 Process safety: file handles, shard indexes, zarr-python arrays and shared-memory slots live in
 a per-process state that is rebuilt when ``os.getpid()`` changes and is never pickled, so a
@@ -40,6 +42,7 @@ import zarr
 from torch.utils.data import get_worker_info
 
 from .codecs import decode_into
+from .decode_threads import DecodeThreads
 from .manifest import read_manifest
 from .schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES, OutputError
 from .shared_batches import _Layout, _SlotPool
@@ -273,11 +276,13 @@ class ZarrDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, out: str | os.PathLike, split: str = "train", fields: Sequence[str] | None = None,
-                 *, fast: bool = True) -> None:  # fmt: skip
+                 *, fast: bool = True, decode_threads: int | None = None) -> None:  # fmt: skip
         """Open ``split`` of the output in ``out``; ``fields`` default to all of the split's fields.
 
         ``fast=False`` reads everything with zarr-python (the reference the fast path is
-        tested against).
+        tested against). ``decode_threads``: threads that decode the samples of a batch read by
+        :meth:`__getitems__` at once (default: the process's cores, divided among DataLoader
+        workers; see :mod:`pipeline.decode_threads`).
         """
         self.out = Path(out)
         self.split = split
@@ -296,6 +301,7 @@ class ZarrDataset(torch.utils.data.Dataset):
         self._by_key = {k: i for i, k in enumerate(self.keys)}
         self._by_patient_aug = {(int(p), int(a)): i for i, (p, a) in enumerate(zip(self.patients, self.augs))}
         self._local: _ProcessState | None = None
+        self._decoder = DecodeThreads(decode_threads)
 
     # ------------------------------------------------------------------ lookups
 
@@ -359,9 +365,13 @@ class ZarrDataset(torch.utils.data.Dataset):
         else:
             whole = state.slot_pool(self._specs, len(keys)).batch(len(keys), keys)
             arrays, tensors = whole.arrays, whole.tensors()
-        for field, array in arrays.items():
-            for j, position in enumerate(positions):
-                self._read(state, field, int(self._rows[position]), out=array[j])
+
+        def read_sample(j: int) -> None:
+            row = int(self._rows[positions[j]])
+            for field, array in arrays.items():
+                self._read(state, field, row, out=array[j])
+
+        self._decoder.run(read_sample, range(len(positions)))
         samples = [_Sample({"__key__": key, **{f: t[j] for f, t in tensors.items()}}) for j, key in enumerate(keys)]
         return _Batch(samples, whole)
 

@@ -45,7 +45,7 @@ def blosc_codec(encoding: Encoding, itemsize: int) -> BloscCodec:
         cname=encoding.cname,
         clevel=encoding.clevel,
         shuffle=BloscShuffle(SHUFFLE_NAMES[encoding.shuffle]),
-        blocksize=0,
+        blocksize=encoding.blocksize,
     )
 
 

@@ -208,9 +208,9 @@ def test_only_requested_fields_are_read(converted, monkeypatch):
     lengths = []
     original = storage._LocalStore.read
 
-    def counting_read(self, shard, offset, length):
+    def counting_read(self, shard, offset, length, into=None):
         lengths.append(length)
-        return original(self, shard, offset, length)
+        return original(self, shard, offset, length, into)
 
     monkeypatch.setattr(storage._LocalStore, "read", counting_read)
     samples = list(ds)

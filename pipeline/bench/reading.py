@@ -8,7 +8,8 @@ with DataLoader workers:
   sample, one ``torch.load`` per sample, in random order (:class:`TorchLoadDataset`);
 * **streaming** — :class:`~pipeline.stream.StreamingDataset` with ``batch_size`` at the dataset
   level, under ``DataLoader(ds, batch_size=None, ...)`` as its docstring says, one epoch
-  (``set_epoch``) per pass;
+  (``set_epoch``) per pass, with its default decode threads (the cores; one per DataLoader
+  worker here); in process also with one decode thread (**streaming, 1 thread**);
 * **zarr** — :class:`~pipeline.random_access.ZarrDataset` in random order (``RandomSampler``).
 
 The two map-style datasets deliver single samples in process (``batch_size=None``: what a random
@@ -72,7 +73,10 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 8
 #: The field sets measured, by the name the results give them.
 FIELD_SETS: dict[str, tuple[str, ...]] = {"img+label": ("img", "label"), "all": FIELDS}
-READERS = ("baseline", "streaming", "zarr")
+#: "streaming, 1 thread" runs in process only: it shows what the decode threads add, and is what
+#: each DataLoader worker does anyway when workers share out the cores.
+SINGLE_THREAD = "streaming, 1 thread"
+READERS = ("baseline", "streaming", SINGLE_THREAD, "zarr")
 #: glibc ``mallopt`` parameters (malloc.h) and the values :func:`steady_malloc` sets.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -254,11 +258,12 @@ def _map_loader(dataset: Dataset, workers: int) -> DataLoader:
                       persistent_workers=True, multiprocessing_context=_fork_context())  # fmt: skip
 
 
-def _stream_reader(out: Path, fields: Sequence[str], label: str, workers: int) -> _Reader:
-    dataset = StreamingDataset(out, fields=fields, batch_size=BATCH_SIZE, seed=SEED)
+def _stream_reader(out: Path, fields: Sequence[str], label: str, workers: int, threads: int | None = None) -> _Reader:
+    dataset = StreamingDataset(out, fields=fields, batch_size=BATCH_SIZE, seed=SEED, decode_threads=threads)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                         multiprocessing_context=_fork_context() if workers else None)  # fmt: skip
-    return _Reader("streaming", label, workers, loader, dataset.samples, before_epoch=dataset.set_epoch)
+    name = SINGLE_THREAD if threads == 1 else "streaming"
+    return _Reader(name, label, workers, loader, dataset.samples, before_epoch=dataset.set_epoch)
 
 
 def _readers(tree: Path, out: Path, workers: Iterable[int]) -> list[_Reader]:
@@ -269,6 +274,8 @@ def _readers(tree: Path, out: Path, workers: Iterable[int]) -> list[_Reader]:
             zarr_ds = ZarrDataset(out, fields=fields)
             readers.append(_Reader("baseline", label, w, _map_loader(baseline, w), len(baseline)))
             readers.append(_stream_reader(out, fields, label, w))
+            if w == 0:
+                readers.append(_stream_reader(out, fields, label, w, threads=1))
             readers.append(_Reader("zarr", label, w, _map_loader(zarr_ds, w), len(zarr_ds)))
     counts = {r.samples for r in readers}
     if len(counts) != 1:

@@ -4,7 +4,7 @@ The manifest records the byte range of every field of every sample in its tar, s
 fetched by ranged reads of only the fields asked for — which is what makes a global shuffle
 cheap. One store per process, opened lazily, chosen by :func:`_store_class` from the root:
 
-* a local path: ``os.preadv`` into one reused buffer, a bounded number of shards kept open;
+* a local path: memory maps of the shards, a bounded number kept mapped;
 * ``http(s)://``: ``Range`` GETs on one kept-alive connection, standard library only;
 * any other fsspec URL (``file://``, ``s3://``, ``memory://``, ...): ``cat_file`` ranges.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import mmap
 import os
 import urllib.parse
 from typing import Mapping, Sequence
@@ -37,17 +38,20 @@ class _Store:
         self.root = root
         self.files = list(files)
         self.sizes = list(sizes)
-        self._buffer = bytearray()
 
     def name(self, shard: int) -> str:
         return f"{self.root.rstrip('/')}/{self.files[shard]}"
 
-    def buffer(self, length: int) -> memoryview:
-        if len(self._buffer) < length:
-            self._buffer = bytearray(max(length, 2 * len(self._buffer)))
-        return memoryview(self._buffer)[:length]
+    #: Whether :meth:`read` copies into memory the caller provides (else ``into`` is not needed).
+    copies = True
 
-    def read(self, shard: int, offset: int, length: int) -> memoryview:
+    def read(self, shard: int, offset: int, length: int, into: memoryview | None = None) -> memoryview:
+        """``length`` bytes of ``shard`` from ``offset``, as a view: of ``into`` (the caller's
+        reused memory, at least ``length`` bytes) where the store copies, of the store's own
+        memory where it does not (a memory map, or bytes its library hands over anyway).
+
+        Views of the store's own memory stay valid for as long as they are referenced.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
@@ -59,47 +63,49 @@ class _Store:
 
 
 class _LocalStore(_Store):
+    """Local shards, memory-mapped: a read is a view of the page cache, so fetching a sample
+    copies nothing, and the decode threads read their samples' bytes in parallel.
+
+    A shard's size is checked against the manifest when it is mapped. A shard truncated later,
+    while mapped, makes the process fail with SIGBUS when it reads past the new end: loud, but
+    not an error message; the manifest check catches it when the next job opens the shard.
+    """
+
     coalesce_gap = LOCAL_COALESCE_GAP
-    max_open = 64  # shards kept open at once; a global shuffle may touch every shard per batch
+    copies = False
+    max_open = 64  # shards kept mapped at once; a global shuffle may touch every shard per batch
 
     def __init__(self, root: str, files: Sequence[str], sizes: Sequence[int]) -> None:
         super().__init__(root, files, sizes)
-        self._fds: dict[int, int] = {}
+        self._maps: dict[int, memoryview] = {}
 
-    def _fd(self, shard: int) -> int:
-        fd = self._fds.get(shard)
-        if fd is None:
+    def _map(self, shard: int) -> memoryview:
+        view = self._maps.get(shard)
+        if view is None:
             path = self.name(shard)
             try:
-                fd = os.open(path, os.O_RDONLY)
+                with open(path, "rb") as file:
+                    size = os.fstat(file.fileno()).st_size
+                    if size != self.sizes[shard]:
+                        raise self._size_mismatch(shard, size)
+                    view = memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
             except FileNotFoundError:
                 raise OutputError(f"{path}: shard is missing; convert again or fix the path") from None
-            except OSError as exc:
-                raise OutputError(f"{path}: cannot open shard ({exc})") from exc
-            size = os.fstat(fd).st_size
-            if size != self.sizes[shard]:
-                os.close(fd)
-                raise self._size_mismatch(shard, size)
-            if len(self._fds) >= self.max_open:
-                os.close(self._fds.pop(next(iter(self._fds))))
-            self._fds[shard] = fd
-        return fd
-
-    def read(self, shard: int, offset: int, length: int) -> memoryview:
-        view = self.buffer(length)
-        fd = self._fd(shard)
-        done = 0
-        while done < length:
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n == 0:
-                raise OutputError(f"{self.name(shard)}: ends before byte {offset + length}; the shard is truncated")
-            done += n
+            except (OSError, ValueError) as exc:
+                raise OutputError(f"{path}: cannot map shard ({exc})") from exc
+            if len(self._maps) >= self.max_open:  # unmapped once no view of it is left
+                del self._maps[next(iter(self._maps))]
+            self._maps[shard] = view
         return view
 
+    def read(self, shard: int, offset: int, length: int, into: memoryview | None = None) -> memoryview:
+        view = self._map(shard)
+        if offset + length > len(view):
+            raise OutputError(f"{self.name(shard)}: ends before byte {offset + length}; the shard is truncated")
+        return view[offset : offset + length]
+
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self._maps.clear()
 
 
 class _HttpStore(_Store):
@@ -137,8 +143,10 @@ class _HttpStore(_Store):
             raise OutputError(f"{self.root.rstrip('/')}/{relative}: HTTP {response.status} {response.reason}")
         return data
 
-    def read(self, shard: int, offset: int, length: int) -> memoryview:
+    def read(self, shard: int, offset: int, length: int, into: memoryview | None = None) -> memoryview:
         name = self.name(shard)
+        if into is None:
+            into = memoryview(bytearray(length))
         path = self._url.path.rstrip("/") + "/" + self.files[shard]
         response = self._get(path, {"Range": f"bytes={offset}-{offset + length - 1}"})
         if response.status != 206:
@@ -153,10 +161,9 @@ class _HttpStore(_Store):
         if total.isdigit() and int(total) != self.sizes[shard]:
             self.close()
             raise self._size_mismatch(shard, int(total))
-        view = self.buffer(length)
         done = 0
         while done < length:
-            n = response.readinto(view[done:])
+            n = response.readinto(into[done:])
             if not n:
                 break
             done += n
@@ -164,7 +171,7 @@ class _HttpStore(_Store):
         if done != length:
             self.close()
             raise OutputError(f"{name}: got {done} of {length} bytes at {offset}; the shard is truncated")
-        return view
+        return into
 
     def close(self) -> None:
         if self._conn is not None:
@@ -188,7 +195,9 @@ class _FsspecStore(_Store):
         except FileNotFoundError:
             raise OutputError(f"{self.root.rstrip('/')}/{relative}: not found") from None
 
-    def read(self, shard: int, offset: int, length: int) -> memoryview:
+    copies = False  # fsspec hands over fresh bytes
+
+    def read(self, shard: int, offset: int, length: int, into: memoryview | None = None) -> memoryview:
         path = f"{self._path.rstrip('/')}/{self.files[shard]}"
         try:
             if shard not in self._checked:

