@@ -13,10 +13,18 @@ worker as one (a custom ``collate_fn`` stacked or dropped its samples) frees its
 worker drops its last view of it; a tensor view that torch pickles on its own is copied into
 fresh shared memory on the way (its storage is not the slot's), so that is safe too. The slots
 are anonymous (file-descriptor) shared memory: nothing outlives the processes that map it.
+
+A slot's memory crosses to the receiving process once. Handing over shared memory costs a
+socket round trip for its file descriptor and a fresh mapping, whose pages fault again when
+the receiver reads the batch; so the receiver keeps the slots of a worker mapped (registered
+by slot id) for as long as that worker lives, and says so in the slot's header. Later batches
+of that slot send only its id. A worker's registered slots are dropped once the worker has
+exited (checked whenever a new slot is registered), and forked children start with none.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import weakref
@@ -28,6 +36,8 @@ import torch
 
 _ALIGN = 64
 _FREE, _BUSY = 0, 1
+#: Header words (int64) of a slot: its state, and whether the receiving process keeps it mapped.
+_STATE, _MAPPED = 0, 1
 #: Slots a worker keeps for reuse; more batches in flight at once get one-off slots.
 MAX_SLOTS = 6
 
@@ -66,10 +76,16 @@ def _shared_storage(nbytes: int) -> torch.UntypedStorage:
 
 
 class _Slot:
-    def __init__(self, nbytes: int) -> None:
+    """``kept``: a slot of the pool, reused; else a one-off slot that the receiver must not keep."""
+
+    _numbers = itertools.count()
+
+    def __init__(self, nbytes: int, kept: bool) -> None:
         self.storage = _shared_storage(nbytes)
         self.bytes = torch.empty(0, dtype=torch.uint8).set_(self.storage, 0, (nbytes,)).numpy()
-        self.header = self.bytes[:8].view(np.int64)
+        self.header = self.bytes[: _ALIGN // 8 * 8].view(np.int64)
+        self.kept = kept
+        self.id = (os.getpid(), next(_Slot._numbers))
 
 
 class _SlotPool:
@@ -81,13 +97,13 @@ class _SlotPool:
 
     def take(self) -> _Slot:
         for slot in self.slots:
-            if slot.header[0] == _FREE:
+            if slot.header[_STATE] == _FREE:
                 break
         else:
-            slot = _Slot(self.layout.nbytes)
-            if len(self.slots) < MAX_SLOTS:
+            slot = _Slot(self.layout.nbytes, kept=len(self.slots) < MAX_SLOTS)
+            if slot.kept:
                 self.slots.append(slot)
-        slot.header[0] = _BUSY
+        slot.header[_STATE] = _BUSY
         return slot
 
     def batch(self, rows: int, keys: list[str]) -> _SharedBatch:
@@ -108,7 +124,7 @@ class _Lease:
 
 def _release_unless_shipped(header: np.ndarray, lease: _Lease) -> None:
     if not lease.shipped:
-        header[0] = _FREE
+        header[_STATE] = _FREE
 
 
 class _SharedBatch:
@@ -134,7 +150,9 @@ class _SharedBatch:
 
     def __reduce__(self):
         self._lease.shipped = True
-        return _rebuild_shared_batch, (self.slot.storage, self.layout, self.rows, self.sample_keys, os.getpid())
+        slot = self.slot
+        storage = None if slot.header[_MAPPED] else slot.storage  # the receiver has it already
+        return _rebuild_shared_batch, (slot.id, storage, slot.kept, self.layout, self.rows, self.sample_keys)
 
     def keys(self) -> list[str]:
         return ["__key__", *self.arrays]
@@ -156,15 +174,43 @@ class _SlotMemory:
 
 
 def _release(header: torch.Tensor) -> None:
-    header[0] = _FREE
+    header[_STATE] = _FREE
 
 
-def _rebuild_shared_batch(storage: torch.UntypedStorage, layout: _Layout, rows: int, keys: list[str],
-                          worker_pid: int) -> dict:  # fmt: skip
+#: In a receiving process: the slots it keeps mapped, by slot id ``(worker pid, number)``.
+_MAPPED_SLOTS: dict[tuple[int, int], torch.UntypedStorage] = {}
+os.register_at_fork(after_in_child=_MAPPED_SLOTS.clear)
+
+
+def _keep_mapped(slot_id: tuple[int, int], storage: torch.UntypedStorage) -> None:
+    """Keep a worker's slot mapped here, dropping first the slots of workers that have exited."""
+    for pid in {p for p, _ in _MAPPED_SLOTS} - {slot_id[0]}:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            for dead in [k for k in _MAPPED_SLOTS if k[0] == pid]:
+                del _MAPPED_SLOTS[dead]
+        except PermissionError:  # exists, owned by someone else (the pid was reused): keep
+            pass
+    _MAPPED_SLOTS[slot_id] = storage
+    torch.empty(0, dtype=torch.int64).set_(storage, 0, (_ALIGN // 8,))[_MAPPED] = 1
+
+
+def _rebuild_shared_batch(slot_id: tuple[int, int], storage: torch.UntypedStorage | None, kept: bool,
+                          layout: _Layout, rows: int, keys: list[str]) -> dict:  # fmt: skip
+    inside_worker = os.getpid() == slot_id[0]  # a custom collate_fn pickled it: the slot is never handed back
+    if storage is None:
+        storage = _MAPPED_SLOTS.get(slot_id)
+        if storage is None:
+            raise RuntimeError(f"a batch in shared-memory slot {slot_id} arrived in a process that does not "
+                               "have that slot mapped; hand batches only from DataLoader workers to the "
+                               "process that iterates the DataLoader")  # fmt: skip
+    elif kept and not inside_worker:
+        _keep_mapped(slot_id, storage)
     owner = _SlotMemory(storage)
     base = np.asarray(owner)  # every view of it, and every tensor made from one, keeps ``owner`` alive
     tensors = {f: torch.from_numpy(a) for f, a in layout.arrays(base, rows).items()}
-    if os.getpid() != worker_pid:  # inside the worker itself the slot is never handed back
+    if not inside_worker:
         header = torch.empty(0, dtype=torch.int64).set_(storage, 0, (1,))
         weakref.finalize(owner, _release, header)
     return {"__key__": keys, **tensors}

@@ -7,6 +7,7 @@ explicit ranks; the multi-process tests (marked ``slow``) run real ``torch.distr
 
 from __future__ import annotations
 
+import gc
 import glob
 import http.server
 import json
@@ -266,7 +267,8 @@ def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
     arrays = pool.layout.arrays(slot.bytes, 3)
     arrays["a"][:] = np.arange(9).reshape(3, 3)
     arrays["b"][:] = True
-    batch = _rebuild_shared_batch(slot.storage, pool.layout, 3, ["x", "y", "z"], worker_pid=-1)  # "another process"
+    other_process = (-1, 0)  # a slot id from "another process"; not kept mapped here (kept=False)
+    batch = _rebuild_shared_batch(other_process, slot.storage, False, pool.layout, 3, ["x", "y", "z"])
     assert batch["a"].shape == (3, 3) and batch["b"].dtype == torch.bool and batch["b"].all()
     assert batch["a"][2].tolist() == [6, 7, 8]
     view = batch["a"][1:].t()
@@ -274,6 +276,40 @@ def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
     assert pool.take() is not slot, "a view of the batch is still alive"
     del view
     assert pool.take() is slot, "free again once nothing refers to it"
+
+
+def test_the_main_process_keeps_worker_slots_mapped_while_the_workers_live(converted, monkeypatch):
+    """Each slot's memory crosses once; later batches name the slot; exited workers' slots are dropped."""
+    from pipeline import shared_batches
+
+    registered = []
+    keep = shared_batches._keep_mapped
+    monkeypatch.setattr(shared_batches, "_keep_mapped", lambda *args: registered.append(args[0]) or keep(*args))
+    stock = _stock(converted, "train")
+    ds = StreamingDataset(converted, fields=("img", "label"), seed=SEED, batch_size=2)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for batch in loader:
+            for row, key in enumerate(batch["__key__"]):
+                assert_bit_exact(batch["label"][row].numpy(), stock[key]["label"], f"epoch {epoch} {key}")
+    workers = {pid for pid, _ in registered}
+    assert len(workers) == 2 and len(registered) == len(set(registered)), "each slot registered once"
+    assert len(registered) < 3 * ds.num_batches, "later epochs reuse registered slots"
+    assert set(registered) <= set(shared_batches._MAPPED_SLOTS)
+    del loader, batch  # shuts the persistent workers down (joined)
+    gc.collect()
+    other = StreamingDataset(converted, fields=("shape",), seed=SEED, batch_size=2)
+    assert len(list(DataLoader(other, batch_size=None, num_workers=1))) == other.num_batches
+    assert not workers & {pid for pid, _ in shared_batches._MAPPED_SLOTS}, "exited workers' slots dropped"
+
+
+def test_a_batch_naming_a_slot_this_process_does_not_have_is_an_error():
+    from pipeline.shared_batches import _Layout, _rebuild_shared_batch
+
+    layout = _Layout.of({"a": ((3,), np.dtype("<f4"))}, 2)
+    with pytest.raises(RuntimeError, match="does not have that slot mapped"):
+        _rebuild_shared_batch((-1, 12345), None, True, layout, 2, ["x", "y"])
 
 
 @pytest.mark.parametrize("workers", [0, 2])
