@@ -14,8 +14,8 @@ pickled or forked into DataLoader workers carries no threads.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Callable, Iterable, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from torch.utils.data import get_worker_info
 
@@ -52,21 +52,23 @@ class DecodeThreads:
         self._pool_pid = 0
 
     def run(self, function: Callable[[T], None], items: Iterable[T]) -> None:
-        """Call ``function`` on every item; return when all calls have ended.
+        """Call ``function`` on every item; return when all calls have ended (see :class:`Decoding`)."""
+        self.start(function, items).wait()
 
-        A failure is raised only once every other call has ended too, so no thread is still
-        writing into the batch when the caller sees the error (the first failing item's error).
-        """
+    def start(self, function: Callable[[T], None], items: Iterable[T]) -> Decoding:
+        """Begin calling ``function`` on every item, on the threads; with one thread, call it
+        here and now. :meth:`Decoding.wait` ends the calls and raises what they raised."""
         items = list(items)
         threads = min(self.threads or default_threads(), len(items))
         if threads <= 1:
-            for item in items:
-                function(item)
-            return
-        futures = [self._executor(threads).submit(function, item) for item in items]
-        wait(futures)
-        for future in futures:
-            future.result()
+            try:
+                for item in items:
+                    function(item)
+            except Exception as exc:  # raised by wait(), as from the threads
+                return Decoding(error=exc)
+            return Decoding()
+        executor = self._executor(threads)
+        return Decoding(futures=[executor.submit(function, item) for item in items])
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         if self._pool_pid != os.getpid():  # first use, or first use after a fork: no threads here
@@ -80,3 +82,22 @@ class DecodeThreads:
 
     def __getstate__(self) -> dict:
         return {"threads": self.threads, "_pool": None, "_pool_threads": 0, "_pool_pid": 0}
+
+
+class Decoding:
+    """Calls begun by :meth:`DecodeThreads.start`."""
+
+    def __init__(self, futures: Sequence[Future] = (), error: Exception | None = None) -> None:
+        self.futures, self.error = futures, error
+
+    def wait(self) -> None:
+        """Return once every call has ended; raise the first failing item's error, if any.
+
+        The error is raised only once every other call has ended too, so no thread is still
+        writing into the batch when the caller sees it.
+        """
+        wait(self.futures)
+        for future in self.futures:
+            future.result()
+        if self.error is not None:
+            raise self.error

@@ -47,6 +47,17 @@ def test_a_failure_is_raised_only_after_every_other_call_ended():
     assert sorted(ended) == [1, 2, 3]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_started_calls_raise_only_when_waited_for(threads):
+    def work(item: int) -> None:
+        if item == 1:
+            raise ValueError(f"item {item} is damaged")
+
+    decoding = DecodeThreads(threads).start(work, range(3))  # does not raise here
+    with pytest.raises(ValueError, match="item 1"):
+        decoding.wait()
+
+
 def test_one_thread_runs_in_the_calling_thread():
     callers = set()
     DecodeThreads(1).run(lambda _: callers.add(threading.get_ident()), range(3))

@@ -491,12 +491,17 @@ def test_damaged_shard_is_an_error_naming_it(converted, tmp_path, serve, how, sc
     out = copy_output(converted, tmp_path)
     name = _damage(out, how)
     root = {"local": out, "http": serve(out) if scheme == "http" else None, "file": out.as_uri()}[scheme]
-    ds = StreamingDataset(root, fields=("img",), shuffle=False)
+    batch = 1 if scheme == "local" else None  # local: batches decode one ahead on the decode threads
+    ds = StreamingDataset(root, fields=("img",), shuffle=False, batch_size=batch)
+    received = []
     with pytest.raises(OutputError, match=re.escape(name)) as error:
-        for _ in ds:
-            pass
+        for item in ds:
+            received += item["__key__"] if batch else [item["__key__"]]
     assert re.search({"missing": "missing", "truncated": "truncated", "corrupt": "corrupt|damaged"}[how],
                      str(error.value))  # fmt: skip
+    # every batch before the damaged one arrives first, also when the damaged one was read ahead
+    before = len(read_manifest(out)["splits"]["train"]["shards"][0]["keys"])
+    assert received == ds.keys[: len(received)] and len(received) == before - before % (batch or 1)
 
 
 # --------------------------------------------------------------------------- real torch.distributed

@@ -44,7 +44,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .. import manifest
 from ..schema import OutputError, schema_from_json
 from ..shared_batches import _Layout, _SlotPool
-from ..decode_threads import DecodeThreads
+from ..decode_threads import Decoding, DecodeThreads
 from ..tar_shards import decode_field
 from .order import consumed_position, rank_samples, rank_share, worker_batches
 from .storage import _is_url, _Store, _store_class, read_stream_manifest
@@ -196,7 +196,6 @@ class StreamingDataset(IterableDataset):
         self._verified = np.zeros((0, 0), bool)
         self._slots: _SlotPool | None = None
         self._slots_pid = 0
-        self._buffer = bytearray()
         self._decoder = DecodeThreads(decode_threads)
 
     # ----------------------------------------------------------------- ranks, epochs, state
@@ -348,7 +347,6 @@ class StreamingDataset(IterableDataset):
         state["_store"] = None
         state["_verified"] = np.zeros((0, 0), bool)
         state["_slots"] = None
-        state["_buffer"] = bytearray()
         return state
 
     def __iter__(self) -> Iterator[dict]:
@@ -365,40 +363,59 @@ class StreamingDataset(IterableDataset):
         return self._generate(sequence, batches, shared=worker is not None)
 
     def _generate(self, sequence: np.ndarray, batches: list[range], shared: bool) -> Iterator[dict]:
-        # the store (open shards, an HTTP connection) stays with the dataset for the next pass
+        """Read the batches in order. In the main process, the next batch decodes on the decode
+        threads while the caller works on this one (one batch ahead); DataLoader workers read one
+        at a time, as the DataLoader already asks each of them for batches ahead."""
+        # the store (mapped shards, an HTTP connection) stays with the dataset for the next pass
+        batched = self.batch_size is not None
+        pending: tuple[Any, Decoding] | None = None
         for rows in batches:
-            indices = sequence[rows.start : rows.stop]
-            if self.batch_size is None:
-                yield self._read_batch(indices, shared=False, batched=False)
-            else:
-                yield self._read_batch(indices, shared=shared, batched=True)
+            try:
+                started = self._start_batch(sequence[rows.start : rows.stop], shared and batched, batched)
+            except Exception as exc:  # raised in its turn, after the batches before it
+                started = (None, Decoding(error=exc))
+            if pending is not None:
+                yield self._finish(pending)
+            pending = started
+            if shared:
+                yield self._finish(pending)
+                pending = None
+        if pending is not None:
+            yield self._finish(pending)
 
-    def _read_batch(self, indices: np.ndarray, shared: bool, batched: bool) -> Any:
+    @staticmethod
+    def _finish(started: tuple[Any, Decoding]) -> Any:
+        batch, decoding = started
+        decoding.wait()
+        return batch
+
+    def _start_batch(self, indices: np.ndarray, shared: bool, batched: bool) -> tuple[Any, Decoding]:
+        """A batch (or sample) of ``indices`` and the decoding that fills it: a shared-memory slot
+        in a DataLoader worker (``shared``), else new tensors."""
         keys = [self._index.keys[i] for i in indices]
         if shared:
             if self._slots is None or self._slots_pid != os.getpid():
                 self._slots, self._slots_pid = _SlotPool(_Layout.of(self._specs, self.batch_size or 1)), os.getpid()
             batch = self._slots.batch(len(indices), keys)
-            self._read_samples(indices, [{f: a[row] for f, a in batch.arrays.items()} for row in range(len(indices))])
-            return batch
+            outs = [{f: a[row] for f, a in batch.arrays.items()} for row in range(len(indices))]
+            return batch, self._start_samples(indices, outs)
         lead = (len(indices),) if batched else ()
         tensors = {f: torch.empty(lead + shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
         arrays = {f: t.numpy() for f, t in tensors.items()}
         outs = [{f: a[row] for f, a in arrays.items()} for row in range(len(indices))] if batched else [arrays]
-        self._read_samples(indices, outs)
-        return {"__key__": keys if batched else keys[0], **tensors}
+        return {"__key__": keys if batched else keys[0], **tensors}, self._start_samples(indices, outs)
 
-    def _read_samples(self, indices: np.ndarray, outs: Sequence[Mapping[str, np.ndarray]]) -> None:
-        """Fetch the requested fields of these samples, then decode each into its ``outs`` entry.
+    def _start_samples(self, indices: np.ndarray, outs: Sequence[Mapping[str, np.ndarray]]) -> Decoding:
+        """Fetch the requested fields of these samples, then start decoding each into its ``outs`` entry.
 
         Fetching happens here, in order (stores need not be thread-safe): for local shards a view
-        of their memory map, for remote ones a ranged read into one reused buffer. Decoding, the
+        of their memory map, for remote ones a ranged read into the batch's buffer. Decoding, the
         CPU-bound part, runs on the decode threads, a sample per call.
         """
         store = self._open_store()
         plans = [self._fetch_plan(int(i), store.coalesce_gap) for i in indices]
         total = sum(length for plan in plans for _, _, _, length in plan) if store.copies else 0
-        buffer = self._read_buffer(total)
+        buffer = memoryview(np.empty(total, np.uint8))  # a batch's own: the previous one may still be decoding
         jobs, at = [], 0
         for index, plan, out in zip(indices, plans, outs):
             shard, pieces = int(self._index.shard[index]), []
@@ -407,7 +424,7 @@ class StreamingDataset(IterableDataset):
                 pieces.append((first, stop, store.read(shard, base, length, into)))
                 at += length
             jobs.append((int(index), store.name(shard), pieces, out))
-        self._decoder.run(self._decode_sample, jobs)
+        return self._decoder.start(self._decode_sample, jobs)
 
     def _open_store(self) -> _Store:
         if self._store is None or self._store_pid != os.getpid():  # never share a forked parent's connection
@@ -429,13 +446,6 @@ class StreamingDataset(IterableDataset):
             j += 1
             plan.append((first, j, int(ranges[first, 0]), end - int(ranges[first, 0])))
         return plan
-
-    def _read_buffer(self, length: int) -> memoryview:
-        """Reused memory for a batch's compressed bytes; replaced, never resized, so that views
-        a failed batch may have left behind stay valid."""
-        if len(self._buffer) < length:
-            self._buffer = bytearray(max(length, 2 * len(self._buffer)))
-        return memoryview(self._buffer)[:length]
 
     def _decode_sample(self, job: tuple[int, str, list[tuple[int, int, memoryview]], Mapping[str, np.ndarray]]) -> None:
         """Decode one fetched sample into ``out``, checking each field's digest the first time."""
