@@ -19,11 +19,13 @@ faster, except bit-shuffled images, which decode faster in 256 KiB blocks (they 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
+import numcodecs.blosc
 import numpy as np
 from numcodecs import Blosc
 
@@ -153,16 +155,30 @@ def _best_time(function) -> float:
     return min(times)
 
 
+@contextlib.contextmanager
+def _one_blosc_thread() -> Iterator[None]:
+    """Blosc without its internal threads, as conversion tasks (Dask worker threads) and the
+    readers' decode threads run it. Called from a main thread, Blosc would split a frame's blocks
+    over its own threads, which flatters small blocks."""
+    saved = numcodecs.blosc.use_threads
+    numcodecs.blosc.use_threads = False
+    try:
+        yield
+    finally:
+        numcodecs.blosc.use_threads = saved
+
+
 def measure(arrays: Sequence[np.ndarray], encoding: Encoding) -> Measurement:
     """Total compressed size, encode and decode time of ``arrays`` under ``encoding``."""
-    frames = [encoding.encode(a, a.dtype.itemsize) for a in arrays]
-    outputs = [np.empty(a.nbytes, np.uint8) for a in arrays]
-    return Measurement(
-        encoding,
-        nbytes=sum(map(len, frames)),
-        encode_seconds=_best_time(lambda: [encoding.encode(a, a.dtype.itemsize) for a in arrays]),
-        decode_seconds=_best_time(lambda: [decode(f, out=o) for f, o in zip(frames, outputs)]),
-    )
+    with _one_blosc_thread():
+        frames = [encoding.encode(a, a.dtype.itemsize) for a in arrays]
+        outputs = [np.empty(a.nbytes, np.uint8) for a in arrays]
+        return Measurement(
+            encoding,
+            nbytes=sum(map(len, frames)),
+            encode_seconds=_best_time(lambda: [encoding.encode(a, a.dtype.itemsize) for a in arrays]),
+            decode_seconds=_best_time(lambda: [decode(f, out=o) for f, o in zip(frames, outputs)]),
+        )
 
 
 def choose(arrays: Sequence[np.ndarray], candidates: Sequence[Encoding] = CANDIDATES) -> Measurement:
