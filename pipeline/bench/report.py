@@ -213,11 +213,18 @@ def _convert_section(convert: Mapping[str, Any]) -> list[str]:
     encodings = convert.get("encodings") or {}
     if encodings:
         shuffles = {0: "no", 1: "byte", 2: "bit"}
-        rows = [[f, e.get("cname"), e.get("clevel"), shuffles.get(e.get("shuffle"), e.get("shuffle"))]
-                for f, e in encodings.items()]  # fmt: skip
-        table = markdown_table(["field", "codec", "level", "shuffle"], rows)
+        rows = [[f, e.get("cname"), e.get("clevel"), shuffles.get(e.get("shuffle"), e.get("shuffle")),
+                 _block_size(e.get("blocksize", 0))] for f, e in encodings.items()]  # fmt: skip
+        table = markdown_table(["field", "codec", "level", "shuffle", "blocks"], rows)
         lines += ["Blosc encodings chosen per field:", "", table, ""]
     return lines
+
+
+def _block_size(nbytes: int) -> str:
+    """Blosc block size as written in a plan (0: Blosc's own choice)."""
+    if not nbytes:
+        return "auto"
+    return f"{nbytes >> 20} MiB" if nbytes % (1 << 20) == 0 else f"{nbytes >> 10} KiB"
 
 
 # ------------------------------------------------------------------------- report
