@@ -34,10 +34,12 @@ def available_cores() -> int:
 
 
 def default_threads() -> int:
-    """The cores of this process, shared out among DataLoader workers when called in one."""
+    """This process's share of its cores: divided among the ranks on this machine (torchrun's
+    ``LOCAL_WORLD_SIZE``) and among DataLoader workers when called in one."""
     worker = get_worker_info()
-    share = available_cores() // (worker.num_workers if worker is not None else 1)
-    return max(1, min(MAX_THREADS, share))
+    local_ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    sharers = max(1, int(local_ranks) if local_ranks.isdigit() else 1) * (worker.num_workers if worker else 1)
+    return max(1, min(MAX_THREADS, available_cores() // sharers))
 
 
 class DecodeThreads:

@@ -281,8 +281,8 @@ class ZarrDataset(torch.utils.data.Dataset):
 
         ``fast=False`` reads everything with zarr-python (the reference the fast path is
         tested against). ``decode_threads``: threads that decode the samples of a batch read by
-        :meth:`__getitems__` at once (default: the process's cores, divided among DataLoader
-        workers; see :mod:`pipeline.decode_threads`).
+        :meth:`__getitems__` at once (default: the process's cores, divided among local ranks
+        and DataLoader workers; see :mod:`pipeline.decode_threads`).
         """
         self.out = Path(out)
         self.split = split

@@ -86,10 +86,18 @@ class _DefaultThreads(Dataset):
         return default_threads()
 
 
-def test_default_threads_share_the_cores_among_dataloader_workers():
+def test_default_threads_share_the_cores_among_ranks_and_dataloader_workers(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert default_threads() == max(1, min(MAX_THREADS, available_cores()))
     in_workers = list(DataLoader(_DefaultThreads(), batch_size=None, num_workers=2))
     assert in_workers == [max(1, min(MAX_THREADS, available_cores() // 2))] * 2
+    monkeypatch.setattr("pipeline.decode_threads.available_cores", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # as torchrun --nproc_per_node=4 sets it
+    assert default_threads() == 4
+    in_workers = list(DataLoader(_DefaultThreads(), batch_size=None, num_workers=2))
+    assert in_workers == [2, 2]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "not a number")
+    assert default_threads() == 8
 
 
 def test_readers_give_the_same_batches_with_any_number_of_threads(converted):

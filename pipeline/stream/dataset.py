@@ -122,7 +122,8 @@ class StreamingDataset(IterableDataset):
     first time a process decodes it: Blosc frames carry no checksum, so without it a corrupted
     payload may decode to wrong values silently. It costs 10-20 % of the first epoch.
     ``decode_threads``: threads that decode the samples of a batch at once (default: the cores
-    of the process, divided among DataLoader workers; see :mod:`pipeline.decode_threads`).
+    of the process, divided among local ranks and DataLoader workers; see
+    :mod:`pipeline.decode_threads`).
 
     Ranks: ``rank``/``world_size`` if given, else ``torch.distributed`` when initialised, else the
     ``RANK``/``WORLD_SIZE`` environment, else one process — always decided in the main process
