@@ -3,9 +3,11 @@
 Blosc decompression and xxhash digests release the GIL, and a batch's samples are independent,
 so a reader that fills a batch decodes its samples on a few threads: in one process with two
 cores, a batch of ``img`` + ``label`` decodes in about 0.6 of the time one thread takes (calls
-made from these threads use Blosc without its own global thread pool and lock). Inside a
-DataLoader worker the default share is the cores divided among the workers, usually one thread,
-so workers do not fight over cores.
+made from these threads use Blosc without its own global thread pool and lock). By default a
+process takes its share of the cores: divided among the ranks torchrun started on the machine
+and among DataLoader workers (usually one thread each), so that they do not fight over cores.
+:meth:`DecodeThreads.start` returns at once, so a reader can decode its next batch while the
+caller works on the current one.
 
 The pool is made lazily and again after a fork (threads do not survive one), so a dataset
 pickled or forked into DataLoader workers carries no threads.
