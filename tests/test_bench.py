@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import assert_bit_exact
 
 from pipeline.bench.reading import FIELD_SETS, READERS, SINGLE_THREAD, TorchLoadDataset, prepare, run
 from pipeline.random_access import ZarrDataset
 from pipeline.schema import FIELDS
-
-from conftest import assert_bit_exact
 
 SAMPLES = 4
 

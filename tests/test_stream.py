@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset
+from conftest import assert_bit_exact, copy_output
 from torch.utils.data import DataLoader
 
 from pipeline import OutputError, decode_wds_sample
@@ -41,8 +42,6 @@ from pipeline.stream import (
     source_neighbour_ratio,
     worker_batches,
 )
-
-from conftest import assert_bit_exact, copy_output
 
 SEED = 7
 

@@ -42,9 +42,9 @@ import xxhash
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import manifest
+from ..decode_threads import DecodeThreads, Decoding
 from ..schema import OutputError, schema_from_json
 from ..shared_batches import _Layout, _SlotPool
-from ..decode_threads import Decoding, DecodeThreads
 from ..tar_shards import decode_field
 from .order import consumed_position, rank_samples, rank_share, worker_batches
 from .storage import _is_url, _Store, _store_class, read_stream_manifest
