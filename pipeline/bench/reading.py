@@ -10,7 +10,9 @@ with DataLoader workers:
   level, under ``DataLoader(ds, batch_size=None, ...)`` as its docstring says, one epoch
   (``set_epoch``) per pass, with its default decode threads (the cores; one per DataLoader
   worker here); in process also with one decode thread (**streaming, 1 thread**);
-* **zarr** — :class:`~pipeline.random_access.ZarrDataset` in random order (``RandomSampler``).
+* **zarr** — :class:`~pipeline.random_access.ZarrDataset` in random order (``RandomSampler``);
+* **npy, uncompressed** — the reference point: each field an ``.npy`` file, ``np.load`` per field
+  and sample in random order (:class:`NpyDataset`): reading without decoding, at ~9× the bytes.
 
 The two map-style datasets deliver single samples in process (``batch_size=None``: what a random
 access loop gets) and batches of :data:`BATCH_SIZE` collated by the DataLoader with workers
@@ -57,6 +59,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
@@ -76,7 +79,9 @@ FIELD_SETS: dict[str, tuple[str, ...]] = {"img+label": ("img", "label"), "all": 
 #: "streaming, 1 thread" runs in process only: it shows what the decode threads add, and is what
 #: each DataLoader worker does anyway when workers share out the cores.
 SINGLE_THREAD = "streaming, 1 thread"
-READERS = ("baseline", "streaming", SINGLE_THREAD, "zarr")
+#: The reference point: each field a plain ``.npy`` file, read with ``np.load`` (no decoding).
+UNCOMPRESSED = "npy, uncompressed"
+READERS = ("baseline", UNCOMPRESSED, "streaming", SINGLE_THREAD, "zarr")
 #: glibc ``mallopt`` parameters (malloc.h) and the values :func:`steady_malloc` sets.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -112,6 +117,39 @@ class TorchLoadDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         data = torch.load(self.paths[index], weights_only=False)
         return {"__key__": self.keys[index], **{f: torch.as_tensor(data[f]) for f in self.fields}}
+
+
+class NpyDataset(Dataset):
+    """The reference point: every field of every sample an uncompressed ``.npy`` file, loaded
+    with ``np.load`` on each access. What reading costs without decoding, at ~9× the zip's bytes."""
+
+    def __init__(self, root: str | Path, fields: Sequence[str]) -> None:
+        self.dirs = sorted(p for p in Path(root).iterdir() if p.is_dir())
+        self.keys = [d.name for d in self.dirs]
+        self.fields = tuple(fields)
+
+    def __len__(self) -> int:
+        return len(self.dirs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        folder = self.dirs[index]
+        return {"__key__": self.keys[index], **{f: torch.from_numpy(np.load(folder / f"{f}.npy")) for f in self.fields}}
+
+
+def write_uncompressed(tree: Path, root: Path) -> Path:
+    """``root/<key>/<field>.npy`` for every sample of the extracted ``tree`` (kept for reuse)."""
+    if (root / ".complete").is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    source = TorchLoadDataset(tree, FIELDS)
+    for index, key in enumerate(source.keys):
+        folder = root / key
+        folder.mkdir(parents=True)
+        for field, tensor in source[index].items():
+            if field != "__key__":
+                np.save(folder / f"{field}.npy", tensor.numpy())
+    (root / ".complete").touch()
+    return root
 
 
 def steady_malloc() -> bool:
@@ -266,13 +304,15 @@ def _stream_reader(out: Path, fields: Sequence[str], label: str, workers: int, t
     return _Reader(name, label, workers, loader, dataset.samples, before_epoch=dataset.set_epoch)
 
 
-def _readers(tree: Path, out: Path, workers: Iterable[int]) -> list[_Reader]:
+def _readers(tree: Path, uncompressed: Path, out: Path, workers: Iterable[int]) -> list[_Reader]:
     readers = []
     for label, fields in FIELD_SETS.items():
         for w in workers:
             baseline = TorchLoadDataset(tree, fields)
+            npy = NpyDataset(uncompressed, fields)
             zarr_ds = ZarrDataset(out, fields=fields)
             readers.append(_Reader("baseline", label, w, _map_loader(baseline, w), len(baseline)))
+            readers.append(_Reader(UNCOMPRESSED, label, w, _map_loader(npy, w), len(npy)))
             readers.append(_stream_reader(out, fields, label, w))
             if w == 0:
                 readers.append(_stream_reader(out, fields, label, w, threads=1))
@@ -298,8 +338,9 @@ def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None,
     scratch = Path(tempfile.mkdtemp(prefix="ssmspine-bench-")) if owned else Path(scratch)
     try:
         tree, out = prepare(samples, scratch, scheduler)
+        uncompressed = write_uncompressed(tree, tree.parent / "npy")
         steadied = steady_malloc() if steady else False
-        readers = _readers(tree, out, workers)
+        readers = _readers(tree, uncompressed, out, workers)
         other_load = _OtherLoad()
         try:
             for reader in readers:
