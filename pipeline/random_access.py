@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-import google_crc32c
 import numpy as np
 import torch
 import zarr
@@ -46,7 +45,7 @@ from .decode_threads import DecodeThreads
 from .manifest import read_manifest
 from .schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES, OutputError
 from .shared_batches import _Layout, _SlotPool
-from .zarr_store import store_path
+from .zarr_store import EMPTY_CHUNK, read_shard_index, store_path
 
 if TYPE_CHECKING:
     import xarray
@@ -55,11 +54,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ChunkLayout", "ZarrDataset", "dask_step", "fast_layout", "open_zarr"]
 
-#: Offset and size of an inner chunk that was never written (it equals the fill value).
-_MISSING = 2**64 - 1
-#: Bytes per inner chunk in a shard index: little-endian uint64 offset and size.
-_INDEX_ENTRY = 16
-_CRC_BYTES = 4
 #: Open shard files kept per process: bounded, so thousands of shards stay under the fd limit.
 _MAX_OPEN_FILES = 64
 
@@ -90,10 +84,6 @@ class ChunkLayout:
     @property
     def sample_nbytes(self) -> int:
         return int(np.prod(self.sample_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-    @property
-    def index_nbytes(self) -> int:
-        return self.shard_samples * _INDEX_ENTRY + (_CRC_BYTES if self.index_crc else 0)
 
     def shard_path(self, shard: int) -> str:
         """The shard file of shard ``shard`` under the default chunk key encoding."""
@@ -213,26 +203,9 @@ class _ProcessState:
         """The (offset, nbytes) pairs of a shard's inner chunks, read and checked once."""
         index = self.indexes.get(path)
         if index is None:
-            index = _read_index(layout, path, file)
+            index = read_shard_index(file.fileno(), path, layout.shard_samples, layout.index_at_end, layout.index_crc)
             self.indexes[path] = index
         return index
-
-
-def _read_index(layout: ChunkLayout, path: str, file) -> np.ndarray:
-    size = os.fstat(file.fileno()).st_size
-    n = layout.index_nbytes
-    if size < n:
-        raise OutputError(f"{path}: {size} bytes, too short for a shard index of {n} bytes; the output is damaged")
-    raw = os.pread(file.fileno(), n, size - n if layout.index_at_end else 0)
-    if layout.index_crc:
-        raw, stored = raw[:-_CRC_BYTES], int.from_bytes(raw[-_CRC_BYTES:], "little")
-        if google_crc32c.value(raw) != stored:
-            raise OutputError(f"{path}: the shard index fails its crc32c check; the output is damaged")
-    index = np.frombuffer(raw, dtype="<u8").reshape(layout.shard_samples, 2)
-    offsets, sizes = index[~(index == _MISSING).all(axis=1)].T
-    if np.any(offsets > size) or np.any(sizes > size - np.minimum(offsets, size)):
-        raise OutputError(f"{path}: the shard index points past the end of the file; the output is damaged")
-    return index
 
 
 def _read_fast(layout: ChunkLayout, state: _ProcessState, row: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -248,7 +221,7 @@ def _read_fast(layout: ChunkLayout, state: _ProcessState, row: int, out: np.ndar
         np.copyto(out, layout.fill_value, casting="unsafe")  # what np.full does
         return out
     offset, nbytes = (int(v) for v in state.index(layout, path, file)[within])
-    if offset == _MISSING and nbytes == _MISSING:
+    if offset == EMPTY_CHUNK and nbytes == EMPTY_CHUNK:
         np.copyto(out, layout.fill_value, casting="unsafe")
         return out
     expected = layout.sample_nbytes

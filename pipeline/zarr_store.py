@@ -171,20 +171,43 @@ class ShardFileWriter:
         self._target.abort()
 
 
+#: Bytes per inner chunk in a shard index (little-endian uint64 offset and size), and of its CRC-32C.
+INDEX_ENTRY_BYTES = 16
+INDEX_CRC_BYTES = 4
+
+
+def read_shard_index(fd: int, path: str | os.PathLike, chunks_per_shard: int, at_end: bool = True,
+                     crc: bool = True) -> np.ndarray:  # fmt: skip
+    """The ``(chunks, 2)`` table of offset and size of each inner chunk of the shard file open as ``fd``.
+
+    Checked before it is trusted: the index's CRC-32C (where the layout has one) and every
+    written chunk lying inside the file. Damage is an :class:`OutputError` naming ``path``.
+    ``at_end``/``crc``: where zarr-python's layout options put the index; ours is at the end,
+    with a CRC.
+    """
+    size = os.fstat(fd).st_size
+    n = chunks_per_shard * INDEX_ENTRY_BYTES + (INDEX_CRC_BYTES if crc else 0)
+    if size < n:
+        raise OutputError(f"{path}: {size} bytes, too short for a shard index of {n} bytes; the output is damaged")
+    raw = os.pread(fd, n, size - n if at_end else 0)
+    if crc:
+        raw, stored = raw[:-INDEX_CRC_BYTES], int.from_bytes(raw[-INDEX_CRC_BYTES:], "little")
+        if google_crc32c.value(raw) != stored:
+            raise OutputError(f"{path}: the shard index fails its crc32c check; the output is damaged")
+    index = np.frombuffer(raw, dtype="<u8").reshape(chunks_per_shard, 2)
+    offsets, sizes = index[~(index == EMPTY_CHUNK).all(axis=1)].T
+    if np.any(offsets > size) or np.any(sizes > size - np.minimum(offsets, size)):
+        raise OutputError(f"{path}: the shard index points past the end of the file; the output is damaged")
+    return index
+
+
 def iter_shard_chunks(path: str | os.PathLike, chunks_per_shard: int) -> Iterator[tuple[int, bytes]]:
     """``(position, encoded chunk)`` of each written chunk of a shard file, in order, one read each.
 
-    The index's CRC-32C is checked first; a damaged index is an :class:`OutputError`.
+    The index is checked first (:func:`read_shard_index`).
     """
-    index_size = chunks_per_shard * 16 + 4
     with open(path, "rb") as file:
-        if file.seek(0, os.SEEK_END) < index_size:
-            raise OutputError(f"{path}: too short for a Zarr shard of {chunks_per_shard} chunks")
-        file.seek(-index_size, os.SEEK_END)
-        raw = file.read(index_size)
-        if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-            raise OutputError(f"{path}: Zarr shard index checksum mismatch")
-        for position, (offset, nbytes) in enumerate(np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2).tolist()):
+        index = read_shard_index(file.fileno(), path, chunks_per_shard)
+        for position, (offset, nbytes) in enumerate(index.tolist()):
             if offset != EMPTY_CHUNK:
-                file.seek(offset)
-                yield position, file.read(nbytes)
+                yield position, os.pread(file.fileno(), nbytes, offset)
