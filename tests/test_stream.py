@@ -258,6 +258,30 @@ def test_persistent_workers_follow_epochs_and_never_overwrite_held_batches(conve
             assert_bit_exact(tensor[row].numpy(), stock[key][field], f"held {key}.{field}")
 
 
+def test_in_process_batches_reuse_memory_but_never_overwrite_held_batches(converted):
+    stock = _stock(converted, "train")
+    ds = StreamingDataset(converted, fields=("img", "label"), seed=SEED, batch_size=2)
+    addresses = set()
+    for epoch in range(3):  # batches dropped at once: decoded one ahead into a few reused slots
+        ds.set_epoch(epoch)
+        for batch in ds:
+            addresses.add(batch["img"].data_ptr())
+            del batch
+    assert len(addresses) <= 3, "dropped batches' memory is reused"
+    held = []
+    for epoch in range(3, 6):
+        ds.set_epoch(epoch)
+        for i, batch in enumerate(ds):
+            if epoch == 3 and i % 2 == 0:
+                held.append(("img", batch["img"][1:], batch["__key__"][1:]))  # a view keeps the slot
+            elif epoch == 3:
+                held.append(("label", batch["label"], batch["__key__"]))
+            del batch
+    for field, tensor, keys in held:
+        for row, key in enumerate(keys):
+            assert_bit_exact(tensor[row].numpy(), stock[key][field], f"held {key}.{field}")
+
+
 def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
     from pipeline.shared_batches import _Layout, _rebuild_shared_batch, _SlotPool
 

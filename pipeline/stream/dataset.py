@@ -14,9 +14,10 @@ The dataset only composes the package's parts:
 * **Storage** (:mod:`.storage`): ranged reads of the shards from a local path, ``http(s)://`` or
   any fsspec URL.
 * **Decoding** (:func:`pipeline.tar_shards.decode_field` with ``out=``) goes straight from the read
-  buffer into the output tensor. Inside DataLoader workers the tensor is a reused shared-memory
-  slot (:mod:`pipeline.shared_batches`), so handing a multi-MB batch to the main process copies
-  nothing and faults in no fresh pages. The samples of a batch decode at once on a few threads
+  buffer into the output tensor. A batch's tensors are a reused slot of memory
+  (:mod:`pipeline.shared_batches`): shared memory inside DataLoader workers, so handing a
+  multi-MB batch to the main process copies nothing and faults in no fresh pages, private
+  memory in the main process. The samples of a batch decode at once on a few threads
   (:mod:`pipeline.decode_threads`); fetching stays in the calling thread, and costs nothing for
   local shards, which are memory-mapped.
 
@@ -110,10 +111,10 @@ class StreamingDataset(IterableDataset):
     ``{"__key__": str, field: Tensor}`` or, with ``batch_size``, batches
     ``{"__key__": [str, ...], field: Tensor(b, ...)}`` assembled before they leave the DataLoader
     worker — use ``DataLoader(ds, batch_size=None, num_workers=W, persistent_workers=True)``
-    then. Dataset-level batches are the fast path with workers (one reused shared-memory slot
-    per batch, no copy) and make a rank's sequence independent of ``num_workers``. Persistent
-    workers follow :meth:`set_epoch` and keep their slots warm across epochs. A batch from a
-    worker stays valid for as long as the receiving process holds any tensor (or view) of it;
+    then. Dataset-level batches are the fast path (one reused memory slot per batch, no copy;
+    shared memory with workers) and make a rank's sequence independent of ``num_workers``.
+    Persistent workers follow :meth:`set_epoch` and keep their slots warm across epochs. A
+    batch stays valid for as long as the receiving process holds any tensor (or view) of it;
     only then is its memory reused — don't pass such tensors on to yet another process.
 
     ``shuffle=False`` keeps manifest order; ``seed`` and the epoch fix the order otherwise.
@@ -391,20 +392,21 @@ class StreamingDataset(IterableDataset):
         return batch
 
     def _start_batch(self, indices: np.ndarray, shared: bool, batched: bool) -> tuple[Any, Decoding]:
-        """A batch (or sample) of ``indices`` and the decoding that fills it: a shared-memory slot
-        in a DataLoader worker (``shared``), else new tensors."""
+        """A batch (or sample) of ``indices`` and the decoding that fills it. Batches go into
+        reused slots: shared memory in a DataLoader worker (``shared``), private memory in the
+        main process; single samples into new tensors."""
         keys = [self._index.keys[i] for i in indices]
-        if shared:
+        if batched:
             if self._slots is None or self._slots_pid != os.getpid():
-                self._slots, self._slots_pid = _SlotPool(_Layout.of(self._specs, self.batch_size or 1)), os.getpid()
+                layout = _Layout.of(self._specs, self.batch_size or 1)
+                self._slots, self._slots_pid = _SlotPool(layout, shared=shared), os.getpid()
             batch = self._slots.batch(len(indices), keys)
             outs = [{f: a[row] for f, a in batch.arrays.items()} for row in range(len(indices))]
-            return batch, self._start_samples(indices, outs)
-        lead = (len(indices),) if batched else ()
-        tensors = {f: torch.empty(lead + shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
+            whole = batch if shared else {"__key__": keys, **batch.tensors()}
+            return whole, self._start_samples(indices, outs)
+        tensors = {f: torch.empty(shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
         arrays = {f: t.numpy() for f, t in tensors.items()}
-        outs = [{f: a[row] for f, a in arrays.items()} for row in range(len(indices))] if batched else [arrays]
-        return {"__key__": keys if batched else keys[0], **tensors}, self._start_samples(indices, outs)
+        return {"__key__": keys[0], **tensors}, self._start_samples(indices, [arrays])
 
     def _start_samples(self, indices: np.ndarray, outs: Sequence[Mapping[str, np.ndarray]]) -> Decoding:
         """Fetch the requested fields of these samples, then start decoding each into its ``outs`` entry.
