@@ -13,9 +13,10 @@ is read with zarr-python, so correctness never depends on it. Tests compare the 
 Batches: the DataLoader asks a map-style dataset for a whole batch through ``__getitems__``.
 :meth:`ZarrDataset.__getitems__` decodes the batch straight into one buffer per field, and the
 default ``collate_fn`` hands those buffers on as the batch instead of stacking copies of them.
-Inside a DataLoader worker the buffers are reused shared-memory slots
-(:mod:`pipeline.shared_batches`, as for the streaming reader): with the stock collation every
-batch went into fresh shared memory, whose page faults cost the worker several times the decoding.
+The buffers are reused slots (:mod:`pipeline.shared_batches`, as for the streaming reader):
+shared memory inside a DataLoader worker, where with the stock collation every batch went into
+fresh shared memory, whose page faults cost the worker several times the decoding; private
+memory in the main process.
 The samples of a batch decode at once on a few threads (:mod:`pipeline.decode_threads`); the
 per-process state below is safe to share between them.
 
@@ -180,10 +181,11 @@ class _ProcessState:
         self.arrays: dict[str, zarr.Array] = {}
         self.slots: _SlotPool | None = None
 
-    def slot_pool(self, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], rows: int) -> _SlotPool:
-        """Slots for batches of up to ``rows`` samples (a larger batch replaces smaller slots)."""
+    def slot_pool(self, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], rows: int, shared: bool) -> _SlotPool:
+        """Slots for batches of up to ``rows`` samples (a larger batch replaces smaller slots):
+        shared memory in a DataLoader worker, private memory in the main process."""
         if self.slots is None or self.slots.layout.batch_size < rows:
-            self.slots = _SlotPool(_Layout.of(specs, rows))
+            self.slots = _SlotPool(_Layout.of(specs, rows), shared=shared)
         return self.slots
 
     def file(self, path: str):
@@ -243,7 +245,7 @@ class ZarrDataset(torch.utils.data.Dataset):
     handed to DataLoader workers of any start method and used with ``DistributedSampler``.
 
     With ``DataLoader(ds, batch_size=b, ...)`` and the default ``collate_fn``, batches are read
-    whole by :meth:`__getitems__`. From DataLoader workers they arrive in reused shared memory:
+    whole by :meth:`__getitems__` into reused memory (shared memory from DataLoader workers):
     a batch stays valid for as long as the receiving process holds any tensor (or view) of it;
     only then is its memory reused — don't pass such tensors on to yet another process.
     """
@@ -322,8 +324,8 @@ class ZarrDataset(torch.utils.data.Dataset):
 
         The samples' tensors are rows of those buffers, and the default ``collate_fn`` returns
         the buffers themselves as the batch ``{"__key__": [key, ...], field: Tensor(b, ...)}``
-        rather than stacking copies. In a DataLoader worker the buffers are a reused
-        shared-memory slot; see the class docstring for how long such a batch stays valid. Any
+        rather than stacking copies. The buffers are a reused slot of memory (shared memory in a
+        DataLoader worker); see the class docstring for how long such a batch stays valid. Any
         other ``collate_fn`` gets the list of samples it would get without this method; a
         sample it changed (a field replaced, added or removed) makes the default collation
         stack the list as usual.
@@ -331,13 +333,10 @@ class ZarrDataset(torch.utils.data.Dataset):
         positions = [self._index(i) for i in indices]
         keys = [self.keys[p] for p in positions]
         state = self._state()
-        if get_worker_info() is None:
-            arrays = {f: np.empty((len(keys), *shape), dtype) for f, (shape, dtype) in self._specs.items()}
-            tensors = {f: torch.from_numpy(a) for f, a in arrays.items()}
-            whole: Any = {"__key__": keys, **tensors}
-        else:
-            whole = state.slot_pool(self._specs, len(keys)).batch(len(keys), keys)
-            arrays, tensors = whole.arrays, whole.tensors()
+        in_worker = get_worker_info() is not None
+        batch = state.slot_pool(self._specs, len(keys), shared=in_worker).batch(len(keys), keys)
+        arrays, tensors = batch.arrays, batch.tensors()
+        whole: Any = batch if in_worker else {"__key__": keys, **tensors}
 
         def read_sample(j: int) -> None:
             row = int(self._rows[positions[j]])
