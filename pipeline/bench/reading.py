@@ -26,7 +26,9 @@ How it is timed: every configuration gets its own DataLoader, built once and kep
 page cache, shard indexes, digest checks of the warm-up's samples). Then the configurations
 take turns, ``repeats`` rounds; in each turn a configuration runs whole epochs for at least
 :data:`MIN_MEASURE_SECONDS` (one epoch for the baseline, several for fast readers, whose
-64-sample epoch lasts ~0.1 s), and each row reports the median seconds per epoch.
+64-sample epoch lasts ~0.02-0.1 s) and its turn's figure is the median of those epochs (the first
+epoch after another configuration ran is slow for fast readers: caches, heap); each row reports
+the median of the turns.
 ``vs_baseline`` compares like with like: against the baseline with the same fields and the same
 number of workers, i.e. what a user gains by swapping the dataset and keeping the DataLoader
 settings. (With workers the baseline ran 1.5× faster than in process for ``img``+``label`` here,
@@ -54,6 +56,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -212,10 +215,7 @@ class _Reader:
         return f"{self.reader}, {self.fields}, {self.workers} workers"
 
     def __call__(self) -> float:
-        seconds = 0.0
-        for _ in range(self.passes):
-            seconds += self.epoch_seconds()
-        return seconds / self.passes
+        return statistics.median(self.epoch_seconds() for _ in range(self.passes))
 
     def epoch_seconds(self) -> float:
         """One full epoch (the next one: streaming follows ``set_epoch``, samplers reshuffle)."""
