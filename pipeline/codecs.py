@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Iterator, Mapping, Sequence
@@ -156,10 +157,18 @@ def _best_time(function) -> float:
 
 
 @contextlib.contextmanager
-def _one_blosc_thread() -> Iterator[None]:
-    """Blosc without its internal threads, as conversion tasks (Dask worker threads) and the
-    readers' decode threads run it. Called from a main thread, Blosc would split a frame's blocks
-    over its own threads, which flatters small blocks."""
+def one_blosc_thread() -> Iterator[None]:
+    """Blosc without its internal threads in this block, as conversion tasks (Dask worker
+    threads) and the readers' decode threads run it.
+
+    numcodecs uses Blosc's global thread pool only for calls from a main thread (by default);
+    there it would split a frame's blocks over its own threads. Other threads always decode on
+    their own, so outside the main thread this changes nothing (and never touches the
+    process-wide flag, which only the main thread sets and restores).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     saved = numcodecs.blosc.use_threads
     numcodecs.blosc.use_threads = False
     try:
@@ -170,7 +179,7 @@ def _one_blosc_thread() -> Iterator[None]:
 
 def measure(arrays: Sequence[np.ndarray], encoding: Encoding) -> Measurement:
     """Total compressed size, encode and decode time of ``arrays`` under ``encoding``."""
-    with _one_blosc_thread():
+    with one_blosc_thread():
         frames = [encoding.encode(a, a.dtype.itemsize) for a in arrays]
         outputs = [np.empty(a.nbytes, np.uint8) for a in arrays]
         return Measurement(

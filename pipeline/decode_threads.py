@@ -15,11 +15,14 @@ pickled or forked into DataLoader workers carries no threads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from torch.utils.data import get_worker_info
+
+from .codecs import one_blosc_thread
 
 T = TypeVar("T")
 
@@ -60,29 +63,33 @@ class DecodeThreads:
         self.start(function, items).wait()
 
     def start(self, function: Callable[[T], None], items: Iterable[T]) -> Decoding:
-        """Begin calling ``function`` on every item, on the threads; with one thread, call it
-        here and now. :meth:`Decoding.wait` ends the calls and raises what they raised."""
+        """Begin calling ``function`` on every item, on the threads. With one thread, or one
+        item, call it here and now: with one thread, Blosc too decodes on this thread alone
+        (:func:`~pipeline.codecs.one_blosc_thread`); a single item may use Blosc's own threads
+        in a main thread. :meth:`Decoding.wait` ends the calls and raises what they raised."""
         items = list(items)
-        threads = min(self.threads or default_threads(), len(items))
-        if threads <= 1:
+        threads = self.threads or default_threads()
+        if threads <= 1 or len(items) <= 1:
             try:
-                for item in items:
-                    function(item)
+                with one_blosc_thread() if threads <= 1 else contextlib.nullcontext():
+                    for item in items:
+                        function(item)
             except Exception as exc:  # raised by wait(), as from the threads
                 return Decoding(error=exc)
             return Decoding()
-        executor = self._executor(threads)
+        executor = self._executor(min(threads, len(items)))
         return Decoding(futures=[executor.submit(function, item) for item in items])
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         if self._pool_pid != os.getpid():  # first use, or first use after a fork: no threads here
             self._pool, self._pool_threads, self._pool_pid = None, 0, os.getpid()
-        if self._pool is None or self._pool_threads < threads:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ssmspine-decode")
-            self._pool_threads = threads
-        return self._pool
+        pool = self._pool
+        if pool is None or self._pool_threads < threads:
+            # a replaced pool is not shut down: another thread may be submitting to it right
+            # now; its threads end once it is collected
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="ssmspine-decode")
+            self._pool, self._pool_threads = pool, threads
+        return pool
 
     def __getstate__(self) -> dict:
         return {"threads": self.threads, "_pool": None, "_pool_threads": 0, "_pool_pid": 0}
@@ -93,6 +100,10 @@ class Decoding:
 
     def __init__(self, futures: Sequence[Future] = (), error: Exception | None = None) -> None:
         self.futures, self.error = futures, error
+
+    def settle(self) -> None:
+        """Return once every call has ended, raising nothing: for calls whose result is not wanted."""
+        wait(self.futures)
 
     def wait(self) -> None:
         """Return once every call has ended; raise the first failing item's error, if any.

@@ -166,8 +166,8 @@ def _codec_key(codec: Mapping, itemsize: int) -> str:
 
 
 class _ProcessState:
-    """Open shard files, decoded shard indexes, zarr-python arrays and (in a DataLoader worker)
-    the shared-memory slots of one process.
+    """Open shard files, decoded shard indexes, zarr-python arrays and the batch slots of one
+    process (shared memory in a DataLoader worker, private memory in the main process).
 
     Files are plain unbuffered file objects in a small LRU: evicting one only drops the
     cache's reference, so a thread still reading from it keeps it open until it is done.

@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -183,29 +184,37 @@ def _release(header: torch.Tensor) -> None:
 
 
 #: In a receiving process: the slots it keeps mapped, by slot id ``(worker pid, number)``.
+#: Batches may be unpickled on several threads at once (pin-memory threads of two loaders).
 _MAPPED_SLOTS: dict[tuple[int, int], torch.UntypedStorage] = {}
+_MAPPED_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=_MAPPED_SLOTS.clear)
 
 
 def _keep_mapped(slot_id: tuple[int, int], storage: torch.UntypedStorage) -> None:
     """Keep a worker's slot mapped here, dropping first the slots of workers that have exited."""
-    for pid in {p for p, _ in _MAPPED_SLOTS} - {slot_id[0]}:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            for dead in [k for k in _MAPPED_SLOTS if k[0] == pid]:
-                del _MAPPED_SLOTS[dead]
-        except PermissionError:  # exists, owned by someone else (the pid was reused): keep
-            pass
-    _MAPPED_SLOTS[slot_id] = storage
+    with _MAPPED_LOCK:
+        for pid in {p for p, _ in _MAPPED_SLOTS} - {slot_id[0]}:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                for dead in [k for k in _MAPPED_SLOTS if k[0] == pid]:
+                    del _MAPPED_SLOTS[dead]
+            except PermissionError:  # exists, owned by someone else (the pid was reused): keep
+                pass
+        _MAPPED_SLOTS[slot_id] = storage
     torch.empty(0, dtype=torch.int64).set_(storage, 0, (_ALIGN // 8,))[_MAPPED] = 1
+
+
+def _mapped(slot_id: tuple[int, int]) -> torch.UntypedStorage | None:
+    with _MAPPED_LOCK:
+        return _MAPPED_SLOTS.get(slot_id)
 
 
 def _rebuild_shared_batch(slot_id: tuple[int, int], storage: torch.UntypedStorage | None, kept: bool,
                           layout: _Layout, rows: int, keys: list[str]) -> dict:  # fmt: skip
     inside_worker = os.getpid() == slot_id[0]  # a custom collate_fn pickled it: the slot is never handed back
     if storage is None:
-        storage = _MAPPED_SLOTS.get(slot_id)
+        storage = _mapped(slot_id)
         if storage is None:
             raise RuntimeError(f"a batch in shared-memory slot {slot_id} arrived in a process that does not "
                                "have that slot mapped; hand batches only from DataLoader workers to the "

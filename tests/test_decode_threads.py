@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import threading
 
+import numcodecs.blosc
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -119,3 +120,46 @@ def test_readers_give_the_same_batches_with_any_number_of_threads(converted):
             for field in a:
                 if field != "__key__":
                     assert torch.equal(a[field], b[field]), (read.__name__, field)
+
+
+def test_one_thread_means_blosc_without_its_own_threads_too(monkeypatch):
+    monkeypatch.setattr(numcodecs.blosc, "use_threads", None)  # numcodecs' default (zarr sets False)
+    seen = []
+    DecodeThreads(1).run(lambda _: seen.append(numcodecs.blosc.use_threads), range(3))
+    assert seen == [False] * 3 and numcodecs.blosc.use_threads is None, "off while decoding, then restored"
+    seen.clear()  # one item with more threads: Blosc may split it over its own threads
+    DecodeThreads(2).run(lambda _: seen.append(numcodecs.blosc.use_threads), range(1))
+    assert seen == [None]
+
+
+def test_stopping_early_lets_the_batch_read_ahead_finish(converted, monkeypatch):
+    started = []
+    start = DecodeThreads.start
+    monkeypatch.setattr(DecodeThreads, "start", lambda self, *args: started.append(start(self, *args)) or started[-1])
+    batches = iter(StreamingDataset(converted, fields=("img", "label"), batch_size=2, decode_threads=2))
+    next(batches)
+    batches.close()  # the caller stops after one batch; the next was already decoding
+    assert len(started) == 2 and all(future.done() for d in started for future in d.futures)
+
+
+def test_slot_registry_takes_registrations_from_several_threads():
+    from pipeline import shared_batches
+
+    storages = [torch.zeros(64, dtype=torch.uint8).untyped_storage() for _ in range(8)]
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    errors = []
+
+    def register(thread: int) -> None:
+        try:
+            for i in range(300):
+                shared_batches._keep_mapped((dead, thread * 1000 + i), storages[i % 8])  # pruned by the other
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(t,)) for t in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    shared_batches._MAPPED_SLOTS.clear()

@@ -514,8 +514,8 @@ def test_damaged_shard_is_an_error_naming_it(converted, tmp_path, serve, how, sc
     out = copy_output(converted, tmp_path)
     name = _damage(out, how)
     root = {"local": out, "http": serve(out) if scheme == "http" else None, "file": out.as_uri()}[scheme]
-    batch = 1 if scheme == "local" else None  # local: batches decode one ahead on the decode threads
-    ds = StreamingDataset(root, fields=("img",), shuffle=False, batch_size=batch)
+    batch = 2 if scheme == "local" else None  # local: batches decode one ahead, on two decode threads
+    ds = StreamingDataset(root, fields=("img",), shuffle=False, batch_size=batch, decode_threads=2)
     received = []
     with pytest.raises(OutputError, match=re.escape(name)) as error:
         for item in ds:
@@ -524,6 +524,7 @@ def test_damaged_shard_is_an_error_naming_it(converted, tmp_path, serve, how, sc
                      str(error.value))  # fmt: skip
     # every batch before the damaged one arrives first, also when the damaged one was read ahead
     before = len(read_manifest(out)["splits"]["train"]["shards"][0]["keys"])
+    assert before >= (batch or 1), "the first shard fills a batch, so an early error would show"
     assert received == ds.keys[: len(received)] and len(received) == before - before % (batch or 1)
 
 

@@ -370,20 +370,25 @@ class StreamingDataset(IterableDataset):
         at a time, as the DataLoader already asks each of them for batches ahead."""
         # the store (mapped shards, an HTTP connection) stays with the dataset for the next pass
         batched = self.batch_size is not None
-        pending: tuple[Any, Decoding] | None = None
-        for rows in batches:
-            try:
-                started = self._start_batch(sequence[rows.start : rows.stop], shared and batched, batched)
-            except Exception as exc:  # raised in its turn, after the batches before it
-                started = (None, Decoding(error=exc))
+        pending: tuple[Any, Decoding] | None = None  # started, not yet delivered
+        try:
+            for rows in batches:
+                try:
+                    started = self._start_batch(sequence[rows.start : rows.stop], shared and batched, batched)
+                except Exception as exc:  # raised in its turn, after the batches before it
+                    started = (None, Decoding(error=exc))
+                previous, pending = pending, started
+                if previous is not None:
+                    yield self._finish(previous)
+                if shared:
+                    previous, pending = pending, None
+                    yield self._finish(previous)
             if pending is not None:
-                yield self._finish(pending)
-            pending = started
-            if shared:
-                yield self._finish(pending)
-                pending = None
-        if pending is not None:
-            yield self._finish(pending)
+                previous, pending = pending, None
+                yield self._finish(previous)
+        finally:
+            if pending is not None:  # read ahead, never delivered (the caller stopped, or an error)
+                pending[1].settle()
 
     @staticmethod
     def _finish(started: tuple[Any, Decoding]) -> Any:
