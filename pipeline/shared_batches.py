@@ -19,14 +19,17 @@ socket round trip for its file descriptor and a fresh mapping, whose pages fault
 the receiver reads the batch; so the receiver keeps the slots of a worker mapped (registered
 by slot id) for as long as that worker lives, and says so in the slot's header. Later batches
 of that slot send only its id. A worker's registered slots are dropped once the worker has
-exited (checked whenever a new slot is registered), and forked children start with none.
+exited (on Linux at once, by a thread waiting on its pidfd; elsewhere when the next slot is
+registered), and forked children start with none.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import math
 import os
+import select
 import threading
 import weakref
 from dataclasses import dataclass
@@ -187,22 +190,80 @@ def _release(header: torch.Tensor) -> None:
 #: Batches may be unpickled on several threads at once (pin-memory threads of two loaders).
 _MAPPED_SLOTS: dict[tuple[int, int], torch.UntypedStorage] = {}
 _MAPPED_LOCK = threading.Lock()
-os.register_at_fork(after_in_child=_MAPPED_SLOTS.clear)
+
+
+#: Per worker pid, the thread that drops its slots once it has exited (Linux: it waits on a pidfd).
+_WATCHERS: dict[int, threading.Thread] = {}
 
 
 def _keep_mapped(slot_id: tuple[int, int], storage: torch.UntypedStorage) -> None:
-    """Keep a worker's slot mapped here, dropping first the slots of workers that have exited."""
+    """Keep a worker's slot mapped here until the worker exits.
+
+    Where the OS has pidfds (Linux), a small thread per worker drops its slots when it exits;
+    elsewhere, exited workers' slots are dropped at the next registration.
+    """
     with _MAPPED_LOCK:
         for pid in {p for p, _ in _MAPPED_SLOTS} - {slot_id[0]}:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                for dead in [k for k in _MAPPED_SLOTS if k[0] == pid]:
-                    del _MAPPED_SLOTS[dead]
+                _forget(pid)
             except PermissionError:  # exists, owned by someone else (the pid was reused): keep
                 pass
         _MAPPED_SLOTS[slot_id] = storage
-    torch.empty(0, dtype=torch.int64).set_(storage, 0, (_ALIGN // 8,))[_MAPPED] = 1
+        if slot_id[0] not in _WATCHERS:
+            _watch(slot_id[0])
+    _header(storage)[_MAPPED] = 1
+
+
+def _header(storage: torch.UntypedStorage) -> torch.Tensor:
+    """The header words of a slot, as a tensor over its memory (``_STATE``, ``_MAPPED``)."""
+    return torch.empty(0, dtype=torch.int64).set_(storage, 0, (_ALIGN // 8,))
+
+
+def _forget(pid: int) -> None:
+    """Drop the slots of worker ``pid`` (with ``_MAPPED_LOCK`` held), saying so in their headers,
+    so that a process that reused the pid sends its slots' memory again."""
+    for slot_id in [k for k in _MAPPED_SLOTS if k[0] == pid]:
+        _header(_MAPPED_SLOTS.pop(slot_id))[_MAPPED] = 0
+    _WATCHERS.pop(pid, None)
+
+
+def _watch(pid: int) -> None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfds here, or the worker is gone already
+        return
+
+    def wait_for_exit() -> None:
+        try:
+            select.select([pidfd], [], [])  # readable once the process has exited
+        finally:
+            os.close(pidfd)
+        with _MAPPED_LOCK:
+            if not _exiting:  # workers also exit while this interpreter shuts torch down: hands off
+                _forget(pid)
+
+    thread = threading.Thread(target=wait_for_exit, name=f"ssmspine-slots-{pid}", daemon=True)
+    _WATCHERS[pid] = thread
+    thread.start()
+
+
+_exiting = False
+
+
+def _stop_forgetting() -> None:
+    """At exit, before torch and multiprocessing shut down (atexit runs this first): the
+    watchers touch no more slots."""
+    global _exiting
+    with _MAPPED_LOCK:
+        _exiting = True
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's mappings to keep, nor its threads."""
+    _MAPPED_SLOTS.clear()
+    _WATCHERS.clear()
 
 
 def _mapped(slot_id: tuple[int, int]) -> torch.UntypedStorage | None:
@@ -225,6 +286,9 @@ def _rebuild_shared_batch(slot_id: tuple[int, int], storage: torch.UntypedStorag
     base = np.asarray(owner)  # every view of it, and every tensor made from one, keeps ``owner`` alive
     tensors = {f: torch.from_numpy(a) for f, a in layout.arrays(base, rows).items()}
     if not inside_worker:
-        header = torch.empty(0, dtype=torch.int64).set_(storage, 0, (1,))
-        weakref.finalize(owner, _release, header)
+        weakref.finalize(owner, _release, _header(storage))
     return {"__key__": keys, **tensors}
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_stop_forgetting)

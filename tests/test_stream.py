@@ -320,11 +320,32 @@ def test_the_main_process_keeps_worker_slots_mapped_while_the_workers_live(conve
     assert len(workers) == 2 and len(registered) == len(set(registered)), "each slot registered once"
     assert len(registered) < 3 * ds.num_batches, "later epochs reuse registered slots"
     assert set(registered) <= set(shared_batches._MAPPED_SLOTS)
+    watchers = [shared_batches._WATCHERS[pid] for pid in workers]  # Linux: one per worker, on its pidfd
     del loader, batch  # shuts the persistent workers down (joined)
     gc.collect()
-    other = StreamingDataset(converted, fields=("shape",), seed=SEED, batch_size=2)
-    assert len(list(DataLoader(other, batch_size=None, num_workers=1))) == other.num_batches
+    for watcher in watchers:
+        watcher.join(timeout=60)
     assert not workers & {pid for pid, _ in shared_batches._MAPPED_SLOTS}, "exited workers' slots dropped"
+
+
+def test_without_pidfds_exited_workers_slots_are_dropped_at_the_next_registration(converted, monkeypatch):
+    from pipeline import shared_batches
+
+    def no_pidfds(pid):
+        raise OSError("no pidfds here")
+
+    monkeypatch.setattr(shared_batches.os, "pidfd_open", no_pidfds)
+
+    def registered_pids() -> set[int]:
+        return {pid for pid, _ in shared_batches._MAPPED_SLOTS}
+
+    before = registered_pids()
+    ds = StreamingDataset(converted, fields=("shape",), seed=SEED, batch_size=2)
+    assert len(list(DataLoader(ds, batch_size=None, num_workers=1))) == ds.num_batches  # its worker exits
+    first = registered_pids() - before
+    assert first, "the first loader's worker registered its slots"
+    assert len(list(DataLoader(ds, batch_size=None, num_workers=1))) == ds.num_batches
+    assert not first & registered_pids(), "dropped when the second loader's worker registered"
 
 
 def test_a_batch_naming_a_slot_this_process_does_not_have_is_an_error():
