@@ -139,20 +139,29 @@ class NpyDataset(Dataset):
         return {"__key__": self.keys[index], **{f: torch.from_numpy(np.load(folder / f"{f}.npy")) for f in self.fields}}
 
 
+def _made_once(folder: Path, write: Callable[[Path], None]) -> Path:
+    """``folder`` as ``write`` makes it, reused when an earlier run finished it (a ``.complete``
+    marker; a folder without one is an interrupted run's, made again)."""
+    if not (folder / ".complete").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        write(folder)
+        (folder / ".complete").touch()
+    return folder
+
+
 def write_uncompressed(tree: Path, root: Path) -> Path:
     """``root/<key>/<field>.npy`` for every sample of the extracted ``tree`` (kept for reuse)."""
-    if (root / ".complete").is_file():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    source = TorchLoadDataset(tree, FIELDS)
-    for index, key in enumerate(source.keys):
-        folder = root / key
-        folder.mkdir(parents=True)
-        for field, tensor in source[index].items():
-            if field != "__key__":
-                np.save(folder / f"{field}.npy", tensor.numpy())
-    (root / ".complete").touch()
-    return root
+
+    def write(root: Path) -> None:
+        source = TorchLoadDataset(tree, FIELDS)
+        for index, key in enumerate(source.keys):
+            folder = root / key
+            folder.mkdir(parents=True)
+            for field, tensor in source[index].items():
+                if field != "__key__":
+                    np.save(folder / f"{field}.npy", tensor.numpy())
+
+    return _made_once(root, write)
 
 
 def steady_malloc() -> bool:
@@ -181,11 +190,7 @@ def prepare(samples: int, scratch: Path, scheduler: str | None = None) -> tuple[
     archive = base / "SSMSpine_Train.zip"
     if not archive.is_file():
         write_archive(archive, config)
-    tree = base / "extracted"
-    if not (tree / ".complete").is_file():
-        shutil.rmtree(tree, ignore_errors=True)
-        write_tree(tree, config)
-        (tree / ".complete").touch()
+    tree = _made_once(base / "extracted", lambda folder: write_tree(folder, config))
     out = base / "out"
     options = ConvertOptions(scheduler=scheduler, progress=False)
     try:
