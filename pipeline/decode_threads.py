@@ -111,7 +111,7 @@ class Decoding:
         The error is raised only once every other call has ended too, so no thread is still
         writing into the batch when the caller sees it.
         """
-        wait(self.futures)
+        self.settle()
         for future in self.futures:
             future.result()
         if self.error is not None:
