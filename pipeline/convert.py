@@ -13,7 +13,6 @@ whose size and checksum still match and converts only the rest.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -24,13 +23,14 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import xxhash
 
 from . import __version__, manifest, source, tar_shards, zarr_store
 from .atomic import remove_temporaries
+from .checksums import digest, file_sha256, frame_digest
 from .cluster import run_tasks
 from .codecs import Encoding, choose_encodings
 from .manifest import ShardMeta
+from .runtime import tune_worker
 from .schema import (
     LABEL_NAMES,
     OutputError,
@@ -51,9 +51,6 @@ WDS_DIR = "wds"
 TAR_MEMBER_OVERHEAD = 768
 #: Shards per split at least (when it has that many samples): tasks enough to share out.
 MIN_SHARDS = 8
-#: glibc ``mallopt`` parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
 #: What a plan decides once (by measurement) and every later run into the same output reuses.
 PLAN_KEYS = ("schema", "encodings", "encoded_ratio", "group_samples")
 
@@ -133,11 +130,6 @@ def shard_file(split: str, index: int) -> str:
 # --------------------------------------------------------------------------- the task
 
 
-def digest(array: np.ndarray) -> str:
-    """128-bit digest of an array's bytes (dtype and shape are checked by the schema)."""
-    return xxhash.xxh3_128_hexdigest(memoryview(np.ascontiguousarray(array)).cast("B"))
-
-
 def convert_group(task: GroupTask) -> ShardMeta:
     """Decode one group, write its tar shard and Zarr shards, check both, return metadata.
 
@@ -145,7 +137,7 @@ def convert_group(task: GroupTask) -> ShardMeta:
     record is written last. A bad member stops the task (nothing of it stays), or, with
     ``skip_bad``, is recorded as rejected and its Zarr row left empty.
     """
-    _tune_worker()
+    tune_worker()
     group = _GroupWriter(task)
     try:
         with source.Readers() as readers:
@@ -203,7 +195,7 @@ class _GroupWriter:
         for f, frame in frames.items():
             self.zarr_shards[f].add(frame)
             self.digests[f].append(digest(sample[f]))
-            self.frame_digests[f].append(xxhash.xxh3_128_hexdigest(frame))
+            self.frame_digests[f].append(frame_digest(frame))
         self.keys.append(key)
         self.rows.append(row)
         if found := content_warnings(sample):
@@ -227,7 +219,7 @@ class _GroupWriter:
                               self.frame_digests[f])  # fmt: skip
         meta = ShardMeta(
             split=task.split, index=task.index, file=shard_file(task.split, task.index), start=task.start,
-            keys=self.keys, bytes=self.tar.tmp_path.stat().st_size, sha256=tar_shards.file_sha256(self.tar.tmp_path),
+            keys=self.keys, bytes=self.tar.tmp_path.stat().st_size, sha256=file_sha256(self.tar.tmp_path),
             digests=self.digests, payloads=self.payloads, rows=self.rows, warnings=self.warnings,
             rejected=self.rejected,
         )  # fmt: skip
@@ -246,30 +238,6 @@ def rejection(error: SourceError, member: SourceMember | None = None) -> dict:
             "split": member.split if member else None, "reason": error.reason}  # fmt: skip
 
 
-@functools.cache
-def _tune_worker() -> None:
-    """Make a worker process fit for tasks that juggle multi-MB buffers, one task per core (once).
-
-    Threads: torch and Blosc would each start a thread per core on top of the one task per core.
-    Memory: Dask sets ``MALLOC_TRIM_THRESHOLD_`` low for its workers, and with it glibc stops
-    adapting its mmap threshold, so every multi-MB buffer of a sample becomes a fresh mmap whose
-    pages fault in one by one: that doubled a task's CPU time. Keeping such buffers on the heap
-    costs memory only up to one sample's working set. Done here rather than in the cluster's
-    environment so that it also holds on clusters started by the user (``--scheduler``).
-    """
-    import ctypes
-
-    import numcodecs.blosc
-    import torch
-
-    torch.set_num_threads(1)
-    numcodecs.blosc.set_nthreads(1)
-    process = ctypes.CDLL(None)  # the C library already loaded into this process
-    if hasattr(process, "mallopt"):  # glibc; elsewhere the defaults stand
-        process.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-        process.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
-
-
 def _check_zarr_shard(path: Path, chunks_per_shard: int, positions: Sequence[int], frame_digests: Sequence[str]
                       ) -> None:  # fmt: skip
     """Read a written Zarr shard back: its index must locate exactly the frames that were written.
@@ -277,7 +245,7 @@ def _check_zarr_shard(path: Path, chunks_per_shard: int, positions: Sequence[int
     The frames themselves were checked by decoding them from the tar, so equal bytes at the
     same positions here mean equal arrays there.
     """
-    chunks = [(p, xxhash.xxh3_128_hexdigest(c)) for p, c in zarr_store.iter_shard_chunks(path, chunks_per_shard)]
+    chunks = [(p, frame_digest(c)) for p, c in zarr_store.iter_shard_chunks(path, chunks_per_shard)]
     if chunks != list(zip(positions, frame_digests)):
         raise OutputError(f"{path}: Zarr shard reads back differently from what was written")
 
@@ -445,7 +413,7 @@ def _kept_shard(task: GroupTask, meta: ShardMeta | None) -> ShardMeta | None:
     if meta is None or meta.keys != [m.key for m in task.members] or meta.start != task.start:
         return None
     path = Path(task.out) / meta.file
-    if not path.exists() or path.stat().st_size != meta.bytes or tar_shards.file_sha256(path) != meta.sha256:
+    if not path.exists() or path.stat().st_size != meta.bytes or file_sha256(path) != meta.sha256:
         log.warning("%s: does not match its progress record; converting it again", path)
         return None
     return meta

@@ -13,7 +13,6 @@ shards (and identical checksums in the manifest).
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import os
 import tarfile
@@ -57,14 +56,7 @@ def decode_field(payload: bytes | memoryview, name: str = "member", out: np.ndar
     ``out`` first, so a damaged or foreign member is an error naming ``name``, never wrong values
     or a write past the row.
     """
-    view = memoryview(payload)
-    if bytes(view[:6]) != _NPY_MAGIC:
-        raise OutputError(f"{name}: not an npy.blosc member (bad magic)")
-    header_length = int.from_bytes(view[8:10], "little") + 10
-    try:
-        shape, fortran_order, dtype = _npy_header(bytes(view[:header_length]))
-    except ValueError as exc:
-        raise OutputError(f"{name}: damaged npy header ({exc})") from exc
+    shape, fortran_order, dtype, frame = split_member(payload, name)
     if out is None:
         out = np.empty(shape, dtype=dtype, order="F" if fortran_order else "C")
     elif not (out.flags.c_contiguous or out.flags.f_contiguous):
@@ -73,7 +65,26 @@ def decode_field(payload: bytes | memoryview, name: str = "member", out: np.ndar
         order = ("C", "Fortran")
         raise OutputError(f"{name}: holds {dtype} {shape} in {order[fortran_order]} order, expected {out.dtype} "
                           f"{out.shape} in {order[not out.flags.c_contiguous]} order")  # fmt: skip
-    return codecs.decode_into(view[header_length:], out, name)
+    return codecs.decode_into(frame, out, name)
+
+
+def split_member(
+    payload: bytes | memoryview, name: str = "member"
+) -> tuple[tuple[int, ...], bool, np.dtype, memoryview]:
+    """``(shape, fortran_order, dtype, Blosc frame)`` of a member's payload, without decoding it.
+
+    The frame is a view into ``payload``; it is byte for byte the Zarr chunk of the same field
+    and sample. A damaged header is an :class:`OutputError` naming ``name``.
+    """
+    view = memoryview(payload)
+    if bytes(view[:6]) != _NPY_MAGIC:
+        raise OutputError(f"{name}: not an npy.blosc member (bad magic)")
+    header_length = int.from_bytes(view[8:10], "little") + 10
+    try:
+        shape, fortran_order, dtype = _npy_header(bytes(view[:header_length]))
+    except ValueError as exc:
+        raise OutputError(f"{name}: damaged npy header ({exc})") from exc
+    return shape, fortran_order, dtype, view[header_length:]
 
 
 @functools.lru_cache(maxsize=64)
@@ -89,7 +100,12 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 
 def member_name(key: str, field: str) -> str:
-    return f"{key}.{field}{_SUFFIX}"
+    return f"{key}.{member_suffix(field)}"
+
+
+def member_suffix(field: str) -> str:
+    """What follows the key in a field's member name, as webdataset keys a sample's members."""
+    return f"{field}{_SUFFIX}"
 
 
 def field_of(member_suffix: str) -> str | None:
@@ -198,11 +214,3 @@ def _iter_shard_file(file: BinaryIO, name: str, fields: Iterable[str] | None) ->
     with file:
         for sample in group_samples(iter_members(file, name)):
             yield decode_wds_sample(sample, fields)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()

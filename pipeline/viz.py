@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from .atomic import write_bytes_atomic
+from .checksums import file_sha256
 from .codecs import Encoding
 from .manifest import read_manifest
 from .schema import BONE_NAMES, DISC_NAMES, IMAGE_FIELDS, LABEL_NAMES, FieldSpec, OutputError
 from .sizes import human_bytes, tree_bytes
-from .tar_shards import decode_field, file_sha256, member_name
+from .tar_shards import decode_field, member_name
 from .zarr_store import STORE_NAME
 
 if TYPE_CHECKING:

@@ -27,9 +27,8 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from .atomic import AtomicFile
-
 from .codecs import SHUFFLE_NAMES, Encoding
-from .schema import OutputError, Schema
+from .schema import FieldSpec, OutputError, Schema
 
 STORE_NAME = "ssmspine.zarr"
 
@@ -127,9 +126,34 @@ def check_layout(array: zarr.Array) -> None:
     inner = [c["name"] for c in sharding.get("codecs", [])]
     index = [c["name"] for c in sharding.get("index_codecs", [])]
     if (codecs[0]["name"], inner, index, sharding.get("index_location")) != (
-        "sharding_indexed", ["bytes", "blosc"], ["bytes", "crc32c"], "end"
+        "sharding_indexed",
+        ["bytes", "blosc"],
+        ["bytes", "crc32c"],
+        "end",
     ) or any(c.get("configuration", {}).get("endian", "little") != "little" for c in sharding["codecs"]):
         raise OutputError(f"{array.store_path}: unexpected Zarr codecs {codecs}")
+
+
+def check_array(array: zarr.Array, spec: FieldSpec, rows: int, chunks_per_shard: int) -> None:
+    """Refuse an array that does not hold one field as a conversion lays it out: at least ``rows``
+    samples of ``spec``, one chunk per sample, ``chunks_per_shard`` chunks per shard, our codecs.
+
+    ``verify`` relies on this before it compares encoded chunks byte for byte with the tar members:
+    equal frames in arrays laid out like this decode to equal values in any Zarr reader.
+    """
+    expected = {
+        "sample shape": spec.shape,
+        "dtype": spec.numpy_dtype,
+        "chunks": (1, *spec.shape),
+        "shards": (chunks_per_shard, *spec.shape),
+    }
+    found = {"sample shape": array.shape[1:], "dtype": array.dtype, "chunks": array.chunks, "shards": array.shards}
+    for what, value in expected.items():
+        if found[what] != value:
+            raise OutputError(f"{array.store_path}: {what} is {found[what]}, the manifest says {value}")
+    if array.shape[0] < rows:
+        raise OutputError(f"{array.store_path}: {array.shape[0]} rows, the manifest needs {rows}")
+    check_layout(array)
 
 
 class ShardFileWriter:
@@ -201,13 +225,49 @@ def read_shard_index(fd: int, path: str | os.PathLike, chunks_per_shard: int, at
     return index
 
 
-def iter_shard_chunks(path: str | os.PathLike, chunks_per_shard: int) -> Iterator[tuple[int, bytes]]:
-    """``(position, encoded chunk)`` of each written chunk of a shard file, in order, one read each.
+class ShardChunks:
+    """The encoded chunks of one shard file, by position, one ``pread`` each; the index is checked first.
 
-    The index is checked first (:func:`read_shard_index`).
+    A missing file or a damaged index is an :class:`OutputError` naming ``path``.
     """
-    with open(path, "rb") as file:
-        index = read_shard_index(file.fileno(), path, chunks_per_shard)
-        for position, (offset, nbytes) in enumerate(index.tolist()):
-            if offset != EMPTY_CHUNK:
-                yield position, os.pread(file.fileno(), nbytes, offset)
+
+    def __init__(self, path: str | os.PathLike, chunks_per_shard: int, name: str | None = None) -> None:
+        self.path = path
+        name = name or os.fspath(path)  # what messages call the file
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise OutputError(f"{name}: missing; the output is damaged") from None
+        try:
+            self.index = read_shard_index(self._fd, name, chunks_per_shard)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def __enter__(self) -> "ShardChunks":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def chunk(self, position: int) -> bytes | None:
+        """The encoded chunk at ``position``, or None where none was written (it reads as the fill value)."""
+        offset, nbytes = (int(n) for n in self.index[position])
+        return None if offset == EMPTY_CHUNK else os.pread(self._fd, nbytes, offset)
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        """``(position, encoded chunk)`` of each written chunk, in order."""
+        for position in range(len(self.index)):
+            if (chunk := self.chunk(position)) is not None:
+                yield position, chunk
+
+
+def iter_shard_chunks(path: str | os.PathLike, chunks_per_shard: int) -> Iterator[tuple[int, bytes]]:
+    """``(position, encoded chunk)`` of each written chunk of a shard file, in order, one read each."""
+    with ShardChunks(path, chunks_per_shard) as chunks:
+        yield from chunks
