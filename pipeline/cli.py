@@ -1,7 +1,8 @@
 """The ``ssmspine`` command: parse arguments, call the library, print, and pick an exit code.
 
 Exit codes: 0 success; 1 ``verify`` found differences; 2 bad input or output (the message names
-the archive, member, shard or field); 130 interrupted.
+the archive, member, shard or field); 3 an internal error (a bug; ``-v`` shows its traceback);
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import logging
 import re
 import sys
+import traceback
 from typing import Sequence
 
 from . import __version__
@@ -221,6 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ssmspine {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        if args.verbose:
+            traceback.print_exc()
+        print(
+            f"ssmspine {args.command}: internal error: {type(exc).__name__}: {exc} (a bug; "
+            f"{'please report it' if args.verbose else 'run again with -v for the traceback'})",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

@@ -200,13 +200,13 @@ class _GroupWriter:
         self.rows.append(row)
         if found := content_warnings(sample):
             self.warnings[key] = found
-            log.warning("%s: %s", key, "; ".join(found))
+            log.info("%s: %s", key, "; ".join(found))  # reported in the summary and the manifest
 
     def reject(self, member: SourceMember, error: SourceError) -> None:
         for shard in self.zarr_shards.values():
             shard.skip()
         self.rejected.append(rejection(error, member))
-        log.warning("rejected %s", error)
+        log.info("rejected %s", error)  # reported in the summary and rejected.json
 
     def finish(self) -> ShardMeta:
         """Close every file, read each back, and only then rename them into place."""
@@ -561,6 +561,6 @@ def _run(tasks: Sequence[GroupTask], options: ConvertOptions) -> tuple[list[Shar
     """Run tasks on Dask; return their results and the seconds spent starting the cluster."""
     return run_tasks(
         convert_group, tasks, scheduler=options.scheduler, workers=options.workers,
-        sizes=[len(t.members) for t in tasks], size_of=lambda meta: meta.samples,
+        sizes=[len(t.members) for t in tasks], size_of=lambda meta: meta.samples + len(meta.rejected),
         desc="converting", progress=options.progress,
     )  # fmt: skip
