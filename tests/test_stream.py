@@ -602,10 +602,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(root: Path, folder: Path, world: int, scenarios: list[dict]) -> list[dict]:
-    """Run RANK_SCRIPT on ``world`` processes; return each rank's results."""
+def _launch(root: Path, folder: Path, world: int, scenarios: list[dict], script: str = RANK_SCRIPT) -> list[dict]:
+    """Run ``script`` (by default RANK_SCRIPT) on ``world`` processes; return each rank's results."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "rank.py").write_text(RANK_SCRIPT)
+    (folder / "rank.py").write_text(script)
     config = {"root": str(root), "seed": SEED, "port": _free_port(), "out": str(folder), "scenarios": scenarios}
     (folder / "config.json").write_text(json.dumps(config))
     inherited = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
