@@ -28,7 +28,7 @@ from . import __version__, manifest, source, tar_shards, zarr_store
 from .atomic import remove_temporaries
 from .checksums import digest, file_sha256, frame_digest
 from .cluster import run_tasks
-from .codecs import Encoding, choose_encodings
+from .codecs import Encoding, choose_encodings, measure
 from .manifest import ShardMeta
 from .runtime import tune_worker
 from .schema import (
@@ -70,6 +70,10 @@ class ConvertOptions:
     skip_bad: bool = False
     #: Replace an output directory that holds a conversion of other sources or options.
     force: bool = False
+    #: Encodings per field to use instead of measuring (by default they are chosen by timing, so
+    #: two conversions of the same data may pick different ones); fixed encodings make the output
+    #: bytes a function of the data alone.
+    encodings: Mapping[str, Encoding] | None = None
 
 
 @dataclass(frozen=True)
@@ -306,7 +310,13 @@ def _calibrate(members: Sequence[SourceMember], largest_split: int, options: Con
     schema = schema_from_sample(samples[0], calibration[0].archive, calibration[0].member)
     for member, sample in zip(calibration[1:], samples[1:]):
         check_sample(sample, schema, member.archive, member.member)
-    choices = choose_encodings(samples)
+    if options.encodings is None:
+        choices = choose_encodings(samples)
+    else:
+        missing = sorted(set(schema) - set(options.encodings))
+        if missing:
+            raise ValueError(f"encodings given for {sorted(options.encodings)}, but not for the field(s) {missing}")
+        choices = {f: measure([s[f] for s in samples], options.encodings[f]) for f in schema}
     encoded_per_sample = sum(m.nbytes for m in choices.values()) / len(samples)
     encoded_per_sample += TAR_MEMBER_OVERHEAD * len(schema)
     group = max(1, min(int(options.shard_bytes // encoded_per_sample), math.ceil(largest_split / MIN_SHARDS)))
@@ -345,12 +355,15 @@ def _calibration_samples(members: Sequence[SourceMember], options: ConvertOption
 
 def _plan_identity(sources: Sequence[str], by_split: Mapping[str, Sequence[SourceMember]],
                    options: ConvertOptions) -> dict:  # fmt: skip
-    """What must match for a re-run to reuse earlier output: sources, splits and shard size."""
-    return {
+    """What must match for a re-run to reuse earlier output: sources, splits, shard size, fixed encodings."""
+    identity = {
         "sources": [source.fingerprint(s) for s in sources],
         "splits": {split: [m.key for m in members] for split, members in by_split.items()},
         "shard_bytes": options.shard_bytes,
     }
+    if options.encodings is not None:  # only then: outputs of measured encodings keep their identity
+        identity["encodings"] = {f: e.to_json() for f, e in sorted(options.encodings.items())}
+    return identity
 
 
 def _load_or_make_plan(out: Path, identity: dict, by_split: Mapping[str, Sequence[SourceMember]],

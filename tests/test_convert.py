@@ -12,6 +12,7 @@ import tensorstore
 import webdataset
 
 from pipeline import decode_wds_sample
+from pipeline.codecs import Encoding
 from pipeline.convert import collect_members, convert
 from pipeline.manifest import read_manifest
 from pipeline.schema import FIELDS, LABEL_NAMES, SourceError
@@ -104,15 +105,23 @@ def test_tar_member_names_are_key_field_ext(converted):
     assert names[: len(FIELDS)] == [f"p01_aug001.{f}.npy.blosc" for f in FIELDS]
 
 
-def test_shards_are_reproducible(tmp_path, train_zip, converted, dask_scheduler):
-    """The same conversion twice gives byte-identical shards (fixed tar metadata, recorded plan)."""
+def test_shards_are_reproducible(tmp_path, train_zip, test_zip, converted, dask_scheduler):
+    """The same conversion twice gives byte-identical shards (fixed tar metadata; encodings fixed
+    here, as measured encodings may differ between runs), and the same arrays in the Zarr store."""
+    done = read_manifest(converted)
+    encodings = {f: Encoding.from_json(e) for f, e in done["encodings"].items()}
     out = tmp_path / "again"
-    convert([train_zip], out, fast_options(dask_scheduler))
-    first = read_manifest(converted)["splits"]["train"]["shards"]
-    again = read_manifest(out)["splits"]["train"]["shards"]
-    if read_manifest(out)["encodings"] == read_manifest(converted)["encodings"]:
-        assert [s["sha256"] for s in again] == [s["sha256"] for s in first]
-    assert [s["digests"] for s in again] == [s["digests"] for s in first]
+    convert([train_zip, test_zip], out, fast_options(dask_scheduler, encodings=encodings))
+    again = read_manifest(out)
+    assert again["encodings"] == done["encodings"]
+    for split in ("train", "test"):
+        first, second = done["splits"][split]["shards"], again["splits"][split]["shards"]
+        assert [s["sha256"] for s in second] == [s["sha256"] for s in first]
+        assert [s["digests"] for s in second] == [s["digests"] for s in first]
+    zarr_files = sorted(
+        p.relative_to(converted) for p in (converted / "ssmspine.zarr").rglob("c/*/**/*") if p.is_file()
+    )
+    assert zarr_files and all((out / p).read_bytes() == (converted / p).read_bytes() for p in zarr_files)
 
 
 VARIANTS = {
@@ -172,3 +181,25 @@ def test_rerun_on_a_finished_output_does_nothing(converted, train_zip, test_zip,
     summary = convert([train_zip, test_zip], converted, fast_options(dask_scheduler))
     assert summary.up_to_date and summary.shards_written == 0
     assert json.loads((converted / "manifest.json").read_text()) == before
+
+
+def test_fixed_encodings_are_used_as_given_and_recorded_in_the_identity(tmp_path, test_zip, dask_scheduler):
+    fields = _fields_of(test_zip)
+    plain = Encoding("zstd", 1, 0, 1 << 20)  # no shuffle: never what measurement picks for the float images
+    options = fast_options(dask_scheduler, encodings=dict.fromkeys(fields, plain))
+    outputs = [tmp_path / "a", tmp_path / "b"]
+    for out in outputs:
+        convert([test_zip], out, options)
+    first, second = (read_manifest(out) for out in outputs)
+    assert set(map(json.dumps, first["encodings"].values())) == {json.dumps(plain.to_json())}
+    assert first["identity"]["encodings"] == dict.fromkeys(sorted(fields), plain.to_json())
+    assert [s["sha256"] for s in first["splits"]["test"]["shards"]] == [
+        s["sha256"] for s in second["splits"]["test"]["shards"]
+    ]
+    with pytest.raises(ValueError, match=r"not for the field\(s\) \['bone'"):
+        convert([test_zip], tmp_path / "c", fast_options(dask_scheduler, encodings={"img": plain}))
+
+
+def _fields_of(archive: Path) -> list[str]:
+    with zipfile.ZipFile(archive) as z:
+        return list(load_trusted(archive, next(n for n in z.namelist() if n.endswith(".pt"))))
