@@ -4,19 +4,42 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import types
+import warnings
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pipeline import source
 from pipeline.schema import SchemaError, SourceError, check_sample, schema_of
-from pipeline.source import SourceReader, decode_sample, fingerprint, list_members, parse_member
-from pipeline.synth import SynthConfig, make_sample, pt_bytes, write_archive, write_tree
+from pipeline.source import SourceReader, decode_sample, fingerprint, list_members, parse_member, pickle_globals
+from pipeline.synth import _PICKLE_MODULES, SynthConfig, cast_sample, make_sample, pt_bytes, write_archive, write_tree
+
+
+def legacy_pt_bytes(sample: dict, numpy_pickle: int = 1, protocol: int = 2) -> bytes:
+    """``torch.save`` in torch's legacy format (before 1.6: pickles back to back, no zip).
+
+    ``numpy_pickle=1`` names numpy's globals as numpy 1.x does, as the release's files do.
+    """
+    module = types.SimpleNamespace(Pickler=_PICKLE_MODULES[numpy_pickle].Pickler, dump=pickle.dump, __name__="legacy")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch notes that protocol 4 is not its default
+        torch.save(sample, buffer, pickle_module=module, pickle_protocol=protocol, _use_new_zipfile_serialization=False)
+    data = buffer.getvalue()
+    assert data.startswith(b"\x80") and not data.startswith(b"PK"), "the legacy format, not a zip"
+    return data
 
 
 def test_members_are_found_sorted_and_junk_is_skipped(tmp_path):
-    archive = write_archive(tmp_path / "a.zip", SynthConfig(patients=2, shapes=3, root="SSMSpine_Train/Train", junk=True))
+    archive = write_archive(
+        tmp_path / "a.zip", SynthConfig(patients=2, shapes=3, root="SSMSpine_Train/Train", junk=True)
+    )
     members = list_members(archive)
     assert [(m.split, m.patient, m.aug) for m in members] == [("train", p, a) for p in (1, 2) for a in (1, 2, 3)]
     assert members[0].member == "SSMSpine_Train/Train/p1/aug1.pt"
@@ -93,6 +116,106 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
     with pytest.raises(SourceError, match=r"evil\.zip: Train/p1/aug1\.pt: refused.*(posix|os)\.mkdir"):
         decode_sample(buffer.getvalue(), "evil.zip", "Train/p1/aug1.pt")
     assert not canary.exists()
+
+
+@pytest.mark.parametrize("numpy_pickle", [1, 2])
+@pytest.mark.parametrize("values", ["numpy", "tensor"])
+def test_legacy_torch_files_decode_bit_exact(numpy_pickle, values):
+    config = SynthConfig(values=values)
+    sample = cast_sample(make_sample(1, 1), config)
+    decoded = decode_sample(legacy_pt_bytes(sample, numpy_pickle), "a.zip", "Train/p1/aug1.pt")
+    assert list(decoded) == list(sample)
+    for field, value in sample.items():
+        expected = value.numpy() if isinstance(value, torch.Tensor) else value
+        assert decoded[field].dtype == expected.dtype and decoded[field].shape == expected.shape
+        assert decoded[field].tobytes() == expected.tobytes()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
+@pytest.mark.parametrize("protocol", [2, 4])  # 4: the pickle names globals with STACK_GLOBAL
+def test_a_legacy_pickle_that_would_run_code_is_refused_naming_its_globals(tmp_path, protocol):
+    canary = tmp_path / "pwned"
+    data = legacy_pt_bytes({"img": _Payload(str(canary)), "label": np.zeros(3)}, numpy_pickle=2, protocol=protocol)
+    with pytest.raises(SourceError) as refused:
+        decode_sample(data, "evil.zip", "Train/p1/aug1.pt")
+    assert not canary.exists(), "the payload never ran"
+    mkdir = f"{os.mkdir.__module__}.mkdir"
+    assert str(refused.value) == (
+        f"evil.zip: Train/p1/aug1.pt: refused: the pickle asks for globals outside the allow-list [{mkdir}]; "
+        "loading it could run code, so it was not loaded"
+    ), "named exactly, and the numpy globals the allow-list admits are not listed"
+
+
+def test_globals_are_read_from_the_opcodes_stack_and_memo_included():
+    """STACK_GLOBAL takes its names from the stack; here they come from the memo, past decoy strings."""
+    crafted = (
+        b"\x80\x04"  # PROTO 4
+        b"\x8c\x05posix\x94\x8c\x05mkdir\x94"  # two strings, memoized as 0 and 1
+        b"00"  # POP POP
+        b"\x8c\x05numpy\x8c\x07ndarray00"  # decoys, pushed and popped
+        b"h\x00h\x01\x93"  # BINGET 0, BINGET 1, STACK_GLOBAL
+        b"."  # STOP
+    )
+    assert pickle_globals(crafted) == {"posix.mkdir"}
+    zip_format = io.BytesIO()
+    torch.save({"f": os.mkdir}, zip_format)  # torch's zip format: data.pkl is scanned
+    assert f"{os.mkdir.__module__}.mkdir" in pickle_globals(zip_format.getvalue())
+    assert pickle_globals(b"\x80\x02 not a pickle") == set(), "damage ends the scan, it does not raise"
+
+
+class _UnlistedGlobal:
+    """A global in a module torch does not block, so torch advises allow-listing it."""
+
+    def __reduce__(self):
+        return np.save, ("never-written", np.zeros(1))
+
+
+def _torch_file(obj: object, legacy: bool) -> bytes:
+    if legacy:
+        return legacy_pt_bytes(obj, numpy_pickle=2)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _damaged_variants(data: bytes) -> list[bytes]:
+    cuts = [data[:n] for n in range(1, len(data), max(1, len(data) // 40))]
+    flips = []
+    for at in range(2, len(data), max(1, len(data) // 60)):
+        flipped = bytearray(data)
+        flipped[at] ^= 0x21
+        flips.append(bytes(flipped))
+    return cuts + flips
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip-format", "legacy"])
+def test_no_reason_passes_on_torchs_advice_to_load_unsafely(tmp_path, legacy):
+    """torch's errors advise re-running with ``weights_only=False`` or allow-listing the global: never ours."""
+    malicious = [
+        _torch_file({"img": _Payload(str(tmp_path / "pwned"))}, legacy),
+        _torch_file({"img": _UnlistedGlobal()}, legacy),
+    ]
+    damaged = _damaged_variants(_torch_file({"img": torch.arange(64.0), "label": np.arange(16)}, legacy))
+    reasons = []
+    for data in malicious + damaged:
+        try:
+            decode_sample(data, "a.zip", "m.pt")
+        except SourceError as error:
+            reasons.append(error.reason)
+    assert len(reasons) >= len(malicious) + len(damaged) // 2
+    assert "refused: the pickle asks for globals outside the allow-list [numpy.save]" in reasons[1]
+    assert any(r.startswith("refused by the safe unpickler: ") for r in reasons), "torch's wrapped errors were seen"
+    for reason in reasons:
+        assert "weights_only" not in reason and "trust" not in reason.lower(), reason
+        assert "\n" not in reason and len(reason) < 400, reason
+    assert not (tmp_path / "pwned").exists()
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(before=st.text(), after=st.text(), advice=st.sampled_from(["weights_only=False", "WEIGHTS_ONLY = false"]))
+def test_plain_drops_any_sentence_with_the_advice(before, after, advice):
+    line = source._plain(before + advice + after)
+    assert "weights_only" not in line.lower() and "\n" not in line
 
 
 @pytest.mark.parametrize(
