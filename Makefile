@@ -18,7 +18,7 @@ SSMSPINE := $(VENV)/bin/ssmspine
 STAMP := $(VENV)/.installed
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: venv shards test bench bench-convert figures clean
+.PHONY: venv shards test bench bench-convert bench-scale figures clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,14 @@ test: $(STAMP)
 
 bench-convert: $(STAMP)
 	$(PY) -m pipeline.bench convert
+	$(PY) -m pipeline.bench.report bench
+
+# convert + both verify modes + reader start-up on 2, 64 and SCALE_SAMPLES samples (sets kept in data/bench-scale);
+# e.g. `make bench-scale SCALE_SAMPLES=160 SCALE_REPEATS=1` for a quick check
+SCALE_SAMPLES ?=
+SCALE_REPEATS ?=
+bench-scale: $(STAMP)
+	$(PY) -m pipeline.bench scale $(if $(SCALE_SAMPLES),--samples $(SCALE_SAMPLES),) $(if $(SCALE_REPEATS),--repeats $(SCALE_REPEATS),)
 	$(PY) -m pipeline.bench.report bench
 
 bench: $(STAMP)

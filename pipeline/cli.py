@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--compression", choices=("deflate", "stored"), default="deflate")
     synth.add_argument("--numpy-pickle", type=int, choices=(1, 2), default=1,
                        help="name numpy globals as numpy 1.x (as the 2024 release does) or 2.x")  # fmt: skip
+    synth.add_argument("--serialization", choices=("zip", "legacy"), default="zip",
+                       help="torch's zip format (default since torch 1.6) or its legacy format")  # fmt: skip
     synth.add_argument("--junk", action="store_true", help="add __MACOSX/ and .DS_Store entries")
     synth.add_argument("--tree", action="store_true", help="write an extracted directory instead of a zip")
 
@@ -124,7 +126,7 @@ def _synth(args: argparse.Namespace) -> int:
         patients=args.patients, shapes=args.shapes, seed=args.seed, first_patient=args.first_patient,
         root=args.root, values=args.values, image_dtype=args.image_dtype, mask_dtype=args.mask_dtype,
         label_dtype=args.label_dtype, landmark_dtype=args.landmark_dtype, compression=args.compression,
-        numpy_pickle=args.numpy_pickle, junk=args.junk,
+        numpy_pickle=args.numpy_pickle, serialization=args.serialization, junk=args.junk,
     )  # fmt: skip
     path = (write_tree if args.tree else write_archive)(args.out, config)
     print(f"wrote {path}: {args.patients * args.shapes} samples")

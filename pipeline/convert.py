@@ -238,8 +238,9 @@ class _GroupWriter:
 
 def rejection(error: SourceError, member: SourceMember | None = None) -> dict:
     """The record of a member left out under ``--skip-bad`` (``DIR/rejected.json``)."""
-    return {"archive": error.archive, "member": error.member, "key": member.key if member else None,
-            "split": member.split if member else None, "reason": error.reason}  # fmt: skip
+    return {"archive": error.archive, "member": error.member or (member.member if member else None),
+            "key": member.key if member else None, "split": member.split if member else None,
+            "reason": error.reason}  # fmt: skip
 
 
 def _check_zarr_shard(path: Path, chunks_per_shard: int, positions: Sequence[int], frame_digests: Sequence[str]
@@ -330,7 +331,8 @@ def _calibrate(members: Sequence[SourceMember], largest_split: int, options: Con
 
 def _calibration_samples(members: Sequence[SourceMember], options: ConvertOptions
                          ) -> tuple[list[SourceMember], list[dict[str, np.ndarray]]]:  # fmt: skip
-    """The first ``calibration_samples`` members that decode (any member, without ``skip_bad``).
+    """The first ``calibration_samples`` members that decode, in split order (any member, without
+    ``skip_bad``; with it, a split of bad members only does not stop the others).
 
     A bad member skipped here is rejected properly by its task later.
     """
@@ -349,7 +351,7 @@ def _calibration_samples(members: Sequence[SourceMember], options: ConvertOption
             if len(samples) == options.calibration_samples:
                 break
     if not samples:
-        raise SourceError(members[0].archive, None, "no member of the first split could be decoded")
+        raise SourceError(", ".join(sorted({m.archive for m in members})), None, "no member could be decoded")
     return chosen, samples
 
 
@@ -383,7 +385,8 @@ def _load_or_make_plan(out: Path, identity: dict, by_split: Mapping[str, Sequenc
             )
         return plan
     largest = max(map(len, by_split.values()))
-    plan = {"identity": identity, **_calibrate(next(iter(by_split.values())), largest, options)}
+    every_member = [member for members in by_split.values() for member in members]
+    plan = {"identity": identity, **_calibrate(every_member, largest, options)}
     manifest.write_json_atomic(path, plan)
     return plan
 

@@ -23,6 +23,7 @@ import io
 import math
 import pickle
 import types
+import warnings
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -71,6 +72,8 @@ class SynthConfig:
     landmark_dtype: str = "float64"
     compression: Literal["deflate", "stored"] = "deflate"
     numpy_pickle: Literal[1, 2] = 1
+    #: torch's zip format (its default since 1.6), or the legacy one (pickles back to back).
+    serialization: Literal["zip", "legacy"] = "zip"
     junk: bool = False
 
     def __post_init__(self) -> None:
@@ -82,6 +85,8 @@ class SynthConfig:
             raise ValueError(f"values must be 'numpy' or 'tensor', not {self.values!r}")
         if self.compression not in ("deflate", "stored"):
             raise ValueError(f"compression must be 'deflate' or 'stored', not {self.compression!r}")
+        if self.serialization not in ("zip", "legacy"):
+            raise ValueError(f"serialization must be 'zip' or 'legacy', not {self.serialization!r}")
         if self.numpy_pickle not in (1, 2):
             raise ValueError(f"numpy_pickle must be 1 or 2, not {self.numpy_pickle!r}")
         for name in ("image_dtype", "mask_dtype", "label_dtype", "landmark_dtype"):
@@ -361,17 +366,19 @@ def _texture(patient: int, seed: int) -> _Texture:
     lut = np.zeros((4, _N_CLASSES), dtype=np.float32)
     for cls, values in _TISSUES.items():
         lut[:, cls] = values
-    lut[0, 1:_VEIN + 1] *= 1 + 0.07 * rng.standard_normal(_VEIN)
+    lut[0, 1 : _VEIN + 1] *= 1 + 0.07 * rng.standard_normal(_VEIN)
     degeneration = np.clip(rng.normal(0.1 + 0.1 * np.arange(6), 0.15), 0, 1)
-    lut[0, _NUCLEUS:_NUCLEUS + 6] = 0.9 - 0.55 * degeneration
-    lut[0, _NUCLEUS + 6:] = 0.3  # S1/S2 and S2/S3: vestigial discs
+    lut[0, _NUCLEUS : _NUCLEUS + 6] = 0.9 - 0.55 * degeneration
+    lut[0, _NUCLEUS + 6 :] = 0.3  # S1/S2 and S2/S3: vestigial discs
     lut[1, _NUCLEUS:] = 0.03
     bowel = 0.7 * _upsampled_noise(rng, 24, 24) + 0.5 * _upsampled_noise(rng, 64, 64)
-    fields = np.stack([
-        _upsampled_noise(rng, 96, 96),
-        np.tanh(1.5 * bowel),
-        _upsampled_noise(rng, 24, 160),  # elongated cranio-caudally: muscle fibres
-    ])
+    fields = np.stack(
+        [
+            _upsampled_noise(rng, 96, 96),
+            np.tanh(1.5 * bowel),
+            _upsampled_noise(rng, 24, 160),  # elongated cranio-caudally: muscle fibres
+        ]
+    )
     fields.setflags(write=False)
     bias = _bias_field(rng)
     bias.setflags(write=False)
@@ -459,12 +466,17 @@ def _paint_posterior_elements(draw: ImageDraw.ImageDraw, g: _Geometry, canal: fl
         h, u0 = body.height, body.width / 2 + canal + 4
         length = 32 if i == 6 else 58 + 10 * math.sin(i)
         drop = 0.3 * length
-        outline = np.array([
-            body.at(u0, 0.2 * h), body.at(u0 + 0.3 * length, 0.45 * h),
-            body.at(u0 + length, 0.55 * h + drop), body.at(u0 + length + 3, 0.7 * h + drop),
-            body.at(u0 + length, 0.85 * h + drop), body.at(u0 + 0.3 * length, 0.9 * h),
-            body.at(u0, h),
-        ])
+        outline = np.array(
+            [
+                body.at(u0, 0.2 * h),
+                body.at(u0 + 0.3 * length, 0.45 * h),
+                body.at(u0 + length, 0.55 * h + drop),
+                body.at(u0 + length + 3, 0.7 * h + drop),
+                body.at(u0 + length, 0.85 * h + drop),
+                body.at(u0 + 0.3 * length, 0.9 * h),
+                body.at(u0, h),
+            ]
+        )
         draw.polygon(_poly(outline), fill=_CORTEX)
         draw.polygon(_poly(_offset_ring(outline, 3.0)), fill=_MARROW)
 
@@ -580,7 +592,7 @@ def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
         padded = np.pad(image, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], mode="edge")
         out = np.zeros_like(image)
         for j, tap in enumerate(taps):
-            out += tap * (padded[j:j + SIZE] if axis == 0 else padded[:, j:j + SIZE])
+            out += tap * (padded[j : j + SIZE] if axis == 0 else padded[:, j : j + SIZE])
         image = out
     return image
 
@@ -657,7 +669,7 @@ def make_sample(patient: int, shape: int, seed: int = 0) -> dict[str, np.ndarray
         "bone": bone,
         "bone_mask": mask[: len(BONE_NAMES)].copy(),
         "disk": disk,
-        "disk_mask": mask[len(BONE_NAMES):].copy(),
+        "disk_mask": mask[len(BONE_NAMES) :].copy(),
     }
 
 
@@ -697,16 +709,24 @@ class _Numpy1Pickler(pickle._Pickler):
             super().save_global(obj, name)
 
 
-_PICKLE_MODULES = {1: types.SimpleNamespace(Pickler=_Numpy1Pickler, __name__="numpy1_pickle"), 2: pickle}
+#: ``dump`` writes the legacy format's header pickles (magic number, protocol, system info).
+_PICKLE_MODULES = {
+    1: types.SimpleNamespace(Pickler=_Numpy1Pickler, dump=pickle.dump, __name__="numpy1_pickle"),
+    2: pickle,
+}
 
 
-def pt_bytes(sample: dict, config: SynthConfig) -> bytes:
-    """``torch.save`` of ``sample`` as given (cast it first) with the configured numpy pickle style.
+def pt_bytes(sample: dict, config: SynthConfig, protocol: int = 2) -> bytes:
+    """``torch.save`` of ``sample`` as given (cast it first) with the configured numpy pickle style
+    and serialization format.
 
     Protocol 2 is torch's default, so numpy buffers go through ``_codecs.encode`` as in the release.
     """
     buffer = io.BytesIO()
-    torch.save(sample, buffer, pickle_module=_PICKLE_MODULES[config.numpy_pickle], pickle_protocol=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch notes when a protocol is not its default
+        torch.save(sample, buffer, pickle_module=_PICKLE_MODULES[config.numpy_pickle], pickle_protocol=protocol,
+                   _use_new_zipfile_serialization=config.serialization == "zip")  # fmt: skip
     return buffer.getvalue()
 
 

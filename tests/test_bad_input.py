@@ -67,7 +67,10 @@ BAD_MEMBERS = {
     "runs-code": (lambda tmp: _malicious(tmp / "pwned"), "refused: the pickle asks for globals"),
     "missing-key": (lambda tmp: _sample_bytes(bone=None), r"missing key\(s\) \['bone'\]"),
     "extra-key": (lambda tmp: _sample_bytes(extra=np.zeros(3)), r"unexpected key\(s\) \['extra'\]"),
-    "other-shape": (lambda tmp: _sample_bytes(img=np.zeros((256, 256), np.float32)), "field 'img' is <f4 \\(256, 256\\)"),
+    "other-shape": (
+        lambda tmp: _sample_bytes(img=np.zeros((256, 256), np.float32)),
+        "field 'img' is <f4 \\(256, 256\\)",
+    ),
     "other-dtype": (lambda tmp: _sample_bytes(mask=np.zeros((11, 512, 512), bool)), "field 'mask' is \\|b1"),
 }
 
@@ -155,8 +158,11 @@ def _patch_declared_size(archive: Path, member: str, size: int) -> None:
 def test_a_member_that_inflates_beyond_what_it_declares_is_refused(tmp_path):
     archive = write_archive(tmp_path / "a.zip", SynthConfig(patients=1, shapes=1))
     _patch_declared_size(archive, "Train/p1/aug1.pt", 1000)
-    with source.SourceReader(str(archive)) as reader, pytest.raises(
-        SourceError, match=r"a\.zip: Train/p1/aug1\.pt: inflates to more than the 1000 bytes it declares"
+    with (
+        source.SourceReader(str(archive)) as reader,
+        pytest.raises(
+            SourceError, match=r"a\.zip: Train/p1/aug1\.pt: inflates to more than the 1000 bytes it declares"
+        ),
     ):
         reader.read_bytes("Train/p1/aug1.pt")
 
@@ -224,3 +230,14 @@ def test_duplicate_keys_across_archives_are_refused_or_rejected(tmp_path, dask_s
 def test_schema_error_is_a_source_error_with_archive_and_member():
     error = SchemaError("a.zip", "Train/p1/aug1.pt", "field 'img' is ...")
     assert isinstance(error, SourceError) and str(error).startswith("a.zip: Train/p1/aug1.pt: ")
+
+
+def test_a_first_split_of_bad_members_only_does_not_stop_skip_bad(tmp_path, dask_scheduler):
+    """Calibration takes the first member that decodes in any split, not only in the first one."""
+    archive = _with_member(tmp_path, "Aaa/p1/aug1.pt", b"")  # split "aaa" sorts before "train"
+    with pytest.raises(SourceError, match=r"Aaa/p1/aug1\.pt: is empty"):
+        convert([archive], tmp_path / "out", fast_options(dask_scheduler))
+    out = tmp_path / "skipped"
+    summary = convert([archive], out, fast_options(dask_scheduler, skip_bad=True))
+    assert summary.splits["train"] == 3 and [r["member"] for r in summary.rejected] == ["Aaa/p1/aug1.pt"]
+    assert verify(out, [archive], scheduler=dask_scheduler).ok

@@ -1,4 +1,5 @@
-"""The reading benchmark runs end to end on a tiny set and returns the structure the report reads.
+"""The reading benchmark runs end to end on a tiny set and returns the structure the report reads;
+the scale benchmark's arithmetic and rendering work on made-up figures.
 
 Timings are never checked here: a benchmark is not a test, and a shared machine is noisy.
 """
@@ -6,6 +7,8 @@ Timings are never checked here: a benchmark is not a test, and a shared machine 
 from __future__ import annotations
 
 import json
+import statistics
+import sys
 
 import pytest
 from conftest import assert_bit_exact
@@ -84,3 +87,157 @@ def test_temporary_scratch_is_removed(tmp_path, dask_scheduler, monkeypatch):
     assert {r["workers"] for r in result["results"]} == {0}
     assert len(result["results"]) == len(READERS) * len(FIELD_SETS)
     assert not made.exists(), "the ~1 GB scratch of a default run is not left behind"
+
+
+# ------------------------------------------------------------------ make bench-scale: the logic, not the timings
+
+
+def test_scale_sets_follow_the_release_layout():
+    from pipeline.bench.scale import layout, set_configs, set_name
+
+    assert layout(2) == ((1, 1), (1, 1))
+    assert layout(64) == ((4, 13), (1, 12))
+    assert layout(640) == ((4, 128), (1, 128))
+    for n in range(2, 300):
+        (tp, ts), (sp, ss) = layout(n)
+        assert tp * ts + sp * ss == n and min(tp, ts, sp, ss) >= 1, n
+    with pytest.raises(ValueError):
+        layout(1)
+    configs = set_configs(640)
+    assert {c.root for c in configs.values()} == {"Train", "Test"}
+    assert configs["SSMSpine_Test.zip"].first_patient > configs["SSMSpine_Train.zip"].patients
+    assert set_name(640) == "train4x128-test1x128"
+
+
+def test_scale_command_lines():
+    from pathlib import Path
+
+    from pipeline.bench.scale import command_argv
+
+    sources, out = [Path("a/SSMSpine_Train.zip"), Path("a/SSMSpine_Test.zip")], Path("o")
+    tail = ["--out", "o", "--workers", "2", "--no-progress"]
+    assert command_argv("convert", sources, out)[-8:] == ["convert", *map(str, sources), *tail]
+    assert command_argv("verify sources", sources, out)[-8:] == ["verify", *map(str, sources), *tail]
+    assert command_argv("verify manifest", sources, out)[-6:] == ["verify", *tail]
+    with pytest.raises(ValueError):
+        command_argv("info", sources, out)
+
+
+def test_scale_estimate_arithmetic():
+    from pipeline.bench.scale import net_per_sample, release_estimate
+
+    assert net_per_sample(30.0, 102, 10.0, 2) == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        net_per_sample(30.0, 2, 10.0, 2)
+    # fixed cost + (samples - fixed samples) x per-sample cost x measured/used workers
+    assert release_estimate(10.0, 0.1, samples=102, fixed_samples=2) == pytest.approx(20.0)
+    assert release_estimate(10.0, 0.1, samples=102, fixed_samples=2, workers=16, measured_workers=2) == pytest.approx(
+        11.25
+    )
+    # never faster than moving the bytes: 100 samples x 1 GB at 1 GB/s
+    disk = {"io_bytes_per_sample": 1e9, "disk_bytes_per_s": 1e9}
+    assert release_estimate(10.0, 0.1, samples=102, fixed_samples=2, workers=16, **disk) == pytest.approx(110.0)
+    assert release_estimate(10.0, -0.01, samples=102, fixed_samples=2) == 10.0, "noise below zero counts as zero"
+
+
+def _fake_scale_result() -> dict:
+    """Raw figures as ``pipeline.bench.scale.run`` saves them, with round numbers: per command
+    ``fixed + per_sample x (n - 2)`` seconds, two rounds."""
+    fixed = {"convert": 10.0, "verify sources": 6.0, "verify manifest": 4.0}
+    per_sample = {"convert": 0.1, "verify sources": 0.05, "verify manifest": 0.01}
+    sets = {}
+    for name, n in (("fixed", 2), ("small", 64), ("large", 640)):
+        commands = {}
+        for which in fixed:
+            t = fixed[which] + per_sample[which] * (n - 2)
+            commands[which] = {"seconds": [t, t + 0.5], "coordinator_peak_mb": [300.0, 310.0],
+                               "worker_peak_mb": [[400.0, 390.0], [410.0, 380.0]],
+                               "tree_peak_mb": [410.0, 410.0]}  # fmt: skip
+        readers = {}
+        if name != "fixed":
+            figures = {"import_s": [2.0], "startup_s": [0.001 * n], "first_batch_s": [0.05],
+                       "samples": [n - n // 5], "process_s": [3.0]}  # fmt: skip
+            readers = {r: figures for r in ("StreamingDataset", "ZarrDataset")}
+        sets[name] = {"samples": n, "layout": {"train": [4, n // 5], "test": [1, n - 4 * (n // 5)]},
+                      "source_bytes": 2_000_000 * n, "zarr_bytes": 1_500_000 * n, "wds_bytes": 1_500_000 * n,
+                      "manifest_bytes": 1000 * n, "generation": {"samples": n, "seconds": n * 0.5, "processes": 2},
+                      "commands": commands, "readers": readers}  # fmt: skip
+    return {"date": "2026-01-01", "machine": "a test", "workers": 2, "repeats": 2, "release_samples": 12_500,
+            "workstation_cores": 16, "workstation_disk_bytes_per_s": 1.5e9, "other_load_cores": 0.1, "sets": sets,
+            "bench_seconds": 600.0}  # fmt: skip
+
+
+def test_scale_summary_and_report(tmp_path):
+    from pipeline.bench.report import SCALE_JSON, write_report
+    from pipeline.bench.scale import scale_lines, summarise
+
+    raw = _fake_scale_result()
+    summary = summarise(raw)
+    convert = summary["commands"]["convert"]
+    # medians of (t, t + 0.5): the fixed part moves by 0.25, the net per-sample cost stays put
+    assert convert["fixed"]["seconds"] == pytest.approx(10.25)
+    assert convert["large"]["net_s_per_sample"] == pytest.approx(0.1)
+    assert convert["growth"] == pytest.approx(1.0)
+    assert not convert["growth_within_noise"]
+    assert convert["large"]["worker_peak_mb"] == pytest.approx(405.0), "median over rounds of the largest worker"
+    assert convert["release_here_s"] == pytest.approx(10.25 + 12_498 * 0.1)
+    # 16 workers: 1/8 of the per-sample time, above the disk floor of 5 MB a sample at 1.5 GB/s
+    assert convert["release_workstation_s"] == pytest.approx(10.25 + 12_498 * 0.1 / 8)
+    manifest = summary["commands"]["verify manifest"]
+    assert manifest["release_workstation_s"] == pytest.approx(4.25 + 12_498 * 3e6 / 1.5e9), "disk-bound"
+    ratio = summary["verify_ratios"]["verify sources"]["large"]
+    assert ratio == pytest.approx(statistics.median([(6 + 0.05 * 638) / (10 + 63.8), (6.5 + 0.05 * 638) / 74.3]))
+    assert summary["manifest"]["large"]["bytes_per_sample"] == 1000
+    assert summary["manifest"]["release_bytes"] == 12_500_000
+    assert summary["readers"]["ZarrDataset"]["release_startup_s"] == pytest.approx(12.5)
+
+    text = "\n".join(scale_lines(raw))
+    assert "| convert | 640 | 74.05 (73.8–74.3) |" in text
+    assert "1.00× (met, ≤ 1.2×)" in text
+    assert "| StreamingDataset | 640 | 512 |" in text
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / SCALE_JSON).write_text(json.dumps(raw))
+    (bench / "throughput.png").write_bytes(b"stale")
+    report = write_report(bench).read_text()
+    assert "## Scale" in report and "## Reading" not in report and "`scale.json`" in report
+    assert not (bench / "throughput.png").exists(), "charts without figures are removed"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_scale_peak_memory_of_a_spawned_worker(tmp_path):
+    """A child started like a Dask worker (multiprocessing spawn) is reported as a worker, with its peak."""
+    from pipeline.bench.scale import POLL_SECONDS, run_command
+
+    script = (
+        "import multiprocessing as mp, time\n"
+        "def grow():\n"
+        "    block = bytearray(200 << 20)\n"
+        "    block[::4096] = b'x' * len(block[::4096])\n"
+        "    del block\n"
+        f"    time.sleep({3 * POLL_SECONDS})  # the peak is past, and seen before the process exits\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('spawn').Process(target=grow)\n"
+        "    p.start(); p.join()\n"
+        "    print('OK' if p.exitcode == 0 else 'FAILED')\n"
+    )
+    path = tmp_path / "grow.py"  # a file: spawned children import the parent's main module
+    path.write_text(script)
+    run = run_command([sys.executable, str(path)])
+    assert "OK" in run.output and run.seconds > 3 * POLL_SECONDS
+    assert len(run.worker_peak_mb) == 1 and run.worker_peak_mb[0] >= 200
+    assert run.coordinator_peak_mb < 100, "the command's own process did not grow"
+    assert run.tree_peak_mb >= run.worker_peak_mb[0]
+
+
+@pytest.mark.slow
+def test_scale_reader_probe(converted):
+    """The reader probe runs in a fresh process and reports its figures for the train split."""
+    from pipeline.bench.scale import READERS, probe_reader
+
+    for reader in READERS:
+        figures = probe_reader(reader, converted)
+        assert set(figures) == {"import_s", "startup_s", "first_batch_s", "samples", "process_s"}
+        assert figures["samples"] == len(ZarrDataset(converted, "train"))
+        assert 0 < figures["startup_s"] < figures["process_s"]

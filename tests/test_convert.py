@@ -130,6 +130,8 @@ VARIANTS = {
     "bool-masks-int-label": SynthConfig(mask_dtype="bool", label_dtype="int64", landmark_dtype="float32"),
     "tensor-uint8-label-stored": SynthConfig(values="tensor", label_dtype="uint8", compression="stored"),
     "numpy2-pickles-nested-root": SynthConfig(numpy_pickle=2, root="SSMSpine_Train/Train", junk=True),
+    "legacy-torch-format-tensors": SynthConfig(serialization="legacy", values="tensor"),
+    "legacy-torch-format-numpy1": SynthConfig(serialization="legacy"),
 }
 
 

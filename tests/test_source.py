@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
-import types
-import warnings
 import zipfile
 
 import numpy as np
@@ -18,20 +15,12 @@ from hypothesis import strategies as st
 from pipeline import source
 from pipeline.schema import SchemaError, SourceError, check_sample, schema_of
 from pipeline.source import SourceReader, decode_sample, fingerprint, list_members, parse_member, pickle_globals
-from pipeline.synth import _PICKLE_MODULES, SynthConfig, cast_sample, make_sample, pt_bytes, write_archive, write_tree
+from pipeline.synth import SynthConfig, cast_sample, make_sample, pt_bytes, write_archive, write_tree
 
 
 def legacy_pt_bytes(sample: dict, numpy_pickle: int = 1, protocol: int = 2) -> bytes:
-    """``torch.save`` in torch's legacy format (before 1.6: pickles back to back, no zip).
-
-    ``numpy_pickle=1`` names numpy's globals as numpy 1.x does, as the release's files do.
-    """
-    module = types.SimpleNamespace(Pickler=_PICKLE_MODULES[numpy_pickle].Pickler, dump=pickle.dump, __name__="legacy")
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch notes that protocol 4 is not its default
-        torch.save(sample, buffer, pickle_module=module, pickle_protocol=protocol, _use_new_zipfile_serialization=False)
-    data = buffer.getvalue()
+    """``torch.save`` in torch's legacy format (before 1.6: pickles back to back, no zip)."""
+    data = pt_bytes(sample, SynthConfig(numpy_pickle=numpy_pickle, serialization="legacy"), protocol)
     assert data.startswith(b"\x80") and not data.startswith(b"PK"), "the legacy format, not a zip"
     return data
 

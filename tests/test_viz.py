@@ -454,5 +454,5 @@ def test_bench_report(tmp_path, convert, read):
 
 
 def test_bench_report_needs_some_figures(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither convert.json nor read.json"):
+    with pytest.raises(FileNotFoundError, match="none of convert.json, read.json, scale.json"):
         report.write_report(_bench_dir(tmp_path, False, False))

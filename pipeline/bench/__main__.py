@@ -1,4 +1,4 @@
-"""``python -m pipeline.bench convert|read``: run a benchmark, print its table, save its figures."""
+"""``python -m pipeline.bench convert|read|scale``: run a benchmark, print its table, save its figures."""
 
 from __future__ import annotations
 
@@ -8,22 +8,31 @@ import logging
 from pathlib import Path
 
 #: Per benchmark, (samples, repeats) unless given; ``read`` stays under ~3 minutes on 2 cores.
-DEFAULTS = {"convert": (128, 3), "read": (64, 5)}
+#: For ``scale``, samples is the size of its large set (it also measures 2 and 64 samples).
+DEFAULTS = {"convert": (128, 3), "read": (64, 5), "scale": (640, 3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__)
     parser.add_argument("which", choices=tuple(DEFAULTS))
-    parser.add_argument("--samples", type=int, help="synthetic samples, at least 64 (default: convert 128, read 64)")
-    parser.add_argument("--repeats", type=int, help="interleaved repeats (default: convert 3, read 5)")
-    parser.add_argument("--scratch", type=Path, help="working directory (default: a new temporary one)")
-    parser.add_argument("--json", type=Path, default=None, help="where to save the figures (default bench/<which>.json)")
+    parser.add_argument("--samples", type=int,
+                        help="synthetic samples, at least 64 (default: convert 128, read 64); for scale, the "
+                             "large set, more than 64 (default 640; e.g. 160 for a quick check)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, help="interleaved repeats (default: convert 3, read 5, scale 3)")
+    parser.add_argument("--scratch", type=Path,
+                        help="working directory (default: a new temporary one; for scale data/bench-scale, "
+                             "kept for the next run)")  # fmt: skip
+    parser.add_argument(
+        "--json", type=Path, default=None, help="where to save the figures (default bench/<which>.json)"
+    )
     args = parser.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if args.which == "convert":
         from .conversion import run
-    else:
+    elif args.which == "read":
         from .reading import run
+    else:
+        from .scale import run
 
     samples, repeats = DEFAULTS[args.which]
     result = run(samples=args.samples or samples, repeats=args.repeats or repeats, scratch=args.scratch)
