@@ -63,4 +63,4 @@ figures: $(STAMP)
 	$(SSMSPINE) show $(OUT) --split train --grid 6 -o docs/grid.png
 
 clean:
-	rm -rf data/shards bench/*.json
+	rm -rf data/shards

@@ -241,3 +241,23 @@ def test_scale_reader_probe(converted):
         assert set(figures) == {"import_s", "startup_s", "first_batch_s", "samples", "process_s"}
         assert figures["samples"] == len(ZarrDataset(converted, "train"))
         assert 0 < figures["startup_s"] < figures["process_s"]
+
+
+def test_whole_command_rows_take_the_median_of_per_round_ratios(tmp_path):
+    from pipeline.bench.conversion import command_rows
+    from pipeline.bench.report import write_report
+
+    # round 2 is slow for all three: per-round ratios (0.7, 0.5, 0.9) → 0.7, not 8/11
+    commands = {"convert": [10.0, 20.0, 10.0], "verify sources": [7.0, 10.0, 9.0], "verify manifest": [3.0, 5.0, 5.0]}
+    rows = command_rows(commands, 128)
+    assert rows[0] == ["`ssmspine convert`", "10.00", "12.8", "1.00×", ""]
+    assert rows[1] == ["`ssmspine verify sources`", "9.00", "14.2", "0.70×", "≤ 0.8 (met)"]
+    assert rows[2][3:] == ["0.30×", "≤ 0.4 (met)"]
+    commands["verify manifest"] = [5.0, 9.0, 5.0]
+    assert command_rows(commands, 128)[2][3:] == ["0.50×", "≤ 0.4 (NOT met)"]
+    convert = {"samples": 128, "source_bytes": 100, "zarr_bytes": 72, "wds_bytes": 72, "seconds": {"convert, 2 workers": [4.0]},
+               "commands": commands}  # fmt: skip
+    (tmp_path / "convert.json").write_text(json.dumps(convert))
+    assert (
+        "| `ssmspine verify manifest` | 5.00 | 25.6 | 0.50× | ≤ 0.4 (NOT met) |" in write_report(tmp_path).read_text()
+    )

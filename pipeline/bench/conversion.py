@@ -25,6 +25,7 @@ from ..convert import ConvertOptions, convert
 from ..sizes import tree_bytes
 from ..synth import SynthConfig, write_archive
 from .common import interleave, load_every_member, machine_description, markdown_table
+from .scale import COMMANDS, VERIFY_TARGETS, command_argv, run_command
 
 BASELINE = "load only (1 process)"
 
@@ -75,6 +76,7 @@ def run(samples: int = 128, repeats: int = 3, scratch: Path | None = None) -> di
     timings = interleave(systems, repeats)
     half = _ConversionRun(_archive(scratch, samples // 2), 2, scratch / "out-half")
     half()
+    commands = whole_commands(archive, scratch / "out-commands", repeats)
 
     baseline = timings[BASELINE].median
     source_bytes = archive.stat().st_size
@@ -91,6 +93,7 @@ def run(samples: int = 128, repeats: int = 3, scratch: Path | None = None) -> di
         "startup_seconds": {w: r.startup for w, r in runs.items()},
         "worker_peak_mb": {samples // 2: half.peak_mb, samples: runs[2].peak_mb},
         "encodings": json.loads((runs[2].out / "manifest.json").read_text())["encodings"],
+        "commands": commands,
     }
     print(f"conversion of {samples} synthetic samples, {result['machine']}, median of {repeats}")
     print(markdown_table(["system", "seconds", "samples/s", "vs load-only"], [
@@ -108,7 +111,38 @@ def run(samples: int = 128, repeats: int = 3, scratch: Path | None = None) -> di
     ]))  # fmt: skip
     print(f"peak memory per worker: {max(half.peak_mb):.0f} MB on {samples // 2} samples, "
           f"{max(runs[2].peak_mb):.0f} MB on {samples}")  # fmt: skip
+    print(markdown_table(COMMAND_HEADER, command_rows(commands, samples)))
     return result
+
+
+COMMAND_HEADER = ["command (2 workers, whole process)", "seconds", "samples/s", "vs convert", "target"]
+
+
+def whole_commands(archive: Path, out: Path, repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of ``ssmspine convert``, ``verify SRC`` and ``verify`` (2 workers), round by round.
+
+    Each round converts into an emptied ``out`` and then verifies that conversion, so the three
+    commands of a round meet the same machine load; a ratio is taken within a round.
+    """
+    seconds: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        for name in COMMANDS:
+            seconds[name].append(run_command(command_argv(name, [archive], out)).seconds)
+    return seconds
+
+
+def command_rows(commands: dict[str, list[float]], samples: int) -> list[list[str]]:
+    """Table rows: median seconds and samples/s, and the median of the per-round ratios to ``convert``."""
+    rows = []
+    for name in COMMANDS:
+        target = VERIFY_TARGETS.get(name)
+        times = commands[name]
+        ratio = statistics.median(t / c for t, c in zip(times, commands["convert"]))
+        met = "" if target is None else f"≤ {target} ({'met' if ratio <= target else 'NOT met'})"
+        rows.append([f"`ssmspine {name}`", f"{statistics.median(times):.2f}", f"{samples / statistics.median(times):.1f}",
+                     f"{ratio:.2f}×", met])  # fmt: skip
+    return rows
 
 
 def _timed(function, *args) -> float:

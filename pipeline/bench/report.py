@@ -205,6 +205,16 @@ def _convert_section(convert: Mapping[str, Any]) -> list[str]:
     if peak:
         parts = [f"{max(mb):.0f} MB on {n} samples" for n, mb in peak.items() if mb]
         lines += [f"Peak memory per worker: {', '.join(parts)}.", ""]
+    if convert.get("commands"):
+        from .conversion import COMMAND_HEADER, command_rows
+
+        lines += [
+            "Whole commands as a user runs them (fresh processes, cluster start-up included), the three "
+            "in turn in each round; a ratio is the median of the rounds' ratios:",
+            "",
+            markdown_table(COMMAND_HEADER, command_rows(convert["commands"], samples)),
+            "",
+        ]
     lines += [f"![conversion rate with 1 and 2 workers]({CONVERSION_PNG})", ""]
     source = convert["source_bytes"]
     formats = (("source zip", source), ("zarr", convert["zarr_bytes"]), ("wds tar", convert["wds_bytes"]))
