@@ -18,7 +18,7 @@ SSMSPINE := $(VENV)/bin/ssmspine
 STAMP := $(VENV)/.installed
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: venv shards test bench bench-convert bench-scale figures clean
+.PHONY: venv shards test lint bench bench-convert bench-scale figures clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,11 @@ endif
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff owns the layout (`ruff format`) and checks imports and errors (`ruff check`); CI runs both
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check pipeline tests examples
+	$(VENV)/bin/ruff check pipeline tests examples
 
 bench-convert: $(STAMP)
 	$(PY) -m pipeline.bench convert

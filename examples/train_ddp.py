@@ -30,9 +30,13 @@ from pipeline.stream import StreamingDataset
 
 def block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-    )  # fmt: skip
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 class TinyUNet(nn.Module):
@@ -96,10 +100,12 @@ def main() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // (world * (1 + args.workers))))
     torch.manual_seed(args.seed)
 
-    ds = StreamingDataset(args.data, split=args.split, fields=("img", "label"), seed=args.seed,
-                          batch_size=args.batch_size)  # fmt: skip
-    loader = DataLoader(ds, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0,
-                        pin_memory=cuda)  # fmt: skip
+    ds = StreamingDataset(
+        args.data, split=args.split, fields=("img", "label"), seed=args.seed, batch_size=args.batch_size
+    )
+    loader = DataLoader(
+        ds, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=cuda
+    )
     model = TinyUNet(len(LABEL_NAMES)).to(device)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     optimizer = torch.optim.Adam(ddp.parameters(), lr=args.lr)
@@ -112,19 +118,32 @@ def main() -> None:
         ds.load_state_dict(saved["data"])
         step = saved["step"]
         if rank == 0:
-            print(f"resumed from {args.checkpoint}: epoch {ds.epoch}, {saved['data']['position']} samples "
-                  f"of it done (saved on {saved['data']['world_size']} ranks, now {world})", flush=True)  # fmt: skip
+            print(
+                f"resumed from {args.checkpoint}: epoch {ds.epoch}, {saved['data']['position']} samples "
+                f"of it done (saved on {saved['data']['world_size']} ranks, now {world})",
+                flush=True,
+            )
 
     def save() -> None:
         if args.checkpoint and rank == 0:  # the data state is the same on every rank
             tmp = args.checkpoint.with_name(args.checkpoint.name + ".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "data": ds.state_dict(), "step": step}, tmp)  # fmt: skip
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "data": ds.state_dict(),
+                    "step": step,
+                },
+                tmp,
+            )
             os.replace(tmp, args.checkpoint)
 
     if rank == 0:
-        print(f"{world} ranks × batch {args.batch_size}, {args.workers} workers each, {ds.samples} samples, "
-              f"{len(ds)} per rank per epoch, on {device}", flush=True)  # fmt: skip
+        print(
+            f"{world} ranks × batch {args.batch_size}, {args.workers} workers each, {ds.samples} samples, "
+            f"{len(ds)} per rank per epoch, on {device}",
+            flush=True,
+        )
     stopped = False
     for epoch in range(ds.epoch, args.epochs):
         ds.set_epoch(epoch)
@@ -148,8 +167,11 @@ def main() -> None:
         totals = torch.tensor([samples, loss_sum.item()], dtype=torch.float64, device=device)
         dist.all_reduce(totals)
         if rank == 0 and totals[0] > 0:
-            print(f"epoch {epoch}: {int(totals[0])} samples in {seconds:.1f} s, {totals[0] / seconds:.1f} samples/s, "
-                  f"loss {totals[1] / totals[0]:.4f}", flush=True)  # fmt: skip
+            print(
+                f"epoch {epoch}: {int(totals[0])} samples in {seconds:.1f} s, {totals[0] / seconds:.1f} samples/s, "
+                f"loss {totals[1] / totals[0]:.4f}",
+                flush=True,
+            )
         save()
         if stopped:
             if rank == 0:

@@ -65,25 +65,41 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--label-dtype", default="int64")
     synth.add_argument("--landmark-dtype", default="float64")
     synth.add_argument("--compression", choices=("deflate", "stored"), default="deflate")
-    synth.add_argument("--numpy-pickle", type=int, choices=(1, 2), default=1,
-                       help="name numpy globals as numpy 1.x (as the 2024 release does) or 2.x")  # fmt: skip
-    synth.add_argument("--serialization", choices=("zip", "legacy"), default="zip",
-                       help="torch's zip format (default since torch 1.6) or its legacy format")  # fmt: skip
+    synth.add_argument(
+        "--numpy-pickle",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="name numpy globals as numpy 1.x (as the 2024 release does) or 2.x",
+    )
+    synth.add_argument(
+        "--serialization",
+        choices=("zip", "legacy"),
+        default="zip",
+        help="torch's zip format (default since torch 1.6) or its legacy format",
+    )
     synth.add_argument("--junk", action="store_true", help="add __MACOSX/ and .DS_Store entries")
     synth.add_argument("--tree", action="store_true", help="write an extracted directory instead of a zip")
 
     convert = commands.add_parser("convert", help="convert archives into Zarr + WebDataset shards")
     convert.add_argument("sources", nargs="+", help="SSMSpine zip archives or extracted directories")
     convert.add_argument("--out", required=True, help="output directory")
-    convert.add_argument("--shard-size", type=parse_size, default=parse_size("256MB"),
-                         help="target tar shard size, e.g. 256MB (default)")  # fmt: skip
+    convert.add_argument(
+        "--shard-size", type=parse_size, default=parse_size("256MB"), help="target tar shard size, e.g. 256MB (default)"
+    )
     convert.add_argument("--split", help="split name for all sources (default: from the archive root)")
-    convert.add_argument("--val-patients", type=parse_patients, default=(),
-                         help="train patient numbers to move into a 'val' split, e.g. 3,7,12")  # fmt: skip
-    convert.add_argument("--skip-bad", action="store_true",
-                         help="convert everything else and list bad members in DIR/rejected.json")  # fmt: skip
-    convert.add_argument("--force", action="store_true",
-                         help="replace an output directory that holds a conversion of other sources")  # fmt: skip
+    convert.add_argument(
+        "--val-patients",
+        type=parse_patients,
+        default=(),
+        help="train patient numbers to move into a 'val' split, e.g. 3,7,12",
+    )
+    convert.add_argument(
+        "--skip-bad", action="store_true", help="convert everything else and list bad members in DIR/rejected.json"
+    )
+    convert.add_argument(
+        "--force", action="store_true", help="replace an output directory that holds a conversion of other sources"
+    )
     _add_cluster_options(convert)
 
     verify = commands.add_parser("verify", help="compare an output bit for bit with its sources")
@@ -104,8 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--index", type=int, help="sample row in the split (default 0; negative counts from the end)")
     show.add_argument("-o", "--output", default="sample.png", help="PNG to write (default sample.png)")
     show.add_argument("--from-wds", action="store_true", help="read the sample from the tar shards, not from Zarr")
-    show.add_argument("--grid", type=_positive_int, metavar="N",
-                      help="draw N samples side by side (from --key/--index on, else spread over the split)")  # fmt: skip
+    show.add_argument(
+        "--grid",
+        type=_positive_int,
+        metavar="N",
+        help="draw N samples side by side (from --key/--index on, else spread over the split)",
+    )
     return parser
 
 
@@ -123,11 +143,21 @@ def _synth(args: argparse.Namespace) -> int:
     from .synth import SynthConfig, write_archive, write_tree
 
     config = SynthConfig(
-        patients=args.patients, shapes=args.shapes, seed=args.seed, first_patient=args.first_patient,
-        root=args.root, values=args.values, image_dtype=args.image_dtype, mask_dtype=args.mask_dtype,
-        label_dtype=args.label_dtype, landmark_dtype=args.landmark_dtype, compression=args.compression,
-        numpy_pickle=args.numpy_pickle, serialization=args.serialization, junk=args.junk,
-    )  # fmt: skip
+        patients=args.patients,
+        shapes=args.shapes,
+        seed=args.seed,
+        first_patient=args.first_patient,
+        root=args.root,
+        values=args.values,
+        image_dtype=args.image_dtype,
+        mask_dtype=args.mask_dtype,
+        label_dtype=args.label_dtype,
+        landmark_dtype=args.landmark_dtype,
+        compression=args.compression,
+        numpy_pickle=args.numpy_pickle,
+        serialization=args.serialization,
+        junk=args.junk,
+    )
     path = (write_tree if args.tree else write_archive)(args.out, config)
     print(f"wrote {path}: {args.patients * args.shapes} samples")
     return 0
@@ -137,9 +167,15 @@ def _convert(args: argparse.Namespace) -> int:
     from .convert import ConvertOptions, convert
 
     options = ConvertOptions(
-        shard_bytes=args.shard_size, workers=args.workers, scheduler=args.scheduler, split=args.split,
-        val_patients=args.val_patients, progress=not args.no_progress, skip_bad=args.skip_bad, force=args.force,
-    )  # fmt: skip
+        shard_bytes=args.shard_size,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        split=args.split,
+        val_patients=args.val_patients,
+        progress=not args.no_progress,
+        skip_bad=args.skip_bad,
+        force=args.force,
+    )
     summary = convert(args.sources, args.out, options)
     _print_problems(summary)
     if summary.up_to_date:
@@ -152,19 +188,25 @@ def _convert(args: argparse.Namespace) -> int:
     for name, nbytes in (("zarr", summary.zarr_bytes), ("wds", summary.wds_bytes)):
         ratio = nbytes / summary.source_bytes if summary.source_bytes else 0
         print(f"  bytes out, {name}: {human_bytes(nbytes)} ({ratio:.3f} of the sources)")
-    print(f"  time: {summary.seconds:.1f} s ({summary.planning_seconds:.1f} s planning, "
-          f"{summary.startup_seconds:.1f} s cluster start-up), {summary.samples_per_second:.1f} samples/s converting")  # fmt: skip
+    print(
+        f"  time: {summary.seconds:.1f} s ({summary.planning_seconds:.1f} s planning, "
+        f"{summary.startup_seconds:.1f} s cluster start-up), {summary.samples_per_second:.1f} samples/s converting"
+    )
     return 0
 
 
 def _print_problems(summary) -> None:
     """Rejected members (``--skip-bad``) and content warnings, a line each, the first 20 of each."""
     for title, lines in (
-        (f"rejected {len(summary.rejected)} member(s), listed in rejected.json:",
-         [f"  {r['archive']}: {r['member']}: {r['reason']}" for r in summary.rejected]),
-        (f"{len(summary.warnings)} sample(s) with content warnings (kept as they are, listed in the manifest):",
-         [f"  {key}: {'; '.join(found)}" for key, found in summary.warnings.items()]),
-    ):  # fmt: skip
+        (
+            f"rejected {len(summary.rejected)} member(s), listed in rejected.json:",
+            [f"  {r['archive']}: {r['member']}: {r['reason']}" for r in summary.rejected],
+        ),
+        (
+            f"{len(summary.warnings)} sample(s) with content warnings (kept as they are, listed in the manifest):",
+            [f"  {key}: {'; '.join(found)}" for key, found in summary.warnings.items()],
+        ),
+    ):
         if lines:
             print(title)
             print("\n".join(lines[:20] + ([f"  ... and {len(lines) - 20} more"] if len(lines) > 20 else [])))
@@ -173,15 +215,17 @@ def _print_problems(summary) -> None:
 def _verify(args: argparse.Namespace) -> int:
     from .verify import verify
 
-    report = verify(args.out, args.sources or None, scheduler=args.scheduler, workers=args.workers,
-                    progress=not args.no_progress)  # fmt: skip
+    report = verify(
+        args.out, args.sources or None, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress
+    )
     for problem in report.problems[:50]:
         print(problem)
     if len(report.problems) > 50:
         print(f"... and {len(report.problems) - 50} more")
     verdict = "OK" if report.ok else f"FAILED: {len(report.problems)} differences"
-    print(f"verify against {report.against}: {report.samples} samples in {report.shards} shards, "
-          f"both formats: {verdict}")  # fmt: skip
+    print(
+        f"verify against {report.against}: {report.samples} samples in {report.shards} shards, both formats: {verdict}"
+    )
     return 0 if report.ok else 1
 
 
@@ -198,8 +242,9 @@ def _info(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from .viz import show
 
-    path = show(args.out, args.split, key=args.key, index=args.index, from_wds=args.from_wds, grid=args.grid,
-                path=args.output)  # fmt: skip
+    path = show(
+        args.out, args.split, key=args.key, index=args.index, from_wds=args.from_wds, grid=args.grid, path=args.output
+    )
     print(f"wrote {path}")
     return 0
 

@@ -54,8 +54,14 @@ def local_cluster(workers: int) -> LocalCluster:
     The scheduler's web server takes a free port (``:0``): a fixed one would clash with any
     other Dask cluster on the machine.
     """
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                        dashboard_address=":0", silence_logs=logging.WARNING)  # fmt: skip
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        silence_logs=logging.WARNING,
+    )
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,18 @@ def _run_one(function: Callable[[T], R], task: T) -> R | ExpectedFailure:
         return ExpectedFailure(error)
 
 
-def run_tasks(function: Callable[[T], R], tasks: Sequence[T], *, scheduler: str | None, workers: int | None,
-              sizes: Sequence[int], size_of: Callable[[R], int], desc: str, progress: bool,
-              preload: Sequence[str] = ()) -> tuple[list[R], float]:  # fmt: skip
+def run_tasks(
+    function: Callable[[T], R],
+    tasks: Sequence[T],
+    *,
+    scheduler: str | None,
+    workers: int | None,
+    sizes: Sequence[int],
+    size_of: Callable[[R], int],
+    desc: str,
+    progress: bool,
+    preload: Sequence[str] = (),
+) -> tuple[list[R], float]:
     """Run ``function`` over ``tasks`` on Dask, in completion order, with a progress bar.
 
     Returns the results and the seconds spent starting (or connecting to) the cluster, including

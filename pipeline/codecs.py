@@ -61,8 +61,9 @@ class Encoding:
 
     def codec(self, itemsize: int) -> Blosc:
         # typesize drives the shuffle; a frame records its settings, so any Blosc reader decodes it
-        return Blosc(cname=self.cname, clevel=self.clevel, shuffle=self.shuffle, blocksize=self.blocksize,
-                     typesize=itemsize)  # fmt: skip
+        return Blosc(
+            cname=self.cname, clevel=self.clevel, shuffle=self.shuffle, blocksize=self.blocksize, typesize=itemsize
+        )
 
     def encode(self, data: np.ndarray | bytes | memoryview, itemsize: int) -> bytes:
         """Compress ``data`` (any contiguous buffer) with elements of ``itemsize`` bytes."""
@@ -77,8 +78,12 @@ class Encoding:
 
     @classmethod
     def from_json(cls, data: Mapping) -> "Encoding":
-        return cls(cname=str(data["cname"]), clevel=int(data["clevel"]), shuffle=int(data["shuffle"]),
-                   blocksize=int(data.get("blocksize", 0)))  # fmt: skip
+        return cls(
+            cname=str(data["cname"]),
+            clevel=int(data["clevel"]),
+            shuffle=int(data["shuffle"]),
+            blocksize=int(data.get("blocksize", 0)),
+        )
 
 
 #: Block sizes tried (see the module's docstring).
@@ -122,8 +127,9 @@ def decode_into(frame: bytes | memoryview, out: np.ndarray, name: str) -> np.nda
     nbytes = int.from_bytes(view[4:8], "little")
     cbytes = int.from_bytes(view[12:16], "little")
     if nbytes != out.nbytes or cbytes != len(view):
-        raise OutputError(f"{name}: damaged Blosc data (frame says {nbytes} bytes in {cbytes}, "
-                          f"expected {out.nbytes} in {len(view)})")  # fmt: skip
+        raise OutputError(
+            f"{name}: damaged Blosc data (frame says {nbytes} bytes in {cbytes}, expected {out.nbytes} in {len(view)})"
+        )
     try:
         if out.nbytes:
             decode(view, out=memoryview(out.reshape(-1, order="A")).cast("B"))

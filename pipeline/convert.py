@@ -179,7 +179,8 @@ class _GroupWriter:
         self.encodings = {f: Encoding.from_json(e) for f, e in task.encodings.items()}
         self.tar = tar_shards.ShardWriter(task.tar_path)
         self.zarr_shards = {
-            f: zarr_store.ShardFileWriter(task.zarr_path(f, spec), task.group_samples) for f, spec in self.schema.items()
+            f: zarr_store.ShardFileWriter(task.zarr_path(f, spec), task.group_samples)
+            for f, spec in self.schema.items()
         }
         self.keys: list[str] = []
         self.rows: list[int] = []
@@ -219,14 +220,23 @@ class _GroupWriter:
             writer.close()
         _check_tar(self.tar.tmp_path, shard_file(task.split, task.index), self.keys, self.digests)
         for f, writer in self.zarr_shards.items():
-            _check_zarr_shard(writer.tmp_path, task.group_samples, [r - task.start for r in self.rows],
-                              self.frame_digests[f])  # fmt: skip
+            _check_zarr_shard(
+                writer.tmp_path, task.group_samples, [r - task.start for r in self.rows], self.frame_digests[f]
+            )
         meta = ShardMeta(
-            split=task.split, index=task.index, file=shard_file(task.split, task.index), start=task.start,
-            keys=self.keys, bytes=self.tar.tmp_path.stat().st_size, sha256=file_sha256(self.tar.tmp_path),
-            digests=self.digests, payloads=self.payloads, rows=self.rows, warnings=self.warnings,
+            split=task.split,
+            index=task.index,
+            file=shard_file(task.split, task.index),
+            start=task.start,
+            keys=self.keys,
+            bytes=self.tar.tmp_path.stat().st_size,
+            sha256=file_sha256(self.tar.tmp_path),
+            digests=self.digests,
+            payloads=self.payloads,
+            rows=self.rows,
+            warnings=self.warnings,
             rejected=self.rejected,
-        )  # fmt: skip
+        )
         for writer in self.writers:
             writer.commit()
         return meta
@@ -238,13 +248,18 @@ class _GroupWriter:
 
 def rejection(error: SourceError, member: SourceMember | None = None) -> dict:
     """The record of a member left out under ``--skip-bad`` (``DIR/rejected.json``)."""
-    return {"archive": error.archive, "member": error.member or (member.member if member else None),
-            "key": member.key if member else None, "split": member.split if member else None,
-            "reason": error.reason}  # fmt: skip
+    return {
+        "archive": error.archive,
+        "member": error.member or (member.member if member else None),
+        "key": member.key if member else None,
+        "split": member.split if member else None,
+        "reason": error.reason,
+    }
 
 
-def _check_zarr_shard(path: Path, chunks_per_shard: int, positions: Sequence[int], frame_digests: Sequence[str]
-                      ) -> None:  # fmt: skip
+def _check_zarr_shard(
+    path: Path, chunks_per_shard: int, positions: Sequence[int], frame_digests: Sequence[str]
+) -> None:
     """Read a written Zarr shard back: its index must locate exactly the frames that were written.
 
     The frames themselves were checked by decoding them from the tar, so equal bytes at the
@@ -273,7 +288,9 @@ def _check_tar(path: Path, name: str, keys: Sequence[str], digests: Mapping[str,
 # --------------------------------------------------------------------------- the plan
 
 
-def collect_members(sources: Sequence[str], options: ConvertOptions) -> tuple[dict[str, list[SourceMember]], list[dict]]:
+def collect_members(
+    sources: Sequence[str], options: ConvertOptions
+) -> tuple[dict[str, list[SourceMember]], list[dict]]:
     """Members of all sources by split (validation patients moved to ``val``), and rejections.
 
     A name outside the layout, or a key that another archive already provides, stops here,
@@ -289,8 +306,12 @@ def collect_members(sources: Sequence[str], options: ConvertOptions) -> tuple[di
                 member = SourceMember("val", member.patient, member.aug, member.archive, member.member, member.root)
             previous = seen.setdefault((member.split, member.key), member)
             if previous is not member:
-                error = SourceError(member.archive, member.member, f"sample {member.key} of split {member.split!r} "
-                                    f"also comes from {previous.archive}: {previous.member}")  # fmt: skip
+                error = SourceError(
+                    member.archive,
+                    member.member,
+                    f"sample {member.key} of split {member.split!r} "
+                    f"also comes from {previous.archive}: {previous.member}",
+                )
                 if not options.skip_bad:
                     raise error
                 rejected.append(rejection(error, member))
@@ -329,8 +350,9 @@ def _calibrate(members: Sequence[SourceMember], largest_split: int, options: Con
     }
 
 
-def _calibration_samples(members: Sequence[SourceMember], options: ConvertOptions
-                         ) -> tuple[list[SourceMember], list[dict[str, np.ndarray]]]:  # fmt: skip
+def _calibration_samples(
+    members: Sequence[SourceMember], options: ConvertOptions
+) -> tuple[list[SourceMember], list[dict[str, np.ndarray]]]:
     """The first ``calibration_samples`` members that decode, in split order (any member, without
     ``skip_bad``; with it, a split of bad members only does not stop the others).
 
@@ -355,8 +377,9 @@ def _calibration_samples(members: Sequence[SourceMember], options: ConvertOption
     return chosen, samples
 
 
-def _plan_identity(sources: Sequence[str], by_split: Mapping[str, Sequence[SourceMember]],
-                   options: ConvertOptions) -> dict:  # fmt: skip
+def _plan_identity(
+    sources: Sequence[str], by_split: Mapping[str, Sequence[SourceMember]], options: ConvertOptions
+) -> dict:
     """What must match for a re-run to reuse earlier output: sources, splits, shard size, fixed encodings."""
     identity = {
         "sources": [source.fingerprint(s) for s in sources],
@@ -368,8 +391,9 @@ def _plan_identity(sources: Sequence[str], by_split: Mapping[str, Sequence[Sourc
     return identity
 
 
-def _load_or_make_plan(out: Path, identity: dict, by_split: Mapping[str, Sequence[SourceMember]],
-                       options: ConvertOptions) -> dict:  # fmt: skip
+def _load_or_make_plan(
+    out: Path, identity: dict, by_split: Mapping[str, Sequence[SourceMember]], options: ConvertOptions
+) -> dict:
     """The plan of an earlier run into ``out`` if it converts the same thing, else a new one.
 
     Encodings are chosen by timing, so a re-run must reuse the recorded choice rather than
@@ -435,23 +459,30 @@ def _kept_shard(task: GroupTask, meta: ShardMeta | None) -> ShardMeta | None:
     return meta
 
 
-def _create_zarr(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]],
-                 sources: list[dict]) -> None:  # fmt: skip
+def _create_zarr(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]], sources: list[dict]) -> None:
     schema = schema_from_json(plan["schema"])
     encodings = {f: Encoding.from_json(e) for f, e in plan["encodings"].items()}
     for split, members in by_split.items():
         zarr_store.create_split(
-            out, split, schema, encodings,
+            out,
+            split,
+            schema,
+            encodings,
             patients=np.array([m.patient for m in members]),
             augs=np.array([m.aug for m in members]),
             shard_samples=plan["group_samples"],
-            attributes={"fields": list(schema), "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
-                        "schema": plan["schema"], "sources": sources},
-        )  # fmt: skip
+            attributes={
+                "fields": list(schema),
+                "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
+                "schema": plan["schema"],
+                "sources": sources,
+            },
+        )
 
 
-def _build_manifest(plan: dict, by_split: Mapping[str, Sequence[SourceMember]], metas: Sequence[ShardMeta],
-                    rejected: Sequence[dict]) -> dict:  # fmt: skip
+def _build_manifest(
+    plan: dict, by_split: Mapping[str, Sequence[SourceMember]], metas: Sequence[ShardMeta], rejected: Sequence[dict]
+) -> dict:
     splits = {}
     for split, members in by_split.items():
         shards = sorted((m for m in metas if m.split == split), key=lambda m: m.index)
@@ -489,8 +520,10 @@ def _is_up_to_date(out: Path, identity: dict) -> bool:
         return False
     done = manifest.read_manifest(out)
     if done["identity"] != identity:
-        raise OutputError(f"{out} holds a finished conversion of other sources or options; "
-                          "choose another --out, or use --force to replace it")  # fmt: skip
+        raise OutputError(
+            f"{out} holds a finished conversion of other sources or options; "
+            "choose another --out, or use --force to replace it"
+        )
     return all(
         (out / shard["file"]).is_file() and (out / shard["file"]).stat().st_size == shard["bytes"]
         for info in done["splits"].values()
@@ -513,8 +546,9 @@ def _replace_other_conversion(out: Path, identity: dict) -> None:
             shutil.rmtree(out / folder, ignore_errors=True)
 
 
-def convert(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
-            options: ConvertOptions = ConvertOptions()) -> Summary:  # fmt: skip
+def convert(
+    sources: Sequence[str | os.PathLike], out: str | os.PathLike, options: ConvertOptions = ConvertOptions()
+) -> Summary:
     """Convert SSMSpine source archives (or extracted directories) into ``out``.
 
     Resumable: re-running after an interruption converts only the missing shards; re-running
@@ -527,7 +561,9 @@ def convert(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     if not by_split:
         raise SourceError(", ".join(sources), None, "no sample could be listed")
     identity = _plan_identity(sources, by_split, options)
-    summary = Summary(samples=sum(map(len, by_split.values())), source_bytes=sum(s["bytes"] for s in identity["sources"]))
+    summary = Summary(
+        samples=sum(map(len, by_split.values())), source_bytes=sum(s["bytes"] for s in identity["sources"])
+    )
     if options.force:
         _replace_other_conversion(out, identity)
     if _is_up_to_date(out, identity):
@@ -545,8 +581,15 @@ def convert(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     return summary
 
 
-def _convert_missing(out: Path, identity: dict, by_split: Mapping[str, Sequence[SourceMember]],
-                     rejected: list[dict], options: ConvertOptions, summary: Summary, started: float) -> dict:  # fmt: skip
+def _convert_missing(
+    out: Path,
+    identity: dict,
+    by_split: Mapping[str, Sequence[SourceMember]],
+    rejected: list[dict],
+    options: ConvertOptions,
+    summary: Summary,
+    started: float,
+) -> dict:
     """Plan (or reuse the plan), run the tasks whose shards are missing, write the manifest."""
     if manifest.manifest_path(out).exists():
         _reopen_finished(out, identity)
@@ -576,7 +619,12 @@ def _convert_missing(out: Path, identity: dict, by_split: Mapping[str, Sequence[
 def _run(tasks: Sequence[GroupTask], options: ConvertOptions) -> tuple[list[ShardMeta], float]:
     """Run tasks on Dask; return their results and the seconds spent starting the cluster."""
     return run_tasks(
-        convert_group, tasks, scheduler=options.scheduler, workers=options.workers,
-        sizes=[len(t.members) for t in tasks], size_of=lambda meta: meta.samples + len(meta.rejected),
-        desc="converting", progress=options.progress,
-    )  # fmt: skip
+        convert_group,
+        tasks,
+        scheduler=options.scheduler,
+        workers=options.workers,
+        sizes=[len(t.members) for t in tasks],
+        size_of=lambda meta: meta.samples + len(meta.rejected),
+        desc="converting",
+        progress=options.progress,
+    )

@@ -20,8 +20,14 @@ LINE_EVERY_SECONDS = 30.0
 class LineProgress:
     """Progress as a plain line every :data:`LINE_EVERY_SECONDS` and when the work is complete."""
 
-    def __init__(self, total: int, desc: str, file: TextIO | None = None, every: float = LINE_EVERY_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        file: TextIO | None = None,
+        every: float = LINE_EVERY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total, self.desc, self.every, self.clock = total, desc, every, clock
         self.file = file or sys.stderr
         self.done = 0
@@ -40,8 +46,12 @@ class LineProgress:
             self.last = now
             elapsed = now - self.started
             rate = f", {self.done / elapsed:.1f} samples/s" if elapsed > 0 else ""
-            print(f"{self.desc}: {self.done}/{self.total} samples ({100 * self.done // max(self.total, 1)}%)"
-                  f"{rate}, {elapsed:.0f} s", file=self.file, flush=True)  # fmt: skip
+            print(
+                f"{self.desc}: {self.done}/{self.total} samples ({100 * self.done // max(self.total, 1)}%)"
+                f"{rate}, {elapsed:.0f} s",
+                file=self.file,
+                flush=True,
+            )
 
 
 def progress_bar(total: int, desc: str, enabled: bool = True) -> tqdm | LineProgress:

@@ -250,8 +250,15 @@ class ZarrDataset(torch.utils.data.Dataset):
     only then is its memory reused — don't pass such tensors on to yet another process.
     """
 
-    def __init__(self, out: str | os.PathLike, split: str = "train", fields: Sequence[str] | None = None,
-                 *, fast: bool = True, decode_threads: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        split: str = "train",
+        fields: Sequence[str] | None = None,
+        *,
+        fast: bool = True,
+        decode_threads: int | None = None,
+    ) -> None:
         """Open ``split`` of the output in ``out``; ``fields`` default to all of the split's fields.
 
         ``fast=False`` reads everything with zarr-python (the reference the fast path is
@@ -267,8 +274,10 @@ class ZarrDataset(torch.utils.data.Dataset):
         arrays = {f: group[f] for f in self.fields}
         for name, length in [("aug", group["aug"].shape[0]), *((f, a.shape[0]) for f, a in arrays.items())]:
             if length != samples.planned or len(self._rows) != len(self.keys) or self._rows.max(initial=0) >= length:
-                raise OutputError(f"{store_path(self.out) / split / name}: {length} rows do not hold "
-                                  f"the {len(self.keys)} samples the manifest lists")  # fmt: skip
+                raise OutputError(
+                    f"{store_path(self.out) / split / name}: {length} rows do not hold "
+                    f"the {len(self.keys)} samples the manifest lists"
+                )
         self.patients = _read_only(group["patient"][:][self._rows])
         self.augs = _read_only(group["aug"][:][self._rows])
         self._layouts: dict[str, ChunkLayout | None] = {f: fast_layout(a) if fast else None for f, a in arrays.items()}
@@ -462,8 +471,9 @@ class _Split:
         self.planned = int(group["patient"].shape[0])
 
 
-def _open_split(out: Path, manifest: Mapping, split: str,
-                fields: str | Sequence[str] | None) -> tuple[_Split, zarr.Group, tuple[str, ...]]:  # fmt: skip
+def _open_split(
+    out: Path, manifest: Mapping, split: str, fields: str | Sequence[str] | None
+) -> tuple[_Split, zarr.Group, tuple[str, ...]]:
     """The samples (from the manifest), Zarr group and fields (all by default) of a split, all checked."""
     if split not in manifest["splits"]:
         raise OutputError(f"{out}: no split {split!r} (has {sorted(manifest['splits'])})")
@@ -542,8 +552,9 @@ def dask_step(shard_samples: int, sample_nbytes: int, limit: int) -> int:
     return divisor if 4 * divisor >= fit else fit
 
 
-def open_zarr(out: str | os.PathLike, split: str | None = None,
-              fields: Sequence[str] | None = None) -> xarray.Dataset | dict[str, xarray.Dataset]:  # fmt: skip
+def open_zarr(
+    out: str | os.PathLike, split: str | None = None, fields: Sequence[str] | None = None
+) -> xarray.Dataset | dict[str, xarray.Dataset]:
     """Lazy views of the output for analysis: an ``xarray.Dataset`` of ``split``, or a dict of
     them by split when ``split`` is None.
 

@@ -56,7 +56,6 @@ DISC_NAMES: tuple[str, ...] = ("D1", "D2", "D3", "D4", "D5")
 STORABLE_KINDS = frozenset("biuf")
 
 
-
 class SSMSpineError(Exception):
     """Base class of every error this package raises on purpose."""
 
@@ -132,8 +131,14 @@ def schema_from_sample(sample: Mapping[str, np.ndarray], archive: str, member: s
     schema = schema_of(sample)
     for field, spec in schema.items():
         if spec.shape != FIELD_SHAPES[field]:
-            log.warning("%s: %s: field %r has shape %s, the dataset README says %s",
-                        archive, member, field, spec.shape, FIELD_SHAPES[field])  # fmt: skip
+            log.warning(
+                "%s: %s: field %r has shape %s, the dataset README says %s",
+                archive,
+                member,
+                field,
+                spec.shape,
+                FIELD_SHAPES[field],
+            )
     return schema
 
 
@@ -186,7 +191,11 @@ def content_warnings(sample: Mapping[str, np.ndarray]) -> list[str]:
         found.append("label has NaN/Inf values")
     elif label is not None and label.size:
         low, high = label.min(), label.max()
-        if low < 0 or high > max(LABEL_NAMES) or (label.dtype.kind == "f" and not np.array_equal(label, np.round(label))):
+        if (
+            low < 0
+            or high > max(LABEL_NAMES)
+            or (label.dtype.kind == "f" and not np.array_equal(label, np.round(label)))
+        ):
             found.append(f"label has values outside the integers 0..{max(LABEL_NAMES)} ({low} .. {high})")
     return found
 

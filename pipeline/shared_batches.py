@@ -178,8 +178,12 @@ class _SlotMemory:
 
     def __init__(self, storage: torch.UntypedStorage) -> None:
         self.storage = storage
-        self.__array_interface__ = {"shape": (storage.nbytes(),), "typestr": "|u1",
-                                    "data": (storage.data_ptr(), False), "version": 3}  # fmt: skip
+        self.__array_interface__ = {
+            "shape": (storage.nbytes(),),
+            "typestr": "|u1",
+            "data": (storage.data_ptr(), False),
+            "version": 3,
+        }
 
 
 def _release(header: torch.Tensor) -> None:
@@ -271,15 +275,23 @@ def _mapped(slot_id: tuple[int, int]) -> torch.UntypedStorage | None:
         return _MAPPED_SLOTS.get(slot_id)
 
 
-def _rebuild_shared_batch(slot_id: tuple[int, int], storage: torch.UntypedStorage | None, kept: bool,
-                          layout: _Layout, rows: int, keys: list[str]) -> dict:  # fmt: skip
+def _rebuild_shared_batch(
+    slot_id: tuple[int, int],
+    storage: torch.UntypedStorage | None,
+    kept: bool,
+    layout: _Layout,
+    rows: int,
+    keys: list[str],
+) -> dict:
     inside_worker = os.getpid() == slot_id[0]  # a custom collate_fn pickled it: the slot is never handed back
     if storage is None:
         storage = _mapped(slot_id)
         if storage is None:
-            raise RuntimeError(f"a batch in shared-memory slot {slot_id} arrived in a process that does not "
-                               "have that slot mapped; hand batches only from DataLoader workers to the "
-                               "process that iterates the DataLoader")  # fmt: skip
+            raise RuntimeError(
+                f"a batch in shared-memory slot {slot_id} arrived in a process that does not "
+                "have that slot mapped; hand batches only from DataLoader workers to the "
+                "process that iterates the DataLoader"
+            )
     elif kept and not inside_worker:
         _keep_mapped(slot_id, storage)
     owner = _SlotMemory(storage)

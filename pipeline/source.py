@@ -56,14 +56,31 @@ _MEMBER_RE = re.compile(r"(?:^|/)(?P<root>[^/]+)/p(?P<patient>\d+)/aug(?P<aug>\d
 _NUMPY_DTYPE_CLASSES = [
     getattr(np.dtypes, name)
     for name in (
-        "BoolDType", "Int8DType", "Int16DType", "Int32DType", "Int64DType",
-        "UInt8DType", "UInt16DType", "UInt32DType", "UInt64DType",
-        "Float16DType", "Float32DType", "Float64DType",
-        "ByteDType", "UByteDType", "ShortDType", "UShortDType", "IntDType", "UIntDType",
-        "LongDType", "ULongDType", "LongLongDType", "ULongLongDType",
+        "BoolDType",
+        "Int8DType",
+        "Int16DType",
+        "Int32DType",
+        "Int64DType",
+        "UInt8DType",
+        "UInt16DType",
+        "UInt32DType",
+        "UInt64DType",
+        "Float16DType",
+        "Float32DType",
+        "Float64DType",
+        "ByteDType",
+        "UByteDType",
+        "ShortDType",
+        "UShortDType",
+        "IntDType",
+        "UIntDType",
+        "LongDType",
+        "ULongDType",
+        "LongLongDType",
+        "ULongLongDType",
     )
     if hasattr(np.dtypes, name)
-]  # fmt: skip
+]
 
 
 def _reconstruct_function():
@@ -154,8 +171,9 @@ def open_zip(source: str) -> zipfile.ZipFile:
         raise SourceError(source, None, f"not a readable zip archive or directory ({_describe(exc)})") from exc
 
 
-def list_members(source: str | os.PathLike, split: str | None = None,
-                 on_bad: Callable[[SourceError], None] | None = None) -> list[SourceMember]:  # fmt: skip
+def list_members(
+    source: str | os.PathLike, split: str | None = None, on_bad: Callable[[SourceError], None] | None = None
+) -> list[SourceMember]:
     """All sample members of one source, sorted by (split, patient, aug); junk is skipped.
 
     A ``.pt`` name outside the layout raises, or is handed to ``on_bad`` and left out.
@@ -200,8 +218,12 @@ def fingerprint(source: str | os.PathLike) -> dict:
         with open_zip(source) as archive:
             for info in sorted(archive.infolist(), key=lambda i: i.filename):
                 digest.update(f"{info.filename}\0{info.CRC:08x}\0{info.file_size}\n".encode())
-    return {"name": os.path.basename(os.path.normpath(source)), "path": os.path.abspath(source),
-            "bytes": size, "fingerprint": digest.hexdigest()}  # fmt: skip
+    return {
+        "name": os.path.basename(os.path.normpath(source)),
+        "path": os.path.abspath(source),
+        "bytes": size,
+        "fingerprint": digest.hexdigest(),
+    }
 
 
 class SourceReader:

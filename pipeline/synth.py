@@ -725,8 +725,13 @@ def pt_bytes(sample: dict, config: SynthConfig, protocol: int = 2) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch notes when a protocol is not its default
-        torch.save(sample, buffer, pickle_module=_PICKLE_MODULES[config.numpy_pickle], pickle_protocol=protocol,
-                   _use_new_zipfile_serialization=config.serialization == "zip")  # fmt: skip
+        torch.save(
+            sample,
+            buffer,
+            pickle_module=_PICKLE_MODULES[config.numpy_pickle],
+            pickle_protocol=protocol,
+            _use_new_zipfile_serialization=config.serialization == "zip",
+        )
     return buffer.getvalue()
 
 

@@ -63,8 +63,10 @@ def decode_field(payload: bytes | memoryview, name: str = "member", out: np.ndar
         raise ValueError(f"{name}: out must be contiguous (a copy would receive the data)")
     elif shape != out.shape or dtype != out.dtype or not out.flags["F_CONTIGUOUS" if fortran_order else "C_CONTIGUOUS"]:
         order = ("C", "Fortran")
-        raise OutputError(f"{name}: holds {dtype} {shape} in {order[fortran_order]} order, expected {out.dtype} "
-                          f"{out.shape} in {order[not out.flags.c_contiguous]} order")  # fmt: skip
+        raise OutputError(
+            f"{name}: holds {dtype} {shape} in {order[fortran_order]} order, expected {out.dtype} "
+            f"{out.shape} in {order[not out.flags.c_contiguous]} order"
+        )
     return codecs.decode_into(frame, out, name)
 
 

@@ -103,8 +103,9 @@ def verify_shard(task: VerifyTask) -> tuple[int, list[Problem]]:
     return checked, problems
 
 
-def _check_sample(split: str, key: str, row: int, sample: Mapping[str, bytes], truth: Truth,
-                  zarr_rows: "_ZarrRows", spot_check: bool) -> list[Problem]:  # fmt: skip
+def _check_sample(
+    split: str, key: str, row: int, sample: Mapping[str, bytes], truth: Truth, zarr_rows: "_ZarrRows", spot_check: bool
+) -> list[Problem]:
     """Every field of one sample, in both formats."""
     problems = []
     for field, spec in zarr_rows.schema.items():
@@ -159,8 +160,16 @@ class _ZarrRows:
         for chunks in self.chunks.values():
             chunks.close()
 
-    def check(self, field: str, row: int, name: str, tar_frame: bytes | None, tar_what: str | None,
-              expected: np.ndarray | str, spot_check: bool) -> str | None:  # fmt: skip
+    def check(
+        self,
+        field: str,
+        row: int,
+        name: str,
+        tar_frame: bytes | None,
+        tar_what: str | None,
+        expected: np.ndarray | str,
+        spot_check: bool,
+    ) -> str | None:
         """What is wrong with ``field`` of Zarr row ``row`` (None: nothing, or already reported for the array)."""
         if field not in self.chunks:
             return None
@@ -241,10 +250,16 @@ def verify_tasks(out: str | os.PathLike, sources: Sequence[str | os.PathLike] | 
             members = [_locate(by_name, m) for m in info["members"]]
             members_of = dict(zip(info["keys"], members))
         for shard in manifest.shards_of(done, split):
-            tasks.append(VerifyTask(
-                out=out, split=split, shard=shard, schema=done["schema"], chunks_per_shard=done["group_samples"],
-                members=tuple(members_of[k] for k in shard.keys) if members else None,
-            ))  # fmt: skip
+            tasks.append(
+                VerifyTask(
+                    out=out,
+                    split=split,
+                    shard=shard,
+                    schema=done["schema"],
+                    chunks_per_shard=done["group_samples"],
+                    members=tuple(members_of[k] for k in shard.keys) if members else None,
+                )
+            )
         covered = sum(t.shard.samples for t in tasks if t.split == split)
         if covered != info["samples"]:
             raise OutputError(f"{out}: the shards of split {split!r} hold {covered} of {info['samples']} samples")
@@ -261,15 +276,27 @@ def _locate(by_name: Mapping[str, str], member: Mapping[str, str]) -> tuple[str,
         ) from None
 
 
-def verify(out: str | os.PathLike, sources: Sequence[str | os.PathLike] | None = None, *,
-           scheduler: str | None = None, workers: int | None = None, progress: bool = False) -> Report:  # fmt: skip
+def verify(
+    out: str | os.PathLike,
+    sources: Sequence[str | os.PathLike] | None = None,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Report:
     """Check every sample of ``out`` in both formats, bit for bit. See the module docstring."""
     tasks = verify_tasks(out, sources)
     results, _ = run_tasks(
-        verify_shard, tasks, scheduler=scheduler, workers=workers,
-        sizes=[t.shard.samples for t in tasks], size_of=lambda result: result[0],
-        desc="verifying", progress=progress, preload=("pipeline.source",) if sources else (),
-    )  # fmt: skip
+        verify_shard,
+        tasks,
+        scheduler=scheduler,
+        workers=workers,
+        sizes=[t.shard.samples for t in tasks],
+        size_of=lambda result: result[0],
+        desc="verifying",
+        progress=progress,
+        preload=("pipeline.source",) if sources else (),
+    )
     return Report(
         samples=sum(checked for checked, _ in results),
         shards=len(tasks),

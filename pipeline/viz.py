@@ -150,9 +150,17 @@ def _apportion_sources(manifest: Mapping[str, Any]) -> tuple[dict[str, float], s
     return shares, "samples"
 
 
-def _split_info(out: Path, store: Path, split: str, entry: Mapping[str, Any], schema: Mapping[str, FieldSpec],
-                source_bytes: float, group: int | None, check: bool,
-                problems: list[str]) -> dict[str, Any]:  # fmt: skip
+def _split_info(
+    out: Path,
+    store: Path,
+    split: str,
+    entry: Mapping[str, Any],
+    schema: Mapping[str, FieldSpec],
+    source_bytes: float,
+    group: int | None,
+    check: bool,
+    problems: list[str],
+) -> dict[str, Any]:
     """Counts, bytes and shards of one split; appends what does not check out to ``problems``."""
     samples = int(entry["samples"])
     shards = sorted(entry["shards"], key=lambda s: s["index"])
@@ -196,8 +204,9 @@ def _split_info(out: Path, store: Path, split: str, entry: Mapping[str, Any], sc
     }
 
 
-def _check_split_lists(split: str, entry: Mapping[str, Any], shards: Sequence[Mapping], group: int | None,
-                       problems: list[str]) -> None:  # fmt: skip
+def _check_split_lists(
+    split: str, entry: Mapping[str, Any], shards: Sequence[Mapping], group: int | None, problems: list[str]
+) -> None:
     """The split's per-sample lists agree with each other and with its shards, in order.
 
     Shard ``i`` covers Zarr rows ``i * group`` on; each sample's row (``rows``, where the
@@ -250,8 +259,9 @@ def _check_shard(out: Path, shard: Mapping[str, Any], n_fields: int, check: bool
     return size
 
 
-def _check_zarr_array(store: Path, split: str, field: str, shape: tuple[int, ...], spec: FieldSpec,
-                      problems: list[str]) -> None:  # fmt: skip
+def _check_zarr_array(
+    store: Path, split: str, field: str, shape: tuple[int, ...], spec: FieldSpec, problems: list[str]
+) -> None:
     """The array's ``zarr.json`` exists and declares the manifest's shape and dtype."""
     path = store / split / field / "zarr.json"
     name = f"{STORE_NAME}/{split}/{field}"
@@ -290,45 +300,71 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "
 
 def format_info(data: Mapping[str, Any]) -> str:
     """The plain-text view of :func:`info`'s result, as ``ssmspine info`` prints it."""
-    lines = [f"{data['dir']}: {data['format']} v{data['format_version']}, "
-             f"written by ssmspine {data['tool_version']} on {data['created']}"]  # fmt: skip
+    lines = [
+        f"{data['dir']}: {data['format']} v{data['format_version']}, "
+        f"written by ssmspine {data['tool_version']} on {data['created']}"
+    ]
     sources = ", ".join(f"{s['name']} ({human_bytes(s['bytes'])})" for s in data["sources"])
     lines.append(f"sources: {sources}; {human_bytes(data['source_bytes'])} in all")
-    lines.append(f"samples: {data['samples']} ({_count(data['patients'], 'patient texture')}) in "
-                 + ", ".join(f"{name} {s['samples']}" for name, s in data["splits"].items()))  # fmt: skip
+    lines.append(
+        f"samples: {data['samples']} ({_count(data['patients'], 'patient texture')}) in "
+        + ", ".join(f"{name} {s['samples']}" for name, s in data["splits"].items())
+    )
     if data.get("rejected"):
         lines.append(f"rejected: {_count(data['rejected'], 'member')} left out by --skip-bad (see rejected.json)")
     lines += ["", "schema (per sample):"]
     lines += _table(
         ["field", "shape", "dtype", "bytes", "encoding"],
-        [[f, "×".join(map(str, s["shape"])), s["dtype"], human_bytes(s["sample_bytes"]), s["encoding"] or "-"]
-         for f, s in data["schema"].items()],  # fmt: skip
+        [
+            [f, "×".join(map(str, s["shape"])), s["dtype"], human_bytes(s["sample_bytes"]), s["encoding"] or "-"]
+            for f, s in data["schema"].items()
+        ],
     )
     for name, split in data["splits"].items():
         shards = split["shards"]
         sizes = shards["bytes"]
-        size_text = (", ".join(human_bytes(b) for b in sizes) if len(sizes) <= 6 else
-                     f"{human_bytes(min(sizes))} to {human_bytes(max(sizes))}, median "
-                     f"{human_bytes(statistics.median(sizes))}")  # fmt: skip
-        counts = [_count(split["samples"], "sample"), _count(split["patients"], "patient texture"),
-                  _count(shards["count"], "shard")]  # fmt: skip
+        size_text = (
+            ", ".join(human_bytes(b) for b in sizes)
+            if len(sizes) <= 6
+            else f"{human_bytes(min(sizes))} to {human_bytes(max(sizes))}, median "
+            f"{human_bytes(statistics.median(sizes))}"
+        )
+        counts = [
+            _count(split["samples"], "sample"),
+            _count(split["patients"], "patient texture"),
+            _count(shards["count"], "shard"),
+        ]
         lines += ["", f"split {name}: {', '.join(counts)} ({size_text})"]
         if split.get("warnings") or split.get("rejected"):
-            lines.append(f"  {_count(split['warnings'], 'sample')} with content warnings (kept as they are), "
-                         f"{_count(split['rejected'], 'member')} rejected")  # fmt: skip
+            lines.append(
+                f"  {_count(split['warnings'], 'sample')} with content warnings (kept as they are), "
+                f"{_count(split['rejected'], 'member')} rejected"
+            )
         sums = {k: sum(f[k] for f in split["fields"].values()) for k in ("decoded", "zarr", "wds")}
-        rows = [[field, human_bytes(f["decoded"]), human_bytes(f["zarr"]), human_bytes(f["wds"]),
-                 _fmt_ratio(_ratio(f["zarr"], f["decoded"]))]
-                for field, f in [*split["fields"].items(), ("fields", sums)]]  # fmt: skip
+        rows = [
+            [
+                field,
+                human_bytes(f["decoded"]),
+                human_bytes(f["zarr"]),
+                human_bytes(f["wds"]),
+                _fmt_ratio(_ratio(f["zarr"], f["decoded"])),
+            ]
+            for field, f in [*split["fields"].items(), ("fields", sums)]
+        ]
         rows.append(["on disk", "", human_bytes(split["zarr_bytes"]), human_bytes(split["wds_bytes"]), ""])
         lines += _table(["field", "decoded", "zarr", "wds tar", "zarr/decoded"], rows)
         ratio = split["ratio_to_source"]
-        lines.append(f"  vs its share of the sources ({human_bytes(split['source_bytes'])}, apportioned by "
-                     f"{data['source_apportioned_by']}): zarr {_fmt_ratio(ratio['zarr'])}, "
-                     f"wds {_fmt_ratio(ratio['wds'])}")  # fmt: skip
+        lines.append(
+            f"  vs its share of the sources ({human_bytes(split['source_bytes'])}, apportioned by "
+            f"{data['source_apportioned_by']}): zarr {_fmt_ratio(ratio['zarr'])}, "
+            f"wds {_fmt_ratio(ratio['wds'])}"
+        )
     ratio = data["ratio_to_source"]
-    lines += ["", f"total on disk: zarr {human_bytes(data['zarr_bytes'])} ({_fmt_ratio(ratio['zarr'])} of the "
-                  f"sources), wds {human_bytes(data['wds_bytes'])} ({_fmt_ratio(ratio['wds'])})"]  # fmt: skip
+    lines += [
+        "",
+        f"total on disk: zarr {human_bytes(data['zarr_bytes'])} ({_fmt_ratio(ratio['zarr'])} of the "
+        f"sources), wds {human_bytes(data['wds_bytes'])} ({_fmt_ratio(ratio['wds'])})",
+    ]
     check = data["check"]
     what = "sizes, sample lists, byte ranges, Zarr shapes" + (" and sha256" if check["checksums"] else "")
     if check["ok"]:
@@ -460,8 +496,9 @@ def _base_image(fields: Mapping[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
-def _layout_panel(fig: Figure, column: int, row: int, panel: int, width: int, height: int, label: str,
-                  top: int = 0) -> Axes:  # fmt: skip
+def _layout_panel(
+    fig: Figure, column: int, row: int, panel: int, width: int, height: int, label: str, top: int = 0
+) -> Axes:
     """Axes for the panel at (column, row), placed in whole pixels below ``top`` px of heading."""
     left = _MARGIN + column * (panel + _MARGIN)
     upper = top + _MARGIN + _TITLE + row * (panel + _TITLE + _MARGIN)
@@ -529,16 +566,26 @@ def _name_structures(ax: Axes, label: np.ndarray, fontsize: float) -> None:
     for value in range(1, len(LABEL_NAMES)):
         rows, cols = np.nonzero(label == value)
         if rows.size:
-            ax.text(cols.mean(), rows.mean(), LABEL_NAMES[value], color="white", fontsize=fontsize,
-                    ha="center", va="center", fontweight="bold",
-                    path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])  # fmt: skip
+            ax.text(
+                cols.mean(),
+                rows.mean(),
+                LABEL_NAMES[value],
+                color="white",
+                fontsize=fontsize,
+                ha="center",
+                va="center",
+                fontweight="bold",
+                path_effects=[patheffects.withStroke(linewidth=2, foreground="black")],
+            )
 
 
 def _legend_handles() -> list:
     from matplotlib.patches import Patch
 
-    return [Patch(facecolor=hex_, edgecolor="black", linewidth=0.5, label=LEGEND_NAMES[name])
-            for name, (_, hex_) in LABEL_COLOURS.items()]  # fmt: skip
+    return [
+        Patch(facecolor=hex_, edgecolor="black", linewidth=0.5, label=LEGEND_NAMES[name])
+        for name, (_, hex_) in LABEL_COLOURS.items()
+    ]
 
 
 def sample_figure(record: Record, *, title: Sequence[str] = (), panel: int = 512) -> Figure:
@@ -553,8 +600,11 @@ def sample_figure(record: Record, *, title: Sequence[str] = (), panel: int = 512
     width, height = sample_size(panel)
     fig = _new_figure(width, height)
     fontsize = 11 if panel >= 384 else 8
-    titles = {"img": "raw (img)", "img_corrected": "corrected (img_corrected)",
-              "img_equalized": "equalized (img_equalized)"}  # fmt: skip
+    titles = {
+        "img": "raw (img)",
+        "img_corrected": "corrected (img_corrected)",
+        "img_equalized": "equalized (img_equalized)",
+    }
     for column, field in enumerate(IMAGE_FIELDS):
         ax = _layout_panel(fig, column, 0, panel, width, height, field)
         if field in fields:
@@ -570,8 +620,13 @@ def sample_figure(record: Record, *, title: Sequence[str] = (), panel: int = 512
         _empty_panel(marks_ax, "landmarks", fontsize)
     else:
         grey = display_image(base)
-        _show_image(labels_ax, overlay_rgb(base, label), "labels (label)" if label is not None else "labels: absent",
-                    panel, fontsize)  # fmt: skip
+        _show_image(
+            labels_ax,
+            overlay_rgb(base, label),
+            "labels (label)" if label is not None else "labels: absent",
+            panel,
+            fontsize,
+        )
         if label is not None:
             _name_structures(labels_ax, label, fontsize * 0.75)
         _show_image(marks_ax, grey, "landmarks (bone, disk)", panel, fontsize)
@@ -580,17 +635,30 @@ def sample_figure(record: Record, *, title: Sequence[str] = (), panel: int = 512
     legend_ax.set_axis_off()
     legend_ax.text(0.04, 0.97, key, fontsize=fontsize * 1.6, fontweight="bold", va="top", transform=legend_ax.transAxes)
     for i, line in enumerate(title):
-        legend_ax.text(0.04, 0.86 - 0.065 * i, line, fontsize=fontsize, va="top", color="0.25",
-                       transform=legend_ax.transAxes)  # fmt: skip
-    legend_ax.legend(handles=_legend_handles(), loc="upper left", bbox_to_anchor=(0.02, 0.62), ncol=2,
-                     fontsize=fontsize * 1.1, title="labels and landmarks", title_fontsize=fontsize * 1.1,
-                     alignment="left", frameon=False,
-                     handlelength=1.6, handleheight=1.2, columnspacing=1.5, labelspacing=0.6)  # fmt: skip
+        legend_ax.text(
+            0.04, 0.86 - 0.065 * i, line, fontsize=fontsize, va="top", color="0.25", transform=legend_ax.transAxes
+        )
+    legend_ax.legend(
+        handles=_legend_handles(),
+        loc="upper left",
+        bbox_to_anchor=(0.02, 0.62),
+        ncol=2,
+        fontsize=fontsize * 1.1,
+        title="labels and landmarks",
+        title_fontsize=fontsize * 1.1,
+        alignment="left",
+        frameon=False,
+        handlelength=1.6,
+        handleheight=1.2,
+        columnspacing=1.5,
+        labelspacing=0.6,
+    )
     return fig
 
 
-def grid_figure(records: Sequence[Record], *, title: str | None = None, panel: int = 256,
-                columns: int | None = None) -> Figure:  # fmt: skip
+def grid_figure(
+    records: Sequence[Record], *, title: str | None = None, panel: int = 256, columns: int | None = None
+) -> Figure:
     """``len(records)`` samples side by side, each the corrected image with labels and landmarks,
     and one legend below: a quick look for misaligned labels or landmarks across a split."""
     if not records:
@@ -611,8 +679,16 @@ def grid_figure(records: Sequence[Record], *, title: str | None = None, panel: i
         _show_image(ax, overlay_rgb(base, label_map(fields)), key, panel, fontsize)
         _draw_landmarks(ax, fields, display_image(base).shape, size=max(0.5, 6.0 * panel / 512))
     legend_height = _legend_height(width)
-    fig.legend(handles=_legend_handles(), loc="center", ncol=_legend_columns(width), fontsize=9, frameon=False,
-               bbox_to_anchor=(0.5, (legend_height / 2) / height), handlelength=1.4, columnspacing=1.2)  # fmt: skip
+    fig.legend(
+        handles=_legend_handles(),
+        loc="center",
+        ncol=_legend_columns(width),
+        fontsize=9,
+        frameon=False,
+        bbox_to_anchor=(0.5, (legend_height / 2) / height),
+        handlelength=1.4,
+        columnspacing=1.2,
+    )
     return fig
 
 
@@ -639,8 +715,14 @@ def render_sample(record: Record, path: str | os.PathLike, *, title: Sequence[st
     return save_png(sample_figure(record, title=title, panel=panel), path)
 
 
-def render_grid(records: Sequence[Record], path: str | os.PathLike, *, title: str | None = None,
-                panel: int = 256, columns: int | None = None) -> Path:  # fmt: skip
+def render_grid(
+    records: Sequence[Record],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    panel: int = 256,
+    columns: int | None = None,
+) -> Path:
     """Write :func:`grid_figure` of ``records`` to ``path`` as a PNG; returns the path."""
     return save_png(grid_figure(records, title=title, panel=panel, columns=columns), path)
 
@@ -691,8 +773,9 @@ def _picture_fields(schema: Mapping[str, Any]) -> list[str]:
     return fields
 
 
-def read_wds_records(out: str | os.PathLike, split: str, indices: Sequence[int],
-                     fields: Sequence[str] | None = None) -> list[tuple[str, dict[str, np.ndarray]]]:  # fmt: skip
+def read_wds_records(
+    out: str | os.PathLike, split: str, indices: Sequence[int], fields: Sequence[str] | None = None
+) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Records of samples ``indices`` (positions in the split's key list) of ``split``, read from
     the tar shards, fetching only ``fields``.
 
@@ -725,8 +808,10 @@ def read_wds_records(out: str | os.PathLike, split: str, indices: Sequence[int],
                 offset, size = int(payload[2 * j]), int(payload[2 * j + 1])
                 name = member_name(key, field)
                 if _tar_member_name(os.pread(file.fileno(), 512, offset - 512)) != name:
-                    raise OutputError(f"{shard['file']}: no member {name} at byte {offset - 512}; the manifest "
-                                      "does not match the shard")  # fmt: skip
+                    raise OutputError(
+                        f"{shard['file']}: no member {name} at byte {offset - 512}; the manifest "
+                        "does not match the shard"
+                    )
                 data = os.pread(file.fileno(), size, offset)
                 if len(data) != size:
                     raise OutputError(f"{shard['file']}: {name} is cut short ({len(data)} of {size} bytes)")
@@ -742,8 +827,9 @@ def _tar_member_name(header: bytes) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
-def read_zarr_records(out: str | os.PathLike, split: str, indices: Sequence[int],
-                      fields: Sequence[str] | None = None) -> list[tuple[str, dict[str, np.ndarray]]]:  # fmt: skip
+def read_zarr_records(
+    out: str | os.PathLike, split: str, indices: Sequence[int], fields: Sequence[str] | None = None
+) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Records of ``indices`` of ``split`` read through :class:`~pipeline.random_access.ZarrDataset`."""
     from .random_access import ZarrDataset
 
@@ -754,8 +840,16 @@ def read_zarr_records(out: str | os.PathLike, split: str, indices: Sequence[int]
         dataset.close()
 
 
-def show(out: str | os.PathLike, split: str | None = None, key: str | None = None, index: int | None = None, *,
-         from_wds: bool = False, grid: int | None = None, path: str | os.PathLike = "sample.png") -> Path:  # fmt: skip
+def show(
+    out: str | os.PathLike,
+    split: str | None = None,
+    key: str | None = None,
+    index: int | None = None,
+    *,
+    from_wds: bool = False,
+    grid: int | None = None,
+    path: str | os.PathLike = "sample.png",
+) -> Path:
     """Draw one sample (or ``grid`` samples) of ``split`` to a PNG at ``path``; returns the path.
 
     Reads through the Zarr store by default, or from the tar shards with ``from_wds`` — the two

@@ -79,8 +79,9 @@ def create_split(
         )
         check_layout(split_group[field])
     for name, values in (("patient", patients), ("aug", augs)):
-        array = _require_array(split_group, name, shape=(n,), dtype=np.dtype("int32"), chunks=(n,), shards=None,
-                               compressors=None)  # fmt: skip
+        array = _require_array(
+            split_group, name, shape=(n,), dtype=np.dtype("int32"), chunks=(n,), shards=None, compressors=None
+        )
         array[:] = np.asarray(values, dtype=np.int32)
     split_group.attrs.update({"samples": n, "shard_samples": shard_samples, **attributes})
 
@@ -200,8 +201,9 @@ INDEX_ENTRY_BYTES = 16
 INDEX_CRC_BYTES = 4
 
 
-def read_shard_index(fd: int, path: str | os.PathLike, chunks_per_shard: int, at_end: bool = True,
-                     crc: bool = True) -> np.ndarray:  # fmt: skip
+def read_shard_index(
+    fd: int, path: str | os.PathLike, chunks_per_shard: int, at_end: bool = True, crc: bool = True
+) -> np.ndarray:
     """The ``(chunks, 2)`` table of offset and size of each inner chunk of the shard file open as ``fd``.
 
     Checked before it is trusted: the index's CRC-32C (where the layout has one) and every

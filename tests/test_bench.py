@@ -11,11 +11,12 @@ import statistics
 import sys
 
 import pytest
-from conftest import assert_bit_exact
 
 from pipeline.bench.reading import FIELD_SETS, READERS, SINGLE_THREAD, TorchLoadDataset, prepare, run
 from pipeline.random_access import ZarrDataset
 from pipeline.schema import FIELDS
+
+from conftest import assert_bit_exact
 
 SAMPLES = 4
 
@@ -150,21 +151,45 @@ def _fake_scale_result() -> dict:
         commands = {}
         for which in fixed:
             t = fixed[which] + per_sample[which] * (n - 2)
-            commands[which] = {"seconds": [t, t + 0.5], "coordinator_peak_mb": [300.0, 310.0],
-                               "worker_peak_mb": [[400.0, 390.0], [410.0, 380.0]],
-                               "tree_peak_mb": [410.0, 410.0]}  # fmt: skip
+            commands[which] = {
+                "seconds": [t, t + 0.5],
+                "coordinator_peak_mb": [300.0, 310.0],
+                "worker_peak_mb": [[400.0, 390.0], [410.0, 380.0]],
+                "tree_peak_mb": [410.0, 410.0],
+            }
         readers = {}
         if name != "fixed":
-            figures = {"import_s": [2.0], "startup_s": [0.001 * n], "first_batch_s": [0.05],
-                       "samples": [n - n // 5], "process_s": [3.0]}  # fmt: skip
+            figures = {
+                "import_s": [2.0],
+                "startup_s": [0.001 * n],
+                "first_batch_s": [0.05],
+                "samples": [n - n // 5],
+                "process_s": [3.0],
+            }
             readers = {r: figures for r in ("StreamingDataset", "ZarrDataset")}
-        sets[name] = {"samples": n, "layout": {"train": [4, n // 5], "test": [1, n - 4 * (n // 5)]},
-                      "source_bytes": 2_000_000 * n, "zarr_bytes": 1_500_000 * n, "wds_bytes": 1_500_000 * n,
-                      "manifest_bytes": 1000 * n, "generation": {"samples": n, "seconds": n * 0.5, "processes": 2},
-                      "commands": commands, "readers": readers}  # fmt: skip
-    return {"date": "2026-01-01", "machine": "a test", "workers": 2, "repeats": 2, "release_samples": 12_500,
-            "workstation_cores": 16, "workstation_disk_bytes_per_s": 1.5e9, "other_load_cores": 0.1, "sets": sets,
-            "bench_seconds": 600.0}  # fmt: skip
+        sets[name] = {
+            "samples": n,
+            "layout": {"train": [4, n // 5], "test": [1, n - 4 * (n // 5)]},
+            "source_bytes": 2_000_000 * n,
+            "zarr_bytes": 1_500_000 * n,
+            "wds_bytes": 1_500_000 * n,
+            "manifest_bytes": 1000 * n,
+            "generation": {"samples": n, "seconds": n * 0.5, "processes": 2},
+            "commands": commands,
+            "readers": readers,
+        }
+    return {
+        "date": "2026-01-01",
+        "machine": "a test",
+        "workers": 2,
+        "repeats": 2,
+        "release_samples": 12_500,
+        "workstation_cores": 16,
+        "workstation_disk_bytes_per_s": 1.5e9,
+        "other_load_cores": 0.1,
+        "sets": sets,
+        "bench_seconds": 600.0,
+    }
 
 
 def test_scale_summary_and_report(tmp_path):
@@ -255,8 +280,14 @@ def test_whole_command_rows_take_the_median_of_per_round_ratios(tmp_path):
     assert rows[2][3:] == ["0.30×", "≤ 0.4 (met)"]
     commands["verify manifest"] = [5.0, 9.0, 5.0]
     assert command_rows(commands, 128)[2][3:] == ["0.50×", "≤ 0.4 (NOT met)"]
-    convert = {"samples": 128, "source_bytes": 100, "zarr_bytes": 72, "wds_bytes": 72, "seconds": {"convert, 2 workers": [4.0]},
-               "commands": commands}  # fmt: skip
+    convert = {
+        "samples": 128,
+        "source_bytes": 100,
+        "zarr_bytes": 72,
+        "wds_bytes": 72,
+        "seconds": {"convert, 2 workers": [4.0]},
+        "commands": commands,
+    }
     (tmp_path / "convert.json").write_text(json.dumps(convert))
     assert (
         "| `ssmspine verify manifest` | 5.00 | 25.6 | 0.50× | ≤ 0.4 (NOT met) |" in write_report(tmp_path).read_text()

@@ -23,11 +23,37 @@ def external_cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cluster")
     scheduler_file = folder / "scheduler.json"
     dask = str(Path(sys.executable).with_name("dask"))
-    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                  "--scheduler-file", str(scheduler_file)], cwd=folder)  # fmt: skip
+    scheduler = subprocess.Popen(
+        [
+            dask,
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        cwd=folder,
+    )
     workers = [
-        subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
-                          "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"], cwd=folder)  # fmt: skip
+        subprocess.Popen(
+            [
+                dask,
+                "worker",
+                "--scheduler-file",
+                str(scheduler_file),
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--name",
+                f"w{i}",
+            ],
+            cwd=folder,
+        )
         for i in range(2)
     ]
     try:
@@ -43,8 +69,22 @@ def external_cluster(tmp_path_factory):
 
 def test_convert_and_verify_on_an_external_cluster(external_cluster, train_zip, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["convert", str(train_zip), "--out", str(out), "--scheduler", external_cluster,
-                 "--shard-size", "8MB", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "convert",
+                str(train_zip),
+                "--out",
+                str(out),
+                "--scheduler",
+                external_cluster,
+                "--shard-size",
+                "8MB",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "converted 12 samples (train 12)" in printed and "samples/s" in printed
     assert len(read_manifest(out)["splits"]["train"]["shards"]) >= 2
@@ -84,6 +124,7 @@ def test_sizes_parse(text, expected):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([str(Path(sys.executable).with_name("ssmspine")), "--version"], capture_output=True,
-                            text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("ssmspine")), "--version"], capture_output=True, text=True, check=True
+    )
     assert result.stdout.startswith("ssmspine ")

@@ -28,6 +28,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_source import _Payload, legacy_pt_bytes
 
 from pipeline.cli import main
 from pipeline.convert import convert
@@ -39,7 +40,6 @@ from pipeline.synth import MEMBER_DATE_TIME, SynthConfig, pt_bytes
 from pipeline.verify import verify
 
 from conftest import fast_options
-from test_source import _Payload, legacy_pt_bytes
 
 #: numpy 1.x pickles and numpy values, as in the release.
 RELEASE_STYLE = SynthConfig()

@@ -46,8 +46,9 @@ def test_a_worker_killed_mid_task_does_not_stop_the_conversion(eight_samples, tm
 
         def run() -> None:
             try:
-                outcome["summary"] = convert([eight_samples], out, fast_options(cluster.scheduler_address,
-                                                                                shard_bytes=1))  # fmt: skip
+                outcome["summary"] = convert(
+                    [eight_samples], out, fast_options(cluster.scheduler_address, shard_bytes=1)
+                )
             except BaseException as exc:  # reported by the assertion below
                 outcome["error"] = exc
 
@@ -103,8 +104,10 @@ def small_disk(tmp_path):
     mount.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], capture_output=True)
     if result.returncode != 0:  # needs root (or CAP_SYS_ADMIN), as CI and the development machines have
-        pytest.fail(f"this test needs a real full disk: mounting a 12 MB tmpfs failed "
-                    f"({result.stderr.decode().strip()}); run the suite as root, as CI does")  # fmt: skip
+        pytest.fail(
+            f"this test needs a real full disk: mounting a 12 MB tmpfs failed "
+            f"({result.stderr.decode().strip()}); run the suite as root, as CI does"
+        )
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
@@ -158,6 +161,9 @@ def test_a_zarr_shard_altered_after_conversion_is_reported_by_name(converted, tm
     report = verify(out, scheduler=dask_scheduler)
     assert not report.ok
     assert [(p.split, p.where, p.what) for p in report.problems] == [
-        ("train", "ssmspine.zarr/train/mask", "ssmspine.zarr/train/mask/c/0/0/0/0: the shard index fails its crc32c "
-         "check; the output is damaged")
-    ]  # fmt: skip
+        (
+            "train",
+            "ssmspine.zarr/train/mask",
+            "ssmspine.zarr/train/mask/c/0/0/0/0: the shard index fails its crc32c check; the output is damaged",
+        )
+    ]

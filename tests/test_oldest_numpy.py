@@ -34,8 +34,21 @@ def oldest_numpy() -> tuple[str, Path]:
     version = numpy_floor()
     target = Path(sys.prefix) / f"oldest-numpy-{version}"
     if not (target / "numpy").is_dir():
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-                        f"numpy=={version}"], check=True, timeout=600)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--target",
+                str(target),
+                f"numpy=={version}",
+            ],
+            check=True,
+            timeout=600,
+        )
     return version, target
 
 
@@ -44,13 +57,15 @@ def test_the_cli_converts_and_verifies_under_the_oldest_allowed_numpy(oldest_num
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
 
     def run(*args: str) -> str:
-        result = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                                timeout=300)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, result.stderr
         return result.stdout
 
     assert run("-c", "import numpy; print(numpy.__version__)").strip() == version
     run("-m", "pipeline.cli", "synth", "src.zip", "--patients", "1", "--shapes", "2")
     run("-m", "pipeline.cli", "convert", "src.zip", "--out", "out", "--workers", "1", "--no-progress")
-    assert "both formats: OK" in run("-m", "pipeline.cli", "verify", "src.zip", "--out", "out", "--workers", "1",
-                                     "--no-progress")  # fmt: skip
+    assert "both formats: OK" in run(
+        "-m", "pipeline.cli", "verify", "src.zip", "--out", "out", "--workers", "1", "--no-progress"
+    )

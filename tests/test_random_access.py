@@ -50,7 +50,12 @@ def _zarr_read(out: Path, split: str, field: str, row: int) -> np.ndarray:
 
 def _tensorstore_read(out: Path, split: str, field: str, row: int) -> np.ndarray:
     path = zarr_store.store_path(out) / split / field
-    return tensorstore.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}).result()[row].read().result()
+    return (
+        tensorstore.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}})
+        .result()[row]
+        .read()
+        .result()
+    )
 
 
 def _full_read(out: Path, split: str, field: str) -> np.ndarray:
@@ -78,9 +83,16 @@ def variant(tmp_path_factory, converted) -> tuple[Path, dict[str, np.ndarray]]:
     data[EMPTY_SHARD_FIELD][:VARIANT_SHARD] = 0
     schema = {f: spec_of(values[0]) for f, values in data.items()}
     encodings = {f: CANDIDATES[k % len(CANDIDATES)] for k, f in enumerate(schema)}
-    zarr_store.create_split(out, "train", schema, encodings, np.array(train["patient"][:n]),
-                            np.array(train["aug"][:n]), shard_samples=VARIANT_SHARD,
-                            attributes={"fields": list(schema)})  # fmt: skip
+    zarr_store.create_split(
+        out,
+        "train",
+        schema,
+        encodings,
+        np.array(train["patient"][:n]),
+        np.array(train["aug"][:n]),
+        shard_samples=VARIANT_SHARD,
+        attributes={"fields": list(schema)},
+    )
     for f, values in data.items():  # zarr-python, unlike the conversion, skips chunks equal to the fill value
         zarr_store.open_array(out, "train", f, mode="r+")[:] = values
     manifest["splits"] = {"train": {k: train[k][:n] for k in ("keys", "patient", "aug")} | {"samples": n}}
@@ -141,14 +153,37 @@ OTHER_LAYOUTS = {
     # fast: raw (uncompressed) chunks, read with preadv straight into the array
     "img_corrected": (True, dict(chunks=(1, 512, 512), shards=(5, 512, 512), compressors=None)),
     # fast: "." chunk key separator
-    "img_equalized": (True, dict(chunks=(1, 512, 512), shards=(5, 512, 512), compressors=BloscCodec(),
-                                 chunk_key_encoding={"name": "default", "separator": "."})),  # fmt: skip
+    "img_equalized": (
+        True,
+        dict(
+            chunks=(1, 512, 512),
+            shards=(5, 512, 512),
+            compressors=BloscCodec(),
+            chunk_key_encoding={"name": "default", "separator": "."},
+        ),
+    ),
     # fast: index at the start of the shard
-    "mask": (True, dict(chunks=(5, 11, 512, 512), compressors=None, serializer=ShardingCodec(
-        chunk_shape=(1, 11, 512, 512), codecs=[BytesCodec(), BloscCodec(cname="lz4")], index_location="start"))),
+    "mask": (
+        True,
+        dict(
+            chunks=(5, 11, 512, 512),
+            compressors=None,
+            serializer=ShardingCodec(
+                chunk_shape=(1, 11, 512, 512), codecs=[BytesCodec(), BloscCodec(cname="lz4")], index_location="start"
+            ),
+        ),
+    ),
     # fast: index without crc32c
-    "label": (True, dict(chunks=(4, 1, 512, 512), compressors=None, serializer=ShardingCodec(
-        chunk_shape=(1, 1, 512, 512), codecs=[BytesCodec(), BloscCodec()], index_codecs=[BytesCodec()]))),
+    "label": (
+        True,
+        dict(
+            chunks=(4, 1, 512, 512),
+            compressors=None,
+            serializer=ShardingCodec(
+                chunk_shape=(1, 1, 512, 512), codecs=[BytesCodec(), BloscCodec()], index_codecs=[BytesCodec()]
+            ),
+        ),
+    ),
     # zarr-python: sharded, another compressor
     "shape": (False, dict(chunks=(1, 1696, 2), shards=(4, 1696, 2), compressors=ZstdCodec(level=3))),
     # zarr-python: Blosc, but one file per chunk
@@ -187,14 +222,18 @@ def test_items_are_tensors_of_the_requested_fields_only(converted, monkeypatch):
 
     opened = []
     original = random_access._ProcessState.file
-    monkeypatch.setattr(random_access._ProcessState, "file", lambda self, path: opened.append(path) or original(self, path))
+    monkeypatch.setattr(
+        random_access._ProcessState, "file", lambda self, path: opened.append(path) or original(self, path)
+    )
     item = ds[5]
     assert set(item) == {"__key__", "img", "label"}
     assert item["__key__"] == ds.keys[5]
     assert isinstance(item["img"], torch.Tensor) and item["img"].dtype == torch.float32
     assert item["label"].shape == (1, 512, 512) and item["label"].dtype == torch.int64
     assert opened and {Path(p).relative_to(zarr_store.store_path(converted) / "train").parts[0] for p in opened} == {
-        "img", "label"}  # fmt: skip
+        "img",
+        "label",
+    }
     assert set(ZarrDataset(converted, fields="img")[0]) == {"__key__", "img"}
 
 

@@ -33,10 +33,23 @@ def _start_conversion(archive: Path, out: Path) -> subprocess.Popen:
 
     One sample per shard and one worker: the run takes long enough to be interrupted midway.
     """
-    command = [sys.executable, "-m", "pipeline.cli", "convert", str(archive), "--out", str(out),
-               "--shard-size", "1MB", "--workers", "1", "--no-progress"]  # fmt: skip
-    return subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "convert",
+        str(archive),
+        "--out",
+        str(out),
+        "--shard-size",
+        "1MB",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    return subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait_for_finished_shards(process: subprocess.Popen, out: Path, count: int, timeout: float = 300) -> None:

@@ -60,8 +60,14 @@ def test_missing_and_unreadable_sources_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("numpy_pickle", [1, 2])
 @pytest.mark.parametrize("values", ["numpy", "tensor"])
 def test_decoding_keeps_every_dtype_and_byte(numpy_pickle, values):
-    config = SynthConfig(values=values, numpy_pickle=numpy_pickle, image_dtype="float64", mask_dtype="bool",
-                         label_dtype="float32", landmark_dtype="float32")  # fmt: skip
+    config = SynthConfig(
+        values=values,
+        numpy_pickle=numpy_pickle,
+        image_dtype="float64",
+        mask_dtype="bool",
+        label_dtype="float32",
+        landmark_dtype="float32",
+    )
     sample = make_sample(1, 1)
     data = pt_bytes(sample, config)
     decoded = decode_sample(data, "a.zip", "Train/p1/aug1.pt")

@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 import torch
 import webdataset
-from conftest import assert_bit_exact, copy_output
 from torch.utils.data import DataLoader
 
 from pipeline import OutputError, decode_wds_sample
@@ -42,6 +41,8 @@ from pipeline.stream import (
     source_neighbour_ratio,
     worker_batches,
 )
+
+from conftest import assert_bit_exact, copy_output
 
 SEED = 7
 
@@ -360,8 +361,9 @@ def test_a_batch_naming_a_slot_this_process_does_not_have_is_an_error():
 def test_resume_in_process_on_another_world_size(converted, workers):
     """Ranks simulated in one process: 2 ranks × 3 per batch stop after a step; 3 ranks × 2 finish."""
     keys = StreamingDataset(converted, fields=("label",)).keys
-    first = [StreamingDataset(converted, fields=("label",), seed=SEED, batch_size=3, rank=r, world_size=2)
-             for r in range(2)]  # fmt: skip
+    first = [
+        StreamingDataset(converted, fields=("label",), seed=SEED, batch_size=3, rank=r, world_size=2) for r in range(2)
+    ]
     seen, states = [], []
     for ds in first:
         ds.set_epoch(1)
@@ -370,8 +372,9 @@ def test_resume_in_process_on_another_world_size(converted, workers):
             break
         states.append(ds.state_dict())
     assert states[0] == states[1] and states[0]["epoch"] == 1 and states[0]["position"] == 6
-    second = [StreamingDataset(converted, fields=("label",), seed=SEED, batch_size=2, rank=r, world_size=3)
-              for r in range(3)]  # fmt: skip
+    second = [
+        StreamingDataset(converted, fields=("label",), seed=SEED, batch_size=2, rank=r, world_size=3) for r in range(3)
+    ]
     rest = []
     for r, ds in enumerate(second):
         ds.load_state_dict(json.loads(json.dumps(states[0])))
@@ -541,8 +544,9 @@ def test_damaged_shard_is_an_error_naming_it(converted, tmp_path, serve, how, sc
     with pytest.raises(OutputError, match=re.escape(name)) as error:
         for item in ds:
             received += item["__key__"] if batch else [item["__key__"]]
-    assert re.search({"missing": "missing", "truncated": "truncated", "corrupt": "corrupt|damaged"}[how],
-                     str(error.value))  # fmt: skip
+    assert re.search(
+        {"missing": "missing", "truncated": "truncated", "corrupt": "corrupt|damaged"}[how], str(error.value)
+    )
     # every batch before the damaged one arrives first, also when the damaged one was read ahead
     before = len(read_manifest(out)["splits"]["train"]["shards"][0]["keys"])
     assert before >= (batch or 1), "the first shard fills a batch, so an early error would show"
@@ -613,8 +617,13 @@ def _launch(root: Path, folder: Path, world: int, scenarios: list[dict], script:
     env["GLOO_SOCKET_IFNAME"] = "lo"
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     procs = [
-        subprocess.Popen([sys.executable, str(folder / "rank.py"), str(folder / "config.json"), str(r), str(world)],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, str(folder / "rank.py"), str(folder / "config.json"), str(r), str(world)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for r in range(world)
     ]
     # one thread per rank collects its output; the first failure stops the others (no hang on a dead peer)
@@ -641,24 +650,39 @@ def ddp(converted, tmp_path_factory):
     """Three launches: 2 ranks (stop mid-epoch), 3 ranks (elastic resume; stop), 2 ranks (resume both)."""
     base = tmp_path_factory.mktemp("ddp")
     state2, state3 = str(base / "state-w2.json"), str(base / "state-w3.json")
-    w2 = _launch(converted, base / "w2", 2, [
-        {"name": "full-0", "workers": 0, "batch_size": 3, "epochs": [0, 1]},
-        {"name": "full-2", "workers": 2, "batch_size": 3, "epochs": [0, 1], "persistent": True},
-        {"name": "spawned-workers", "workers": 1, "context": "spawn", "batch_size": 3, "epochs": [0]},
-        {"name": "per-sample", "workers": 0, "loader_batch": 2, "epochs": [0]},
-        {"name": "padded", "split": "test", "workers": 2, "batch_size": 1, "epochs": [0]},
-        {"name": "stop", "workers": 2, "batch_size": 3, "epochs": [2], "stop": 1, "save": state2},
-    ])  # fmt: skip
-    w3 = _launch(converted, base / "w3", 3, [
-        {"name": "full-0", "workers": 0, "batch_size": 2, "epochs": [0, 1]},
-        {"name": "full-2", "workers": 2, "batch_size": 2, "epochs": [0, 1]},
-        {"name": "elastic", "workers": 2, "batch_size": 2, "epochs": [2], "load": state2},
-        {"name": "stop", "workers": 0, "batch_size": 2, "epochs": [5], "stop": 1, "save": state3},
-    ])  # fmt: skip
-    w2b = _launch(converted, base / "w2-again", 2, [
-        {"name": "resume", "workers": 2, "batch_size": 3, "epochs": [2], "load": state2},
-        {"name": "elastic", "workers": 0, "batch_size": 3, "epochs": [5, 6], "load": state3},
-    ])  # fmt: skip
+    w2 = _launch(
+        converted,
+        base / "w2",
+        2,
+        [
+            {"name": "full-0", "workers": 0, "batch_size": 3, "epochs": [0, 1]},
+            {"name": "full-2", "workers": 2, "batch_size": 3, "epochs": [0, 1], "persistent": True},
+            {"name": "spawned-workers", "workers": 1, "context": "spawn", "batch_size": 3, "epochs": [0]},
+            {"name": "per-sample", "workers": 0, "loader_batch": 2, "epochs": [0]},
+            {"name": "padded", "split": "test", "workers": 2, "batch_size": 1, "epochs": [0]},
+            {"name": "stop", "workers": 2, "batch_size": 3, "epochs": [2], "stop": 1, "save": state2},
+        ],
+    )
+    w3 = _launch(
+        converted,
+        base / "w3",
+        3,
+        [
+            {"name": "full-0", "workers": 0, "batch_size": 2, "epochs": [0, 1]},
+            {"name": "full-2", "workers": 2, "batch_size": 2, "epochs": [0, 1]},
+            {"name": "elastic", "workers": 2, "batch_size": 2, "epochs": [2], "load": state2},
+            {"name": "stop", "workers": 0, "batch_size": 2, "epochs": [5], "stop": 1, "save": state3},
+        ],
+    )
+    w2b = _launch(
+        converted,
+        base / "w2-again",
+        2,
+        [
+            {"name": "resume", "workers": 2, "batch_size": 3, "epochs": [2], "load": state2},
+            {"name": "elastic", "workers": 0, "batch_size": 3, "epochs": [5, 6], "load": state3},
+        ],
+    )
     return {"keys": read_manifest(converted)["splits"], 2: w2, 3: w3, "2b": w2b}
 
 

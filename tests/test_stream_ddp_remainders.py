@@ -28,14 +28,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import test_stream
-from conftest import fast_options
-from test_stream import SEED, expected_keys
 
 from pipeline.convert import convert
 from pipeline.manifest import read_manifest
 from pipeline.stream import epoch_order
 from pipeline.synth import SynthConfig, write_archive
+
+import test_stream
+from conftest import fast_options
+from test_stream import SEED, expected_keys
 
 N = 11  # samples in the split: not divisible by 3 (nor by 2)
 WORLD = 3
@@ -139,10 +140,15 @@ def ddp(eleven, tmp_path_factory):
         sc = {"name": name, "batch_size": b, "workers": w, "epochs": [1], "stop": stop, "save": state[name]}
         first.append({**sc, "drop_last": drop, **({"seen": seen} if seen else {})})
     w3 = _launch(eleven, base / "w3", WORLD, first)
-    w2 = _launch(eleven, base / "w2", 2, [
-        {"name": name, "batch_size": b, "workers": w, "epochs": [1], "stop": 1, "save": state[name]}
-        for name, (b, w, _, _) in ELASTIC.items()
-    ])  # fmt: skip
+    w2 = _launch(
+        eleven,
+        base / "w2",
+        2,
+        [
+            {"name": name, "batch_size": b, "workers": w, "epochs": [1], "stop": 1, "save": state[name]}
+            for name, (b, w, _, _) in ELASTIC.items()
+        ],
+    )
     resumed = [
         {"name": name, "batch_size": b, "workers": 2 - w, "passes": 2, "load": state[name], "drop_last": drop}
         for name, (b, w, _, _, drop, _) in STOPS.items()  # the other number of workers than before

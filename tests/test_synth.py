@@ -119,7 +119,7 @@ def test_label_and_masks_consistent(patient, shape):
         np.testing.assert_array_equal(s["mask"][i], (label == i + 1).astype(np.uint8))
         assert s["mask"][i].sum() > 300, i
     np.testing.assert_array_equal(s["bone_mask"], s["mask"][: len(BONE_NAMES)])
-    np.testing.assert_array_equal(s["disk_mask"], s["mask"][len(BONE_NAMES):])
+    np.testing.assert_array_equal(s["disk_mask"], s["mask"][len(BONE_NAMES) :])
     assert set(np.unique(s["mask"])) == {0, 1}
 
 
@@ -149,7 +149,7 @@ def test_landmarks_trace_their_masks(patient, shape):
 def test_shape_is_bones_then_disc_subsample(sample):
     bones = sample["bone"].reshape(-1, 2)
     np.testing.assert_array_equal(sample["shape"][: len(bones)], bones)
-    discs = sample["shape"][len(bones):].reshape(5, -1, 2)
+    discs = sample["shape"][len(bones) :].reshape(5, -1, 2)
     for k in range(5):
         rows = [np.flatnonzero((sample["disk"][k] == point).all(axis=1)) for point in discs[k]]
         index = [r[0] for r in rows]
@@ -192,9 +192,7 @@ def test_member_names():
     assert member_name("Train", 1, 1) == "Train/p1/aug1.pt"
     assert member_name("SSMSpine_Test/Test", 12, 125) == "SSMSpine_Test/Test/p12/aug125.pt"
     config = SynthConfig(patients=2, shapes=3, first_patient=9)
-    assert list(iter_members(config)) == [
-        (f"Train/p{p}/aug{s}.pt", p, s) for p in (9, 10) for s in (1, 2, 3)
-    ]
+    assert list(iter_members(config)) == [(f"Train/p{p}/aug{s}.pt", p, s) for p in (9, 10) for s in (1, 2, 3)]
 
 
 @pytest.mark.parametrize("numpy_pickle", [1, 2])
@@ -219,11 +217,17 @@ ROUND_TRIP_CONFIGS = [
     SynthConfig(image_dtype="float64", mask_dtype="bool", label_dtype="float32", landmark_dtype="float32"),
     SynthConfig(image_dtype="float16", mask_dtype="int64", label_dtype="uint8"),
     SynthConfig(values="tensor"),
-    SynthConfig(values="tensor", image_dtype="float16", mask_dtype="bool", label_dtype="float32", landmark_dtype="float32"),
+    SynthConfig(
+        values="tensor", image_dtype="float16", mask_dtype="bool", label_dtype="float32", landmark_dtype="float32"
+    ),
 ]
 
 
-@pytest.mark.parametrize("config", ROUND_TRIP_CONFIGS, ids=lambda c: f"{c.values}-{c.image_dtype}-{c.mask_dtype}-{c.label_dtype}-np{c.numpy_pickle}")
+@pytest.mark.parametrize(
+    "config",
+    ROUND_TRIP_CONFIGS,
+    ids=lambda c: f"{c.values}-{c.image_dtype}-{c.mask_dtype}-{c.label_dtype}-np{c.numpy_pickle}",
+)
 def test_round_trip_bit_exact(sample, config):
     cast = cast_sample(sample, config)
     kind = torch.Tensor if config.values == "tensor" else np.ndarray

@@ -177,8 +177,13 @@ def test_info_and_wds_reads_with_a_rejected_member(converted, tmp_path):
     for digests in shard["digests"].values():
         digests.pop(drop)
     position = entry["keys"].index(key)
-    rejection = {"archive": "SSMSpine_Train.zip", "member": "Train/p01/aug6.pt", "key": key, "split": "train",
-                 "reason": "test"}  # fmt: skip
+    rejection = {
+        "archive": "SSMSpine_Train.zip",
+        "member": "Train/p01/aug6.pt",
+        "key": key,
+        "split": "train",
+        "reason": "test",
+    }
     shard["rejected"], manifest["rejected"] = [rejection], [rejection]
     for name in ("keys", "patient", "aug", "members"):
         entry[name].pop(position)
@@ -261,8 +266,9 @@ def test_show_draws_labels_in_their_colours_and_only_there(record, tmp_path):
 def test_show_draws_landmarks_where_they_are(record, tmp_path):
     key, fields = record
     with_marks = _pixels(viz.render_sample(record, tmp_path / "a.png"))
-    without = _pixels(viz.render_sample((key, {f: a for f, a in fields.items() if f not in ("bone", "disk")}),
-                                        tmp_path / "b.png"))  # fmt: skip
+    without = _pixels(
+        viz.render_sample((key, {f: a for f, a in fields.items() if f not in ("bone", "disk")}), tmp_path / "b.png")
+    )
     fig = viz.sample_figure(record)
     points = np.concatenate([fields["bone"].reshape(-1, 2), fields["disk"].reshape(-1, 2)])
     cols, rows = np.round(points).astype(int).T
@@ -282,8 +288,19 @@ def test_show_draws_landmarks_where_they_are(record, tmp_path):
 def test_legend_names_all_eleven_structures_in_distinct_colours(record):
     fig = viz.sample_figure(record)
     texts = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
-    assert texts == ["L1", "L2", "L3", "L4", "L5", "S1",
-                     "D1 (L1/L2)", "D2 (L2/L3)", "D3 (L3/L4)", "D4 (L4/L5)", "D5 (L5/S1)"]  # fmt: skip
+    assert texts == [
+        "L1",
+        "L2",
+        "L3",
+        "L4",
+        "L5",
+        "S1",
+        "D1 (L1/L2)",
+        "D2 (L2/L3)",
+        "D3 (L3/L4)",
+        "D4 (L4/L5)",
+        "D5 (L5/S1)",
+    ]
     palette = viz.label_colours_rgb()[1:]
     distances = np.abs(palette[:, None] - palette[None]).sum(axis=2)
     assert distances[~np.eye(11, dtype=bool)].min() > 0.25
@@ -316,10 +333,17 @@ def test_show_grid(converted, tmp_path):
 
 @pytest.mark.parametrize(
     ("key", "index", "grid", "indices"),
-    [(None, None, None, [0]), (None, 3, None, [3]), (None, -1, None, [11]), ("p02_aug001", None, None, [6]),
-     (None, None, 4, [0, 4, 7, 11]), (None, 10, 4, [10, 11]), ("p01_aug002", None, 2, [1, 2]),
-     (None, None, 20, list(range(12)))],
-)  # fmt: skip
+    [
+        (None, None, None, [0]),
+        (None, 3, None, [3]),
+        (None, -1, None, [11]),
+        ("p02_aug001", None, None, [6]),
+        (None, None, 4, [0, 4, 7, 11]),
+        (None, 10, 4, [10, 11]),
+        ("p01_aug002", None, 2, [1, 2]),
+        (None, None, 20, list(range(12))),
+    ],
+)
 def test_pick_indices(converted, key, index, grid, indices):
     keys = read_manifest(converted)["splits"]["train"]["keys"]
     assert viz._pick_indices(keys, "train", key, index, grid) == indices
@@ -327,10 +351,14 @@ def test_pick_indices(converted, key, index, grid, indices):
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
-    [({"split": "val"}, OutputError, "no split 'val'"), ({"key": "p09_aug001"}, OutputError, "no sample 'p09_aug001'"),
-     ({"index": 12}, OutputError, "out of range"), ({"key": "p01_aug001", "index": 0}, ValueError, "not both"),
-     ({"grid": 0}, ValueError, "at least 1")],
-)  # fmt: skip
+    [
+        ({"split": "val"}, OutputError, "no split 'val'"),
+        ({"key": "p09_aug001"}, OutputError, "no sample 'p09_aug001'"),
+        ({"index": 12}, OutputError, "out of range"),
+        ({"key": "p01_aug001", "index": 0}, ValueError, "not both"),
+        ({"grid": 0}, ValueError, "at least 1"),
+    ],
+)
 def test_show_refuses_bad_requests(converted, tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
         viz.show(converted, **{"split": "train", **kwargs}, path=tmp_path / "x.png")
@@ -367,10 +395,13 @@ def test_label_map_from_masks_without_label(dtype, split_masks):
 
 def test_odd_records_still_render(tmp_path):
     """Other dtypes than the release's, values outside [0, 1], no landmarks, no labels."""
-    image = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 7)
-    fields = {"img": image, "img_corrected": image.astype(np.float16),
-              "label": _reference_label((64, 64))[None].astype(np.float32),
-              "bone": np.full((6, 236, 2), 10, dtype=np.int16)}  # fmt: skip
+    image = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 7
+    fields = {
+        "img": image,
+        "img_corrected": image.astype(np.float16),
+        "label": _reference_label((64, 64))[None].astype(np.float32),
+        "bone": np.full((6, 236, 2), 10, dtype=np.int16),
+    }
     record = ("p01_aug001", fields)
     path = viz.render_sample(record, tmp_path / "odd.png", panel=128)
     assert Image.open(path).size == viz.sample_size(128)
@@ -399,23 +430,34 @@ def test_cli_info_json_and_show(converted, tmp_path, capsys):
 # ------------------------------------------------------------------------ bench report
 
 CONVERT = {
-    "date": "2026-01-02", "machine": "2 cores (Test CPU)", "samples": 64, "shard_bytes": 8_000_000,
-    "source_bytes": 140_000_000, "zarr_bytes": 104_000_000, "wds_bytes": 105_000_000,
-    "seconds": {"load only (1 process)": [6.0, 6.4, 5.8], "convert, 1 worker": [9.0, 9.5, 9.8],
-                "convert, 2 workers": [5.0, 5.2, 4.9]},
+    "date": "2026-01-02",
+    "machine": "2 cores (Test CPU)",
+    "samples": 64,
+    "shard_bytes": 8_000_000,
+    "source_bytes": 140_000_000,
+    "zarr_bytes": 104_000_000,
+    "wds_bytes": 105_000_000,
+    "seconds": {
+        "load only (1 process)": [6.0, 6.4, 5.8],
+        "convert, 1 worker": [9.0, 9.5, 9.8],
+        "convert, 2 workers": [5.0, 5.2, 4.9],
+    },
     "planning_seconds": {"1": [0.4, 0.5, 0.6], "2": [0.5, 0.5, 0.5]},
     "startup_seconds": {"1": [1.1, 1.0, 1.2], "2": [1.5, 1.4, 1.6]},
     "worker_peak_mb": {"64": [400.0, 410.0, 405.0], "128": [402.0, 412.0, 407.0]},
     "encodings": {"img": {"cname": "zstd", "clevel": 5, "shuffle": 2}},
-}  # fmt: skip
+}
 READ = {
-    "date": "2026-01-03", "machine": "2 cores (Read CPU)", "samples": 64, "batch_size": 8,
+    "date": "2026-01-03",
+    "machine": "2 cores (Read CPU)",
+    "samples": 64,
+    "batch_size": 8,
     "results": [
         {"reader": "torch.load (baseline)", "fields": "all", "workers": 0, "samples_per_s": 10.0, "vs_baseline": 1.0},
         {"reader": "ZarrDataset", "fields": "img+label", "workers": 0, "samples_per_s": 400.0, "vs_baseline": 40.0},
         {"reader": "ZarrDataset", "fields": "all", "workers": 2, "samples_per_s": 90.0, "vs_baseline": 9.0},
     ],
-}  # fmt: skip
+}
 CHARTS = ("throughput.png", "conversion.png", "bytes.png")
 
 

@@ -15,13 +15,18 @@ DEFAULTS = {"convert": (128, 3), "read": (64, 5), "scale": (640, 3)}
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__)
     parser.add_argument("which", choices=tuple(DEFAULTS))
-    parser.add_argument("--samples", type=int,
-                        help="synthetic samples, at least 64 (default: convert 128, read 64); for scale, the "
-                             "large set, more than 64 (default 640; e.g. 160 for a quick check)")  # fmt: skip
+    parser.add_argument(
+        "--samples",
+        type=int,
+        help="synthetic samples, at least 64 (default: convert 128, read 64); for scale, the "
+        "large set, more than 64 (default 640; e.g. 160 for a quick check)",
+    )
     parser.add_argument("--repeats", type=int, help="interleaved repeats (default: convert 3, read 5, scale 3)")
-    parser.add_argument("--scratch", type=Path,
-                        help="working directory (default: a new temporary one; for scale data/bench-scale, "
-                             "kept for the next run)")  # fmt: skip
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        help="working directory (default: a new temporary one; for scale data/bench-scale, kept for the next run)",
+    )
     parser.add_argument(
         "--json", type=Path, default=None, help="where to save the figures (default bench/<which>.json)"
     )

@@ -96,21 +96,37 @@ def run(samples: int = 128, repeats: int = 3, scratch: Path | None = None) -> di
         "commands": commands,
     }
     print(f"conversion of {samples} synthetic samples, {result['machine']}, median of {repeats}")
-    print(markdown_table(["system", "seconds", "samples/s", "vs load-only"], [
-        [name, f"{t.median:.2f}", f"{samples / t.median:.1f}", f"{baseline / t.median:.2f}×"]
-        for name, t in timings.items()
-    ]))  # fmt: skip
-    print("not included above: " + ", ".join(
-        f"{w} worker(s): planning {statistics.median(r.planning):.1f} s, cluster start-up with the "
-        f"workers' imports {statistics.median(r.startup):.1f} s" for w, r in runs.items()
-    ))  # fmt: skip
-    print(markdown_table(["format", "bytes", "vs source zip"], [
-        ["source zip", source_bytes, "1.000"],
-        ["zarr", result["zarr_bytes"], f"{result['zarr_bytes'] / source_bytes:.3f}"],
-        ["wds tar", result["wds_bytes"], f"{result['wds_bytes'] / source_bytes:.3f}"],
-    ]))  # fmt: skip
-    print(f"peak memory per worker: {max(half.peak_mb):.0f} MB on {samples // 2} samples, "
-          f"{max(runs[2].peak_mb):.0f} MB on {samples}")  # fmt: skip
+    print(
+        markdown_table(
+            ["system", "seconds", "samples/s", "vs load-only"],
+            [
+                [name, f"{t.median:.2f}", f"{samples / t.median:.1f}", f"{baseline / t.median:.2f}×"]
+                for name, t in timings.items()
+            ],
+        )
+    )
+    print(
+        "not included above: "
+        + ", ".join(
+            f"{w} worker(s): planning {statistics.median(r.planning):.1f} s, cluster start-up with the "
+            f"workers' imports {statistics.median(r.startup):.1f} s"
+            for w, r in runs.items()
+        )
+    )
+    print(
+        markdown_table(
+            ["format", "bytes", "vs source zip"],
+            [
+                ["source zip", source_bytes, "1.000"],
+                ["zarr", result["zarr_bytes"], f"{result['zarr_bytes'] / source_bytes:.3f}"],
+                ["wds tar", result["wds_bytes"], f"{result['wds_bytes'] / source_bytes:.3f}"],
+            ],
+        )
+    )
+    print(
+        f"peak memory per worker: {max(half.peak_mb):.0f} MB on {samples // 2} samples, "
+        f"{max(runs[2].peak_mb):.0f} MB on {samples}"
+    )
     print(markdown_table(COMMAND_HEADER, command_rows(commands, samples)))
     return result
 
@@ -140,8 +156,15 @@ def command_rows(commands: dict[str, list[float]], samples: int) -> list[list[st
         times = commands[name]
         ratio = statistics.median(t / c for t, c in zip(times, commands["convert"]))
         met = "" if target is None else f"≤ {target} ({'met' if ratio <= target else 'NOT met'})"
-        rows.append([f"`ssmspine {name}`", f"{statistics.median(times):.2f}", f"{samples / statistics.median(times):.1f}",
-                     f"{ratio:.2f}×", met])  # fmt: skip
+        rows.append(
+            [
+                f"`ssmspine {name}`",
+                f"{statistics.median(times):.2f}",
+                f"{samples / statistics.median(times):.1f}",
+                f"{ratio:.2f}×",
+                met,
+            ]
+        )
     return rows
 
 

@@ -206,8 +206,15 @@ class _Reader:
     """One configuration (reader, fields, workers): its DataLoader, built once; each call times
     ``passes`` full epochs and returns seconds per epoch."""
 
-    def __init__(self, reader: str, fields: str, workers: int, loader: DataLoader, samples: int,
-                 before_epoch: Callable[[int], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        reader: str,
+        fields: str,
+        workers: int,
+        loader: DataLoader,
+        samples: int,
+        before_epoch: Callable[[int], None] | None = None,
+    ) -> None:
         self.reader, self.fields, self.workers = reader, fields, workers
         self.loader: DataLoader | None = loader
         self.samples = samples
@@ -297,14 +304,25 @@ def _map_loader(dataset: Dataset, workers: int) -> DataLoader:
     sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(SEED))
     if workers == 0:
         return DataLoader(dataset, batch_size=None, sampler=sampler)
-    return DataLoader(dataset, batch_size=BATCH_SIZE, sampler=sampler, num_workers=workers,
-                      persistent_workers=True, multiprocessing_context=_fork_context())  # fmt: skip
+    return DataLoader(
+        dataset,
+        batch_size=BATCH_SIZE,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=True,
+        multiprocessing_context=_fork_context(),
+    )
 
 
 def _stream_reader(out: Path, fields: Sequence[str], label: str, workers: int, threads: int | None = None) -> _Reader:
     dataset = StreamingDataset(out, fields=fields, batch_size=BATCH_SIZE, seed=SEED, decode_threads=threads)
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                        multiprocessing_context=_fork_context() if workers else None)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        multiprocessing_context=_fork_context() if workers else None,
+    )
     name = SINGLE_THREAD if threads == 1 else "streaming"
     return _Reader(name, label, workers, loader, dataset.samples, before_epoch=dataset.set_epoch)
 
@@ -328,8 +346,14 @@ def _readers(tree: Path, uncompressed: Path, out: Path, workers: Iterable[int]) 
     return readers
 
 
-def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None,
-        workers: Sequence[int] = (0, 2), steady: bool = True, scheduler: str | None = None) -> dict:  # fmt: skip
+def run(
+    samples: int = 64,
+    repeats: int = 5,
+    scratch: Path | None = None,
+    workers: Sequence[int] = (0, 2),
+    steady: bool = True,
+    scheduler: str | None = None,
+) -> dict:
     """Run the reading benchmark and return its figures (also printed as a table).
 
     ``scratch`` keeps the synthetic set, its extracted tree and its conversion for the next run
@@ -365,14 +389,16 @@ def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None,
     results = []
     for r in readers:
         median = timings[r.name].median
-        results.append({
-            "reader": r.reader,
-            "fields": r.fields,
-            "workers": r.workers,
-            "samples_per_s": n / median,
-            "vs_baseline": baseline[(r.fields, r.workers)] / median,
-            "seconds": timings[r.name].seconds,
-        })  # fmt: skip
+        results.append(
+            {
+                "reader": r.reader,
+                "fields": r.fields,
+                "workers": r.workers,
+                "samples_per_s": n / median,
+                "vs_baseline": baseline[(r.fields, r.workers)] / median,
+                "seconds": timings[r.name].seconds,
+            }
+        )
     results.sort(key=lambda x: (list(FIELD_SETS).index(x["fields"]), READERS.index(x["reader"]), x["workers"]))
     result = {
         "date": time.strftime("%Y-%m-%d"),
@@ -385,17 +411,28 @@ def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None,
         "other_load_cores": other_cores,
         "results": results,
     }
-    print(f"reading {n} synthetic samples, {result['machine']}, {result['date']}; median of {repeats} interleaved "
-          f"measurements (each ≥ {MIN_MEASURE_SECONDS} s of whole epochs) after 2 warm-up epochs; batches of "
-          f"{BATCH_SIZE} (streaming; map-style readers with workers)")  # fmt: skip
-    print(markdown_table(["system", "fields", "workers", "samples/s", "× baseline"], [
-        [x["reader"], x["fields"], x["workers"], f"{x['samples_per_s']:.1f}", f"{x['vs_baseline']:.2f}×"]
-        for x in results
-    ]))  # fmt: skip
-    print("× baseline: against the per-file torch.load baseline with the same fields and workers, this run; "
-          + ("glibc malloc thresholds fixed for all systems (mallopt)" if steadied else "allocator left as is"))
+    print(
+        f"reading {n} synthetic samples, {result['machine']}, {result['date']}; median of {repeats} interleaved "
+        f"measurements (each ≥ {MIN_MEASURE_SECONDS} s of whole epochs) after 2 warm-up epochs; batches of "
+        f"{BATCH_SIZE} (streaming; map-style readers with workers)"
+    )
+    print(
+        markdown_table(
+            ["system", "fields", "workers", "samples/s", "× baseline"],
+            [
+                [x["reader"], x["fields"], x["workers"], f"{x['samples_per_s']:.1f}", f"{x['vs_baseline']:.2f}×"]
+                for x in results
+            ],
+        )
+    )
+    print(
+        "× baseline: against the per-file torch.load baseline with the same fields and workers, this run; "
+        + ("glibc malloc thresholds fixed for all systems (mallopt)" if steadied else "allocator left as is")
+    )
     if other_cores is not None:
         busy = other_cores >= QUIET_CORES
-        print(f"other processes kept {other_cores:.2f} of {os.cpu_count()} cores busy meanwhile"
-              + (": figures with workers suffer most; measure again on a quieter machine" if busy else ""))
+        print(
+            f"other processes kept {other_cores:.2f} of {os.cpu_count()} cores busy meanwhile"
+            + (": figures with workers suffer most; measure again on a quieter machine" if busy else "")
+        )
     return result

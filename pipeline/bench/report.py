@@ -103,9 +103,16 @@ def throughput_chart(read: Mapping[str, Any], path: Path) -> Path:
 
 
 def _read_section(read: Mapping[str, Any]) -> list[str]:
-    rows = [[r["reader"], r["fields"], r["workers"], f"{r['samples_per_s']:.1f}",
-             "-" if r.get("vs_baseline") is None else f"{r['vs_baseline']:.2f}×"]
-            for r in read["results"]]  # fmt: skip
+    rows = [
+        [
+            r["reader"],
+            r["fields"],
+            r["workers"],
+            f"{r['samples_per_s']:.1f}",
+            "-" if r.get("vs_baseline") is None else f"{r['vs_baseline']:.2f}×",
+        ]
+        for r in read["results"]
+    ]
     return [
         "## Reading",
         "",
@@ -179,8 +186,9 @@ def _convert_section(convert: Mapping[str, Any]) -> list[str]:
     samples = convert["samples"]
     rates = _rates(convert)
     baseline = next((r for name, r, _, _ in rates if name == BASELINE_SYSTEM), None)
-    rows = [[name, f"{samples / r:.2f}", f"{r:.1f}", f"{r / baseline:.2f}×" if baseline else "-"]
-            for name, r, _, _ in rates]  # fmt: skip
+    rows = [
+        [name, f"{samples / r:.2f}", f"{r:.1f}", f"{r / baseline:.2f}×" if baseline else "-"] for name, r, _, _ in rates
+    ]
     repeats = max((len(s) for s in convert["seconds"].values()), default=0)
     lines = [
         "## Conversion",
@@ -195,8 +203,11 @@ def _convert_section(convert: Mapping[str, Any]) -> list[str]:
     planning, startup = convert.get("planning_seconds") or {}, convert.get("startup_seconds") or {}
     parts = []
     for w in dict.fromkeys([*planning, *startup]):
-        spent = [f"{what} {statistics.median(times[w]):.1f} s"
-                 for what, times in (("planning", planning), ("cluster start-up", startup)) if times.get(w)]  # fmt: skip
+        spent = [
+            f"{what} {statistics.median(times[w]):.1f} s"
+            for what, times in (("planning", planning), ("cluster start-up", startup))
+            if times.get(w)
+        ]
         if spent:
             parts.append(f"{_workers(int(w))}: {', '.join(spent)}")
     if parts:
@@ -219,13 +230,27 @@ def _convert_section(convert: Mapping[str, Any]) -> list[str]:
     source = convert["source_bytes"]
     formats = (("source zip", source), ("zarr", convert["zarr_bytes"]), ("wds tar", convert["wds_bytes"]))
     rows = [[name, f"{b:,}", f"{b / source:.3f}" if source else "-"] for name, b in formats]
-    lines += ["## Bytes", "", markdown_table(["format", "bytes", "vs source zip"], rows), "",
-              f"![bytes per format against the source]({BYTES_PNG})", ""]  # fmt: skip
+    lines += [
+        "## Bytes",
+        "",
+        markdown_table(["format", "bytes", "vs source zip"], rows),
+        "",
+        f"![bytes per format against the source]({BYTES_PNG})",
+        "",
+    ]
     encodings = convert.get("encodings") or {}
     if encodings:
         shuffles = {0: "no", 1: "byte", 2: "bit"}
-        rows = [[f, e.get("cname"), e.get("clevel"), shuffles.get(e.get("shuffle"), e.get("shuffle")),
-                 _block_size(e.get("blocksize", 0))] for f, e in encodings.items()]  # fmt: skip
+        rows = [
+            [
+                f,
+                e.get("cname"),
+                e.get("clevel"),
+                shuffles.get(e.get("shuffle"), e.get("shuffle")),
+                _block_size(e.get("blocksize", 0)),
+            ]
+            for f, e in encodings.items()
+        ]
         table = markdown_table(["field", "codec", "level", "shuffle", "blocks"], rows)
         lines += ["Blosc encodings chosen per field:", "", table, ""]
     return lines
@@ -296,8 +321,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench.report", description=__doc__.splitlines()[0])
-    parser.add_argument("bench_dir", nargs="?", default="bench",
-                        help="folder of convert.json / read.json / scale.json (default bench)")  # fmt: skip
+    parser.add_argument(
+        "bench_dir", nargs="?", default="bench", help="folder of convert.json / read.json / scale.json (default bench)"
+    )
     args = parser.parse_args(argv)
     print(f"wrote {write_report(args.bench_dir)}")
 

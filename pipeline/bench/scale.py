@@ -109,9 +109,10 @@ def set_configs(samples: int) -> dict[str, Any]:
     (train_patients, train_shapes), (test_patients, test_shapes) = layout(samples)
     return {
         "SSMSpine_Train.zip": SynthConfig(patients=train_patients, shapes=train_shapes, root="Train"),
-        "SSMSpine_Test.zip": SynthConfig(patients=test_patients, shapes=test_shapes, root="Test",
-                                         first_patient=TEST_FIRST_PATIENT),
-    }  # fmt: skip
+        "SSMSpine_Test.zip": SynthConfig(
+            patients=test_patients, shapes=test_shapes, root="Test", first_patient=TEST_FIRST_PATIENT
+        ),
+    }
 
 
 def set_name(samples: int) -> str:
@@ -143,8 +144,13 @@ def make_set(base: Path, samples: int) -> tuple[Path, dict]:
         with ProcessPoolExecutor(len(configs), mp_context=get_context("spawn")) as pool:
             futures = {name: pool.submit(_write_archive, folder / name, c) for name, c in configs.items()}
             archive_seconds = {name: f.result() for name, f in futures.items()}
-        record = {"samples": samples, "seconds": time.perf_counter() - started, "processes": len(configs),
-                  "archive_seconds": archive_seconds, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+        record = {
+            "samples": samples,
+            "seconds": time.perf_counter() - started,
+            "processes": len(configs),
+            "archive_seconds": archive_seconds,
+            "date": time.strftime("%Y-%m-%d"),
+        }
         (folder / GENERATION_JSON).write_text(json.dumps(record, indent=1))
         made_now = True
 
@@ -216,8 +222,15 @@ class PeakMemory:
                     cmdline = " ".join(p.cmdline())
                 except psutil.Error:
                     continue
-                self.kind[p.pid] = ("coordinator" if p.pid == self.pid else "tracker" if "resource_tracker" in cmdline
-                                    else "worker" if "spawn_main" in cmdline else "other")  # fmt: skip
+                self.kind[p.pid] = (
+                    "coordinator"
+                    if p.pid == self.pid
+                    else "tracker"
+                    if "resource_tracker" in cmdline
+                    else "worker"
+                    if "spawn_main" in cmdline
+                    else "other"
+                )
             kb = _high_water_kb(p.pid)
             if kb is None:
                 try:
@@ -266,8 +279,9 @@ def run_command(argv: Sequence[str]) -> CommandRun:
     if process.returncode:
         raise RuntimeError(f"{' '.join(map(str, argv))} exited with {process.returncode}:\n{output[-4000:]}")
     coordinator = memory.mb("coordinator")
-    return CommandRun(seconds, coordinator[0] if coordinator else 0.0, memory.mb("worker"), usage.ru_maxrss / 1024,
-                      output)  # fmt: skip
+    return CommandRun(
+        seconds, coordinator[0] if coordinator else 0.0, memory.mb("worker"), usage.ru_maxrss / 1024, output
+    )
 
 
 def ssmspine() -> list[str]:
@@ -326,8 +340,9 @@ def probe_reader(reader: str, out: Path, split: str = "train", batch: int = READ
     if reader not in READERS:
         raise ValueError(f"unknown reader {reader!r}")
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _PROBE, reader, str(out), split, str(batch)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, reader, str(out), split, str(batch)], capture_output=True, text=True
+    )
     seconds = time.perf_counter() - started
     if done.returncode:
         raise RuntimeError(f"{reader} on {out} failed:\n{(done.stdout + done.stderr)[-4000:]}")
@@ -455,9 +470,17 @@ def net_per_sample(seconds: float, samples: int, fixed_seconds: float, fixed_sam
     return (seconds - fixed_seconds) / (samples - fixed_samples)
 
 
-def release_estimate(fixed_seconds: float, per_sample: float, *, samples: int = RELEASE_SAMPLES,
-                     fixed_samples: int = FIXED_SAMPLES, workers: int = WORKERS, measured_workers: int = WORKERS,
-                     io_bytes_per_sample: float = 0.0, disk_bytes_per_s: float | None = None) -> float:  # fmt: skip
+def release_estimate(
+    fixed_seconds: float,
+    per_sample: float,
+    *,
+    samples: int = RELEASE_SAMPLES,
+    fixed_samples: int = FIXED_SAMPLES,
+    workers: int = WORKERS,
+    measured_workers: int = WORKERS,
+    io_bytes_per_sample: float = 0.0,
+    disk_bytes_per_s: float | None = None,
+) -> float:
     """Wall seconds of a command on ``samples`` samples with ``workers`` workers.
 
     The fixed cost as measured (start-up and planning, assumed not to grow with the number of
@@ -522,22 +545,39 @@ def summarise(raw: Mapping[str, Any]) -> dict:
         # the small set's time beyond the fixed cost, against how much both moved between rounds
         spread = sum(_spread(sets[name]["commands"][which]["seconds"]) for name in ("fixed", "small"))
         entry["growth_within_noise"] = entry["small"]["seconds"] - fixed_s <= spread
-        entry["release_here_s"] = release_estimate(fixed_s, per_sample, samples=release,
-                                                   fixed_samples=fixed["samples"], workers=workers,
-                                                   measured_workers=workers)  # fmt: skip
-        entry["release_workstation_s"] = release_estimate(fixed_s, per_sample, samples=release,
-                                                          fixed_samples=fixed["samples"], workers=cores,
-                                                          measured_workers=workers, io_bytes_per_sample=io,
-                                                          disk_bytes_per_s=disk)  # fmt: skip
+        entry["release_here_s"] = release_estimate(
+            fixed_s,
+            per_sample,
+            samples=release,
+            fixed_samples=fixed["samples"],
+            workers=workers,
+            measured_workers=workers,
+        )
+        entry["release_workstation_s"] = release_estimate(
+            fixed_s,
+            per_sample,
+            samples=release,
+            fixed_samples=fixed["samples"],
+            workers=cores,
+            measured_workers=workers,
+            io_bytes_per_sample=io,
+            disk_bytes_per_s=disk,
+        )
         entry["io_bytes_per_sample"] = io
         commands[which] = entry
     ratios = {}
     for which in VERIFY_TARGETS:
         ratios[which] = {
-            name: _median([v / c for v, c in zip(sets[name]["commands"][which]["seconds"],
-                                                 sets[name]["commands"]["convert"]["seconds"])])
+            name: _median(
+                [
+                    v / c
+                    for v, c in zip(
+                        sets[name]["commands"][which]["seconds"], sets[name]["commands"]["convert"]["seconds"]
+                    )
+                ]
+            )
             for name in SETS
-        }  # fmt: skip
+        }
     readers = {}
     for reader in READERS:
         entry = {}
@@ -596,9 +636,11 @@ def scale_lines(raw: Mapping[str, Any]) -> list[str]:
     cores = raw.get("workstation_cores", WORKSTATION_CORES)
     release = raw.get("release_samples", RELEASE_SAMPLES)
     n_s, n_l = sizes["small"], sizes["large"]
-    layouts = "; ".join(f"{name} {n} (Train {sets[name]['layout']['train'][0]}×{sets[name]['layout']['train'][1]}, "
-                        f"Test {sets[name]['layout']['test'][0]}×{sets[name]['layout']['test'][1]})"
-                        for name, n in sizes.items())  # fmt: skip
+    layouts = "; ".join(
+        f"{name} {n} (Train {sets[name]['layout']['train'][0]}×{sets[name]['layout']['train'][1]}, "
+        f"Test {sets[name]['layout']['test'][0]}×{sets[name]['layout']['test'][1]})"
+        for name, n in sizes.items()
+    )
     lines = [
         f"Synthetic sets in the release layout (`SSMSpine_Train.zip` + `SSMSpine_Test.zip`; patients × shapes): "
         f"{layouts}. Whole commands, each in a fresh process, `--workers {workers} --no-progress`; "
@@ -614,8 +656,17 @@ def scale_lines(raw: Mapping[str, Any]) -> list[str]:
             net = "-" if e["net_s_per_sample"] is None else f"{e['net_s_per_sample'] * 1000:.0f}"
             low, high = e["seconds_range"]
             seconds = f"{e['seconds']:.2f}" + (f" ({low:.1f}–{high:.1f})" if high > low else "")
-            rows.append([which, e["samples"], seconds, f"{e['samples_per_s']:.1f}", net,
-                         f"{e['worker_peak_mb']:.0f}", f"{e['coordinator_peak_mb']:.0f}"])  # fmt: skip
+            rows.append(
+                [
+                    which,
+                    e["samples"],
+                    seconds,
+                    f"{e['samples_per_s']:.1f}",
+                    net,
+                    f"{e['worker_peak_mb']:.0f}",
+                    f"{e['coordinator_peak_mb']:.0f}",
+                ]
+            )
     lines += [
         markdown_table(
             ["command", "samples", "seconds", "samples/s", "net ms/sample", "peak MB/worker", "peak MB, coordinator"],
@@ -639,20 +690,32 @@ def scale_lines(raw: Mapping[str, Any]) -> list[str]:
         f"need about {summary['workstation_worker_memory_mb'] / 1024:.1f} GB.",
     ]
     if any(e["growth_within_noise"] for e in summary["commands"].values()):
-        notes.append(f"Within noise: {n_s} samples took no longer than {sizes['fixed']} by more than the rounds' "
-                     "spread, so that growth says little.")  # fmt: skip
+        notes.append(
+            f"Within noise: {n_s} samples took no longer than {sizes['fixed']} by more than the rounds' "
+            "spread, so that growth says little."
+        )
     release_gb = summary["release_bytes"] / 1e9
-    notes.append(f"The page cache was warm here; the release's sources and outputs (~{release_gb:.0f} GB) exceed "
-                 "many machines' memory, so these estimates assume the disk keeps up.")  # fmt: skip
+    notes.append(
+        f"The page cache was warm here; the release's sources and outputs (~{release_gb:.0f} GB) exceed "
+        "many machines' memory, so these estimates assume the disk keeps up."
+    )
     rows = []
     for which in COMMANDS:
         e = summary["commands"][which]
         growth = "-" if e["growth"] is None else _met(e["growth"], GROWTH_TARGET)
         if e["growth_within_noise"]:
             growth += " (within noise)"
-        rows.append([which, f"{e['fixed']['seconds']:.1f}", f"{e['small']['net_s_per_sample'] * 1000:.0f}",
-                     f"{e['large']['net_s_per_sample'] * 1000:.0f}", growth,
-                     _duration(e["release_here_s"]), _duration(e["release_workstation_s"])])  # fmt: skip
+        rows.append(
+            [
+                which,
+                f"{e['fixed']['seconds']:.1f}",
+                f"{e['small']['net_s_per_sample'] * 1000:.0f}",
+                f"{e['large']['net_s_per_sample'] * 1000:.0f}",
+                growth,
+                _duration(e["release_here_s"]),
+                _duration(e["release_workstation_s"]),
+            ]
+        )
     lines += [
         markdown_table(
             [
@@ -670,8 +733,10 @@ def scale_lines(raw: Mapping[str, Any]) -> list[str]:
         " ".join(notes),
         "",
     ]
-    rows = [[which, *[_met(summary["verify_ratios"][which][name], target) for name in SETS]]
-            for which, target in VERIFY_TARGETS.items()]  # fmt: skip
+    rows = [
+        [which, *[_met(summary["verify_ratios"][which][name], target) for name in SETS]]
+        for which, target in VERIFY_TARGETS.items()
+    ]
     lines += [
         "Verify's wall time against the conversion's in the same round (whole commands):",
         "",
@@ -684,12 +749,23 @@ def scale_lines(raw: Mapping[str, Any]) -> list[str]:
         for name in ("small", "large"):
             if name in entry:
                 e = entry[name]
-                rows.append([reader, sizes[name], e.get("split_samples", "-"), f"{e['import_s']:.2f}",
-                             f"{e['startup_s'] * 1000:.0f}", f"{e['first_batch_s'] * 1000:.0f}",
-                             f"{e['process_s']:.2f}"])  # fmt: skip
+                rows.append(
+                    [
+                        reader,
+                        sizes[name],
+                        e.get("split_samples", "-"),
+                        f"{e['import_s']:.2f}",
+                        f"{e['startup_s'] * 1000:.0f}",
+                        f"{e['first_batch_s'] * 1000:.0f}",
+                        f"{e['process_s']:.2f}",
+                    ]
+                )
     if rows:
-        estimates = ", ".join(f"{r} {summary['readers'][r]['release_startup_s'] * 1000:.0f} ms"
-                              for r in READERS if "release_startup_s" in summary["readers"].get(r, {}))  # fmt: skip
+        estimates = ", ".join(
+            f"{r} {summary['readers'][r]['release_startup_s'] * 1000:.0f} ms"
+            for r in READERS
+            if "release_startup_s" in summary["readers"].get(r, {})
+        )
         lines += [
             markdown_table(
                 [
@@ -710,8 +786,10 @@ def scale_lines(raw: Mapping[str, Any]) -> list[str]:
             "",
         ]
     manifest = summary["manifest"]
-    rows = [[manifest[name]["samples"], f"{manifest[name]['bytes']:,}", f"{manifest[name]['bytes_per_sample']:.0f}"]
-            for name in SETS]  # fmt: skip
+    rows = [
+        [manifest[name]["samples"], f"{manifest[name]['bytes']:,}", f"{manifest[name]['bytes_per_sample']:.0f}"]
+        for name in SETS
+    ]
     lines += [
         markdown_table(["samples", "manifest.json bytes", "bytes/sample"], rows),
         "",
@@ -719,8 +797,11 @@ def scale_lines(raw: Mapping[str, Any]) -> list[str]:
         "",
     ]
     generation = [(name, sets[name].get("generation") or {}) for name in SETS]
-    parts = [f"{name} {g['seconds']:.0f} s ({g['samples']} samples, {g.get('processes', 1)} processes)"
-             for name, g in generation if g.get("seconds") is not None]  # fmt: skip
+    parts = [
+        f"{name} {g['seconds']:.0f} s ({g['samples']} samples, {g.get('processes', 1)} processes)"
+        for name, g in generation
+        if g.get("seconds") is not None
+    ]
     if parts:
         lines += [f"Generating the synthetic sets (once, then reused): {', '.join(parts)}.", ""]
     other = raw.get("other_load_cores")

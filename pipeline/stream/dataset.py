@@ -91,8 +91,14 @@ def _build_index(data: Mapping[str, Any], split: str, fields: Sequence[str], che
                 for j, field in enumerate(fields):
                     digests[row, j] = np.frombuffer(bytes.fromhex(meta.digests[field][i]), np.uint8)
             row += 1
-    return _Index(keys=keys, shard=shard, ranges=ranges, digests=digests, files=[s.file for s in shards],
-                  sizes=[s.bytes for s in shards])  # fmt: skip
+    return _Index(
+        keys=keys,
+        shard=shard,
+        ranges=ranges,
+        digests=digests,
+        files=[s.file for s in shards],
+        sizes=[s.bytes for s in shards],
+    )
 
 
 def _world_from_environment() -> tuple[int, int]:
@@ -148,10 +154,20 @@ class StreamingDataset(IterableDataset):
     batch of one sample), because workers batch their own samples otherwise.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", fields: Sequence[str] | None = ("img", "label"),
-                 shuffle: bool = True, seed: int = 0, batch_size: int | None = None, drop_last: bool = False,
-                 check_digests: bool = True, rank: int | None = None, world_size: int | None = None,
-                 decode_threads: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        fields: Sequence[str] | None = ("img", "label"),
+        shuffle: bool = True,
+        seed: int = 0,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+        check_digests: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        decode_threads: int | None = None,
+    ) -> None:
         self.root = os.fspath(root)
         if not _is_url(self.root):
             self.root = str(Path(self.root))
@@ -301,9 +317,11 @@ class StreamingDataset(IterableDataset):
         world = self._pass_world if samples_seen is None else self.world_size
         if samples_seen is None:
             if not self._loader_exact:
-                raise ValueError("DataLoader workers batch their own samples here, so the samples seen do "
-                                 "not form a prefix of the order: give the dataset batch_size=... for "
-                                 "exact resumption")  # fmt: skip
+                raise ValueError(
+                    "DataLoader workers batch their own samples here, so the samples seen do "
+                    "not form a prefix of the order: give the dataset batch_size=... for "
+                    "exact resumption"
+                )
             position = self.position
         else:
             position = consumed_position(self._start, samples_seen, world, self.samples)
@@ -327,8 +345,13 @@ class StreamingDataset(IterableDataset):
         """Continue where :meth:`state_dict` left off, on this job's world size and batch size."""
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
             raise ValueError(f"not a {STATE_FORMAT} v{STATE_VERSION} state: {dict(state)!r}")
-        expected = {"split": self.split, "samples": self.samples, "keys_sha256": self._keys_digest,
-                    "seed": self.seed, "shuffle": self.shuffle}  # fmt: skip
+        expected = {
+            "split": self.split,
+            "samples": self.samples,
+            "keys_sha256": self._keys_digest,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+        }
         differ = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if differ:
             raise ValueError(f"the state belongs to another dataset or order: (saved, here) = {differ}")
@@ -358,8 +381,9 @@ class StreamingDataset(IterableDataset):
             epoch, start = self._epoch, 0 if self._finished else self._start
         else:
             epoch, start = (int(x) for x in self._next_pass.tolist())
-        sequence = rank_samples(self.samples, self.seed, epoch, rank, world, start, self.batch_size,
-                                self.drop_last, self.shuffle)  # fmt: skip
+        sequence = rank_samples(
+            self.samples, self.seed, epoch, rank, world, start, self.batch_size, self.drop_last, self.shuffle
+        )
         wid, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
         batches = worker_batches(len(sequence), self.batch_size or 1, wid, workers)
         return self._generate(sequence, batches, shared=worker is not None)
@@ -473,6 +497,8 @@ class StreamingDataset(IterableDataset):
                     self._verified[index, k] = True
 
     def __repr__(self) -> str:
-        return (f"StreamingDataset({self.root!r}, split={self.split!r}, fields={self.fields}, "
-                f"samples={self.samples}, batch_size={self.batch_size}, rank={self._rank}/{self._world_size}, "
-                f"epoch={self._epoch})")  # fmt: skip
+        return (
+            f"StreamingDataset({self.root!r}, split={self.split!r}, fields={self.fields}, "
+            f"samples={self.samples}, batch_size={self.batch_size}, rank={self._rank}/{self._world_size}, "
+            f"epoch={self._epoch})"
+        )

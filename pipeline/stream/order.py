@@ -53,8 +53,9 @@ def rank_share(remaining: int, world_size: int, batch_size: int | None = None, d
     return -(-remaining // world_size)
 
 
-def rank_positions(samples: int, start: int, rank: int, world_size: int, batch_size: int | None = None,
-                   drop_last: bool = False) -> np.ndarray:  # fmt: skip
+def rank_positions(
+    samples: int, start: int, rank: int, world_size: int, batch_size: int | None = None, drop_last: bool = False
+) -> np.ndarray:
     """Positions in the epoch's order that ``rank`` visits, in order, when ``[0, start)`` are done.
 
     Positions ``>= samples`` are padding: position ``p`` stands for ``p % samples``.
@@ -63,9 +64,17 @@ def rank_positions(samples: int, start: int, rank: int, world_size: int, batch_s
     return start + rank + world_size * np.arange(share, dtype=np.int64)
 
 
-def rank_samples(samples: int, seed: int, epoch: int, rank: int, world_size: int, start: int = 0,
-                 batch_size: int | None = None, drop_last: bool = False,
-                 shuffle: bool = True) -> np.ndarray:  # fmt: skip
+def rank_samples(
+    samples: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    start: int = 0,
+    batch_size: int | None = None,
+    drop_last: bool = False,
+    shuffle: bool = True,
+) -> np.ndarray:
     """Sample indices (manifest order) that ``rank`` visits in epoch ``epoch``, from position ``start``."""
     positions = rank_positions(samples, start, rank, world_size, batch_size, drop_last)
     return epoch_order(samples, seed, epoch, shuffle)[positions % samples] if len(positions) else positions
@@ -86,8 +95,9 @@ def consumed_position(start: int, seen: int, world_size: int, samples: int) -> i
     return min(start + seen * world_size, samples)
 
 
-def source_neighbour_ratio(sequence: Sequence[int], patient: Sequence[int], aug: Sequence[int],
-                           window: int = 16) -> float:  # fmt: skip
+def source_neighbour_ratio(
+    sequence: Sequence[int], patient: Sequence[int], aug: Sequence[int], window: int = 16
+) -> float:
     """How often samples that are neighbours in the source end up close together, relative to chance.
 
     Source neighbours are samples of the same patient whose shape numbers differ by one: they sit

@@ -58,8 +58,10 @@ class _Store:
         pass
 
     def _size_mismatch(self, shard: int, actual: int) -> OutputError:
-        return OutputError(f"{self.name(shard)}: has {actual} bytes, the manifest says {self.sizes[shard]}: "
-                           "the shard is truncated or was replaced; convert again")  # fmt: skip
+        return OutputError(
+            f"{self.name(shard)}: has {actual} bytes, the manifest says {self.sizes[shard]}: "
+            "the shard is truncated or was replaced; convert again"
+        )
 
 
 class _LocalStore(_Store):
@@ -155,8 +157,10 @@ class _HttpStore(_Store):
                 raise OutputError(f"{name}: shard is missing (HTTP 404)")
             if response.status == 416:
                 raise OutputError(f"{name}: ends before byte {offset + length}; the shard is truncated (HTTP 416)")
-            raise OutputError(f"{name}: HTTP {response.status} {response.reason} to a Range request "
-                              "(the server must support Range requests)")  # fmt: skip
+            raise OutputError(
+                f"{name}: HTTP {response.status} {response.reason} to a Range request "
+                "(the server must support Range requests)"
+            )
         total = response.getheader("Content-Range", "").rpartition("/")[2]
         if total.isdigit() and int(total) != self.sizes[shard]:
             self.close()
