@@ -1,9 +1,8 @@
 """SSMSpine shards: convert the SSMSpine lumbar-spine MRI archives into Zarr and WebDataset shards."""
 
-__version__ = "0.1.0"
-
-from .schema import FIELDS, LABEL_NAMES, OutputError, SchemaError, SourceError, SSMSpineError  # noqa: E402
-from .tar_shards import decode_wds_sample  # noqa: E402
+from pipeline.schema import FIELDS, LABEL_NAMES, OutputError, SchemaError, SourceError, SSMSpineError
+from pipeline.store.tar_shards import decode_wds_sample
+from pipeline.version import __version__
 
 __all__ = [
     "FIELDS",
@@ -13,13 +12,14 @@ __all__ = [
     "SourceError",
     "SSMSpineError",
     "StreamingDataset",
+    "__version__",
     "ZarrDataset",
     "decode_wds_sample",
     "open_zarr",
 ]
 
 #: Readers import torch, zarr and xarray: load them on first use, so `import pipeline` stays light.
-_LAZY = {"StreamingDataset": "stream", "ZarrDataset": "random_access", "open_zarr": "random_access"}
+_LAZY = {"StreamingDataset": "read.stream", "ZarrDataset": "read.zarr_dataset", "open_zarr": "read.zarr_dataset"}
 
 
 def __getattr__(name: str):  # PEP 562

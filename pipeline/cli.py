@@ -14,9 +14,9 @@ import sys
 import traceback
 from typing import Sequence
 
-from . import __version__
-from .schema import SSMSpineError
-from .sizes import human_bytes
+from pipeline.schema import SSMSpineError
+from pipeline.sizes import human_bytes
+from pipeline.version import __version__
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1}
@@ -140,7 +140,7 @@ def _positive_int(text: str) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from .synth import SynthConfig, write_archive, write_tree
+    from pipeline.tools.synth import SynthConfig, write_archive, write_tree
 
     config = SynthConfig(
         patients=args.patients,
@@ -164,7 +164,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import ConvertOptions, convert
+    from pipeline.convert.run import ConvertOptions, convert
 
     options = ConvertOptions(
         shard_bytes=args.shard_size,
@@ -213,7 +213,7 @@ def _print_problems(summary) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .verify import verify
+    from pipeline.verify.run import verify
 
     report = verify(
         args.out, args.sources or None, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress
@@ -232,7 +232,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from .viz import format_info, info
+    from pipeline.tools.viz import format_info, info
 
     data = info(args.out, check=args.check)
     print(json.dumps(data, indent=1) if args.json else format_info(data))
@@ -240,7 +240,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .viz import show
+    from pipeline.tools.viz import show
 
     path = show(
         args.out, args.split, key=args.key, index=args.index, from_wds=args.from_wds, grid=args.grid, path=args.output

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.convert import ConvertOptions, convert
-from pipeline.synth import SynthConfig, write_archive
+from pipeline.convert.run import ConvertOptions, convert
+from pipeline.tools.synth import SynthConfig, write_archive
 
 #: Small shards so that a dozen samples (~1.7 MB encoded each) make several shards of 4 samples.
 SMALL_SHARDS = 8_000_000

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import source
-from pipeline.convert import convert
-from pipeline.manifest import read_manifest
+from pipeline.convert.run import convert
 from pipeline.schema import SchemaError, SourceError
-from pipeline.synth import SynthConfig, cast_sample, make_sample, pt_bytes, write_archive
-from pipeline.verify import verify
+from pipeline.source import reader as source
+from pipeline.store.manifest import read_manifest
+from pipeline.tools.synth import SynthConfig, cast_sample, make_sample, pt_bytes, write_archive
+from pipeline.verify.run import verify
 
 from conftest import fast_options
 
@@ -104,7 +104,7 @@ def test_skip_bad_converts_the_rest_and_lists_the_member(case, tmp_path, dask_sc
 
 
 def test_a_rejected_member_in_the_middle_leaves_an_empty_row_that_no_key_points_at(tmp_path, dask_scheduler):
-    from pipeline.random_access import ZarrDataset
+    from pipeline.read.zarr_dataset import ZarrDataset
 
     archive = _with_member(tmp_path, "Train/p1/aug0.pt", b"")  # sorts first: row 0
     out = tmp_path / "out"

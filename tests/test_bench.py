@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from pipeline.bench.reading import FIELD_SETS, READERS, SINGLE_THREAD, TorchLoadDataset, prepare, run
-from pipeline.random_access import ZarrDataset
+from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.schema import FIELDS
 
 from conftest import assert_bit_exact

@@ -14,7 +14,7 @@ import pytest
 from pipeline import cli
 from pipeline.cli import main
 from pipeline.progress import LineProgress, progress_bar
-from pipeline.synth import SynthConfig, write_archive
+from pipeline.tools.synth import SynthConfig, write_archive
 
 from conftest import copy_output
 

@@ -10,7 +10,7 @@ import pytest
 from distributed import Client
 
 from pipeline.cli import main, parse_size
-from pipeline.manifest import read_manifest
+from pipeline.store.manifest import read_manifest
 
 from conftest import copy_output
 

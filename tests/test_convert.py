@@ -12,12 +12,12 @@ import tensorstore
 import webdataset
 
 from pipeline import decode_wds_sample
-from pipeline.codecs import Encoding
-from pipeline.convert import collect_members, convert
-from pipeline.manifest import read_manifest
+from pipeline.convert.run import collect_members, convert
 from pipeline.schema import FIELDS, LABEL_NAMES, SourceError
-from pipeline.synth import SynthConfig, write_archive, write_tree
-from pipeline.verify import verify
+from pipeline.store.codecs import Encoding
+from pipeline.store.manifest import read_manifest
+from pipeline.tools.synth import SynthConfig, write_archive, write_tree
+from pipeline.verify.run import verify
 
 from conftest import assert_bit_exact, fast_options, load_trusted
 

@@ -31,13 +31,13 @@ from hypothesis import strategies as st
 from test_source import _Payload, legacy_pt_bytes
 
 from pipeline.cli import main
-from pipeline.convert import convert
-from pipeline.manifest import read_manifest
-from pipeline.random_access import ZarrDataset
+from pipeline.convert.run import convert
+from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.schema import SourceError
-from pipeline.source import SourceReader, fingerprint, is_junk, list_members
-from pipeline.synth import MEMBER_DATE_TIME, SynthConfig, pt_bytes
-from pipeline.verify import verify
+from pipeline.source.reader import SourceReader, fingerprint, is_junk, list_members
+from pipeline.store.manifest import read_manifest
+from pipeline.tools.synth import MEMBER_DATE_TIME, SynthConfig, pt_bytes
+from pipeline.verify.run import verify
 
 from conftest import fast_options
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.decode_threads import MAX_THREADS, DecodeThreads, available_cores, default_threads
-from pipeline.random_access import ZarrDataset
-from pipeline.stream import StreamingDataset
+from pipeline.read.decode_threads import MAX_THREADS, DecodeThreads, available_cores, default_threads
+from pipeline.read.stream import StreamingDataset
+from pipeline.read.zarr_dataset import ZarrDataset
 
 #: Generous bound for a barrier between two threads that are both running (never reached when they are).
 BARRIER_TIMEOUT = 30
@@ -92,7 +92,7 @@ def test_default_threads_share_the_cores_among_ranks_and_dataloader_workers(monk
     assert default_threads() == max(1, min(MAX_THREADS, available_cores()))
     in_workers = list(DataLoader(_DefaultThreads(), batch_size=None, num_workers=2))
     assert in_workers == [max(1, min(MAX_THREADS, available_cores() // 2))] * 2
-    monkeypatch.setattr("pipeline.decode_threads.available_cores", lambda: 16)
+    monkeypatch.setattr("pipeline.read.decode_threads.available_cores", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # as torchrun --nproc_per_node=4 sets it
     assert default_threads() == 4
     in_workers = list(DataLoader(_DefaultThreads(), batch_size=None, num_workers=2))
@@ -143,7 +143,7 @@ def test_stopping_early_lets_the_batch_read_ahead_finish(converted, monkeypatch)
 
 
 def test_slot_registry_takes_registrations_from_several_threads():
-    from pipeline import shared_batches
+    from pipeline.read import batches as shared_batches
 
     storages = [torch.zeros(64, dtype=torch.uint8).untyped_storage() for _ in range(8)]
     dead = 2**22 + 12345  # above the default pid_max: no such process

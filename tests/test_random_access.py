@@ -15,12 +15,13 @@ import zarr
 from torch.utils.data import DataLoader, DistributedSampler, Subset, default_collate
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, ZstdCodec
 
-from pipeline import random_access, zarr_store
-from pipeline.codecs import CANDIDATES
-from pipeline.manifest import read_manifest, write_manifest
-from pipeline.random_access import ZarrDataset, dask_step, fast_layout, open_zarr
+from pipeline.read import zarr_dataset as random_access
+from pipeline.read.batches import _BUSY, _FREE
+from pipeline.read.zarr_dataset import ZarrDataset, dask_step, fast_layout, open_zarr
 from pipeline.schema import OutputError, spec_of
-from pipeline.shared_batches import _BUSY, _FREE
+from pipeline.store import zarr_store
+from pipeline.store.codecs import CANDIDATES
+from pipeline.store.manifest import read_manifest, write_manifest
 
 from conftest import assert_bit_exact, copy_output
 
@@ -218,7 +219,7 @@ def test_other_layouts_read_fast_or_through_zarr_python(converted, tmp_path):
 
 def test_items_are_tensors_of_the_requested_fields_only(converted, monkeypatch):
     ds = ZarrDataset(converted, fields=("img", "label"))
-    from pipeline import random_access
+    from pipeline.read import zarr_dataset as random_access
 
     opened = []
     original = random_access._ProcessState.file

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.convert import convert
-from pipeline.manifest import read_manifest
+from pipeline.convert.run import convert
 from pipeline.schema import OutputError
-from pipeline.synth import SynthConfig, write_archive
-from pipeline.verify import verify
+from pipeline.store.manifest import read_manifest
+from pipeline.tools.synth import SynthConfig, write_archive
+from pipeline.verify.run import verify
 
 from conftest import fast_options
 

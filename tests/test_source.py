@@ -12,10 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import source
 from pipeline.schema import SchemaError, SourceError, check_sample, schema_of
-from pipeline.source import SourceReader, decode_sample, fingerprint, list_members, parse_member, pickle_globals
-from pipeline.synth import SynthConfig, cast_sample, make_sample, pt_bytes, write_archive, write_tree
+from pipeline.source import reader as source
+from pipeline.source.reader import SourceReader, decode_sample, fingerprint, list_members, parse_member, pickle_globals
+from pipeline.tools.synth import SynthConfig, cast_sample, make_sample, pt_bytes, write_archive, write_tree
 
 
 def legacy_pt_bytes(sample: dict, numpy_pickle: int = 1, protocol: int = 2) -> bytes:

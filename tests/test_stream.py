@@ -30,8 +30,7 @@ import webdataset
 from torch.utils.data import DataLoader
 
 from pipeline import OutputError, decode_wds_sample
-from pipeline.manifest import read_manifest
-from pipeline.stream import (
+from pipeline.read.stream import (
     StreamingDataset,
     consumed_position,
     epoch_order,
@@ -41,6 +40,7 @@ from pipeline.stream import (
     source_neighbour_ratio,
     worker_batches,
 )
+from pipeline.store.manifest import read_manifest
 
 from conftest import assert_bit_exact, copy_output
 
@@ -203,7 +203,7 @@ def test_samples_are_bit_exact_and_in_manifest_order_without_shuffle(converted):
 
 
 def test_only_requested_fields_are_read(converted, monkeypatch):
-    from pipeline.stream import storage
+    from pipeline.store import location as storage
 
     ds = StreamingDataset(converted, fields=("label",), seed=SEED)
     lengths = []
@@ -284,7 +284,7 @@ def test_in_process_batches_reuse_memory_but_never_overwrite_held_batches(conver
 
 
 def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
-    from pipeline.shared_batches import _Layout, _rebuild_shared_batch, _SlotPool
+    from pipeline.read.batches import _Layout, _rebuild_shared_batch, _SlotPool
 
     pool = _SlotPool(_Layout.of({"a": ((3,), np.dtype("<f4")), "b": ((2, 2), np.dtype("|b1"))}, 4))
     slot = pool.take()
@@ -304,7 +304,7 @@ def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
 
 def test_the_main_process_keeps_worker_slots_mapped_while_the_workers_live(converted, monkeypatch):
     """Each slot's memory crosses once; later batches name the slot; exited workers' slots are dropped."""
-    from pipeline import shared_batches
+    from pipeline.read import batches as shared_batches
 
     registered = []
     keep = shared_batches._keep_mapped
@@ -330,7 +330,7 @@ def test_the_main_process_keeps_worker_slots_mapped_while_the_workers_live(conve
 
 
 def test_without_pidfds_exited_workers_slots_are_dropped_at_the_next_registration(converted, monkeypatch):
-    from pipeline import shared_batches
+    from pipeline.read import batches as shared_batches
 
     def no_pidfds(pid):
         raise OSError("no pidfds here")
@@ -350,7 +350,7 @@ def test_without_pidfds_exited_workers_slots_are_dropped_at_the_next_registratio
 
 
 def test_a_batch_naming_a_slot_this_process_does_not_have_is_an_error():
-    from pipeline.shared_batches import _Layout, _rebuild_shared_batch
+    from pipeline.read.batches import _Layout, _rebuild_shared_batch
 
     layout = _Layout.of({"a": ((3,), np.dtype("<f4"))}, 2)
     with pytest.raises(RuntimeError, match="does not have that slot mapped"):
@@ -505,7 +505,7 @@ def test_a_server_without_range_requests_is_an_error(converted, serve):
 
 
 def test_many_shards_with_few_open_files(converted, monkeypatch):
-    from pipeline.stream import storage
+    from pipeline.store import location as storage
 
     monkeypatch.setattr(storage._LocalStore, "max_open", 2)
     stock = _stock(converted, "train")
@@ -560,7 +560,7 @@ RANK_SCRIPT = textwrap.dedent(
     import json, sys
     import torch, torch.distributed as dist
     from torch.utils.data import DataLoader
-    from pipeline.stream import StreamingDataset
+    from pipeline.read.stream import StreamingDataset
 
     def main():
         config = json.load(open(sys.argv[1]))

@@ -7,7 +7,7 @@ after 1 step of 3, after the last, incomplete batch, in the middle of a batch vi
 ``state_dict(samples_seen=...)``) and resumed in new processes, on the same world size and,
 elastically, from 2 ranks to 3.
 
-The expectations are written from the documented behaviour (README, :mod:`pipeline.stream.order`),
+The expectations are written from the documented behaviour (README, :mod:`pipeline.read.stream.order`),
 not from the library's own prediction helpers: epoch ``e`` visits ``epoch_order(11, seed, e)``;
 ranks take interleaved slices of the positions not yet consumed; the last step wraps around to the
 start of the epoch's order (at most ``world_size - 1`` repeats an epoch), or, with ``drop_last``,
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.convert import convert
-from pipeline.manifest import read_manifest
-from pipeline.stream import epoch_order
-from pipeline.synth import SynthConfig, write_archive
+from pipeline.convert.run import convert
+from pipeline.read.stream import epoch_order
+from pipeline.store.manifest import read_manifest
+from pipeline.tools.synth import SynthConfig, write_archive
 
 import test_stream
 from conftest import fast_options
@@ -50,7 +50,7 @@ RANK_SCRIPT = textwrap.dedent(
     import json, sys
     import torch.distributed as dist
     from torch.utils.data import DataLoader
-    from pipeline.stream import StreamingDataset
+    from pipeline.read.stream import StreamingDataset
 
     def main():
         config = json.load(open(sys.argv[1]))

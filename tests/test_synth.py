@@ -12,9 +12,9 @@ import pytest
 import torch
 from numpy._core.multiarray import _reconstruct
 
-from pipeline import synth
 from pipeline.schema import BONE_NAMES, FIELD_SHAPES, FIELDS, IMAGE_FIELDS
-from pipeline.synth import (
+from pipeline.tools import synth
+from pipeline.tools.synth import (
     SynthConfig,
     cast_sample,
     iter_members,

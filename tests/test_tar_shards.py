@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline.codecs import CANDIDATES, SIZE_SLACK_BYTES, SIZE_TOLERANCE, Encoding, choose, measure
 from pipeline.schema import OutputError
-from pipeline.tar_shards import ShardWriter, decode_field, encode_field, iter_shard
+from pipeline.store.codecs import CANDIDATES, SIZE_SLACK_BYTES, SIZE_TOLERANCE, Encoding, choose, measure
+from pipeline.store.tar_shards import ShardWriter, decode_field, encode_field, iter_shard
 
 DTYPES = ["|b1", "|u1", "|i1", "<u2", "<i2", "<i4", "<u4", "<i8", "<f2", "<f4", "<f8"]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import manifest, tar_shards, zarr_store
 from pipeline.checksums import file_sha256
-from pipeline.codecs import Encoding
-from pipeline.verify import verify
+from pipeline.store import manifest, tar_shards, zarr_store
+from pipeline.store.codecs import Encoding
+from pipeline.verify.run import verify
 
 from conftest import copy_output
 

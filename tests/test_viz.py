@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import viz
 from pipeline.bench import report
-from pipeline.manifest import read_manifest, write_manifest
 from pipeline.schema import LABEL_NAMES, OutputError
+from pipeline.store.manifest import read_manifest, write_manifest
+from pipeline.tools import viz
 
 from conftest import assert_bit_exact, copy_output
 

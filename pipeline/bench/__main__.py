@@ -33,11 +33,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if args.which == "convert":
-        from .conversion import run
+        from pipeline.bench.conversion import run
     elif args.which == "read":
-        from .reading import run
+        from pipeline.bench.reading import run
     else:
-        from .scale import run
+        from pipeline.bench.scale import run
 
     samples, repeats = DEFAULTS[args.which]
     result = run(samples=args.samples or samples, repeats=args.repeats or repeats, scratch=args.scratch)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from distributed import Client
 
-from ..cluster import local_cluster
-from ..convert import ConvertOptions, convert
-from ..sizes import tree_bytes
-from ..synth import SynthConfig, write_archive
-from .common import interleave, load_every_member, machine_description, markdown_table
-from .scale import COMMANDS, VERIFY_TARGETS, command_argv, run_command
+from pipeline.bench.common import interleave, load_every_member, machine_description, markdown_table
+from pipeline.bench.scale import COMMANDS, VERIFY_TARGETS, command_argv, run_command
+from pipeline.cluster import local_cluster
+from pipeline.convert.run import ConvertOptions, convert
+from pipeline.sizes import tree_bytes
+from pipeline.tools.synth import SynthConfig, write_archive
 
 BASELINE = "load only (1 process)"
 

@@ -6,11 +6,11 @@ with DataLoader workers:
 
 * **baseline** — what the dataset's authors do: the archive extracted to one ``.pt`` file per
   sample, one ``torch.load`` per sample, in random order (:class:`TorchLoadDataset`);
-* **streaming** — :class:`~pipeline.stream.StreamingDataset` with ``batch_size`` at the dataset
+* **streaming** — :class:`~pipeline.read.stream.StreamingDataset` with ``batch_size`` at the dataset
   level, under ``DataLoader(ds, batch_size=None, ...)`` as its docstring says, one epoch
   (``set_epoch``) per pass, with its default decode threads (the cores; one per DataLoader
   worker here); in process also with one decode thread (**streaming, 1 thread**);
-* **zarr** — :class:`~pipeline.random_access.ZarrDataset` in random order (``RandomSampler``);
+* **zarr** — :class:`~pipeline.read.zarr_dataset.ZarrDataset` in random order (``RandomSampler``);
 * **npy, uncompressed** — the reference point: each field an ``.npy`` file, ``np.load`` per field
   and sample in random order (:class:`NpyDataset`): reading without decoding, at ~9× the bytes.
 
@@ -66,12 +66,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ..convert import ConvertOptions, convert
-from ..random_access import ZarrDataset
-from ..schema import FIELDS, OutputError, sample_key
-from ..stream import StreamingDataset
-from ..synth import SynthConfig, write_archive, write_tree
-from .common import interleave, machine_description, markdown_table
+from pipeline.bench.common import interleave, machine_description, markdown_table
+from pipeline.convert.run import ConvertOptions, convert
+from pipeline.read.stream import StreamingDataset
+from pipeline.read.zarr_dataset import ZarrDataset
+from pipeline.schema import FIELDS, OutputError, sample_key
+from pipeline.tools.synth import SynthConfig, write_archive, write_tree
 
 log = logging.getLogger(__name__)
 

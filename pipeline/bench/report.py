@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from .common import markdown_table
+from pipeline.bench.common import markdown_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -217,7 +217,7 @@ def _convert_section(convert: Mapping[str, Any]) -> list[str]:
         parts = [f"{max(mb):.0f} MB on {n} samples" for n, mb in peak.items() if mb]
         lines += [f"Peak memory per worker: {', '.join(parts)}.", ""]
     if convert.get("commands"):
-        from .conversion import COMMAND_HEADER, command_rows
+        from pipeline.bench.conversion import COMMAND_HEADER, command_rows
 
         lines += [
             "Whole commands as a user runs them (fresh processes, cluster start-up included), the three "
@@ -268,7 +268,7 @@ def _block_size(nbytes: int) -> str:
 
 def _scale_section(scale: Mapping[str, Any]) -> list[str]:
     """How cost grows with the archive: the tables :mod:`pipeline.bench.scale` prints."""
-    from .scale import scale_lines
+    from pipeline.bench.scale import scale_lines
 
     return ["## Scale", "", *scale_lines(scale)]
 

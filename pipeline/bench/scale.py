@@ -103,8 +103,8 @@ def layout(samples: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def set_configs(samples: int) -> dict[str, Any]:
-    """Archive file name → :class:`~pipeline.synth.SynthConfig` of the set's two archives."""
-    from ..synth import SynthConfig
+    """Archive file name → :class:`~pipeline.tools.synth.SynthConfig` of the set's two archives."""
+    from pipeline.tools.synth import SynthConfig
 
     (train_patients, train_shapes), (test_patients, test_shapes) = layout(samples)
     return {
@@ -122,7 +122,7 @@ def set_name(samples: int) -> str:
 
 
 def _write_archive(path: Path, config: Any) -> float:
-    from ..synth import write_archive
+    from pipeline.tools.synth import write_archive
 
     started = time.perf_counter()
     write_archive(path, config)
@@ -132,7 +132,7 @@ def _write_archive(path: Path, config: Any) -> float:
 def make_set(base: Path, samples: int) -> tuple[Path, dict]:
     """The set's folder (archives made once, see :func:`~pipeline.bench.reading._made_once`) and
     how long generating it took (then or in the run that made it)."""
-    from .reading import _made_once
+    from pipeline.bench.reading import _made_once
 
     made_now = False
 
@@ -314,13 +314,13 @@ fields = ("img", "label")
 import torch
 from torch.utils.data import DataLoader
 if kind == "StreamingDataset":
-    from pipeline.stream import StreamingDataset
+    from pipeline.read.stream import StreamingDataset
     t1 = time.perf_counter()
     ds = StreamingDataset(out, split=split, fields=fields, batch_size=batch)
     t2 = time.perf_counter()
     first = next(iter(DataLoader(ds, batch_size=None, num_workers=0)))
 else:
-    from pipeline.random_access import ZarrDataset
+    from pipeline.read.zarr_dataset import ZarrDataset
     t1 = time.perf_counter()
     ds = ZarrDataset(out, split, fields=fields)
     t2 = time.perf_counter()
@@ -388,7 +388,7 @@ class _SetRuns:
         return systems
 
     def result(self, generation: Mapping) -> dict:
-        from ..sizes import tree_bytes
+        from pipeline.sizes import tree_bytes
 
         return {
             "samples": self.samples,
@@ -417,8 +417,8 @@ def run(samples: int = LARGE_SAMPLES, repeats: int = 3, scratch: Path | None = N
     ``samples``: the large set's size (more than :data:`SMALL_SAMPLES`). ``scratch`` keeps the
     sets (``sets/``) and the outputs (``out/``) for the next run; default ``data/bench-scale``.
     """
-    from .common import interleave, machine_description
-    from .reading import _OtherLoad
+    from pipeline.bench.common import interleave, machine_description
+    from pipeline.bench.reading import _OtherLoad
 
     if samples <= SMALL_SAMPLES:
         raise ValueError(f"the large set must have more than {SMALL_SAMPLES} samples, got {samples}")
@@ -627,7 +627,7 @@ def _met(value: float, target: float) -> str:
 
 def scale_lines(raw: Mapping[str, Any]) -> list[str]:
     """The "Scale" tables in Markdown (for stdout and ``bench/report.md``), without a heading."""
-    from .common import markdown_table
+    from pipeline.bench.common import markdown_table
 
     summary = summarise(raw)
     sets = raw["sets"]

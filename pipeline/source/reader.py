@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from zlib_ng import zlib_ng
 
-from .schema import STORABLE_KINDS, SourceError, sample_key
+from pipeline.schema import STORABLE_KINDS, SourceError, sample_key
 
 log = logging.getLogger(__name__)
 

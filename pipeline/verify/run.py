@@ -10,7 +10,7 @@ shard and runs on Dask like the conversion.
 Why it costs less than converting: each tar member is decoded once and compared with the truth;
 the Zarr chunk of the same field and sample is compared *as encoded bytes* with the tar member's
 Blosc frame (a conversion writes the same frame into both). Equal frames in arrays whose layout
-was checked (:func:`~pipeline.zarr_store.check_array`) decode to equal values in any Zarr reader,
+was checked (:func:`~pipeline.store.zarr_store.check_array`) decode to equal values in any Zarr reader,
 so only a chunk that differs is decoded and compared on its own. As a check on that reasoning,
 the first sample of every shard is also read through zarr-python and compared with the truth.
 Tasks keep multi-MB buffers on the heap (:mod:`pipeline.runtime`), as conversion tasks do.
@@ -26,12 +26,12 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import codecs, manifest, tar_shards, zarr_store
-from .checksums import digest, file_sha256
-from .cluster import run_tasks
-from .manifest import ShardMeta
-from .runtime import tune_worker
-from .schema import FieldSpec, OutputError, Schema, SourceError, SSMSpineError, schema_from_json, spec_of
+from pipeline.checksums import digest, file_sha256
+from pipeline.cluster import run_tasks
+from pipeline.runtime import tune_worker
+from pipeline.schema import FieldSpec, OutputError, Schema, SourceError, SSMSpineError, schema_from_json, spec_of
+from pipeline.store import codecs, manifest, tar_shards, zarr_store
+from pipeline.store.manifest import ShardMeta
 
 #: What a field of a sample must be: the decoded source array, or the manifest's digest of it.
 Truth = Callable[[str], "np.ndarray | str"]
@@ -213,7 +213,9 @@ def _expected_samples(task: VerifyTask) -> Iterator[Truth]:
         for row in range(task.shard.samples):
             yield lambda field, row=row: task.shard.digests[field][row]
         return
-    from . import source  # only here: workers that check against the manifest never import torch
+    from pipeline.source import (
+        reader as source,  # only here: workers that check against the manifest never import torch
+    )
 
     for sample in source.read_samples(task.members):
         yield sample.__getitem__
@@ -295,7 +297,7 @@ def verify(
         size_of=lambda result: result[0],
         desc="verifying",
         progress=progress,
-        preload=("pipeline.source",) if sources else (),
+        preload=("pipeline.source.reader",) if sources else (),
     )
     return Report(
         samples=sum(checked for checked, _ in results),

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .atomic import write_bytes_atomic
-from .checksums import file_sha256
-from .codecs import Encoding
-from .manifest import read_manifest
-from .schema import BONE_NAMES, DISC_NAMES, IMAGE_FIELDS, LABEL_NAMES, FieldSpec, OutputError
-from .sizes import human_bytes, tree_bytes
-from .tar_shards import decode_field, member_name
-from .zarr_store import STORE_NAME
+from pipeline.atomic import write_bytes_atomic
+from pipeline.checksums import file_sha256
+from pipeline.schema import BONE_NAMES, DISC_NAMES, IMAGE_FIELDS, LABEL_NAMES, FieldSpec, OutputError
+from pipeline.sizes import human_bytes, tree_bytes
+from pipeline.store.codecs import Encoding
+from pipeline.store.manifest import read_manifest
+from pipeline.store.tar_shards import decode_field, member_name
+from pipeline.store.zarr_store import STORE_NAME
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -830,8 +830,8 @@ def _tar_member_name(header: bytes) -> str:
 def read_zarr_records(
     out: str | os.PathLike, split: str, indices: Sequence[int], fields: Sequence[str] | None = None
 ) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """Records of ``indices`` of ``split`` read through :class:`~pipeline.random_access.ZarrDataset`."""
-    from .random_access import ZarrDataset
+    """Records of ``indices`` of ``split`` read through :class:`~pipeline.read.zarr_dataset.ZarrDataset`."""
+    from pipeline.read.zarr_dataset import ZarrDataset
 
     dataset = ZarrDataset(out, split, fields)
     try:

@@ -30,7 +30,7 @@ import numcodecs.blosc
 import numpy as np
 from numcodecs import Blosc
 
-from .schema import OutputError
+from pipeline.schema import OutputError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A shard is a plain POSIX tar that stock ``webdataset.WebDataset(url)`` reads. Each sample is a run
 of members ``<key>.<field>.npy.blosc``, one per field, in schema order. A member holds an ``.npy``
 header (dtype, shape, order — so every member describes itself) followed by a Blosc frame of the
-array's bytes, compressed with the field's measured :class:`~pipeline.codecs.Encoding`. Decoding
+array's bytes, compressed with the field's measured :class:`~pipeline.store.codecs.Encoding`. Decoding
 parses the small header and decompresses straight into the output array: one copy, no pickle.
 
 Members carry a fixed mtime and owner, so converting the same data twice gives byte-identical
@@ -21,10 +21,10 @@ from typing import BinaryIO, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from . import codecs
-from .atomic import AtomicFile
-from .codecs import Encoding
-from .schema import OutputError
+from pipeline.atomic import AtomicFile
+from pipeline.schema import OutputError
+from pipeline.store import codecs
+from pipeline.store.codecs import Encoding
 
 EXTENSION = "npy.blosc"
 _SUFFIX = "." + EXTENSION

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 from torch.utils.data import get_worker_info
 
-from .codecs import one_blosc_thread
+from pipeline.store.codecs import one_blosc_thread
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ class DecodeThreads:
     def start(self, function: Callable[[T], None], items: Iterable[T]) -> Decoding:
         """Begin calling ``function`` on every item, on the threads. With one thread, or one
         item, call it here and now: with one thread, Blosc too decodes on this thread alone
-        (:func:`~pipeline.codecs.one_blosc_thread`); a single item may use Blosc's own threads
+        (:func:`~pipeline.store.codecs.one_blosc_thread`); a single item may use Blosc's own threads
         in a main thread. :meth:`Decoding.wait` ends the calls and raises what they raised."""
         items = list(items)
         threads = self.threads or default_threads()

@@ -26,9 +26,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from .atomic import AtomicFile
-from .codecs import SHUFFLE_NAMES, Encoding
-from .schema import FieldSpec, OutputError, Schema
+from pipeline.atomic import AtomicFile
+from pipeline.schema import FieldSpec, OutputError, Schema
+from pipeline.store.codecs import SHUFFLE_NAMES, Encoding
 
 STORE_NAME = "ssmspine.zarr"
 

@@ -21,8 +21,8 @@ import os
 import urllib.parse
 from typing import Mapping, Sequence
 
-from .. import manifest
-from ..schema import OutputError
+from pipeline.schema import OutputError
+from pipeline.store import manifest
 
 #: Requested fields of one sample separated by at most this many bytes are read with one request.
 LOCAL_COALESCE_GAP = 64 << 10

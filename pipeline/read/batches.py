@@ -1,7 +1,7 @@
 """Batches in shared memory: how a DataLoader worker hands a batch to the main process without a copy.
 
-Used by both readers: :class:`~pipeline.stream.StreamingDataset` (dataset-level batches) and
-:meth:`ZarrDataset.__getitems__ <pipeline.random_access.ZarrDataset.__getitems__>`.
+Used by both readers: :class:`~pipeline.read.stream.StreamingDataset` (dataset-level batches) and
+:meth:`ZarrDataset.__getitems__ <pipeline.read.zarr_dataset.ZarrDataset.__getitems__>`.
 
 Fresh shared memory is expensive: it is never backed by transparent huge pages, so every 4 KiB
 page faults on first touch (measured here: ~1.8 ms per MB, more than decoding the data). Each

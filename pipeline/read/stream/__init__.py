@@ -2,15 +2,15 @@
 
 Laid out by concern, after MosaicML Streaming: :mod:`.order` (epoch order, partition over ranks
 and workers, resumption arithmetic), :mod:`.storage` (where the bytes come from),
-:mod:`pipeline.shared_batches` (handing batches from DataLoader workers through shared memory,
+:mod:`pipeline.read.batches` (handing batches from DataLoader workers through shared memory,
 shared with ``ZarrDataset``) and :mod:`.dataset`, which only composes them. The pure helpers
 are public so that they can be tested, and used to predict what a rank will read, without a
 dataset.
 """
 
-from ..shared_batches import MAX_SLOTS
-from .dataset import STATE_FORMAT, STATE_VERSION, StreamingDataset
-from .order import (
+from pipeline.read.batches import MAX_SLOTS
+from pipeline.read.stream.dataset import STATE_FORMAT, STATE_VERSION, StreamingDataset
+from pipeline.read.stream.order import (
     consumed_position,
     epoch_order,
     rank_positions,
@@ -19,7 +19,7 @@ from .order import (
     source_neighbour_ratio,
     worker_batches,
 )
-from .storage import LOCAL_COALESCE_GAP, REMOTE_COALESCE_GAP, read_stream_manifest
+from pipeline.store.location import LOCAL_COALESCE_GAP, REMOTE_COALESCE_GAP, read_stream_manifest
 
 __all__ = [
     "LOCAL_COALESCE_GAP",

@@ -24,14 +24,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import __version__, manifest, source, tar_shards, zarr_store
-from .atomic import remove_temporaries
-from .checksums import digest, file_sha256, frame_digest
-from .cluster import run_tasks
-from .codecs import Encoding, choose_encodings, measure
-from .manifest import ShardMeta
-from .runtime import tune_worker
-from .schema import (
+from pipeline.atomic import remove_temporaries
+from pipeline.checksums import digest, file_sha256, frame_digest
+from pipeline.cluster import run_tasks
+from pipeline.runtime import tune_worker
+from pipeline.schema import (
     LABEL_NAMES,
     OutputError,
     SourceError,
@@ -41,8 +38,13 @@ from .schema import (
     schema_from_sample,
     schema_to_json,
 )
-from .sizes import tree_bytes
-from .source import SourceMember
+from pipeline.sizes import tree_bytes
+from pipeline.source import reader as source
+from pipeline.source.reader import SourceMember
+from pipeline.store import manifest, tar_shards, zarr_store
+from pipeline.store.codecs import Encoding, choose_encodings, measure
+from pipeline.store.manifest import ShardMeta
+from pipeline.version import __version__
 
 log = logging.getLogger(__name__)
 

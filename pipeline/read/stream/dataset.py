@@ -13,12 +13,12 @@ The dataset only composes the package's parts:
   which order, and how far the whole job has got, as pure functions of a few integers.
 * **Storage** (:mod:`.storage`): ranged reads of the shards from a local path, ``http(s)://`` or
   any fsspec URL.
-* **Decoding** (:func:`pipeline.tar_shards.decode_field` with ``out=``) goes straight from the read
+* **Decoding** (:func:`pipeline.store.tar_shards.decode_field` with ``out=``) goes straight from the read
   buffer into the output tensor. A batch's tensors are a reused slot of memory
-  (:mod:`pipeline.shared_batches`): shared memory inside DataLoader workers, so handing a
+  (:mod:`pipeline.read.batches`): shared memory inside DataLoader workers, so handing a
   multi-MB batch to the main process copies nothing and faults in no fresh pages, private
   memory in the main process. The samples of a batch decode at once on a few threads
-  (:mod:`pipeline.decode_threads`); fetching stays in the calling thread, and costs nothing for
+  (:mod:`pipeline.read.decode_threads`); fetching stays in the calling thread, and costs nothing for
   local shards, which are memory-mapped.
 
 State for resumption is a handful of numbers (:meth:`StreamingDataset.state_dict`) kept in the
@@ -42,13 +42,13 @@ import torch
 import xxhash
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .. import manifest
-from ..decode_threads import DecodeThreads, Decoding
-from ..schema import OutputError, schema_from_json
-from ..shared_batches import _Layout, _SlotPool
-from ..tar_shards import decode_field
-from .order import consumed_position, rank_samples, rank_share, worker_batches
-from .storage import _is_url, _Store, _store_class, read_stream_manifest
+from pipeline.read.batches import _Layout, _SlotPool
+from pipeline.read.decode_threads import DecodeThreads, Decoding
+from pipeline.read.stream.order import consumed_position, rank_samples, rank_share, worker_batches
+from pipeline.schema import OutputError, schema_from_json
+from pipeline.store import manifest
+from pipeline.store.location import _is_url, _Store, _store_class, read_stream_manifest
+from pipeline.store.tar_shards import decode_field
 
 STATE_FORMAT = "ssmspine-stream-state"
 STATE_VERSION = 1
@@ -130,12 +130,12 @@ class StreamingDataset(IterableDataset):
     payload may decode to wrong values silently. It costs 10-20 % of the first epoch.
     ``decode_threads``: threads that decode the samples of a batch at once (default: the cores
     of the process, divided among local ranks and DataLoader workers; see
-    :mod:`pipeline.decode_threads`).
+    :mod:`pipeline.read.decode_threads`).
 
     Ranks: ``rank``/``world_size`` if given, else ``torch.distributed`` when initialised, else the
     ``RANK``/``WORLD_SIZE`` environment, else one process — always decided in the main process
     and handed to DataLoader workers. Every rank yields ``len(ds)`` samples per epoch; see
-    :mod:`pipeline.stream.order` for order, partition, padding (default) and ``drop_last``.
+    :mod:`pipeline.read.stream.order` for order, partition, padding (default) and ``drop_last``.
 
     Epochs and resumption::
 

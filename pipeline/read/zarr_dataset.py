@@ -13,11 +13,11 @@ is read with zarr-python, so correctness never depends on it. Tests compare the 
 Batches: the DataLoader asks a map-style dataset for a whole batch through ``__getitems__``.
 :meth:`ZarrDataset.__getitems__` decodes the batch straight into one buffer per field, and the
 default ``collate_fn`` hands those buffers on as the batch instead of stacking copies of them.
-The buffers are reused slots (:mod:`pipeline.shared_batches`, as for the streaming reader):
+The buffers are reused slots (:mod:`pipeline.read.batches`, as for the streaming reader):
 shared memory inside a DataLoader worker, where with the stock collation every batch went into
 fresh shared memory, whose page faults cost the worker several times the decoding; private
 memory in the main process.
-The samples of a batch decode at once on a few threads (:mod:`pipeline.decode_threads`); the
+The samples of a batch decode at once on a few threads (:mod:`pipeline.read.decode_threads`); the
 per-process state below is safe to share between them.
 
 Process safety: file handles, shard indexes, zarr-python arrays and shared-memory slots live in
@@ -41,12 +41,12 @@ import torch
 import zarr
 from torch.utils.data import get_worker_info
 
-from .codecs import decode_into
-from .decode_threads import DecodeThreads
-from .manifest import read_manifest
-from .schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES, OutputError
-from .shared_batches import _Layout, _SlotPool
-from .zarr_store import EMPTY_CHUNK, read_shard_index, store_path
+from pipeline.read.batches import _Layout, _SlotPool
+from pipeline.read.decode_threads import DecodeThreads
+from pipeline.schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES, OutputError
+from pipeline.store.codecs import decode_into
+from pipeline.store.manifest import read_manifest
+from pipeline.store.zarr_store import EMPTY_CHUNK, read_shard_index, store_path
 
 if TYPE_CHECKING:
     import xarray
@@ -264,7 +264,7 @@ class ZarrDataset(torch.utils.data.Dataset):
         ``fast=False`` reads everything with zarr-python (the reference the fast path is
         tested against). ``decode_threads``: threads that decode the samples of a batch read by
         :meth:`__getitems__` at once (default: the process's cores, divided among local ranks
-        and DataLoader workers; see :mod:`pipeline.decode_threads`).
+        and DataLoader workers; see :mod:`pipeline.read.decode_threads`).
         """
         self.out = Path(out)
         self.split = split
@@ -419,7 +419,7 @@ class _Sample(dict):
 
 class _Batch(list):
     """The samples of one :meth:`ZarrDataset.__getitems__` call, and the buffers they are rows of:
-    ``whole`` (a dict of tensors, or a :class:`~pipeline.shared_batches._SharedBatch` in a worker).
+    ``whole`` (a dict of tensors, or a :class:`~pipeline.read.batches._SharedBatch` in a worker).
     Pickled, it is the plain list of dicts a custom ``collate_fn`` may return as is."""
 
     def __init__(self, samples: list[_Sample], whole: Any) -> None:

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .atomic import write_bytes_atomic
-from .schema import OutputError
+from pipeline.atomic import write_bytes_atomic
+from pipeline.schema import OutputError
 
 MANIFEST_NAME = "manifest.json"
 PROGRESS_DIR = ".progress"
