@@ -1,6 +1,7 @@
 """SSMSpine shards: convert the SSMSpine lumbar-spine MRI archives into Zarr and WebDataset shards."""
 
-from pipeline.schema import FIELDS, LABEL_NAMES, OutputError, SchemaError, SourceError, SSMSpineError
+from pipeline.errors import OutputError, SchemaError, SourceError, SSMSpineError
+from pipeline.schema import FIELDS, LABEL_NAMES
 from pipeline.store.tar_shards import decode_wds_sample
 from pipeline.version import __version__
 

@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from pipeline.schema import SSMSpineError
+from pipeline.errors import SSMSpineError
 from pipeline.sizes import human_bytes
 from pipeline.version import __version__
 

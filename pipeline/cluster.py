@@ -13,8 +13,8 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 from distributed import Client, LocalCluster, as_completed
 
+from pipeline.errors import SSMSpineError
 from pipeline.progress import progress_bar
-from pipeline.schema import SSMSpineError
 
 #: Tasks queued per worker: enough to keep it busy, few enough to stop soon after a failure.
 IN_FLIGHT_PER_WORKER = 2

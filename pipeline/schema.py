@@ -1,4 +1,4 @@
-"""The SSMSpine record: field names, shapes, dtypes, label names, and the error types.
+"""The SSMSpine record: field names, shapes, dtypes, label names, and the schema taken from the data.
 
 Every other module speaks in terms of this one. A *record* is ``(key, {field: numpy array})``;
 the *schema* of a conversion is taken from the data (the release does not document dtypes)
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
+
+from pipeline.errors import SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -54,35 +56,6 @@ DISC_NAMES: tuple[str, ...] = ("D1", "D2", "D3", "D4", "D5")
 #: numpy kinds we store: bool, signed/unsigned integers, floats. Anything else (object, str,
 #: complex, datetime) has no place in an image dataset and would not survive Zarr/tensorstore.
 STORABLE_KINDS = frozenset("biuf")
-
-
-class SSMSpineError(Exception):
-    """Base class of every error this package raises on purpose."""
-
-
-class SourceError(SSMSpineError):
-    """A source archive or one of its members cannot be read safely.
-
-    The message always names the archive and, where there is one, the member.
-    """
-
-    def __init__(self, archive: str, member: str | None, reason: str) -> None:
-        self.archive = archive
-        self.member = member
-        self.reason = reason
-        where = f"{archive}: {member}" if member else archive
-        super().__init__(f"{where}: {reason}")
-
-    def __reduce__(self):  # errors raised in Dask workers travel back to the client pickled
-        return type(self), (self.archive, self.member, self.reason)
-
-
-class SchemaError(SourceError):
-    """A sample decoded fine but does not match the schema of the rest of the data."""
-
-
-class OutputError(SSMSpineError):
-    """The output directory, a shard or the manifest is missing, corrupt or inconsistent."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from pipeline.convert.run import convert
-from pipeline.schema import SchemaError, SourceError
+from pipeline.errors import SchemaError, SourceError
 from pipeline.source import reader as source
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, cast_sample, make_sample, pt_bytes, write_archive

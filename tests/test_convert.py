@@ -13,7 +13,8 @@ import webdataset
 
 from pipeline import decode_wds_sample
 from pipeline.convert.run import collect_members, convert
-from pipeline.schema import FIELDS, LABEL_NAMES, SourceError
+from pipeline.errors import SourceError
+from pipeline.schema import FIELDS, LABEL_NAMES
 from pipeline.store.codecs import Encoding
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, write_archive, write_tree

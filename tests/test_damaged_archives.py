@@ -32,8 +32,8 @@ from test_source import _Payload, legacy_pt_bytes
 
 from pipeline.cli import main
 from pipeline.convert.run import convert
+from pipeline.errors import SourceError
 from pipeline.read.zarr_dataset import ZarrDataset
-from pipeline.schema import SourceError
 from pipeline.source.reader import SourceReader, fingerprint, is_junk, list_members
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import MEMBER_DATE_TIME, SynthConfig, pt_bytes

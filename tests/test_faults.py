@@ -16,7 +16,7 @@ from distributed import Client
 
 from pipeline.cluster import local_cluster
 from pipeline.convert.run import convert
-from pipeline.schema import OutputError, SourceError
+from pipeline.errors import OutputError, SourceError
 from pipeline.store.manifest import read_manifest, recorded_shards
 from pipeline.tools.synth import SynthConfig, write_archive
 from pipeline.verify.run import verify

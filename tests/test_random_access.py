@@ -15,10 +15,11 @@ import zarr
 from torch.utils.data import DataLoader, DistributedSampler, Subset, default_collate
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, ZstdCodec
 
+from pipeline.errors import OutputError
 from pipeline.read import zarr_dataset as random_access
 from pipeline.read.batches import _BUSY, _FREE
 from pipeline.read.zarr_dataset import ZarrDataset, dask_step, fast_layout, open_zarr
-from pipeline.schema import OutputError, spec_of
+from pipeline.schema import spec_of
 from pipeline.store import zarr_store
 from pipeline.store.codecs import CANDIDATES
 from pipeline.store.manifest import read_manifest, write_manifest

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.convert.run import convert
-from pipeline.schema import OutputError
+from pipeline.errors import OutputError
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, write_archive
 from pipeline.verify.run import verify

@@ -12,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.schema import SchemaError, SourceError, check_sample, schema_of
+from pipeline.errors import SchemaError, SourceError
+from pipeline.schema import check_sample, schema_of
 from pipeline.source import reader as source
 from pipeline.source.reader import SourceReader, decode_sample, fingerprint, list_members, parse_member, pickle_globals
 from pipeline.tools.synth import SynthConfig, cast_sample, make_sample, pt_bytes, write_archive, write_tree

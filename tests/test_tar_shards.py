@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline.schema import OutputError
+from pipeline.errors import OutputError
 from pipeline.store.codecs import CANDIDATES, SIZE_SLACK_BYTES, SIZE_TOLERANCE, Encoding, choose, measure
 from pipeline.store.tar_shards import ShardWriter, decode_field, encode_field, iter_shard
 

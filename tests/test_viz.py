@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from pipeline.bench import report
-from pipeline.schema import LABEL_NAMES, OutputError
+from pipeline.errors import OutputError
+from pipeline.schema import LABEL_NAMES
 from pipeline.store.manifest import read_manifest, write_manifest
 from pipeline.tools import viz
 

@@ -68,9 +68,10 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from pipeline.bench.common import interleave, machine_description, markdown_table
 from pipeline.convert.run import ConvertOptions, convert
+from pipeline.errors import OutputError
 from pipeline.read.stream import StreamingDataset
 from pipeline.read.zarr_dataset import ZarrDataset
-from pipeline.schema import FIELDS, OutputError, sample_key
+from pipeline.schema import FIELDS, sample_key
 from pipeline.tools.synth import SynthConfig, write_archive, write_tree
 
 log = logging.getLogger(__name__)

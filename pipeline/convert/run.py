@@ -27,11 +27,10 @@ import numpy as np
 from pipeline.atomic import remove_temporaries
 from pipeline.checksums import digest, file_sha256, frame_digest
 from pipeline.cluster import run_tasks
+from pipeline.errors import OutputError, SourceError
 from pipeline.runtime import tune_worker
 from pipeline.schema import (
     LABEL_NAMES,
-    OutputError,
-    SourceError,
     check_sample,
     content_warnings,
     schema_from_json,

@@ -41,9 +41,10 @@ import torch
 import zarr
 from torch.utils.data import get_worker_info
 
+from pipeline.errors import OutputError
 from pipeline.read.batches import _Layout, _SlotPool
 from pipeline.read.decode_threads import DecodeThreads
-from pipeline.schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES, OutputError
+from pipeline.schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES
 from pipeline.store.codecs import decode_into
 from pipeline.store.manifest import read_manifest
 from pipeline.store.zarr_store import EMPTY_CHUNK, read_shard_index, store_path

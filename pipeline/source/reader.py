@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from zlib_ng import zlib_ng
 
-from pipeline.schema import STORABLE_KINDS, SourceError, sample_key
+from pipeline.errors import SourceError
+from pipeline.schema import STORABLE_KINDS, sample_key
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import numcodecs.blosc
 import numpy as np
 from numcodecs import Blosc
 
-from pipeline.schema import OutputError
+from pipeline.errors import OutputError
 
 log = logging.getLogger(__name__)
 

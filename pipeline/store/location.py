@@ -21,7 +21,7 @@ import os
 import urllib.parse
 from typing import Mapping, Sequence
 
-from pipeline.schema import OutputError
+from pipeline.errors import OutputError
 from pipeline.store import manifest
 
 #: Requested fields of one sample separated by at most this many bytes are read with one request.

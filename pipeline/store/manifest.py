@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.atomic import write_bytes_atomic
-from pipeline.schema import OutputError
+from pipeline.errors import OutputError
 
 MANIFEST_NAME = "manifest.json"
 PROGRESS_DIR = ".progress"

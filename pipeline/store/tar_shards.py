@@ -22,7 +22,7 @@ from typing import BinaryIO, Iterable, Iterator, Mapping
 import numpy as np
 
 from pipeline.atomic import AtomicFile
-from pipeline.schema import OutputError
+from pipeline.errors import OutputError
 from pipeline.store import codecs
 from pipeline.store.codecs import Encoding
 

@@ -27,7 +27,8 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from pipeline.atomic import AtomicFile
-from pipeline.schema import FieldSpec, OutputError, Schema
+from pipeline.errors import OutputError
+from pipeline.schema import FieldSpec, Schema
 from pipeline.store.codecs import SHUFFLE_NAMES, Encoding
 
 STORE_NAME = "ssmspine.zarr"

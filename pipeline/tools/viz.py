@@ -28,7 +28,8 @@ import numpy as np
 
 from pipeline.atomic import write_bytes_atomic
 from pipeline.checksums import file_sha256
-from pipeline.schema import BONE_NAMES, DISC_NAMES, IMAGE_FIELDS, LABEL_NAMES, FieldSpec, OutputError
+from pipeline.errors import OutputError
+from pipeline.schema import BONE_NAMES, DISC_NAMES, IMAGE_FIELDS, LABEL_NAMES, FieldSpec
 from pipeline.sizes import human_bytes, tree_bytes
 from pipeline.store.codecs import Encoding
 from pipeline.store.manifest import read_manifest

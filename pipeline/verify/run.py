@@ -28,8 +28,9 @@ import numpy as np
 
 from pipeline.checksums import digest, file_sha256
 from pipeline.cluster import run_tasks
+from pipeline.errors import OutputError, SourceError, SSMSpineError
 from pipeline.runtime import tune_worker
-from pipeline.schema import FieldSpec, OutputError, Schema, SourceError, SSMSpineError, schema_from_json, spec_of
+from pipeline.schema import FieldSpec, Schema, schema_from_json, spec_of
 from pipeline.store import codecs, manifest, tar_shards, zarr_store
 from pipeline.store.manifest import ShardMeta
 
@@ -213,9 +214,7 @@ def _expected_samples(task: VerifyTask) -> Iterator[Truth]:
         for row in range(task.shard.samples):
             yield lambda field, row=row: task.shard.digests[field][row]
         return
-    from pipeline.source import (
-        reader as source,  # only here: workers that check against the manifest never import torch
-    )
+    from pipeline.source import reader as source
 
     for sample in source.read_samples(task.members):
         yield sample.__getitem__

@@ -42,10 +42,11 @@ import torch
 import xxhash
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pipeline.errors import OutputError
 from pipeline.read.batches import _Layout, _SlotPool
 from pipeline.read.decode_threads import DecodeThreads, Decoding
 from pipeline.read.stream.order import consumed_position, rank_samples, rank_share, worker_batches
-from pipeline.schema import OutputError, schema_from_json
+from pipeline.schema import schema_from_json
 from pipeline.store import manifest
 from pipeline.store.location import _is_url, _Store, _store_class, read_stream_manifest
 from pipeline.store.tar_shards import decode_field

@@ -1,0 +1,36 @@
+"""The errors this package raises on purpose, one type per kind; the CLI turns each into one line and exit code 2.
+
+Every message names what is wrong: the archive and member of a source, or the shard, array, key or
+field of an output, and the reason.
+"""
+
+from __future__ import annotations
+
+
+class SSMSpineError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class SourceError(SSMSpineError):
+    """A source archive or one of its members cannot be read safely.
+
+    The message always names the archive and, where there is one, the member.
+    """
+
+    def __init__(self, archive: str, member: str | None, reason: str) -> None:
+        self.archive = archive
+        self.member = member
+        self.reason = reason
+        where = f"{archive}: {member}" if member else archive
+        super().__init__(f"{where}: {reason}")
+
+    def __reduce__(self):  # errors raised in Dask workers travel back to the client pickled
+        return type(self), (self.archive, self.member, self.reason)
+
+
+class SchemaError(SourceError):
+    """A sample decoded fine but does not match the schema of the rest of the data."""
+
+
+class OutputError(SSMSpineError):
+    """The output directory, a shard or the manifest is missing, corrupt or inconsistent."""
