@@ -22,7 +22,7 @@ import torch
 
 from pipeline.convert.run import convert
 from pipeline.errors import SchemaError, SourceError
-from pipeline.source import reader as source
+from pipeline.source import zip_reader
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, cast_sample, make_sample, pt_bytes, write_archive
 from pipeline.verify.run import verify
@@ -159,7 +159,7 @@ def test_a_member_that_inflates_beyond_what_it_declares_is_refused(tmp_path):
     archive = write_archive(tmp_path / "a.zip", SynthConfig(patients=1, shapes=1))
     _patch_declared_size(archive, "Train/p1/aug1.pt", 1000)
     with (
-        source.SourceReader(str(archive)) as reader,
+        zip_reader.SourceReader(str(archive)) as reader,
         pytest.raises(
             SourceError, match=r"a\.zip: Train/p1/aug1\.pt: inflates to more than the 1000 bytes it declares"
         ),
@@ -169,8 +169,8 @@ def test_a_member_that_inflates_beyond_what_it_declares_is_refused(tmp_path):
 
 def test_a_member_that_declares_far_more_than_a_sample_is_refused_unread(tmp_path, monkeypatch):
     archive = write_archive(tmp_path / "a.zip", SynthConfig(patients=1, shapes=1))
-    monkeypatch.setattr(source, "MAX_MEMBER_BYTES", 1 << 20)  # a real sample is ~12 MB: "too big" here
-    with source.SourceReader(str(archive)) as reader, pytest.raises(SourceError, match="far more than a sample"):
+    monkeypatch.setattr(zip_reader, "MAX_MEMBER_BYTES", 1 << 20)  # a real sample is ~12 MB: "too big" here
+    with zip_reader.SourceReader(str(archive)) as reader, pytest.raises(SourceError, match="far more than a sample"):
         reader.read_bytes("Train/p1/aug1.pt")
 
 

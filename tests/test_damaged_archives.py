@@ -34,7 +34,8 @@ from pipeline.cli import main
 from pipeline.convert.run import convert
 from pipeline.errors import SourceError
 from pipeline.read.zarr_dataset import ZarrDataset
-from pipeline.source.reader import SourceReader, fingerprint, is_junk, list_members
+from pipeline.source.members import fingerprint, is_junk, list_members
+from pipeline.source.zip_reader import SourceReader
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import MEMBER_DATE_TIME, SynthConfig, pt_bytes
 from pipeline.verify.run import verify

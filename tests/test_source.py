@@ -14,8 +14,11 @@ from hypothesis import strategies as st
 
 from pipeline.errors import SchemaError, SourceError
 from pipeline.schema import check_sample, schema_of
-from pipeline.source import reader as source
-from pipeline.source.reader import SourceReader, decode_sample, fingerprint, list_members, parse_member, pickle_globals
+from pipeline.source.members import fingerprint, list_members, parse_member
+from pipeline.source.messages import plain
+from pipeline.source.pickle_scan import pickle_globals
+from pipeline.source.torch_load import decode_sample
+from pipeline.source.zip_reader import SourceReader
 from pipeline.tools.synth import SynthConfig, cast_sample, make_sample, pt_bytes, write_archive, write_tree
 
 
@@ -210,7 +213,7 @@ def test_no_reason_passes_on_torchs_advice_to_load_unsafely(tmp_path, legacy):
 @settings(max_examples=100, deadline=None, derandomize=True, database=None)
 @given(before=st.text(), after=st.text(), advice=st.sampled_from(["weights_only=False", "WEIGHTS_ONLY = false"]))
 def test_plain_drops_any_sentence_with_the_advice(before, after, advice):
-    line = source._plain(before + advice + after)
+    line = plain(before + advice + after)
     assert "weights_only" not in line.lower() and "\n" not in line
 
 

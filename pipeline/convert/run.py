@@ -38,8 +38,8 @@ from pipeline.schema import (
     schema_to_json,
 )
 from pipeline.sizes import tree_bytes
-from pipeline.source import reader as source
-from pipeline.source.reader import SourceMember
+from pipeline.source.members import SourceMember, fingerprint, list_members
+from pipeline.source.zip_reader import Readers
 from pipeline.store import manifest, tar_shards, zarr_store
 from pipeline.store.codecs import Encoding, choose_encodings, measure
 from pipeline.store.manifest import ShardMeta
@@ -145,7 +145,7 @@ def convert_group(task: GroupTask) -> ShardMeta:
     tune_worker()
     group = _GroupWriter(task)
     try:
-        with source.Readers() as readers:
+        with Readers() as readers:
             for row, member in enumerate(task.members):
                 try:
                     sample = readers.read_sample(member.archive, member.member)
@@ -302,7 +302,7 @@ def collect_members(
     rejected: list[dict] = []
     on_bad = (lambda error: rejected.append(rejection(error))) if options.skip_bad else None
     for src in sources:
-        for member in source.list_members(src, options.split, on_bad=on_bad):
+        for member in list_members(src, options.split, on_bad=on_bad):
             if member.patient in options.val_patients and member.split == "train":
                 member = SourceMember("val", member.patient, member.aug, member.archive, member.member, member.root)
             previous = seen.setdefault((member.split, member.key), member)
@@ -360,7 +360,7 @@ def _calibration_samples(
     A bad member skipped here is rejected properly by its task later.
     """
     chosen, samples = [], []
-    with source.Readers() as readers:
+    with Readers() as readers:
         for member in members:
             try:
                 sample = readers.read_sample(member.archive, member.member)
@@ -383,7 +383,7 @@ def _plan_identity(
 ) -> dict:
     """What must match for a re-run to reuse earlier output: sources, splits, shard size, fixed encodings."""
     identity = {
-        "sources": [source.fingerprint(s) for s in sources],
+        "sources": [fingerprint(s) for s in sources],
         "splits": {split: [m.key for m in members] for split, members in by_split.items()},
         "shard_bytes": options.shard_bytes,
     }

@@ -214,9 +214,9 @@ def _expected_samples(task: VerifyTask) -> Iterator[Truth]:
         for row in range(task.shard.samples):
             yield lambda field, row=row: task.shard.digests[field][row]
         return
-    from pipeline.source import reader as source
+    from pipeline.source.zip_reader import read_samples
 
-    for sample in source.read_samples(task.members):
+    for sample in read_samples(task.members):
         yield sample.__getitem__
 
 
@@ -296,7 +296,7 @@ def verify(
         size_of=lambda result: result[0],
         desc="verifying",
         progress=progress,
-        preload=("pipeline.source.reader",) if sources else (),
+        preload=("pipeline.source.zip_reader",) if sources else (),
     )
     return Report(
         samples=sum(checked for checked, _ in results),
