@@ -164,7 +164,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pipeline.convert.run import ConvertOptions, convert
+    from pipeline.convert import ConvertOptions, convert
 
     options = ConvertOptions(
         shard_bytes=args.shard_size,
@@ -213,7 +213,7 @@ def _print_problems(summary) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from pipeline.verify.run import verify
+    from pipeline.verify import verify
 
     report = verify(
         args.out, args.sources or None, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress
@@ -232,7 +232,8 @@ def _verify(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.tools.viz import format_info, info
+    from pipeline.tools.info import info
+    from pipeline.tools.info_text import format_info
 
     data = info(args.out, check=args.check)
     print(json.dumps(data, indent=1) if args.json else format_info(data))
@@ -240,7 +241,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from pipeline.tools.viz import show
+    from pipeline.tools.show import show
 
     path = show(
         args.out, args.split, key=args.key, index=args.index, from_wds=args.from_wds, grid=args.grid, path=args.output

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.convert.run import ConvertOptions, convert
+from pipeline.convert import ConvertOptions, convert
 from pipeline.tools.synth import SynthConfig, write_archive
 
 #: Small shards so that a dozen samples (~1.7 MB encoded each) make several shards of 4 samples.

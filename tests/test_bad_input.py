@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.convert.run import convert
+from pipeline.convert import convert
 from pipeline.errors import SchemaError, SourceError
 from pipeline.source import zip_reader
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, cast_sample, make_sample, pt_bytes, write_archive
-from pipeline.verify.run import verify
+from pipeline.verify import verify
 
 from conftest import fast_options
 

@@ -12,13 +12,14 @@ import tensorstore
 import webdataset
 
 from pipeline import decode_wds_sample
-from pipeline.convert.run import collect_members, convert
+from pipeline.convert import convert
+from pipeline.convert.members import collect_members
 from pipeline.errors import SourceError
 from pipeline.schema import FIELDS, LABEL_NAMES
 from pipeline.store.codecs import Encoding
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, write_archive, write_tree
-from pipeline.verify.run import verify
+from pipeline.verify import verify
 
 from conftest import assert_bit_exact, fast_options, load_trusted
 

@@ -31,14 +31,14 @@ from hypothesis import strategies as st
 from test_source import _Payload, legacy_pt_bytes
 
 from pipeline.cli import main
-from pipeline.convert.run import convert
+from pipeline.convert import convert
 from pipeline.errors import SourceError
 from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.source.members import fingerprint, is_junk, list_members
 from pipeline.source.zip_reader import SourceReader
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import MEMBER_DATE_TIME, SynthConfig, pt_bytes
-from pipeline.verify.run import verify
+from pipeline.verify import verify
 
 from conftest import fast_options
 

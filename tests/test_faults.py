@@ -15,11 +15,11 @@ import pytest
 from distributed import Client
 
 from pipeline.cluster import local_cluster
-from pipeline.convert.run import convert
+from pipeline.convert import convert
 from pipeline.errors import OutputError, SourceError
 from pipeline.store.manifest import read_manifest, recorded_shards
 from pipeline.tools.synth import SynthConfig, write_archive
-from pipeline.verify.run import verify
+from pipeline.verify import verify
 
 from conftest import fast_options
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.convert.run import convert
+from pipeline.convert import convert
 from pipeline.errors import OutputError
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, write_archive
-from pipeline.verify.run import verify
+from pipeline.verify import verify
 
 from conftest import fast_options
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.convert.run import convert
+from pipeline.convert import convert
 from pipeline.read.stream import epoch_order
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, write_archive

@@ -17,7 +17,7 @@ import pytest
 from pipeline.checksums import file_sha256
 from pipeline.store import manifest, tar_shards, zarr_store
 from pipeline.store.codecs import Encoding
-from pipeline.verify.run import verify
+from pipeline.verify import verify
 
 from conftest import copy_output
 

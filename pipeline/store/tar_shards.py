@@ -216,3 +216,14 @@ def _iter_shard_file(file: BinaryIO, name: str, fields: Iterable[str] | None) ->
     with file:
         for sample in group_samples(iter_members(file, name)):
             yield decode_wds_sample(sample, fields)
+
+
+WDS_DIR = "wds"
+
+
+#: Per-member tar overhead: a 512-byte header and padding to 512 bytes on average.
+TAR_MEMBER_OVERHEAD = 768
+
+
+def shard_file(split: str, index: int) -> str:
+    return f"{WDS_DIR}/{split}-{index:06d}.tar"

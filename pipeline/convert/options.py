@@ -1,0 +1,61 @@
+"""What a conversion is asked to do (:class:`ConvertOptions`) and what it did (:class:`Summary`)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from pipeline.store.codecs import Encoding
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to convert; everything that changes the output bytes is recorded in the plan."""
+
+    shard_bytes: int = 256_000_000  # as the CLI's default "256MB"
+    workers: int | None = None
+    scheduler: str | None = None
+    split: str | None = None
+    val_patients: tuple[int, ...] = ()
+    calibration_samples: int = 1
+    progress: bool = True
+    #: Convert what can be converted and list bad members in ``DIR/rejected.json``.
+    skip_bad: bool = False
+    #: Replace an output directory that holds a conversion of other sources or options.
+    force: bool = False
+    #: Encodings per field to use instead of measuring (by default they are chosen by timing, so
+    #: two conversions of the same data may pick different ones); fixed encodings make the output
+    #: bytes a function of the data alone.
+    encodings: Mapping[str, Encoding] | None = None
+
+
+@dataclass
+class Summary:
+    """What a conversion did, for the CLI's final report."""
+
+    samples: int = 0
+    source_bytes: int = 0
+    zarr_bytes: int = 0
+    wds_bytes: int = 0
+    seconds: float = 0.0
+    planning_seconds: float = 0.0  # listing, calibration, creating the Zarr arrays
+    startup_seconds: float = 0.0  # starting (or connecting to) the Dask cluster
+    shards_written: int = 0
+    shards_kept: int = 0
+    samples_written: int = 0  # in the shards written by this run
+    up_to_date: bool = False
+    splits: dict[str, int] = field(default_factory=dict)
+    rejected: list[dict] = field(default_factory=list)  # members left out under --skip-bad
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # key -> content warnings
+
+    @property
+    def converting_seconds(self) -> float:
+        """Wall time of the tasks alone: without planning and cluster start-up."""
+        return self.seconds - self.planning_seconds - self.startup_seconds
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples_written / self.converting_seconds if self.samples_written else 0.0
