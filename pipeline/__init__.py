@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 #: Readers import torch, zarr and xarray: load them on first use, so `import pipeline` stays light.
-_LAZY = {"StreamingDataset": "read.stream", "ZarrDataset": "read.zarr_dataset", "open_zarr": "read.zarr_dataset"}
+_LAZY = {"StreamingDataset": "read.stream", "ZarrDataset": "read.zarr_dataset", "open_zarr": "tools.xarray_view"}
 
 
 def __getattr__(name: str):  # PEP 562

@@ -16,13 +16,15 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, default_col
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, ZstdCodec
 
 from pipeline.errors import OutputError
-from pipeline.read import zarr_dataset as random_access
+from pipeline.read import zarr_dataset
 from pipeline.read.batches import _BUSY, _FREE
-from pipeline.read.zarr_dataset import ZarrDataset, dask_step, fast_layout, open_zarr
+from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.schema import spec_of
-from pipeline.store import zarr_store
+from pipeline.store import zarr_layout, zarr_store
 from pipeline.store.codecs import CANDIDATES
 from pipeline.store.manifest import read_manifest, write_manifest
+from pipeline.store.zarr_layout import fast_layout
+from pipeline.tools.xarray_view import dask_step, open_zarr
 
 from conftest import assert_bit_exact, copy_output
 
@@ -47,11 +49,11 @@ EMPTY_SHARD_FIELD = "bone_mask"  # all zero in shard 0: its shard file is never 
 
 
 def _zarr_read(out: Path, split: str, field: str, row: int) -> np.ndarray:
-    return zarr_store.open_array(out, split, field)[row]
+    return zarr_layout.open_array(out, split, field)[row]
 
 
 def _tensorstore_read(out: Path, split: str, field: str, row: int) -> np.ndarray:
-    path = zarr_store.store_path(out) / split / field
+    path = zarr_layout.store_path(out) / split / field
     return (
         tensorstore.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}})
         .result()[row]
@@ -61,7 +63,7 @@ def _tensorstore_read(out: Path, split: str, field: str, row: int) -> np.ndarray
 
 
 def _full_read(out: Path, split: str, field: str) -> np.ndarray:
-    return zarr_store.open_array(out, split, field)[:]
+    return zarr_layout.open_array(out, split, field)[:]
 
 
 def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -96,7 +98,7 @@ def variant(tmp_path_factory, converted) -> tuple[Path, dict[str, np.ndarray]]:
         attributes={"fields": list(schema)},
     )
     for f, values in data.items():  # zarr-python, unlike the conversion, skips chunks equal to the fill value
-        zarr_store.open_array(out, "train", f, mode="r+")[:] = values
+        zarr_layout.open_array(out, "train", f, mode="r+")[:] = values
     manifest["splits"] = {"train": {k: train[k][:n] for k in ("keys", "patient", "aug")} | {"samples": n}}
     write_manifest(out, manifest)
     return out, data
@@ -118,13 +120,13 @@ def test_fast_path_equals_zarr_python_on_every_field(converted, split):
 
 def test_variant_has_the_layouts_it_is_meant_to_test(variant):
     out, _ = variant
-    layout = fast_layout(zarr_store.open_array(out, "train", "mask"))
+    layout = fast_layout(zarr_layout.open_array(out, "train", "mask"))
     assert layout is not None and layout.shard_samples == VARIANT_SHARD
     raw = Path(layout.shard_path(EMPTY_MASK_ROW // VARIANT_SHARD)).read_bytes()
     index = np.frombuffer(raw[-(16 * VARIANT_SHARD + 4) : -4], "<u8").reshape(-1, 2)
     assert (index[EMPTY_MASK_ROW % VARIANT_SHARD] == 2**64 - 1).all(), "the empty mask chunk was written"
-    assert not zarr_store.shard_file(out, "train", EMPTY_SHARD_FIELD, 0, 4).exists()
-    assert zarr_store.shard_file(out, "train", EMPTY_SHARD_FIELD, 1, 4).exists()
+    assert not zarr_layout.shard_file(out, "train", EMPTY_SHARD_FIELD, 0, 4).exists()
+    assert zarr_layout.shard_file(out, "train", EMPTY_SHARD_FIELD, 1, 4).exists()
 
 
 def test_fast_path_equals_written_data_zarr_python_and_tensorstore_on_other_dtypes(variant):
@@ -198,7 +200,7 @@ OTHER_LAYOUTS = {
 def test_other_layouts_read_fast_or_through_zarr_python(converted, tmp_path):
     out = copy_output(converted, tmp_path)
     expected = {f: _full_read(converted, "train", f) for f in OTHER_LAYOUTS}
-    group = zarr.open_group(zarr_store.store_path(out) / "train", mode="r+", zarr_format=3)
+    group = zarr.open_group(zarr_layout.store_path(out) / "train", mode="r+", zarr_format=3)
     for field, (_, spec) in OTHER_LAYOUTS.items():
         values = expected[field]
         del group[field]
@@ -220,19 +222,17 @@ def test_other_layouts_read_fast_or_through_zarr_python(converted, tmp_path):
 
 def test_items_are_tensors_of_the_requested_fields_only(converted, monkeypatch):
     ds = ZarrDataset(converted, fields=("img", "label"))
-    from pipeline.read import zarr_dataset as random_access
+    from pipeline.read import zarr_fast
 
     opened = []
-    original = random_access._ProcessState.file
-    monkeypatch.setattr(
-        random_access._ProcessState, "file", lambda self, path: opened.append(path) or original(self, path)
-    )
+    original = zarr_fast.ProcessState.file
+    monkeypatch.setattr(zarr_fast.ProcessState, "file", lambda self, path: opened.append(path) or original(self, path))
     item = ds[5]
     assert set(item) == {"__key__", "img", "label"}
     assert item["__key__"] == ds.keys[5]
     assert isinstance(item["img"], torch.Tensor) and item["img"].dtype == torch.float32
     assert item["label"].shape == (1, 512, 512) and item["label"].dtype == torch.int64
-    assert opened and {Path(p).relative_to(zarr_store.store_path(converted) / "train").parts[0] for p in opened} == {
+    assert opened and {Path(p).relative_to(zarr_layout.store_path(converted) / "train").parts[0] for p in opened} == {
         "img",
         "label",
     }
@@ -274,7 +274,7 @@ def test_errors_are_clear(converted, tmp_path):
 
 def test_damaged_shard_index_is_an_error_naming_the_file(converted, tmp_path):
     out = copy_output(converted, tmp_path)
-    layout = fast_layout(zarr_store.open_array(out, "train", "img"))
+    layout = fast_layout(zarr_layout.open_array(out, "train", "img"))
     last = layout.shape[0] - 1
     assert last // layout.shard_samples > 0, "the fixture has a single shard"
     path = Path(layout.shard_path(last // layout.shard_samples))
@@ -367,7 +367,7 @@ def test_changed_samples_are_stacked_as_usual(converted):
 def test_worker_slots_are_freed_by_the_worker_unless_the_batch_was_shipped(converted, monkeypatch):
     """In a worker (faked here), a batch that a custom collate_fn consumed frees its slot once the
     worker drops it; a batch pickled to the main process is freed by that process instead."""
-    monkeypatch.setattr(random_access, "get_worker_info", lambda: object())
+    monkeypatch.setattr(zarr_dataset, "get_worker_info", lambda: object())
     ds = ZarrDataset(converted, fields=("label",))
     samples = ds.__getitems__([1, 2])
     slot = samples.whole.slot
@@ -442,7 +442,7 @@ def test_open_zarr_mean_per_patient_is_lazy_and_exact(converted):
     means = train.img.groupby("patient").mean()
     assert isinstance(means.data, dask.array.Array), "groupby().mean() loaded the data"
     full = _full_read(converted, "train", "img")
-    patients = zarr_store.open_array(converted, "train", "patient")[:]
+    patients = zarr_layout.open_array(converted, "train", "patient")[:]
     for patient in (1, 2):
         expected = full[patients == patient].mean(axis=0)
         np.testing.assert_allclose(means.sel(patient=patient).values, expected, rtol=1e-6, atol=1e-7)

@@ -207,13 +207,13 @@ def test_only_requested_fields_are_read(converted, monkeypatch):
 
     ds = StreamingDataset(converted, fields=("label",), seed=SEED)
     lengths = []
-    original = storage._LocalStore.read
+    original = storage.LocalRangeReader.read
 
     def counting_read(self, shard, offset, length, into=None):
         lengths.append(length)
         return original(self, shard, offset, length, into)
 
-    monkeypatch.setattr(storage._LocalStore, "read", counting_read)
+    monkeypatch.setattr(storage.LocalRangeReader, "read", counting_read)
     samples = list(ds)
     assert [s["__key__"] for s in samples] == expected_keys(ds.keys, 0, 0, 1)
     assert all(s["label"].dtype == torch.int64 and s["label"].shape == (1, 512, 512) for s in samples)
@@ -284,15 +284,15 @@ def test_in_process_batches_reuse_memory_but_never_overwrite_held_batches(conver
 
 
 def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
-    from pipeline.read.batches import _Layout, _rebuild_shared_batch, _SlotPool
+    from pipeline.read.batches import BatchLayout, SlotPool, rebuild_shared_batch
 
-    pool = _SlotPool(_Layout.of({"a": ((3,), np.dtype("<f4")), "b": ((2, 2), np.dtype("|b1"))}, 4))
+    pool = SlotPool(BatchLayout.of({"a": ((3,), np.dtype("<f4")), "b": ((2, 2), np.dtype("|b1"))}, 4))
     slot = pool.take()
     arrays = pool.layout.arrays(slot.bytes, 3)
     arrays["a"][:] = np.arange(9).reshape(3, 3)
     arrays["b"][:] = True
     other_process = (-1, 0)  # a slot id from "another process"; not kept mapped here (kept=False)
-    batch = _rebuild_shared_batch(other_process, slot.storage, False, pool.layout, 3, ["x", "y", "z"])
+    batch = rebuild_shared_batch(other_process, slot.storage, False, pool.layout, 3, ["x", "y", "z"])
     assert batch["a"].shape == (3, 3) and batch["b"].dtype == torch.bool and batch["b"].all()
     assert batch["a"][2].tolist() == [6, 7, 8]
     view = batch["a"][1:].t()
@@ -350,11 +350,11 @@ def test_without_pidfds_exited_workers_slots_are_dropped_at_the_next_registratio
 
 
 def test_a_batch_naming_a_slot_this_process_does_not_have_is_an_error():
-    from pipeline.read.batches import _Layout, _rebuild_shared_batch
+    from pipeline.read.batches import BatchLayout, rebuild_shared_batch
 
-    layout = _Layout.of({"a": ((3,), np.dtype("<f4"))}, 2)
+    layout = BatchLayout.of({"a": ((3,), np.dtype("<f4"))}, 2)
     with pytest.raises(RuntimeError, match="does not have that slot mapped"):
-        _rebuild_shared_batch((-1, 12345), None, True, layout, 2, ["x", "y"])
+        rebuild_shared_batch((-1, 12345), None, True, layout, 2, ["x", "y"])
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -507,7 +507,7 @@ def test_a_server_without_range_requests_is_an_error(converted, serve):
 def test_many_shards_with_few_open_files(converted, monkeypatch):
     from pipeline.store import location as storage
 
-    monkeypatch.setattr(storage._LocalStore, "max_open", 2)
+    monkeypatch.setattr(storage.LocalRangeReader, "max_open", 2)
     stock = _stock(converted, "train")
     ds = StreamingDataset(converted, fields=("label", "shape"), seed=SEED)
     assert len(read_manifest(converted)["splits"]["train"]["shards"]) > 2

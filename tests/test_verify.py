@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.checksums import file_sha256
-from pipeline.store import manifest, tar_shards, zarr_store
+from pipeline.store import manifest, tar_shards, zarr_layout, zarr_store
 from pipeline.store.codecs import Encoding
 from pipeline.verify import verify
 
@@ -50,11 +50,11 @@ def test_the_untouched_output_verifies(converted, train_zip, test_zip, dask_sche
 
 def test_one_element_changed_in_a_zarr_chunk_with_every_checksum_valid(out, train_zip, test_zip, dask_scheduler):
     row = _row_of(out, "train", "p01_aug002")
-    array = zarr_store.open_array(out, "train", "img", mode="r+")
+    array = zarr_layout.open_array(out, "train", "img", mode="r+")
     value = array[row]
     value[100, 200] = np.nextafter(value[100, 200], np.float32(2))  # the smallest change a float can take
     array[row] = value  # zarr-python re-encodes the chunk and rewrites the shard's index and CRC-32C
-    assert zarr_store.open_array(out, "train", "img")[row][100, 200] == value[100, 200], "a valid Zarr store"
+    assert zarr_layout.open_array(out, "train", "img")[row][100, 200] == value[100, 200], "a valid Zarr store"
     for report in _both_modes(out, [train_zip, test_zip], dask_scheduler):
         assert _where(report) == [("train", "zarr:p01_aug002.img")], report.problems
         assert "values differ from the source" in report.problems[0].what
@@ -65,7 +65,7 @@ def test_two_samples_chunks_swapped_in_a_zarr_shard(out, train_zip, test_zip, da
     shard = manifest.shards_of(done, "train")[1]
     first, second = shard.keys[:2]
     spec = done["schema"]["label"]
-    path = zarr_store.shard_file(out, "train", "label", shard.index, 1 + len(spec["shape"]))
+    path = zarr_layout.shard_file(out, "train", "label", shard.index, 1 + len(spec["shape"]))
     chunks = dict(zarr_store.iter_shard_chunks(path, done["group_samples"]))
     positions = sorted(chunks)
     writer = zarr_store.ShardFileWriter(path, done["group_samples"])  # valid index and CRC-32C, chunks swapped
@@ -126,7 +126,7 @@ def test_an_empty_zarr_chunk_where_a_sample_belongs(out, train_zip, dask_schedul
     done = manifest.read_manifest(out)
     shard = manifest.shards_of(done, "train")[0]
     spec = done["schema"]["mask"]
-    path = zarr_store.shard_file(out, "train", "mask", shard.index, 1 + len(spec["shape"]))
+    path = zarr_layout.shard_file(out, "train", "mask", shard.index, 1 + len(spec["shape"]))
     writer = zarr_store.ShardFileWriter(path, done["group_samples"])
     for position, chunk in zarr_store.iter_shard_chunks(path, done["group_samples"]):
         writer.skip() if position == 0 else writer.add(chunk)

@@ -14,7 +14,7 @@ from pipeline.checksums import file_sha256
 from pipeline.convert.plan import PLAN_KEYS
 from pipeline.convert.task import GroupTask
 from pipeline.errors import OutputError
-from pipeline.store import manifest, zarr_store
+from pipeline.store import manifest, zarr_layout
 from pipeline.store.manifest import ShardMeta
 from pipeline.store.tar_shards import WDS_DIR
 
@@ -70,9 +70,9 @@ def replace_other_conversion(out: Path, identity: dict) -> None:
     other = (done.exists() and manifest.read_manifest(out).get("identity") != identity) or (
         plan.exists() and manifest.read_json(plan).get("identity") != identity
     )
-    if other or (not done.exists() and not plan.exists() and zarr_store.store_path(out).exists()):
+    if other or (not done.exists() and not plan.exists() and zarr_layout.store_path(out).exists()):
         log.warning("%s: replacing the output of another conversion (--force)", out)
         for name in (manifest.MANIFEST_NAME, manifest.REJECTED_NAME):
             (out / name).unlink(missing_ok=True)
-        for folder in (manifest.PROGRESS_DIR, WDS_DIR, zarr_store.STORE_NAME):
+        for folder in (manifest.PROGRESS_DIR, WDS_DIR, zarr_layout.STORE_NAME):
             shutil.rmtree(out / folder, ignore_errors=True)

@@ -36,7 +36,7 @@ from pipeline.schema import (
 )
 from pipeline.sizes import tree_bytes
 from pipeline.source.members import SourceMember
-from pipeline.store import manifest, tar_shards, zarr_store
+from pipeline.store import manifest, tar_shards, zarr_layout, zarr_store
 from pipeline.store.codecs import Encoding
 from pipeline.store.manifest import ShardMeta
 from pipeline.store.tar_shards import WDS_DIR
@@ -118,7 +118,7 @@ def _build_manifest(
         "sources": plan["identity"]["sources"],
         **{k: plan[k] for k in PLAN_KEYS},
         "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
-        "zarr": zarr_store.STORE_NAME,
+        "zarr": zarr_layout.STORE_NAME,
         "wds": {"dir": WDS_DIR, "member_suffix": tar_shards.EXTENSION},
         "rejected": list(rejected),
         "splits": splits,
@@ -154,7 +154,7 @@ def convert(
     summary.splits = {split: info["samples"] for split, info in done["splits"].items()}
     summary.rejected = done["rejected"]
     summary.warnings = {key: found for info in done["splits"].values() for key, found in info["warnings"].items()}
-    summary.zarr_bytes = tree_bytes(zarr_store.store_path(out))
+    summary.zarr_bytes = tree_bytes(zarr_layout.store_path(out))
     summary.wds_bytes = tree_bytes(out / WDS_DIR)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -26,7 +26,7 @@ from pipeline.schema import (
 )
 from pipeline.source.members import SourceMember
 from pipeline.source.zip_reader import Readers
-from pipeline.store import manifest, tar_shards, zarr_store
+from pipeline.store import manifest, tar_shards, zarr_layout, zarr_store
 from pipeline.store.codecs import Encoding
 from pipeline.store.manifest import ShardMeta
 from pipeline.store.tar_shards import shard_file
@@ -53,7 +53,7 @@ class GroupTask:
         return Path(self.out) / shard_file(self.split, self.index)
 
     def zarr_path(self, field: str, spec) -> Path:
-        return zarr_store.shard_file(self.out, self.split, field, self.index, 1 + len(spec.shape))
+        return zarr_layout.shard_file(self.out, self.split, field, self.index, 1 + len(spec.shape))
 
 
 def convert_group(task: GroupTask) -> ShardMeta:

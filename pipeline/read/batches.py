@@ -47,7 +47,7 @@ MAX_SLOTS = 6
 
 
 @dataclass(frozen=True)
-class _Layout:
+class BatchLayout:
     """Where each field of a batch lies in a slot: (field, offset, per-sample shape, numpy dtype)."""
 
     fields: tuple[tuple[str, int, tuple[int, ...], str], ...]
@@ -55,7 +55,7 @@ class _Layout:
     nbytes: int
 
     @classmethod
-    def of(cls, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], batch_size: int) -> "_Layout":
+    def of(cls, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], batch_size: int) -> "BatchLayout":
         offset, fields = _ALIGN, []  # the first _ALIGN bytes hold the header (the slot's state)
         for field, (shape, dtype) in specs.items():
             fields.append((field, offset, tuple(shape), np.dtype(dtype).str))
@@ -93,13 +93,13 @@ class _Slot:
         self.id = (os.getpid(), next(_Slot._numbers))
 
 
-class _SlotPool:
+class SlotPool:
     """The slots of one process: shared memory in a DataLoader worker; private memory
     (``shared=False``) for a reader in the main process, which reuses them just the same, so
     that its batches land in memory that is mapped and warm rather than wherever the heap puts
     the next 24 MB (measured: 15-20 % of the reading time)."""
 
-    def __init__(self, layout: _Layout, shared: bool = True) -> None:
+    def __init__(self, layout: BatchLayout, shared: bool = True) -> None:
         self.layout = layout
         self.shared = shared
         self.slots: list[_Slot] = []
@@ -115,11 +115,11 @@ class _SlotPool:
         slot.header[_STATE] = _BUSY
         return slot
 
-    def batch(self, rows: int, keys: list[str]) -> _SharedBatch:
+    def batch(self, rows: int, keys: list[str]) -> SharedBatch:
         """A free slot as a batch of ``rows`` samples, to be filled through its ``arrays``."""
         if rows > self.layout.batch_size:
             raise ValueError(f"a batch of {rows} samples does not fit slots of {self.layout.batch_size}")
-        return _SharedBatch(self.take(), self.layout, rows, keys)
+        return SharedBatch(self.take(), self.layout, rows, keys)
 
 
 class _Lease:
@@ -136,7 +136,7 @@ def _release_unless_shipped(header: np.ndarray, lease: _Lease) -> None:
         header[_STATE] = _FREE
 
 
-class _SharedBatch:
+class SharedBatch:
     """A batch in a slot, on its way out of a worker: unpickles as a plain dict of tensors.
 
     Deliberately not a Mapping, so the DataLoader's ``default_convert`` passes it through as is;
@@ -146,7 +146,7 @@ class _SharedBatch:
     pickled to another process, which then frees it.
     """
 
-    def __init__(self, slot: _Slot, layout: _Layout, rows: int, keys: list[str]) -> None:
+    def __init__(self, slot: _Slot, layout: BatchLayout, rows: int, keys: list[str]) -> None:
         self.slot, self.layout, self.rows, self.sample_keys = slot, layout, rows, keys
         self._lease = _Lease()
         owner = _SlotMemory(slot.storage)
@@ -161,7 +161,7 @@ class _SharedBatch:
         self._lease.shipped = True
         slot = self.slot
         storage = None if slot.header[_MAPPED] else slot.storage  # the receiver has it already
-        return _rebuild_shared_batch, (slot.id, storage, slot.kept, self.layout, self.rows, self.sample_keys)
+        return rebuild_shared_batch, (slot.id, storage, slot.kept, self.layout, self.rows, self.sample_keys)
 
     def keys(self) -> list[str]:
         return ["__key__", *self.arrays]
@@ -275,11 +275,11 @@ def _mapped(slot_id: tuple[int, int]) -> torch.UntypedStorage | None:
         return _MAPPED_SLOTS.get(slot_id)
 
 
-def _rebuild_shared_batch(
+def rebuild_shared_batch(
     slot_id: tuple[int, int],
     storage: torch.UntypedStorage | None,
     kept: bool,
-    layout: _Layout,
+    layout: BatchLayout,
     rows: int,
     keys: list[str],
 ) -> dict:

@@ -27,14 +27,11 @@ dataset built in the main process works unchanged in forked or spawned DataLoade
 
 from __future__ import annotations
 
-import collections
 import logging
 import operator
 import os
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,198 +39,16 @@ import zarr
 from torch.utils.data import get_worker_info
 
 from pipeline.errors import OutputError
-from pipeline.read.batches import _Layout, _SlotPool
+from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
-from pipeline.schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES
-from pipeline.store.codecs import decode_into
+from pipeline.read.zarr_fast import ProcessState, read_fast
 from pipeline.store.manifest import read_manifest
-from pipeline.store.zarr_store import EMPTY_CHUNK, read_shard_index, store_path
+from pipeline.store.zarr_layout import ChunkLayout, fast_layout, open_split, store_path
 
 if TYPE_CHECKING:
-    import xarray
+    pass
 
 log = logging.getLogger(__name__)
-
-__all__ = ["ChunkLayout", "ZarrDataset", "dask_step", "fast_layout", "open_zarr"]
-
-#: Open shard files kept per process: bounded, so thousands of shards stay under the fd limit.
-_MAX_OPEN_FILES = 64
-
-
-@dataclass(frozen=True)
-class ChunkLayout:
-    """Where the bytes of sample ``i`` of one array are, for arrays the fast path can read.
-
-    One inner chunk per sample, ``shard_samples`` inner chunks per shard file, each chunk the
-    sample's little-endian bytes, optionally as one Blosc frame (which records its own
-    typesize and shuffle, so any Blosc configuration decodes the same way).
-    """
-
-    directory: str
-    shape: tuple[int, ...]
-    dtype: str
-    fill_value: Any
-    shard_samples: int
-    separator: str
-    index_at_end: bool
-    index_crc: bool
-    blosc: bool
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return self.shape[1:]
-
-    @property
-    def sample_nbytes(self) -> int:
-        return int(np.prod(self.sample_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-    def shard_path(self, shard: int) -> str:
-        """The shard file of shard ``shard`` under the default chunk key encoding."""
-        coords = [str(shard)] + ["0"] * (len(self.shape) - 1)
-        return os.path.join(self.directory, "c" + self.separator + self.separator.join(coords))
-
-
-def fast_layout(array: zarr.Array) -> ChunkLayout | None:
-    """The :class:`ChunkLayout` of ``array``, or None if the fast path cannot read it bit-exactly;
-    the reason is logged at debug level.
-
-    Every part of the metadata that changes where or how bytes are stored is checked: the
-    fast path is an optimisation, and whatever it does not know it leaves to zarr-python.
-    """
-    reason = _layout_mismatch(array)
-    if reason:
-        log.debug("%s: read with zarr-python: %s", array.path, reason)
-        return None
-    meta = array.metadata.to_dict()
-    sharding = meta["codecs"][0]["configuration"]
-    return ChunkLayout(
-        directory=os.path.join(array.store.root, *array.path.split("/")),
-        shape=tuple(int(n) for n in array.shape),
-        dtype=np.dtype(array.dtype).str,
-        fill_value=array.fill_value,
-        shard_samples=int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]),
-        separator=meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/"),
-        index_at_end=sharding.get("index_location", "end") == "end",
-        index_crc=len(sharding["index_codecs"]) == 2,
-        blosc=len(sharding["codecs"]) == 2,
-    )
-
-
-def _layout_mismatch(array: zarr.Array) -> str | None:
-    """Why the fast path cannot read ``array``, or None if it can."""
-    if array.metadata.zarr_format != 3:
-        return "not a Zarr v3 array"
-    if not isinstance(array.store, zarr.storage.LocalStore):
-        return f"store {array.store} is not a local directory"
-    meta = array.metadata.to_dict()
-    dtype = np.dtype(array.dtype)
-    shape = tuple(int(n) for n in array.shape)
-    if dtype.kind not in "biuf" or dtype.newbyteorder("<") != dtype:
-        return f"dtype {dtype} is not a little-endian number on this machine"
-    if len(shape) < 1:
-        return "0-d array"
-    if meta.get("storage_transformers"):
-        return "storage transformers"
-    key_encoding = meta["chunk_key_encoding"]
-    if key_encoding["name"] != "default" or key_encoding.get("configuration", {}).get("separator", "/") not in "/.":
-        return f"chunk key encoding {key_encoding}"
-    grid = meta["chunk_grid"]
-    if grid["name"] != "regular" or tuple(grid["configuration"]["chunk_shape"][1:]) != shape[1:]:
-        return f"chunk grid {grid} does not hold whole samples"
-    codecs = meta["codecs"]
-    if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
-        return f"codecs {[c['name'] for c in codecs]} are not one sharding codec"
-    sharding = codecs[0]["configuration"]
-    if tuple(sharding["chunk_shape"]) != (1, *shape[1:]):
-        return f"inner chunks {sharding['chunk_shape']} are not one sample each"
-    if sharding.get("index_location", "end") not in ("start", "end"):
-        return f"index location {sharding['index_location']}"
-    index_codecs = [_codec_key(c, 8) for c in sharding["index_codecs"]]
-    if index_codecs not in (["bytes-little"], ["bytes-little", "crc32c"]):
-        return f"index codecs {index_codecs}"
-    inner = [_codec_key(c, dtype.itemsize) for c in sharding["codecs"]]
-    if inner not in (["bytes-little"], ["bytes-little", "blosc"]):
-        return f"inner codecs {inner}"
-    return None
-
-
-def _codec_key(codec: Mapping, itemsize: int) -> str:
-    """A codec's name, with the byte order of ``bytes`` (implicit for one-byte elements)."""
-    name = codec["name"]
-    if name != "bytes":
-        return name
-    endian = (codec.get("configuration") or {}).get("endian")
-    return "bytes-little" if endian == "little" or (endian is None and itemsize == 1) else f"bytes-{endian}"
-
-
-class _ProcessState:
-    """Open shard files, decoded shard indexes, zarr-python arrays and the batch slots of one
-    process (shared memory in a DataLoader worker, private memory in the main process).
-
-    Files are plain unbuffered file objects in a small LRU: evicting one only drops the
-    cache's reference, so a thread still reading from it keeps it open until it is done.
-    """
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.lock = threading.Lock()
-        self.files: collections.OrderedDict[str, Any] = collections.OrderedDict()
-        self.indexes: dict[str, np.ndarray] = {}
-        self.arrays: dict[str, zarr.Array] = {}
-        self.slots: _SlotPool | None = None
-
-    def slot_pool(self, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], rows: int, shared: bool) -> _SlotPool:
-        """Slots for batches of up to ``rows`` samples (a larger batch replaces smaller slots):
-        shared memory in a DataLoader worker, private memory in the main process."""
-        if self.slots is None or self.slots.layout.batch_size < rows:
-            self.slots = _SlotPool(_Layout.of(specs, rows), shared=shared)
-        return self.slots
-
-    def file(self, path: str):
-        with self.lock:
-            file = self.files.get(path)
-            if file is not None:
-                self.files.move_to_end(path)
-                return file
-        file = open(path, "rb", buffering=0)  # FileNotFoundError: a shard never written
-        with self.lock:
-            self.files[path] = file
-            while len(self.files) > _MAX_OPEN_FILES:
-                self.files.popitem(last=False)
-        return file
-
-    def index(self, layout: ChunkLayout, path: str, file) -> np.ndarray:
-        """The (offset, nbytes) pairs of a shard's inner chunks, read and checked once."""
-        index = self.indexes.get(path)
-        if index is None:
-            index = read_shard_index(file.fileno(), path, layout.shard_samples, layout.index_at_end, layout.index_crc)
-            self.indexes[path] = index
-        return index
-
-
-def _read_fast(layout: ChunkLayout, state: _ProcessState, row: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Sample ``row`` of a fast-path array: one ``pread`` and one decode into ``out`` (a
-    C-contiguous array of the sample's shape and dtype), or into a new array."""
-    if out is None:
-        out = np.empty(layout.sample_shape, dtype=layout.dtype)
-    shard, within = divmod(row, layout.shard_samples)
-    path = layout.shard_path(shard)
-    try:
-        file = state.file(path)
-    except FileNotFoundError:  # zarr-python writes no shard whose chunks all equal the fill value
-        np.copyto(out, layout.fill_value, casting="unsafe")  # what np.full does
-        return out
-    offset, nbytes = (int(v) for v in state.index(layout, path, file)[within])
-    if offset == EMPTY_CHUNK and nbytes == EMPTY_CHUNK:
-        np.copyto(out, layout.fill_value, casting="unsafe")
-        return out
-    expected = layout.sample_nbytes
-    if not layout.blosc:
-        got = os.preadv(file.fileno(), [memoryview(out).cast("B")], offset) if nbytes == expected else -1
-        if got != expected:
-            raise OutputError(f"{path}: chunk {within} has {nbytes} bytes, expected {expected}")
-        return out
-    return decode_into(os.pread(file.fileno(), nbytes, offset), out, f"{path}: chunk {within}")
 
 
 class ZarrDataset(torch.utils.data.Dataset):
@@ -269,7 +84,7 @@ class ZarrDataset(torch.utils.data.Dataset):
         """
         self.out = Path(out)
         self.split = split
-        samples, group, self.fields = _open_split(self.out, read_manifest(self.out), split, fields)
+        samples, group, self.fields = open_split(self.out, read_manifest(self.out), split, fields)
         self.keys: tuple[str, ...] = tuple(samples.keys)
         self._rows = samples.rows
         arrays = {f: group[f] for f in self.fields}
@@ -285,7 +100,7 @@ class ZarrDataset(torch.utils.data.Dataset):
         self._specs = {f: (tuple(int(n) for n in a.shape[1:]), np.dtype(a.dtype)) for f, a in arrays.items()}
         self._by_key = {k: i for i, k in enumerate(self.keys)}
         self._by_patient_aug = {(int(p), int(a)): i for i, (p, a) in enumerate(zip(self.patients, self.augs))}
-        self._local: _ProcessState | None = None
+        self._local: ProcessState | None = None
         self._decoder = DecodeThreads(decode_threads)
 
     # ------------------------------------------------------------------ lookups
@@ -354,8 +169,8 @@ class ZarrDataset(torch.utils.data.Dataset):
                 self._read(state, field, row, out=array[j])
 
         self._decoder.run(read_sample, range(len(positions)))
-        samples = [_Sample({"__key__": key, **{f: t[j] for f, t in tensors.items()}}) for j, key in enumerate(keys)]
-        return _Batch(samples, whole)
+        samples = [Sample({"__key__": key, **{f: t[j] for f, t in tensors.items()}}) for j, key in enumerate(keys)]
+        return Batch(samples, whole)
 
     def read_record(self, index: int, fields: Sequence[str] | None = None) -> tuple[str, dict[str, np.ndarray]]:
         """Sample ``index`` as a record ``(key, {field: numpy array})``, reading only ``fields``."""
@@ -374,13 +189,13 @@ class ZarrDataset(torch.utils.data.Dataset):
             raise IndexError(f"sample index {index} out of range for split {self.split!r} of {n} samples")
         return position
 
-    def _read(self, state: _ProcessState, field: str, row: int, out: np.ndarray | None = None) -> np.ndarray:
+    def _read(self, state: ProcessState, field: str, row: int, out: np.ndarray | None = None) -> np.ndarray:
         try:
             layout = self._layouts[field]
         except KeyError:
             raise OutputError(f"field {field!r} was not opened; this dataset has {list(self.fields)}") from None
         if layout is not None:
-            return _read_fast(layout, state, row, out)
+            return read_fast(layout, state, row, out)
         array = state.arrays.get(field)
         if array is None:
             array = state.arrays[field] = zarr.open_array(store_path(self.out), path=f"{self.split}/{field}", mode="r")
@@ -390,10 +205,10 @@ class ZarrDataset(torch.utils.data.Dataset):
         np.copyto(out, values)
         return out
 
-    def _state(self) -> _ProcessState:
+    def _state(self) -> ProcessState:
         state = self._local
         if state is None or state.pid != os.getpid():  # first use, or first use after a fork
-            state = self._local = _ProcessState()
+            state = self._local = ProcessState()
         return state
 
     def close(self) -> None:
@@ -410,91 +225,7 @@ class ZarrDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------- batches
 
 
-class _Sample(dict):
-    """One sample of :meth:`ZarrDataset.__getitems__`, like ``ds[i]`` (and pickled as a plain dict);
-    its own type only tells the default collation to look for the batch's buffers."""
-
-    def __reduce__(self):
-        return dict, (dict(self),)
-
-
-class _Batch(list):
-    """The samples of one :meth:`ZarrDataset.__getitems__` call, and the buffers they are rows of:
-    ``whole`` (a dict of tensors, or a :class:`~pipeline.read.batches._SharedBatch` in a worker).
-    Pickled, it is the plain list of dicts a custom ``collate_fn`` may return as is."""
-
-    def __init__(self, samples: list[_Sample], whole: Any) -> None:
-        super().__init__(samples)
-        self.whole = whole
-        self._items = [(sample, tuple(sample.items())) for sample in samples]
-
-    def __reduce__(self):  # a plain list of plain dicts, as the DataLoader would have made
-        return list, (list(self),)
-
-    def intact(self) -> bool:
-        """Whether the list still holds the same samples, in order, each with the values it was given."""
-        return len(self) == len(self._items) and all(
-            sample is original and len(sample) == len(items) and all(sample.get(k) is v for k, v in items)
-            for sample, (original, items) in zip(self, self._items)
-        )
-
-
-def _collate_samples(batch: Sequence[Mapping], *, collate_fn_map: dict | None = None) -> Any:
-    """The default collation of :class:`_Sample` dicts: the batch's buffers when the samples are as
-    :meth:`ZarrDataset.__getitems__` made them, else what it does for any other dicts."""
-    if isinstance(batch, _Batch) and batch.intact():
-        return batch.whole
-    return {key: _collate([d[key] for d in batch], collate_fn_map=collate_fn_map) for key in batch[0]}
-
-
-try:  # torch's documented way to extend default_collate (its module is private: degrade to stacking)
-    from torch.utils.data._utils.collate import collate as _collate
-    from torch.utils.data._utils.collate import default_collate_fn_map as _default_collate_fn_map
-except ImportError:  # pragma: no cover
-    log.debug("torch.utils.data._utils.collate moved: DataLoader batches of ZarrDataset are stacked copies")
-else:
-    _default_collate_fn_map[_Sample] = _collate_samples
-
-
 # ---------------------------------------------------------------------- opening
-
-
-class _Split:
-    """The samples of a split the manifest lists, and the Zarr row of each.
-
-    Rows are ``0..N-1`` unless members were rejected under ``--skip-bad``: their rows stay
-    in the arrays, holding the fill value, and no key points at them.
-    """
-
-    def __init__(self, info: Mapping, group: zarr.Group) -> None:
-        self.keys = list(info["keys"])
-        self.rows = np.asarray(info.get("rows", range(len(self.keys))), dtype=np.int64)
-        self.planned = int(group["patient"].shape[0])
-
-
-def _open_split(
-    out: Path, manifest: Mapping, split: str, fields: str | Sequence[str] | None
-) -> tuple[_Split, zarr.Group, tuple[str, ...]]:
-    """The samples (from the manifest), Zarr group and fields (all by default) of a split, all checked."""
-    if split not in manifest["splits"]:
-        raise OutputError(f"{out}: no split {split!r} (has {sorted(manifest['splits'])})")
-    path = store_path(out) / split
-    try:
-        group = zarr.open_group(store_path(out), path=split, mode="r", zarr_format=3)
-    except (FileNotFoundError, zarr.errors.BaseZarrError) as exc:
-        raise OutputError(f"{path}: not a Zarr group ({exc}); is the conversion complete?") from exc
-    available = _available_fields(group)
-    chosen = available if fields is None else ((fields,) if isinstance(fields, str) else tuple(fields))
-    missing = [f for f in chosen if f not in available]
-    if missing:
-        raise OutputError(f"{path}: no field(s) {missing} (has {list(available)})")
-    return _Split(manifest["splits"][split], group), group, chosen
-
-
-def _available_fields(group: zarr.Group) -> tuple[str, ...]:
-    """The split's fields in schema order (the group attribute), else its arrays but patient/aug."""
-    names = [f for f in group.attrs.get("fields", []) if f in group]
-    return tuple(names or sorted(n for n in group.array_keys() if n not in ("patient", "aug")))
 
 
 def _matches(values: np.ndarray, wanted: int | Iterable[int] | None) -> np.ndarray:
@@ -510,86 +241,3 @@ def _read_only(values: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- analysis
-
-#: Dimension names of the documented fields (after the sample axis), shared between fields
-#: where they mean the same thing, so xarray can align e.g. ``bone`` with ``bone_mask``.
-_DIMS: dict[str, tuple[str, ...]] = {
-    "img": ("y", "x"),
-    "img_corrected": ("y", "x"),
-    "img_equalized": ("y", "x"),
-    "label": ("label_channel", "y", "x"),
-    "mask": ("structure", "y", "x"),
-    "shape": ("shape_point", "axis"),
-    "bone": ("vertebra", "bone_point", "axis"),
-    "bone_mask": ("vertebra", "y", "x"),
-    "disk": ("disc", "disc_point", "axis"),
-    "disk_mask": ("disc", "y", "x"),
-}
-_DIM_LABELS: dict[str, list[str]] = {
-    "structure": [LABEL_NAMES[i] for i in range(1, 12)],
-    "vertebra": list(BONE_NAMES),
-    "disc": list(DISC_NAMES),
-}
-
-
-def _dims(field: str, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
-    """Named dimensions for documented shapes; ``<field>_dim<k>`` for anything else."""
-    if field in _DIMS and sample_shape == FIELD_SHAPES.get(field):
-        return ("sample", *_DIMS[field])
-    return ("sample", *(f"{field}_dim{k}" for k in range(len(sample_shape))))
-
-
-def dask_step(shard_samples: int, sample_nbytes: int, limit: int) -> int:
-    """Samples per dask chunk: a whole shard if it fits in ``limit`` bytes (one file read per task).
-
-    Otherwise the largest divisor of the shard that fits, so no task reads from two shards,
-    unless that is under a quarter of what would fit (tiny tasks; a shard of a prime number
-    of samples): then as many samples as fit, and some tasks read the ends of two shards.
-    """
-    fit = max(1, limit // max(sample_nbytes, 1))
-    if shard_samples <= fit:
-        return shard_samples
-    divisor = max(d for d in range(1, fit + 1) if shard_samples % d == 0)
-    return divisor if 4 * divisor >= fit else fit
-
-
-def open_zarr(
-    out: str | os.PathLike, split: str | None = None, fields: Sequence[str] | None = None
-) -> xarray.Dataset | dict[str, xarray.Dataset]:
-    """Lazy views of the output for analysis: an ``xarray.Dataset`` of ``split``, or a dict of
-    them by split when ``split`` is None.
-
-    Each field is a dask array chunked along Zarr shards (see :func:`dask_step`), with the
-    coordinates ``key``, ``patient`` and ``aug`` along ``sample``, so per-patient statistics
-    such as ``open_zarr(out, "train").img.groupby("patient").mean()`` read each chunk once
-    and never hold more than a few shards in memory.
-    """
-    import dask
-    import dask.array as da
-    import xarray as xr
-
-    limit = dask.utils.parse_bytes(dask.config.get("array.chunk-size"))
-    out = Path(out)
-    manifest = read_manifest(out)
-    views = {}
-    for name in [split] if split is not None else sorted(manifest["splits"]):
-        samples, group, chosen = _open_split(out, manifest, name, fields)
-        data_vars = {}
-        for field in chosen:
-            array = group[field]
-            sample_nbytes = int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize
-            step = dask_step((array.shards or array.chunks)[0], sample_nbytes, limit)
-            data = da.from_zarr(array, chunks=(step, *array.shape[1:]))
-            if len(samples.rows) != samples.planned:  # rows of rejected members hold no sample
-                data = data[samples.rows]
-            data_vars[field] = (_dims(field, tuple(array.shape[1:])), data)
-        used = {d for dims, _ in data_vars.values() for d in dims}
-        coords = {
-            "key": ("sample", samples.keys),
-            "patient": ("sample", group["patient"][:][samples.rows]),
-            "aug": ("sample", group["aug"][:][samples.rows]),
-            **{d: labels for d, labels in _DIM_LABELS.items() if d in used},
-        }
-        attrs = {"split": name, "label_names": dict(group.attrs.get("label_names", {}))}
-        views[name] = xr.Dataset(data_vars, coords=coords, attrs=attrs).set_xindex("key")
-    return views[split] if split is not None else views

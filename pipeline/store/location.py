@@ -2,7 +2,7 @@
 
 The manifest records the byte range of every field of every sample in its tar, so a sample is
 fetched by ranged reads of only the fields asked for — which is what makes a global shuffle
-cheap. One store per process, opened lazily, chosen by :func:`_store_class` from the root:
+cheap. One store per process, opened lazily, chosen by :func:`range_reader_class` from the root:
 
 * a local path: memory maps of the shards, a bounded number kept mapped;
 * ``http(s)://``: ``Range`` GETs on one kept-alive connection, standard library only;
@@ -29,7 +29,7 @@ LOCAL_COALESCE_GAP = 64 << 10
 REMOTE_COALESCE_GAP = 1 << 20
 
 
-class _Store:
+class RangeReader:
     """Ranged reads of the shards of one output; one per process, opened lazily."""
 
     coalesce_gap = REMOTE_COALESCE_GAP
@@ -64,7 +64,7 @@ class _Store:
         )
 
 
-class _LocalStore(_Store):
+class LocalRangeReader(RangeReader):
     """Local shards, memory-mapped: a read is a view of the page cache, so fetching a sample
     copies nothing, and the decode threads read their samples' bytes in parallel.
 
@@ -110,7 +110,7 @@ class _LocalStore(_Store):
         self._maps.clear()
 
 
-class _HttpStore(_Store):
+class HttpRangeReader(RangeReader):
     """``http(s)://`` with ``Range`` requests on one kept-alive connection (standard library only)."""
 
     def __init__(self, root: str, files: Sequence[str], sizes: Sequence[int]) -> None:
@@ -183,7 +183,7 @@ class _HttpStore(_Store):
             self._conn = None
 
 
-class _FsspecStore(_Store):
+class FsspecRangeReader(RangeReader):
     """Any other URL fsspec understands (``file://``, ``s3://``, ``memory://``, ...)."""
 
     def __init__(self, root: str, files: Sequence[str], sizes: Sequence[int]) -> None:
@@ -217,23 +217,23 @@ class _FsspecStore(_Store):
         return memoryview(data)
 
 
-def _is_url(root: str) -> bool:
+def is_url(root: str) -> bool:
     return "://" in root
 
 
-def _store_class(root: str) -> type[_Store]:
-    if not _is_url(root):
-        return _LocalStore
+def range_reader_class(root: str) -> type[RangeReader]:
+    if not is_url(root):
+        return LocalRangeReader
     if root.split("://", 1)[0].lower() in ("http", "https"):
-        return _HttpStore
-    return _FsspecStore
+        return HttpRangeReader
+    return FsspecRangeReader
 
 
 def read_stream_manifest(root: str) -> dict:
     """The manifest of the output at a local directory or URL, checked for format and version."""
-    if not _is_url(root):
+    if not is_url(root):
         return manifest.read_manifest(root)
-    store = _store_class(root)(root, [], [])
+    store = range_reader_class(root)(root, [], [])
     try:
         data = json.loads(store.fetch(manifest.MANIFEST_NAME))  # type: ignore[attr-defined]
     except json.JSONDecodeError as exc:

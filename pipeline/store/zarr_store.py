@@ -28,14 +28,9 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 from pipeline.atomic import AtomicFile
 from pipeline.errors import OutputError
-from pipeline.schema import FieldSpec, Schema
+from pipeline.schema import Schema
 from pipeline.store.codecs import SHUFFLE_NAMES, Encoding
-
-STORE_NAME = "ssmspine.zarr"
-
-
-def store_path(out: str | os.PathLike) -> Path:
-    return Path(out) / STORE_NAME
+from pipeline.store.zarr_layout import check_layout, store_path
 
 
 def blosc_codec(encoding: Encoding, itemsize: int) -> BloscCodec:
@@ -104,58 +99,8 @@ def _fill(dtype: np.dtype):
     return False if dtype == np.bool_ else 0
 
 
-def open_array(out: str | os.PathLike, split: str, field: str, mode: str = "r") -> zarr.Array:
-    return zarr.open_array(store_path(out), path=f"{split}/{field}", mode=mode, zarr_format=3)
-
-
-def read_region(out: str | os.PathLike, split: str, field: str, start: int, stop: int) -> np.ndarray:
-    return open_array(out, split, field)[start:stop]
-
-
-def shard_file(out: str | os.PathLike, split: str, field: str, shard_index: int, ndim: int) -> Path:
-    """The file holding Zarr shard ``shard_index`` of an array (default chunk key encoding)."""
-    return store_path(out) / split / field / "c" / str(shard_index) / Path(*["0"] * (ndim - 1))
-
-
 #: An index entry of a chunk that was never written.
 EMPTY_CHUNK = 2**64 - 1
-
-
-def check_layout(array: zarr.Array) -> None:
-    """Refuse arrays whose shards :class:`ShardFileWriter` would not write correctly."""
-    codecs = array.metadata.to_dict()["codecs"]
-    sharding = codecs[0]["configuration"] if len(codecs) == 1 else {}
-    inner = [c["name"] for c in sharding.get("codecs", [])]
-    index = [c["name"] for c in sharding.get("index_codecs", [])]
-    if (codecs[0]["name"], inner, index, sharding.get("index_location")) != (
-        "sharding_indexed",
-        ["bytes", "blosc"],
-        ["bytes", "crc32c"],
-        "end",
-    ) or any(c.get("configuration", {}).get("endian", "little") != "little" for c in sharding["codecs"]):
-        raise OutputError(f"{array.store_path}: unexpected Zarr codecs {codecs}")
-
-
-def check_array(array: zarr.Array, spec: FieldSpec, rows: int, chunks_per_shard: int) -> None:
-    """Refuse an array that does not hold one field as a conversion lays it out: at least ``rows``
-    samples of ``spec``, one chunk per sample, ``chunks_per_shard`` chunks per shard, our codecs.
-
-    ``verify`` relies on this before it compares encoded chunks byte for byte with the tar members:
-    equal frames in arrays laid out like this decode to equal values in any Zarr reader.
-    """
-    expected = {
-        "sample shape": spec.shape,
-        "dtype": spec.numpy_dtype,
-        "chunks": (1, *spec.shape),
-        "shards": (chunks_per_shard, *spec.shape),
-    }
-    found = {"sample shape": array.shape[1:], "dtype": array.dtype, "chunks": array.chunks, "shards": array.shards}
-    for what, value in expected.items():
-        if found[what] != value:
-            raise OutputError(f"{array.store_path}: {what} is {found[what]}, the manifest says {value}")
-    if array.shape[0] < rows:
-        raise OutputError(f"{array.store_path}: {array.shape[0]} rows, the manifest needs {rows}")
-    check_layout(array)
 
 
 class ShardFileWriter:

@@ -10,7 +10,7 @@ shard and runs on Dask like the conversion.
 Why it costs less than converting: each tar member is decoded once and compared with the truth;
 the Zarr chunk of the same field and sample is compared *as encoded bytes* with the tar member's
 Blosc frame (a conversion writes the same frame into both). Equal frames in arrays whose layout
-was checked (:func:`~pipeline.store.zarr_store.check_array`) decode to equal values in any Zarr reader,
+was checked (:func:`~pipeline.store.zarr_layout.check_array`) decode to equal values in any Zarr reader,
 so only a chunk that differs is decoded and compared on its own. As a check on that reasoning,
 the first sample of every shard is also read through zarr-python and compared with the truth.
 Tasks keep multi-MB buffers on the heap (:mod:`pipeline.runtime`), as conversion tasks do.
@@ -29,7 +29,7 @@ from pipeline.checksums import digest, file_sha256
 from pipeline.errors import OutputError, SourceError, SSMSpineError
 from pipeline.runtime import tune_worker
 from pipeline.schema import FieldSpec, Schema, schema_from_json, spec_of
-from pipeline.store import codecs, tar_shards, zarr_store
+from pipeline.store import codecs, tar_shards, zarr_layout, zarr_store
 from pipeline.store.manifest import ShardMeta
 
 #: What a field of a sample must be: the decoded source array, or the manifest's digest of it.
@@ -127,11 +127,11 @@ class _ZarrRows:
         self.chunks: dict[str, zarr_store.ShardChunks] = {}
         rows_needed = max(task.shard.rows, default=-1) + 1
         for field, spec in self.schema.items():
-            where = f"{zarr_store.STORE_NAME}/{task.split}/{field}"
+            where = f"{zarr_layout.STORE_NAME}/{task.split}/{field}"
             try:
-                array = zarr_store.open_array(task.out, task.split, field)
-                zarr_store.check_array(array, spec, rows_needed, task.chunks_per_shard)
-                path = zarr_store.shard_file(task.out, task.split, field, task.shard.index, 1 + len(spec.shape))
+                array = zarr_layout.open_array(task.out, task.split, field)
+                zarr_layout.check_array(array, spec, rows_needed, task.chunks_per_shard)
+                path = zarr_layout.shard_file(task.out, task.split, field, task.shard.index, 1 + len(spec.shape))
                 name = path.relative_to(task.out).as_posix()
                 self.chunks[field] = zarr_store.ShardChunks(path, task.chunks_per_shard, name)
                 self.arrays[field] = array

@@ -43,12 +43,12 @@ import xxhash
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import OutputError
-from pipeline.read.batches import _Layout, _SlotPool
+from pipeline.read.batches import BatchLayout, SlotPool
 from pipeline.read.decode_threads import DecodeThreads, Decoding
 from pipeline.read.stream.order import consumed_position, rank_samples, rank_share, worker_batches
 from pipeline.schema import schema_from_json
 from pipeline.store import manifest
-from pipeline.store.location import _is_url, _Store, _store_class, read_stream_manifest
+from pipeline.store.location import RangeReader, is_url, range_reader_class, read_stream_manifest
 from pipeline.store.tar_shards import decode_field
 
 STATE_FORMAT = "ssmspine-stream-state"
@@ -170,7 +170,7 @@ class StreamingDataset(IterableDataset):
         decode_threads: int | None = None,
     ) -> None:
         self.root = os.fspath(root)
-        if not _is_url(self.root):
+        if not is_url(self.root):
             self.root = str(Path(self.root))
         self.split = split
         self.shuffle = shuffle
@@ -210,10 +210,10 @@ class StreamingDataset(IterableDataset):
         # workers keep their copy of the dataset across epochs, so they learn these from here
         self._next_pass = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._loader_exact = True  # False: workers batch their own samples, position is not a prefix
-        self._store: _Store | None = None
+        self._store: RangeReader | None = None
         self._store_pid = 0
         self._verified = np.zeros((0, 0), bool)
-        self._slots: _SlotPool | None = None
+        self._slots: SlotPool | None = None
         self._slots_pid = 0
         self._decoder = DecodeThreads(decode_threads)
 
@@ -428,8 +428,8 @@ class StreamingDataset(IterableDataset):
         keys = [self._index.keys[i] for i in indices]
         if batched:
             if self._slots is None or self._slots_pid != os.getpid():
-                layout = _Layout.of(self._specs, self.batch_size or 1)
-                self._slots, self._slots_pid = _SlotPool(layout, shared=shared), os.getpid()
+                layout = BatchLayout.of(self._specs, self.batch_size or 1)
+                self._slots, self._slots_pid = SlotPool(layout, shared=shared), os.getpid()
             batch = self._slots.batch(len(indices), keys)
             outs = [{f: a[row] for f, a in batch.arrays.items()} for row in range(len(indices))]
             whole = batch if shared else {"__key__": keys, **batch.tensors()}
@@ -459,9 +459,9 @@ class StreamingDataset(IterableDataset):
             jobs.append((int(index), store.name(shard), pieces, out))
         return self._decoder.start(self._decode_sample, jobs)
 
-    def _open_store(self) -> _Store:
+    def _open_store(self) -> RangeReader:
         if self._store is None or self._store_pid != os.getpid():  # never share a forked parent's connection
-            self._store = _store_class(self.root)(self.root, self._index.files, self._index.sizes)
+            self._store = range_reader_class(self.root)(self.root, self._index.files, self._index.sizes)
             self._store_pid = os.getpid()
             weakref.finalize(self, self._store.close)
             self._verified = np.zeros(self._index.ranges.shape[:2], bool)  # what this process has checked

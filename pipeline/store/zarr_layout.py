@@ -1,0 +1,220 @@
+"""The Zarr layout of an output, in one place: paths, the arrays' metadata and what readers may assume.
+
+``DIR/ssmspine.zarr/<split>/<field>`` holds ``(N, *field shape)`` in the source dtype, one chunk per
+sample, chunks packed in shards of ``shard_samples`` samples with a crc32c-checked index at the end.
+:func:`check_layout` states what the conversion's own shard writer needs, :func:`fast_layout` what
+the readers' fast path can read directly (anything else is read through zarr-python), and
+:func:`check_array` what ``verify`` relies on before comparing encoded chunks byte for byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import zarr
+
+from pipeline.errors import OutputError
+from pipeline.schema import FieldSpec
+
+log = logging.getLogger(__name__)
+
+STORE_NAME = "ssmspine.zarr"
+
+
+def store_path(out: str | os.PathLike) -> Path:
+    return Path(out) / STORE_NAME
+
+
+def open_array(out: str | os.PathLike, split: str, field: str, mode: str = "r") -> zarr.Array:
+    return zarr.open_array(store_path(out), path=f"{split}/{field}", mode=mode, zarr_format=3)
+
+
+def shard_file(out: str | os.PathLike, split: str, field: str, shard_index: int, ndim: int) -> Path:
+    """The file holding Zarr shard ``shard_index`` of an array (default chunk key encoding)."""
+    return store_path(out) / split / field / "c" / str(shard_index) / Path(*["0"] * (ndim - 1))
+
+
+def check_layout(array: zarr.Array) -> None:
+    """Refuse arrays whose shards :class:`ShardFileWriter` would not write correctly."""
+    codecs = array.metadata.to_dict()["codecs"]
+    sharding = codecs[0]["configuration"] if len(codecs) == 1 else {}
+    inner = [c["name"] for c in sharding.get("codecs", [])]
+    index = [c["name"] for c in sharding.get("index_codecs", [])]
+    if (codecs[0]["name"], inner, index, sharding.get("index_location")) != (
+        "sharding_indexed",
+        ["bytes", "blosc"],
+        ["bytes", "crc32c"],
+        "end",
+    ) or any(c.get("configuration", {}).get("endian", "little") != "little" for c in sharding["codecs"]):
+        raise OutputError(f"{array.store_path}: unexpected Zarr codecs {codecs}")
+
+
+def check_array(array: zarr.Array, spec: FieldSpec, rows: int, chunks_per_shard: int) -> None:
+    """Refuse an array that does not hold one field as a conversion lays it out: at least ``rows``
+    samples of ``spec``, one chunk per sample, ``chunks_per_shard`` chunks per shard, our codecs.
+
+    ``verify`` relies on this before it compares encoded chunks byte for byte with the tar members:
+    equal frames in arrays laid out like this decode to equal values in any Zarr reader.
+    """
+    expected = {
+        "sample shape": spec.shape,
+        "dtype": spec.numpy_dtype,
+        "chunks": (1, *spec.shape),
+        "shards": (chunks_per_shard, *spec.shape),
+    }
+    found = {"sample shape": array.shape[1:], "dtype": array.dtype, "chunks": array.chunks, "shards": array.shards}
+    for what, value in expected.items():
+        if found[what] != value:
+            raise OutputError(f"{array.store_path}: {what} is {found[what]}, the manifest says {value}")
+    if array.shape[0] < rows:
+        raise OutputError(f"{array.store_path}: {array.shape[0]} rows, the manifest needs {rows}")
+    check_layout(array)
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Where the bytes of sample ``i`` of one array are, for arrays the fast path can read.
+
+    One inner chunk per sample, ``shard_samples`` inner chunks per shard file, each chunk the
+    sample's little-endian bytes, optionally as one Blosc frame (which records its own
+    typesize and shuffle, so any Blosc configuration decodes the same way).
+    """
+
+    directory: str
+    shape: tuple[int, ...]
+    dtype: str
+    fill_value: Any
+    shard_samples: int
+    separator: str
+    index_at_end: bool
+    index_crc: bool
+    blosc: bool
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @property
+    def sample_nbytes(self) -> int:
+        return int(np.prod(self.sample_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def shard_path(self, shard: int) -> str:
+        """The shard file of shard ``shard`` under the default chunk key encoding."""
+        coords = [str(shard)] + ["0"] * (len(self.shape) - 1)
+        return os.path.join(self.directory, "c" + self.separator + self.separator.join(coords))
+
+
+def fast_layout(array: zarr.Array) -> ChunkLayout | None:
+    """The :class:`ChunkLayout` of ``array``, or None if the fast path cannot read it bit-exactly;
+    the reason is logged at debug level.
+
+    Every part of the metadata that changes where or how bytes are stored is checked: the
+    fast path is an optimisation, and whatever it does not know it leaves to zarr-python.
+    """
+    reason = layout_mismatch(array)
+    if reason:
+        log.debug("%s: read with zarr-python: %s", array.path, reason)
+        return None
+    meta = array.metadata.to_dict()
+    sharding = meta["codecs"][0]["configuration"]
+    return ChunkLayout(
+        directory=os.path.join(array.store.root, *array.path.split("/")),
+        shape=tuple(int(n) for n in array.shape),
+        dtype=np.dtype(array.dtype).str,
+        fill_value=array.fill_value,
+        shard_samples=int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]),
+        separator=meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/"),
+        index_at_end=sharding.get("index_location", "end") == "end",
+        index_crc=len(sharding["index_codecs"]) == 2,
+        blosc=len(sharding["codecs"]) == 2,
+    )
+
+
+def layout_mismatch(array: zarr.Array) -> str | None:
+    """Why the fast path cannot read ``array``, or None if it can."""
+    if array.metadata.zarr_format != 3:
+        return "not a Zarr v3 array"
+    if not isinstance(array.store, zarr.storage.LocalStore):
+        return f"store {array.store} is not a local directory"
+    meta = array.metadata.to_dict()
+    dtype = np.dtype(array.dtype)
+    shape = tuple(int(n) for n in array.shape)
+    if dtype.kind not in "biuf" or dtype.newbyteorder("<") != dtype:
+        return f"dtype {dtype} is not a little-endian number on this machine"
+    if len(shape) < 1:
+        return "0-d array"
+    if meta.get("storage_transformers"):
+        return "storage transformers"
+    key_encoding = meta["chunk_key_encoding"]
+    if key_encoding["name"] != "default" or key_encoding.get("configuration", {}).get("separator", "/") not in "/.":
+        return f"chunk key encoding {key_encoding}"
+    grid = meta["chunk_grid"]
+    if grid["name"] != "regular" or tuple(grid["configuration"]["chunk_shape"][1:]) != shape[1:]:
+        return f"chunk grid {grid} does not hold whole samples"
+    codecs = meta["codecs"]
+    if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
+        return f"codecs {[c['name'] for c in codecs]} are not one sharding codec"
+    sharding = codecs[0]["configuration"]
+    if tuple(sharding["chunk_shape"]) != (1, *shape[1:]):
+        return f"inner chunks {sharding['chunk_shape']} are not one sample each"
+    if sharding.get("index_location", "end") not in ("start", "end"):
+        return f"index location {sharding['index_location']}"
+    index_codecs = [codec_key(c, 8) for c in sharding["index_codecs"]]
+    if index_codecs not in (["bytes-little"], ["bytes-little", "crc32c"]):
+        return f"index codecs {index_codecs}"
+    inner = [codec_key(c, dtype.itemsize) for c in sharding["codecs"]]
+    if inner not in (["bytes-little"], ["bytes-little", "blosc"]):
+        return f"inner codecs {inner}"
+    return None
+
+
+def codec_key(codec: Mapping, itemsize: int) -> str:
+    """A codec's name, with the byte order of ``bytes`` (implicit for one-byte elements)."""
+    name = codec["name"]
+    if name != "bytes":
+        return name
+    endian = (codec.get("configuration") or {}).get("endian")
+    return "bytes-little" if endian == "little" or (endian is None and itemsize == 1) else f"bytes-{endian}"
+
+
+class SplitRows:
+    """The samples of a split the manifest lists, and the Zarr row of each.
+
+    Rows are ``0..N-1`` unless members were rejected under ``--skip-bad``: their rows stay
+    in the arrays, holding the fill value, and no key points at them.
+    """
+
+    def __init__(self, info: Mapping, group: zarr.Group) -> None:
+        self.keys = list(info["keys"])
+        self.rows = np.asarray(info.get("rows", range(len(self.keys))), dtype=np.int64)
+        self.planned = int(group["patient"].shape[0])
+
+
+def open_split(
+    out: Path, manifest: Mapping, split: str, fields: str | Sequence[str] | None
+) -> tuple[SplitRows, zarr.Group, tuple[str, ...]]:
+    """The samples (from the manifest), Zarr group and fields (all by default) of a split, all checked."""
+    if split not in manifest["splits"]:
+        raise OutputError(f"{out}: no split {split!r} (has {sorted(manifest['splits'])})")
+    path = store_path(out) / split
+    try:
+        group = zarr.open_group(store_path(out), path=split, mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.BaseZarrError) as exc:
+        raise OutputError(f"{path}: not a Zarr group ({exc}); is the conversion complete?") from exc
+    available = available_fields(group)
+    chosen = available if fields is None else ((fields,) if isinstance(fields, str) else tuple(fields))
+    missing = [f for f in chosen if f not in available]
+    if missing:
+        raise OutputError(f"{path}: no field(s) {missing} (has {list(available)})")
+    return SplitRows(manifest["splits"][split], group), group, chosen
+
+
+def available_fields(group: zarr.Group) -> tuple[str, ...]:
+    """The split's fields in schema order (the group attribute), else its arrays but patient/aug."""
+    names = [f for f in group.attrs.get("fields", []) if f in group]
+    return tuple(names or sorted(n for n in group.array_keys() if n not in ("patient", "aug")))

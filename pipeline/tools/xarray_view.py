@@ -1,0 +1,102 @@
+"""Lazy xarray views of an output for analysis (:func:`open_zarr`): dask arrays chunked along Zarr shards."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from pipeline.schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES
+from pipeline.store.manifest import read_manifest
+from pipeline.store.zarr_layout import open_split
+
+if TYPE_CHECKING:
+    import xarray
+
+
+#: Dimension names of the documented fields (after the sample axis), shared between fields
+#: where they mean the same thing, so xarray can align e.g. ``bone`` with ``bone_mask``.
+_DIMS: dict[str, tuple[str, ...]] = {
+    "img": ("y", "x"),
+    "img_corrected": ("y", "x"),
+    "img_equalized": ("y", "x"),
+    "label": ("label_channel", "y", "x"),
+    "mask": ("structure", "y", "x"),
+    "shape": ("shape_point", "axis"),
+    "bone": ("vertebra", "bone_point", "axis"),
+    "bone_mask": ("vertebra", "y", "x"),
+    "disk": ("disc", "disc_point", "axis"),
+    "disk_mask": ("disc", "y", "x"),
+}
+
+
+_DIM_LABELS: dict[str, list[str]] = {
+    "structure": [LABEL_NAMES[i] for i in range(1, 12)],
+    "vertebra": list(BONE_NAMES),
+    "disc": list(DISC_NAMES),
+}
+
+
+def _dims(field: str, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
+    """Named dimensions for documented shapes; ``<field>_dim<k>`` for anything else."""
+    if field in _DIMS and sample_shape == FIELD_SHAPES.get(field):
+        return ("sample", *_DIMS[field])
+    return ("sample", *(f"{field}_dim{k}" for k in range(len(sample_shape))))
+
+
+def dask_step(shard_samples: int, sample_nbytes: int, limit: int) -> int:
+    """Samples per dask chunk: a whole shard if it fits in ``limit`` bytes (one file read per task).
+
+    Otherwise the largest divisor of the shard that fits, so no task reads from two shards,
+    unless that is under a quarter of what would fit (tiny tasks; a shard of a prime number
+    of samples): then as many samples as fit, and some tasks read the ends of two shards.
+    """
+    fit = max(1, limit // max(sample_nbytes, 1))
+    if shard_samples <= fit:
+        return shard_samples
+    divisor = max(d for d in range(1, fit + 1) if shard_samples % d == 0)
+    return divisor if 4 * divisor >= fit else fit
+
+
+def open_zarr(
+    out: str | os.PathLike, split: str | None = None, fields: Sequence[str] | None = None
+) -> xarray.Dataset | dict[str, xarray.Dataset]:
+    """Lazy views of the output for analysis: an ``xarray.Dataset`` of ``split``, or a dict of
+    them by split when ``split`` is None.
+
+    Each field is a dask array chunked along Zarr shards (see :func:`dask_step`), with the
+    coordinates ``key``, ``patient`` and ``aug`` along ``sample``, so per-patient statistics
+    such as ``open_zarr(out, "train").img.groupby("patient").mean()`` read each chunk once
+    and never hold more than a few shards in memory.
+    """
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    limit = dask.utils.parse_bytes(dask.config.get("array.chunk-size"))
+    out = Path(out)
+    manifest = read_manifest(out)
+    views = {}
+    for name in [split] if split is not None else sorted(manifest["splits"]):
+        samples, group, chosen = open_split(out, manifest, name, fields)
+        data_vars = {}
+        for field in chosen:
+            array = group[field]
+            sample_nbytes = int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize
+            step = dask_step((array.shards or array.chunks)[0], sample_nbytes, limit)
+            data = da.from_zarr(array, chunks=(step, *array.shape[1:]))
+            if len(samples.rows) != samples.planned:  # rows of rejected members hold no sample
+                data = data[samples.rows]
+            data_vars[field] = (_dims(field, tuple(array.shape[1:])), data)
+        used = {d for dims, _ in data_vars.values() for d in dims}
+        coords = {
+            "key": ("sample", samples.keys),
+            "patient": ("sample", group["patient"][:][samples.rows]),
+            "aug": ("sample", group["aug"][:][samples.rows]),
+            **{d: labels for d, labels in _DIM_LABELS.items() if d in used},
+        }
+        attrs = {"split": name, "label_names": dict(group.attrs.get("label_names", {}))}
+        views[name] = xr.Dataset(data_vars, coords=coords, attrs=attrs).set_xindex("key")
+    return views[split] if split is not None else views
