@@ -13,10 +13,10 @@ import torch
 from numpy._core.multiarray import _reconstruct
 
 from pipeline.schema import BONE_NAMES, FIELD_SHAPES, FIELDS, IMAGE_FIELDS
-from pipeline.tools import synth
 from pipeline.tools.synth import (
     SynthConfig,
     cast_sample,
+    equalize_hist,
     iter_members,
     make_sample,
     member_name,
@@ -24,6 +24,8 @@ from pipeline.tools.synth import (
     write_archive,
     write_tree,
 )
+from pipeline.tools.synth import archive as archive_module
+from pipeline.tools.synth.texture import patient_texture
 
 CANONICAL_DTYPES = {
     "img": np.float32,
@@ -90,7 +92,7 @@ def test_fields_shapes_and_canonical_dtypes(sample):
 
 def test_deterministic_including_texture_cache():
     first = make_sample(3, 4, seed=7)
-    synth._texture.cache_clear()
+    patient_texture.cache_clear()
     second = make_sample(3, 4, seed=7)
     for field in FIELDS:
         assert first[field].tobytes() == second[field].tobytes(), field
@@ -174,7 +176,7 @@ def test_equalize_hist_matches_reference(sample):
     hist, edges = np.histogram(image, bins=256, range=(image.min(), image.max()))
     cdf = np.cumsum(hist) / hist.sum()
     reference = np.interp(image.ravel(), (edges[:-1] + edges[1:]) / 2, cdf).reshape(image.shape)
-    np.testing.assert_allclose(synth.equalize_hist(image), reference, atol=1e-6)
+    np.testing.assert_allclose(equalize_hist(image), reference, atol=1e-6)
 
 
 def test_bright_csf_and_discs_over_bone(sample):
@@ -312,7 +314,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     def broken(sample, config):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(synth, "pt_bytes", broken)
+    monkeypatch.setattr(archive_module, "pt_bytes", broken)  # where write_archive looks it up
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_archive(tmp_path / "x.zip", SynthConfig(shapes=1))
     assert list(tmp_path.iterdir()) == []

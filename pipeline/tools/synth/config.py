@@ -1,0 +1,58 @@
+"""What to generate and how to store it (:class:`SynthConfig`), and the sizes every part shares:
+the image side and the number of contour points per bone and per disc, taken from the schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from pipeline.schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, STORABLE_KINDS
+
+SIZE = FIELD_SHAPES["img"][0]
+BONE_POINTS = FIELD_SHAPES["bone"][1]
+DISC_POINTS = FIELD_SHAPES["disk"][1]
+#: Disc points per disc in ``shape``: (1696 - 6 * 236) / 5.
+DISC_POINTS_IN_SHAPE = (FIELD_SHAPES["shape"][0] - len(BONE_NAMES) * BONE_POINTS) // len(DISC_NAMES)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What to generate and how to store it; the defaults mimic the release as far as known."""
+
+    patients: int = 1
+    shapes: int = 8
+    seed: int = 0
+    first_patient: int = 1
+    root: str = "Train"
+    values: Literal["numpy", "tensor"] = "numpy"
+    image_dtype: str = "float32"
+    mask_dtype: str = "uint8"
+    label_dtype: str = "int64"
+    landmark_dtype: str = "float64"
+    compression: Literal["deflate", "stored"] = "deflate"
+    numpy_pickle: Literal[1, 2] = 1
+    #: torch's zip format (its default since 1.6), or the legacy one (pickles back to back).
+    serialization: Literal["zip", "legacy"] = "zip"
+    junk: bool = False
+
+    def __post_init__(self) -> None:
+        if self.patients < 1 or self.shapes < 1:
+            raise ValueError("patients and shapes must be at least 1")
+        if self.seed < 0 or self.first_patient < 0:
+            raise ValueError("seed and first_patient must be non-negative (they seed numpy RNGs)")
+        if self.values not in ("numpy", "tensor"):
+            raise ValueError(f"values must be 'numpy' or 'tensor', not {self.values!r}")
+        if self.compression not in ("deflate", "stored"):
+            raise ValueError(f"compression must be 'deflate' or 'stored', not {self.compression!r}")
+        if self.serialization not in ("zip", "legacy"):
+            raise ValueError(f"serialization must be 'zip' or 'legacy', not {self.serialization!r}")
+        if self.numpy_pickle not in (1, 2):
+            raise ValueError(f"numpy_pickle must be 1 or 2, not {self.numpy_pickle!r}")
+        for name in ("image_dtype", "mask_dtype", "label_dtype", "landmark_dtype"):
+            if np.dtype(getattr(self, name)).kind not in STORABLE_KINDS:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not a bool/int/float dtype")
+        for name in ("image_dtype", "landmark_dtype"):
+            if np.dtype(getattr(self, name)).kind != "f":
+                raise ValueError(f"{name} must be a float dtype, not {getattr(self, name)!r}")
