@@ -30,8 +30,8 @@ import webdataset
 from torch.utils.data import DataLoader
 
 from pipeline import OutputError, decode_wds_sample
-from pipeline.read.stream import (
-    StreamingDataset,
+from pipeline.read.stream import StreamingDataset
+from pipeline.read.stream.order import (
     consumed_position,
     epoch_order,
     rank_positions,

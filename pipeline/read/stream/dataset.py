@@ -11,8 +11,9 @@ The dataset only composes the package's parts:
 
 * **Order, partition, resumption** (:mod:`.order`): which samples this rank and worker read, in
   which order, and how far the whole job has got, as pure functions of a few integers.
-* **Storage** (:mod:`.storage`): ranged reads of the shards from a local path, ``http(s)://`` or
-  any fsspec URL.
+* **Index** (:mod:`.index`): where each requested field of each sample lies, from the manifest.
+* **Fetching** (:mod:`.fetch`, over :mod:`pipeline.store.location`): ranged reads of the shards from
+  a local path, ``http(s)://`` or any fsspec URL, and decoding on the decode threads.
 * **Decoding** (:func:`pipeline.store.tar_shards.decode_field` with ``out=``) goes straight from the read
   buffer into the output tensor. A batch's tensors are a reused slot of memory
   (:mod:`pipeline.read.batches`): shared memory inside DataLoader workers, so handing a
@@ -32,82 +33,22 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-import xxhash
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import OutputError
-from pipeline.read.batches import BatchLayout, SlotPool
 from pipeline.read.decode_threads import DecodeThreads, Decoding
+from pipeline.read.stream.fetch import SampleReader, read_ahead
+from pipeline.read.stream.index import build_index
 from pipeline.read.stream.order import consumed_position, rank_samples, rank_share, worker_batches
+from pipeline.read.stream.state import OrderIdentity, check_state, state_record
+from pipeline.read.stream.world import world_from_environment
 from pipeline.schema import schema_from_json
-from pipeline.store import manifest
-from pipeline.store.location import RangeReader, is_url, range_reader_class, read_stream_manifest
-from pipeline.store.tar_shards import decode_field
-
-STATE_FORMAT = "ssmspine-stream-state"
-STATE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class _Index:
-    """Where every sample's requested fields lie: small numpy arrays, cheap to pickle to workers."""
-
-    keys: list[str]
-    shard: np.ndarray  # (N,) shard number of each sample
-    ranges: np.ndarray  # (N, F, 2) offset, size of each requested field's payload
-    digests: np.ndarray | None  # (N, F, 16) xxh3-128 of each requested field's bytes
-    files: list[str]
-    sizes: list[int]
-
-
-def _build_index(data: Mapping[str, Any], split: str, fields: Sequence[str], check_digests: bool) -> _Index:
-    shards = manifest.shards_of(data, split)
-    info = data["splits"][split]
-    schema_fields = list(data["schema"])
-    columns = [schema_fields.index(f) for f in fields]
-    keys = [k for s in shards for k in s.keys]
-    if keys != list(info["keys"]):
-        raise OutputError(f"the manifest's shards of split {split!r} do not hold its keys in order")
-    n, f = len(keys), len(fields)
-    shard = np.empty(n, np.int32)
-    ranges = np.empty((n, f, 2), np.int64)
-    digests = np.empty((n, f, 16), np.uint8) if check_digests else None
-    row = 0
-    for number, meta in enumerate(shards):
-        if len(meta.payloads) != meta.samples:
-            raise OutputError(f"{meta.file}: the manifest has no payload ranges for its samples; convert again")
-        for i, payload in enumerate(meta.payloads):
-            if len(payload) != 2 * len(schema_fields):
-                raise OutputError(f"{meta.file}: {meta.keys[i]}: payload ranges do not match the schema")
-            shard[row] = number
-            ranges[row] = [payload[2 * c : 2 * c + 2] for c in columns]
-            if digests is not None:
-                for j, field in enumerate(fields):
-                    digests[row, j] = np.frombuffer(bytes.fromhex(meta.digests[field][i]), np.uint8)
-            row += 1
-    return _Index(
-        keys=keys,
-        shard=shard,
-        ranges=ranges,
-        digests=digests,
-        files=[s.file for s in shards],
-        sizes=[s.bytes for s in shards],
-    )
-
-
-def _world_from_environment() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if "WORLD_SIZE" in os.environ:
-        return int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
-    return 0, 1
+from pipeline.store.location import is_url, read_stream_manifest
 
 
 class StreamingDataset(IterableDataset):
@@ -198,7 +139,7 @@ class StreamingDataset(IterableDataset):
             self._torch_dtypes = {f: torch.from_numpy(np.empty(0, dt)).dtype for f, (_, dt) in self._specs.items()}
         except TypeError as exc:
             raise OutputError(f"{self.root}: a field's dtype has no torch equivalent ({exc})") from exc
-        self._index = _build_index(data, split, self.fields, check_digests)
+        self._index = build_index(data, split, self.fields, check_digests)
         self._keys_digest = hashlib.sha256("\n".join(self._index.keys).encode()).hexdigest()[:16]
         self._rank, self._world_size = self._resolve_world()
         self._epoch = 0
@@ -210,11 +151,7 @@ class StreamingDataset(IterableDataset):
         # workers keep their copy of the dataset across epochs, so they learn these from here
         self._next_pass = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._loader_exact = True  # False: workers batch their own samples, position is not a prefix
-        self._store: RangeReader | None = None
-        self._store_pid = 0
-        self._verified = np.zeros((0, 0), bool)
-        self._slots: SlotPool | None = None
-        self._slots_pid = 0
+        self._sample_reader: SampleReader | None = None  # this process's, see _reader
         self._decoder = DecodeThreads(decode_threads)
 
     # ----------------------------------------------------------------- ranks, epochs, state
@@ -226,7 +163,7 @@ class StreamingDataset(IterableDataset):
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if get_worker_info() is not None and not distributed:
             return self._rank, self._world_size  # a spawned worker: what the main process decided
-        rank, world = _world_from_environment()
+        rank, world = world_from_environment()
         self._rank, self._world_size = rank, world
         return rank, world
 
@@ -329,39 +266,17 @@ class StreamingDataset(IterableDataset):
         epoch = self._epoch
         if (self._finished and samples_seen is None) or self._epoch_done(position, world):
             epoch, position = epoch + 1, 0
-        return {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "split": self.split,
-            "samples": self.samples,
-            "keys_sha256": self._keys_digest,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "epoch": epoch,
-            "position": int(position),
-            "world_size": world,  # informative: any world size may load the state
-        }
+        return state_record(self._order_identity(), epoch, int(position), world)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue where :meth:`state_dict` left off, on this job's world size and batch size."""
-        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-            raise ValueError(f"not a {STATE_FORMAT} v{STATE_VERSION} state: {dict(state)!r}")
-        expected = {
-            "split": self.split,
-            "samples": self.samples,
-            "keys_sha256": self._keys_digest,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-        }
-        differ = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
-        if differ:
-            raise ValueError(f"the state belongs to another dataset or order: (saved, here) = {differ}")
-        position = int(state["position"])
-        if not 0 <= position <= self.samples:
-            raise ValueError(f"position {position} is outside [0, {self.samples}]")
-        self._epoch, self._start, self._seen, self._finished = int(state["epoch"]), position, 0, False
+        epoch, position = check_state(state, self._order_identity())
+        self._epoch, self._start, self._seen, self._finished = epoch, position, 0, False
         self._publish()
         self._pass_world = self.world_size
+
+    def _order_identity(self) -> OrderIdentity:
+        return OrderIdentity(self.split, self.samples, self._keys_digest, self.seed, self.shuffle)
 
     # ----------------------------------------------------------------- iteration
 
@@ -370,9 +285,7 @@ class StreamingDataset(IterableDataset):
         if get_worker_info() is None:
             self._resolve_world()
         state = dict(self.__dict__)
-        state["_store"] = None
-        state["_verified"] = np.zeros((0, 0), bool)
-        state["_slots"] = None
+        state["_sample_reader"] = None
         return state
 
     def __iter__(self) -> Iterator[dict]:
@@ -387,115 +300,21 @@ class StreamingDataset(IterableDataset):
         )
         wid, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
         batches = worker_batches(len(sequence), self.batch_size or 1, wid, workers)
-        return self._generate(sequence, batches, shared=worker is not None)
+        shared, batched = worker is not None, self.batch_size is not None
+        keys = self._index.keys
 
-    def _generate(self, sequence: np.ndarray, batches: list[range], shared: bool) -> Iterator[dict]:
-        """Read the batches in order. In the main process, the next batch decodes on the decode
-        threads while the caller works on this one (one batch ahead); DataLoader workers read one
-        at a time, as the DataLoader already asks each of them for batches ahead."""
-        # the store (mapped shards, an HTTP connection) stays with the dataset for the next pass
-        batched = self.batch_size is not None
-        pending: tuple[Any, Decoding] | None = None  # started, not yet delivered
-        try:
-            for rows in batches:
-                try:
-                    started = self._start_batch(sequence[rows.start : rows.stop], shared and batched, batched)
-                except Exception as exc:  # raised in its turn, after the batches before it
-                    started = (None, Decoding(error=exc))
-                previous, pending = pending, started
-                if previous is not None:
-                    yield self._finish(previous)
-                if shared:
-                    previous, pending = pending, None
-                    yield self._finish(previous)
-            if pending is not None:
-                previous, pending = pending, None
-                yield self._finish(previous)
-        finally:
-            if pending is not None:  # read ahead, never delivered (the caller stopped, or an error)
-                pending[1].settle()
+        def start(rows: range) -> tuple[Any, Decoding]:
+            return self._reader().start_batch(sequence[rows.start : rows.stop], keys, shared and batched, batched)
 
-    @staticmethod
-    def _finish(started: tuple[Any, Decoding]) -> Any:
-        batch, decoding = started
-        decoding.wait()
-        return batch
+        return read_ahead(batches, start, one_at_a_time=shared)
 
-    def _start_batch(self, indices: np.ndarray, shared: bool, batched: bool) -> tuple[Any, Decoding]:
-        """A batch (or sample) of ``indices`` and the decoding that fills it. Batches go into
-        reused slots: shared memory in a DataLoader worker (``shared``), private memory in the
-        main process; single samples into new tensors."""
-        keys = [self._index.keys[i] for i in indices]
-        if batched:
-            if self._slots is None or self._slots_pid != os.getpid():
-                layout = BatchLayout.of(self._specs, self.batch_size or 1)
-                self._slots, self._slots_pid = SlotPool(layout, shared=shared), os.getpid()
-            batch = self._slots.batch(len(indices), keys)
-            outs = [{f: a[row] for f, a in batch.arrays.items()} for row in range(len(indices))]
-            whole = batch if shared else {"__key__": keys, **batch.tensors()}
-            return whole, self._start_samples(indices, outs)
-        tensors = {f: torch.empty(shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
-        arrays = {f: t.numpy() for f, t in tensors.items()}
-        return {"__key__": keys[0], **tensors}, self._start_samples(indices, [arrays])
-
-    def _start_samples(self, indices: np.ndarray, outs: Sequence[Mapping[str, np.ndarray]]) -> Decoding:
-        """Fetch the requested fields of these samples, then start decoding each into its ``outs`` entry.
-
-        Fetching happens here, in order (stores need not be thread-safe): for local shards a view
-        of their memory map, for remote ones a ranged read into the batch's buffer. Decoding, the
-        CPU-bound part, runs on the decode threads, a sample per call.
-        """
-        store = self._open_store()
-        plans = [self._fetch_plan(int(i), store.coalesce_gap) for i in indices]
-        total = sum(length for plan in plans for _, _, _, length in plan) if store.copies else 0
-        buffer = memoryview(np.empty(total, np.uint8))  # a batch's own: the previous one may still be decoding
-        jobs, at = [], 0
-        for index, plan, out in zip(indices, plans, outs):
-            shard, pieces = int(self._index.shard[index]), []
-            for first, stop, base, length in plan:
-                into = buffer[at : at + length] if store.copies else None
-                pieces.append((first, stop, store.read(shard, base, length, into)))
-                at += length
-            jobs.append((int(index), store.name(shard), pieces, out))
-        return self._decoder.start(self._decode_sample, jobs)
-
-    def _open_store(self) -> RangeReader:
-        if self._store is None or self._store_pid != os.getpid():  # never share a forked parent's connection
-            self._store = range_reader_class(self.root)(self.root, self._index.files, self._index.sizes)
-            self._store_pid = os.getpid()
-            weakref.finalize(self, self._store.close)
-            self._verified = np.zeros(self._index.ranges.shape[:2], bool)  # what this process has checked
-        return self._store
-
-    def _fetch_plan(self, index: int, gap: int) -> list[tuple[int, int, int, int]]:
-        """The reads of one sample: ``(first field, stop field, offset, length)``, merging the
-        requested fields that lie at most ``gap`` bytes apart in the shard."""
-        ranges, plan, j, count = self._index.ranges[index], [], 0, len(self.fields)
-        while j < count:
-            first, end = j, int(ranges[j, 0] + ranges[j, 1])
-            while j + 1 < count and ranges[j + 1, 0] - end <= gap:
-                j += 1
-                end = int(ranges[j, 0] + ranges[j, 1])
-            j += 1
-            plan.append((first, j, int(ranges[first, 0]), end - int(ranges[first, 0])))
-        return plan
-
-    def _decode_sample(self, job: tuple[int, str, list[tuple[int, int, memoryview]], Mapping[str, np.ndarray]]) -> None:
-        """Decode one fetched sample into ``out``, checking each field's digest the first time."""
-        index, shard_name, pieces, out = job
-        ranges, key = self._index.ranges[index], self._index.keys[index]
-        for first, stop, view in pieces:
-            base = int(ranges[first, 0])
-            for k in range(first, stop):
-                field = self.fields[k]
-                name = f"{shard_name}: {key}.{field}"
-                offset = int(ranges[k, 0]) - base
-                decode_field(view[offset : offset + int(ranges[k, 1])], name, out=out[field])
-                if self._index.digests is not None and not self._verified[index, k]:
-                    got = xxhash.xxh3_128_digest(memoryview(out[field]).cast("B"))
-                    if got != self._index.digests[index, k].tobytes():
-                        raise OutputError(f"{name}: decodes to other values than were converted; the shard is corrupt")
-                    self._verified[index, k] = True
+    def _reader(self) -> SampleReader:
+        """This process's sample reader: a new one after a fork (never share a parent's connection)."""
+        if self._sample_reader is None or self._sample_reader.pid != os.getpid():
+            self._sample_reader = SampleReader(
+                self.root, self._index, self._specs, self._torch_dtypes, self.batch_size, self._decoder
+            )
+        return self._sample_reader
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,162 @@
+"""Fetching and decoding samples for one process: ranged reads of the shards, then decoding on threads.
+
+Fetching happens in the calling thread, in order (stores need not be thread-safe): for local shards a
+view of their memory map, for remote ones a ranged read into the batch's buffer, merging the requested
+fields that lie close together. Decoding, the CPU-bound part, runs on the decode threads, a sample per
+call, straight into the output arrays, and checks each field's digest the first time this process
+decodes it.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import xxhash
+
+from pipeline.errors import OutputError
+from pipeline.read.batches import BatchLayout, SlotPool
+from pipeline.read.decode_threads import DecodeThreads, Decoding
+from pipeline.read.stream.index import SampleIndex
+from pipeline.store.location import RangeReader, range_reader_class
+from pipeline.store.tar_shards import decode_field
+
+
+class SampleReader:
+    """Reads the ``fields`` of samples of ``index`` under ``root``, for the process that made it.
+
+    Holds what must not cross a fork: the open store (memory maps, a connection) and which
+    digests this process has checked. A dataset makes one per process and never pickles it.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        index: SampleIndex,
+        specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+        torch_dtypes: Mapping[str, torch.dtype],
+        batch_size: int | None,
+        decoder: DecodeThreads,
+    ) -> None:
+        self.root, self._index, self._decoder = root, index, decoder
+        self.fields = tuple(specs)
+        self._specs, self._torch_dtypes, self._batch_size = specs, torch_dtypes, batch_size
+        self._slots: SlotPool | None = None
+        self._store: RangeReader | None = None
+        self._verified = np.zeros(index.ranges.shape[:2], bool)  # what this process has checked
+        self.pid = os.getpid()
+
+    def start_batch(
+        self, indices: np.ndarray, keys: Sequence[str], shared: bool, batched: bool
+    ) -> tuple[Any, Decoding]:
+        """A batch (or sample) of ``indices`` and the decoding that fills it. Batches go into
+        reused slots: shared memory in a DataLoader worker (``shared``), private memory in the
+        main process; single samples into new tensors."""
+        keys = [keys[i] for i in indices]
+        if batched:
+            if self._slots is None:
+                self._slots = SlotPool(BatchLayout.of(self._specs, self._batch_size or 1), shared=shared)
+            batch = self._slots.batch(len(indices), keys)
+            outs = [{f: a[row] for f, a in batch.arrays.items()} for row in range(len(indices))]
+            whole = batch if shared else {"__key__": keys, **batch.tensors()}
+            return whole, self.start(indices, outs)
+        tensors = {f: torch.empty(shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
+        arrays = {f: t.numpy() for f, t in tensors.items()}
+        return {"__key__": keys[0], **tensors}, self.start(indices, [arrays])
+
+    def start(self, indices: np.ndarray, outs: Sequence[Mapping[str, np.ndarray]]) -> Decoding:
+        """Fetch the requested fields of these samples, then start decoding each into its ``outs`` entry.
+
+        Fetching happens here, in order (stores need not be thread-safe): for local shards a view
+        of their memory map, for remote ones a ranged read into the batch's buffer. Decoding, the
+        CPU-bound part, runs on the decode threads, a sample per call.
+        """
+        store = self._open_store()
+        plans = [self._fetch_plan(int(i), store.coalesce_gap) for i in indices]
+        total = sum(length for plan in plans for _, _, _, length in plan) if store.copies else 0
+        buffer = memoryview(np.empty(total, np.uint8))  # a batch's own: the previous one may still be decoding
+        jobs, at = [], 0
+        for index, plan, out in zip(indices, plans, outs):
+            shard, pieces = int(self._index.shard[index]), []
+            for first, stop, base, length in plan:
+                into = buffer[at : at + length] if store.copies else None
+                pieces.append((first, stop, store.read(shard, base, length, into)))
+                at += length
+            jobs.append((int(index), store.name(shard), pieces, out))
+        return self._decoder.start(self._decode_sample, jobs)
+
+    def _open_store(self) -> RangeReader:
+        if self._store is None:
+            self._store = range_reader_class(self.root)(self.root, self._index.files, self._index.sizes)
+            weakref.finalize(self, self._store.close)
+        return self._store
+
+    def _fetch_plan(self, index: int, gap: int) -> list[tuple[int, int, int, int]]:
+        """The reads of one sample: ``(first field, stop field, offset, length)``, merging the
+        requested fields that lie at most ``gap`` bytes apart in the shard."""
+        ranges, plan, j, count = self._index.ranges[index], [], 0, len(self.fields)
+        while j < count:
+            first, end = j, int(ranges[j, 0] + ranges[j, 1])
+            while j + 1 < count and ranges[j + 1, 0] - end <= gap:
+                j += 1
+                end = int(ranges[j, 0] + ranges[j, 1])
+            j += 1
+            plan.append((first, j, int(ranges[first, 0]), end - int(ranges[first, 0])))
+        return plan
+
+    def _decode_sample(self, job: tuple[int, str, list[tuple[int, int, memoryview]], Mapping[str, np.ndarray]]) -> None:
+        """Decode one fetched sample into ``out``, checking each field's digest the first time."""
+        index, shard_name, pieces, out = job
+        ranges, key = self._index.ranges[index], self._index.keys[index]
+        for first, stop, view in pieces:
+            base = int(ranges[first, 0])
+            for k in range(first, stop):
+                field = self.fields[k]
+                name = f"{shard_name}: {key}.{field}"
+                offset = int(ranges[k, 0]) - base
+                decode_field(view[offset : offset + int(ranges[k, 1])], name, out=out[field])
+                if self._index.digests is not None and not self._verified[index, k]:
+                    got = xxhash.xxh3_128_digest(memoryview(out[field]).cast("B"))
+                    if got != self._index.digests[index, k].tobytes():
+                        raise OutputError(f"{name}: decodes to other values than were converted; the shard is corrupt")
+                    self._verified[index, k] = True
+
+
+def read_ahead(
+    batches: Iterable[range], start: Callable[[range], tuple[Any, Decoding]], one_at_a_time: bool
+) -> Iterator[Any]:
+    """The batches in order, each started (fetched, decoding) by ``start``.
+
+    In the main process the next batch decodes on the decode threads while the caller works on
+    this one (one batch ahead); DataLoader workers (``one_at_a_time``) read one at a time, as the
+    DataLoader already asks each of them for batches ahead. An error starting a batch is raised
+    in its turn, after the batches before it; a batch read ahead but never delivered is let finish.
+    """
+    pending: tuple[Any, Decoding] | None = None  # started, not yet delivered
+    try:
+        for rows in batches:
+            try:
+                started = start(rows)
+            except Exception as exc:  # raised in its turn, after the batches before it
+                started = (None, Decoding(error=exc))
+            previous, pending = pending, started
+            if previous is not None:
+                yield _finish(previous)
+            if one_at_a_time:
+                previous, pending = pending, None
+                yield _finish(previous)
+        if pending is not None:
+            previous, pending = pending, None
+            yield _finish(previous)
+    finally:
+        if pending is not None:  # read ahead, never delivered (the caller stopped, or an error)
+            pending[1].settle()
+
+
+def _finish(started: tuple[Any, Decoding]) -> Any:
+    batch, decoding = started
+    decoding.wait()
+    return batch

@@ -1,0 +1,61 @@
+"""Where every sample's requested fields lie in the tar shards: a few numpy arrays built from the manifest.
+
+Small and cheap to pickle to DataLoader workers; checked against the split's keys when built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pipeline.errors import OutputError
+from pipeline.store import manifest
+
+
+@dataclass(frozen=True)
+class SampleIndex:
+    """Where every sample's requested fields lie: small numpy arrays, cheap to pickle to workers."""
+
+    keys: list[str]
+    shard: np.ndarray  # (N,) shard number of each sample
+    ranges: np.ndarray  # (N, F, 2) offset, size of each requested field's payload
+    digests: np.ndarray | None  # (N, F, 16) xxh3-128 of each requested field's bytes
+    files: list[str]
+    sizes: list[int]
+
+
+def build_index(data: Mapping[str, Any], split: str, fields: Sequence[str], check_digests: bool) -> SampleIndex:
+    shards = manifest.shards_of(data, split)
+    info = data["splits"][split]
+    schema_fields = list(data["schema"])
+    columns = [schema_fields.index(f) for f in fields]
+    keys = [k for s in shards for k in s.keys]
+    if keys != list(info["keys"]):
+        raise OutputError(f"the manifest's shards of split {split!r} do not hold its keys in order")
+    n, f = len(keys), len(fields)
+    shard = np.empty(n, np.int32)
+    ranges = np.empty((n, f, 2), np.int64)
+    digests = np.empty((n, f, 16), np.uint8) if check_digests else None
+    row = 0
+    for number, meta in enumerate(shards):
+        if len(meta.payloads) != meta.samples:
+            raise OutputError(f"{meta.file}: the manifest has no payload ranges for its samples; convert again")
+        for i, payload in enumerate(meta.payloads):
+            if len(payload) != 2 * len(schema_fields):
+                raise OutputError(f"{meta.file}: {meta.keys[i]}: payload ranges do not match the schema")
+            shard[row] = number
+            ranges[row] = [payload[2 * c : 2 * c + 2] for c in columns]
+            if digests is not None:
+                for j, field in enumerate(fields):
+                    digests[row, j] = np.frombuffer(bytes.fromhex(meta.digests[field][i]), np.uint8)
+            row += 1
+    return SampleIndex(
+        keys=keys,
+        shard=shard,
+        ranges=ranges,
+        digests=digests,
+        files=[s.file for s in shards],
+        sizes=[s.bytes for s in shards],
+    )

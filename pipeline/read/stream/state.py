@@ -1,0 +1,50 @@
+"""The resumption state of a :class:`~pipeline.read.stream.StreamingDataset`: a few numbers, the same on every rank.
+
+Which dataset and order a state belongs to is checked when it is loaded: the split, its keys
+(by digest), the seed and whether it shuffles; the world size is informative only, since a job
+may resume on another number of ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+STATE_FORMAT = "ssmspine-stream-state"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class OrderIdentity:
+    """What a state must match to be loaded: the split's samples and the order drawn over them."""
+
+    split: str
+    samples: int
+    keys_sha256: str
+    seed: int
+    shuffle: bool
+
+
+def state_record(identity: OrderIdentity, epoch: int, position: int, world_size: int) -> dict:
+    """The JSON-serialisable state: format, identity, epoch and global position."""
+    return {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        **asdict(identity),
+        "epoch": epoch,
+        "position": position,
+        "world_size": world_size,  # informative: any world size may load the state
+    }
+
+
+def check_state(state: Mapping[str, Any], identity: OrderIdentity) -> tuple[int, int]:
+    """``(epoch, position)`` of a state made by :func:`state_record` for the same identity, else ValueError."""
+    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+        raise ValueError(f"not a {STATE_FORMAT} v{STATE_VERSION} state: {dict(state)!r}")
+    differ = {k: (state.get(k), v) for k, v in asdict(identity).items() if state.get(k) != v}
+    if differ:
+        raise ValueError(f"the state belongs to another dataset or order: (saved, here) = {differ}")
+    position = int(state["position"])
+    if not 0 <= position <= identity.samples:
+        raise ValueError(f"position {position} is outside [0, {identity.samples}]")
+    return int(state["epoch"]), position
