@@ -143,7 +143,7 @@ def test_stopping_early_lets_the_batch_read_ahead_finish(converted, monkeypatch)
 
 
 def test_slot_registry_takes_registrations_from_several_threads():
-    from pipeline.read import batches as shared_batches
+    from pipeline.read import slot_registry
 
     storages = [torch.zeros(64, dtype=torch.uint8).untyped_storage() for _ in range(8)]
     dead = 2**22 + 12345  # above the default pid_max: no such process
@@ -152,7 +152,7 @@ def test_slot_registry_takes_registrations_from_several_threads():
     def register(thread: int) -> None:
         try:
             for i in range(300):
-                shared_batches._keep_mapped((dead, thread * 1000 + i), storages[i % 8])  # pruned by the other
+                slot_registry._keep_mapped((dead, thread * 1000 + i), storages[i % 8])  # pruned by the other
         except Exception as exc:  # noqa: BLE001 - the test reports any failure
             errors.append(exc)
 
@@ -162,4 +162,4 @@ def test_slot_registry_takes_registrations_from_several_threads():
     for t in threads:
         t.join()
     assert not errors
-    shared_batches._MAPPED_SLOTS.clear()
+    slot_registry._MAPPED_SLOTS.clear()

@@ -17,7 +17,7 @@ from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, ZstdCo
 
 from pipeline.errors import OutputError
 from pipeline.read import zarr_dataset
-from pipeline.read.batches import _BUSY, _FREE
+from pipeline.read.slot_memory import BUSY, FREE
 from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.schema import spec_of
 from pipeline.store import zarr_layout, zarr_store
@@ -372,9 +372,9 @@ def test_worker_slots_are_freed_by_the_worker_unless_the_batch_was_shipped(conve
     samples = ds.__getitems__([1, 2])
     slot = samples.whole.slot
     stacked = torch.stack([s["label"] for s in samples])  # a custom collate_fn
-    assert slot.header[0] == _BUSY
+    assert slot.header[0] == BUSY
     del samples
-    assert slot.header[0] == _FREE and torch.equal(stacked[1], ds[2]["label"])
+    assert slot.header[0] == FREE and torch.equal(stacked[1], ds[2]["label"])
 
     samples = ds.__getitems__([5, 6, 7])  # a larger batch: larger slots
     whole = default_collate(samples)
@@ -382,7 +382,7 @@ def test_worker_slots_are_freed_by_the_worker_unless_the_batch_was_shipped(conve
     payload = ForkingPickler.dumps(whole)  # what the DataLoader does with it
     slot = whole.slot
     del samples, whole
-    assert slot.header[0] == _BUSY, "freed by the worker although the main process may hold it"
+    assert slot.header[0] == BUSY, "freed by the worker although the main process may hold it"
     received = pickle.loads(payload)
     assert received["__key__"] == [ds.keys[i] for i in (5, 6, 7)]
     assert torch.equal(received["label"][2], ds[7]["label"])

@@ -284,7 +284,8 @@ def test_in_process_batches_reuse_memory_but_never_overwrite_held_batches(conver
 
 
 def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
-    from pipeline.read.batches import BatchLayout, SlotPool, rebuild_shared_batch
+    from pipeline.read.batches import BatchLayout, SlotPool
+    from pipeline.read.slot_registry import rebuild_shared_batch
 
     pool = SlotPool(BatchLayout.of({"a": ((3,), np.dtype("<f4")), "b": ((2, 2), np.dtype("|b1"))}, 4))
     slot = pool.take()
@@ -304,11 +305,11 @@ def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
 
 def test_the_main_process_keeps_worker_slots_mapped_while_the_workers_live(converted, monkeypatch):
     """Each slot's memory crosses once; later batches name the slot; exited workers' slots are dropped."""
-    from pipeline.read import batches as shared_batches
+    from pipeline.read import slot_registry
 
     registered = []
-    keep = shared_batches._keep_mapped
-    monkeypatch.setattr(shared_batches, "_keep_mapped", lambda *args: registered.append(args[0]) or keep(*args))
+    keep = slot_registry._keep_mapped
+    monkeypatch.setattr(slot_registry, "_keep_mapped", lambda *args: registered.append(args[0]) or keep(*args))
     stock = _stock(converted, "train")
     ds = StreamingDataset(converted, fields=("img", "label"), seed=SEED, batch_size=2)
     loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
@@ -320,25 +321,25 @@ def test_the_main_process_keeps_worker_slots_mapped_while_the_workers_live(conve
     workers = {pid for pid, _ in registered}
     assert len(workers) == 2 and len(registered) == len(set(registered)), "each slot registered once"
     assert len(registered) < 3 * ds.num_batches, "later epochs reuse registered slots"
-    assert set(registered) <= set(shared_batches._MAPPED_SLOTS)
-    watchers = [shared_batches._WATCHERS[pid] for pid in workers]  # Linux: one per worker, on its pidfd
+    assert set(registered) <= set(slot_registry._MAPPED_SLOTS)
+    watchers = [slot_registry._WATCHERS[pid] for pid in workers]  # Linux: one per worker, on its pidfd
     del loader, batch  # shuts the persistent workers down (joined)
     gc.collect()
     for watcher in watchers:
         watcher.join(timeout=60)
-    assert not workers & {pid for pid, _ in shared_batches._MAPPED_SLOTS}, "exited workers' slots dropped"
+    assert not workers & {pid for pid, _ in slot_registry._MAPPED_SLOTS}, "exited workers' slots dropped"
 
 
 def test_without_pidfds_exited_workers_slots_are_dropped_at_the_next_registration(converted, monkeypatch):
-    from pipeline.read import batches as shared_batches
+    from pipeline.read import slot_registry
 
     def no_pidfds(pid):
         raise OSError("no pidfds here")
 
-    monkeypatch.setattr(shared_batches.os, "pidfd_open", no_pidfds)
+    monkeypatch.setattr(slot_registry.os, "pidfd_open", no_pidfds)
 
     def registered_pids() -> set[int]:
-        return {pid for pid, _ in shared_batches._MAPPED_SLOTS}
+        return {pid for pid, _ in slot_registry._MAPPED_SLOTS}
 
     before = registered_pids()
     ds = StreamingDataset(converted, fields=("shape",), seed=SEED, batch_size=2)
@@ -350,7 +351,8 @@ def test_without_pidfds_exited_workers_slots_are_dropped_at_the_next_registratio
 
 
 def test_a_batch_naming_a_slot_this_process_does_not_have_is_an_error():
-    from pipeline.read.batches import BatchLayout, rebuild_shared_batch
+    from pipeline.read.batches import BatchLayout
+    from pipeline.read.slot_registry import rebuild_shared_batch
 
     layout = BatchLayout.of({"a": ((3,), np.dtype("<f4"))}, 2)
     with pytest.raises(RuntimeError, match="does not have that slot mapped"):

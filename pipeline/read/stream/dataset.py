@@ -7,20 +7,8 @@ able to continue, possibly on a different number of ranks, without repeating or 
 The manifest records the byte range of every field of every sample in its tar, so a sample can be
 fetched by ranged reads of only the fields asked for. That makes a true global shuffle cheap.
 
-The dataset only composes the package's parts:
-
-* **Order, partition, resumption** (:mod:`.order`): which samples this rank and worker read, in
-  which order, and how far the whole job has got, as pure functions of a few integers.
-* **Index** (:mod:`.index`): where each requested field of each sample lies, from the manifest.
-* **Fetching** (:mod:`.fetch`, over :mod:`pipeline.store.location`): ranged reads of the shards from
-  a local path, ``http(s)://`` or any fsspec URL, and decoding on the decode threads.
-* **Decoding** (:func:`pipeline.store.tar_shards.decode_field` with ``out=``) goes straight from the read
-  buffer into the output tensor. A batch's tensors are a reused slot of memory
-  (:mod:`pipeline.read.batches`): shared memory inside DataLoader workers, so handing a
-  multi-MB batch to the main process copies nothing and faults in no fresh pages, private
-  memory in the main process. The samples of a batch decode at once on a few threads
-  (:mod:`pipeline.read.decode_threads`); fetching stays in the calling thread, and costs nothing for
-  local shards, which are memory-mapped.
+The dataset only composes the parts of :mod:`pipeline.read.stream` (order, index, fetching,
+state, world); decoding goes straight from the read buffer into reused batch memory.
 
 State for resumption is a handful of numbers (:meth:`StreamingDataset.state_dict`) kept in the
 main process; workers learn the epoch and start of a pass from a two-number shared tensor that
@@ -36,18 +24,15 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.errors import OutputError
 from pipeline.read.decode_threads import DecodeThreads, Decoding
 from pipeline.read.stream.fetch import SampleReader, read_ahead
-from pipeline.read.stream.index import build_index
+from pipeline.read.stream.index import build_index, field_specs
 from pipeline.read.stream.order import consumed_position, rank_samples, rank_share, worker_batches
 from pipeline.read.stream.state import OrderIdentity, check_state, state_record
-from pipeline.read.stream.world import world_from_environment
-from pipeline.schema import schema_from_json
+from pipeline.read.stream.world import explicit_world, world_from_environment
 from pipeline.store.location import is_url, read_stream_manifest
 
 
@@ -122,23 +107,9 @@ class StreamingDataset(IterableDataset):
             raise ValueError(f"batch_size must be at least 1 or None, got {batch_size}")
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
-        if (rank is None) != (world_size is None):
-            raise ValueError("give both rank and world_size, or neither")
-        if world_size is not None and not 0 <= rank < world_size:  # type: ignore[operator]
-            raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        self._explicit_world = None if world_size is None else (int(rank), int(world_size))  # type: ignore[arg-type]
+        self._explicit_world = explicit_world(rank, world_size)
         data = read_stream_manifest(self.root)
-        schema = schema_from_json(data["schema"])
-        self.fields = tuple(schema) if fields is None else tuple(fields)
-        unknown = [f for f in self.fields if f not in schema]
-        if unknown or not self.fields:
-            raise ValueError(f"unknown field(s) {unknown}; the output has {list(schema)}")
-        self.fields = tuple(f for f in schema if f in self.fields)  # schema order = order in the tar
-        self._specs = {f: (schema[f].shape, schema[f].numpy_dtype) for f in self.fields}
-        try:
-            self._torch_dtypes = {f: torch.from_numpy(np.empty(0, dt)).dtype for f, (_, dt) in self._specs.items()}
-        except TypeError as exc:
-            raise OutputError(f"{self.root}: a field's dtype has no torch equivalent ({exc})") from exc
+        self.fields, self._specs, self._torch_dtypes = field_specs(data, fields, self.root)
         self._index = build_index(data, split, self.fields, check_digests)
         self._keys_digest = hashlib.sha256("\n".join(self._index.keys).encode()).hexdigest()[:16]
         self._rank, self._world_size = self._resolve_world()

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from pipeline.errors import OutputError
+from pipeline.schema import schema_from_json
 from pipeline.store import manifest
 
 
@@ -59,3 +61,22 @@ def build_index(data: Mapping[str, Any], split: str, fields: Sequence[str], chec
         files=[s.file for s in shards],
         sizes=[s.bytes for s in shards],
     )
+
+
+def field_specs(
+    data: Mapping[str, Any], fields: Sequence[str] | None, root: str
+) -> tuple[tuple[str, ...], dict[str, tuple[tuple[int, ...], np.dtype]], dict[str, torch.dtype]]:
+    """The requested fields (``None``: all) in schema order, which is their order in the tar, with
+    each one's sample shape and dtype, and its torch dtype."""
+    schema = schema_from_json(data["schema"])
+    chosen = tuple(schema) if fields is None else tuple(fields)
+    unknown = [f for f in chosen if f not in schema]
+    if unknown or not chosen:
+        raise ValueError(f"unknown field(s) {unknown}; the output has {list(schema)}")
+    chosen = tuple(f for f in schema if f in chosen)
+    specs = {f: (schema[f].shape, schema[f].numpy_dtype) for f in chosen}
+    try:
+        torch_dtypes = {f: torch.from_numpy(np.empty(0, dt)).dtype for f, (_, dt) in specs.items()}
+    except TypeError as exc:
+        raise OutputError(f"{root}: a field's dtype has no torch equivalent ({exc})") from exc
+    return chosen, specs, torch_dtypes
