@@ -15,7 +15,6 @@ fields of a sample (at most ``coalesce_gap`` bytes apart) are fetched with one r
 from __future__ import annotations
 
 import http.client
-import json
 import mmap
 import os
 import urllib.parse
@@ -235,11 +234,7 @@ def read_stream_manifest(root: str) -> dict:
         return manifest.read_manifest(root)
     store = range_reader_class(root)(root, [], [])
     try:
-        data = json.loads(store.fetch(manifest.MANIFEST_NAME))  # type: ignore[attr-defined]
-    except json.JSONDecodeError as exc:
-        raise OutputError(f"{root.rstrip('/')}/{manifest.MANIFEST_NAME}: not valid JSON ({exc})") from exc
+        data = store.fetch(manifest.MANIFEST_NAME)  # type: ignore[attr-defined]
     finally:
         store.close()
-    if data.get("format") != manifest.FORMAT or data.get("format_version") != manifest.FORMAT_VERSION:
-        raise OutputError(f"{root}: not an {manifest.FORMAT} v{manifest.FORMAT_VERSION} manifest")
-    return data
+    return manifest.parse_manifest(data, f"{root.rstrip('/')}/{manifest.MANIFEST_NAME}")

@@ -102,13 +102,26 @@ def write_manifest(out: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
 
 
 def read_manifest(out: str | os.PathLike) -> dict:
-    """The manifest of a finished output, checked for format and version."""
+    """The manifest of a finished output in a local directory, checked for format and version
+    (:func:`pipeline.store.location.read_stream_manifest` reads it from a URL too)."""
     path = manifest_path(out)
     if not path.exists():
         raise OutputError(f"{path}: no manifest; the conversion into {out} has not finished")
-    manifest = read_json(path)
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise OutputError(f"{path}: not an {FORMAT} v{FORMAT_VERSION} manifest")
+    return parse_manifest(path.read_bytes(), str(path))
+
+
+def parse_manifest(data: bytes, where: str) -> dict:
+    """A manifest's JSON, checked for format and version; ``where`` names it in errors."""
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OutputError(f"{where}: not valid JSON ({exc})") from exc
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or manifest.get("format_version") != FORMAT_VERSION
+    ):
+        raise OutputError(f"{where}: not an {FORMAT} v{FORMAT_VERSION} manifest")
     return manifest
 
 
