@@ -16,7 +16,7 @@ and the global position. So reading the ranks' sequences round-robin (rank 0's f
 1's first, ..., rank 0's second, ...) must give the order from the resume position on, followed by
 its first samples as padding.
 
-Three launches (the harness of ``test_stream``, with a rank script that also records every step's
+Three launches (the harness of ``test_stream_ddp``, with a rank script that also records every step's
 state and can stop mid-batch): 3 ranks (full epochs, stops), 2 ranks (stops for the elastic
 resume), 3 ranks (every resume).
 """
@@ -34,9 +34,9 @@ from pipeline.read.stream import epoch_order
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, write_archive
 
-import test_stream
+import test_stream_ddp
 from conftest import fast_options
-from test_stream import SEED, expected_keys
+from stream_common import SEED, expected_keys
 
 N = 11  # samples in the split: not divisible by 3 (nor by 2)
 WORLD = 3
@@ -121,8 +121,8 @@ def eleven(tmp_path_factory, dask_scheduler) -> Path:
 
 
 def _launch(root: Path, folder: Path, world: int, scenarios: list[dict]) -> list[dict]:
-    """``test_stream._launch`` (gloo processes, first failure stops the others) running this module's script."""
-    return test_stream._launch(root, folder, world, scenarios, script=RANK_SCRIPT)
+    """``test_stream_ddp._launch`` (gloo processes, first failure stops the others) running this module's script."""
+    return test_stream_ddp._launch(root, folder, world, scenarios, script=RANK_SCRIPT)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,153 @@
+"""StreamingDataset over URLs (a real HTTP server on 127.0.0.1, fsspec) and on damaged shards."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import sys
+import threading
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from torch.utils.data import DataLoader
+
+from pipeline import OutputError
+from pipeline.read.stream import StreamingDataset
+from pipeline.store.manifest import read_manifest
+
+from conftest import assert_bit_exact, copy_output
+from stream_common import SEED, assert_same_as_stock, expected_keys, flat_keys, stock_samples
+
+# --------------------------------------------------------------------------- URLs
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files under ``server.root`` with single-range ``Range`` support and keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+    ranges = True
+
+    def do_GET(self):
+        path = Path(self.server.root) / urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        size = path.stat().st_size
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "")) if self.ranges else None
+        start, end = (0, size - 1) if match is None else (int(match[1]), min(int(match[2] or size - 1), size - 1))
+        if start >= size:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        with open(path, "rb") as file:
+            file.seek(start)
+            body = file.read(end - start + 1)
+        self.send_response(200 if match is None else 206)
+        if match is not None:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except ConnectionError:  # the client hung up (it does on purpose after an unwanted 200)
+            self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients hang up on purpose in these tests
+            super().handle_error(request, client_address)
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(root: Path, handler: type = _RangeHandler) -> str:
+        server = _Server(("127.0.0.1", 0), handler)
+        server.root = str(root)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("scheme", ["http", "file"])
+def test_urls_read_the_same_samples(converted, serve, scheme):
+    url = serve(converted) if scheme == "http" else converted.as_uri()
+    stock = stock_samples(converted, "train")
+    ds = StreamingDataset(url, fields=None, seed=SEED, batch_size=4)
+    batches = list(DataLoader(ds, batch_size=None, num_workers=2 if scheme == "http" else 0))
+    assert flat_keys(batches) == expected_keys(ds.keys, 0, 0, 1)
+    for batch in batches:
+        for row, key in enumerate(batch["__key__"]):
+            for field in ds.fields:
+                assert_bit_exact(batch[field][row].numpy(), stock[key][field], f"{scheme} {key}.{field}")
+
+
+def test_a_server_without_range_requests_is_an_error(converted, serve):
+    url = serve(converted, type("NoRanges", (_RangeHandler,), {"ranges": False}))
+    with pytest.raises(OutputError, match="Range"):
+        next(iter(StreamingDataset(url)))
+
+
+def test_many_shards_with_few_open_files(converted, monkeypatch):
+    from pipeline.store import location as storage
+
+    monkeypatch.setattr(storage.LocalRangeReader, "max_open", 2)
+    stock = stock_samples(converted, "train")
+    ds = StreamingDataset(converted, fields=("label", "shape"), seed=SEED)
+    assert len(read_manifest(converted)["splits"]["train"]["shards"]) > 2
+    assert assert_same_as_stock(ds, stock, ds.fields) == expected_keys(ds.keys, 0, 0, 1)
+
+
+def _damage(out: Path, how: str) -> str:
+    """Damage the second shard of ``train``; return its file name."""
+    shard = read_manifest(out)["splits"]["train"]["shards"][1]
+    path = out / shard["file"]
+    if how == "missing":
+        path.unlink()
+    elif how == "truncated":
+        os.truncate(path, shard["bytes"] - 1000)
+    else:  # flip bytes in the middle of a sample's first payload (img), keeping the size
+        offset, size = shard["payloads"][0][0:2]
+        with open(path, "r+b") as file:
+            file.seek(offset + size // 2)
+            chunk = file.read(64)
+            file.seek(offset + size // 2)
+            file.write(bytes(b ^ 0x5A for b in chunk))
+    return shard["file"]
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "corrupt"])
+@pytest.mark.parametrize("scheme", ["local", "http", "file"])
+def test_damaged_shard_is_an_error_naming_it(converted, tmp_path, serve, how, scheme):
+    out = copy_output(converted, tmp_path)
+    name = _damage(out, how)
+    root = {"local": out, "http": serve(out) if scheme == "http" else None, "file": out.as_uri()}[scheme]
+    batch = 2 if scheme == "local" else None  # local: batches decode one ahead, on two decode threads
+    ds = StreamingDataset(root, fields=("img",), shuffle=False, batch_size=batch, decode_threads=2)
+    received = []
+    with pytest.raises(OutputError, match=re.escape(name)) as error:
+        for item in ds:
+            received += item["__key__"] if batch else [item["__key__"]]
+    assert re.search(
+        {"missing": "missing", "truncated": "truncated", "corrupt": "corrupt|damaged"}[how], str(error.value)
+    )
+    # every batch before the damaged one arrives first, also when the damaged one was read ahead
+    before = len(read_manifest(out)["splits"]["train"]["shards"][0]["keys"])
+    assert before >= (batch or 1), "the first shard fills a batch, so an early error would show"
+    assert received == ds.keys[: len(received)] and len(received) == before - before % (batch or 1)
