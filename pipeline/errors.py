@@ -34,3 +34,25 @@ class SchemaError(SourceError):
 
 class OutputError(SSMSpineError):
     """The output directory, a shard or the manifest is missing, corrupt or inconsistent."""
+
+
+class NotFoundError(OutputError, LookupError):
+    """An output has no such split, field, sample key or index; the message names it and what there is.
+
+    Every reader and command raises this one type (or a subclass) for the same mistake.
+    """
+
+
+class SampleIndexError(NotFoundError, IndexError):
+    """A sample index out of range: an ``IndexError`` too, which ends iteration over a map-style dataset."""
+
+
+class SampleKeyError(NotFoundError, KeyError):
+    """No sample of that key (or patient and shape): a ``KeyError`` too, as a mapping's lookup raises."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted, as a key
+        return str(self.args[0]) if self.args else ""
+
+
+class UsageError(SSMSpineError, RuntimeError):
+    """The API was used in a way it cannot work (the message says how to use it instead)."""

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import OutputError
+from pipeline.errors import NotFoundError
 from pipeline.read.stream import StreamingDataset
 from pipeline.store.manifest import read_manifest
 
@@ -239,7 +240,7 @@ def test_bad_arguments():
 
 
 def test_bad_fields_and_sizes(converted):
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(NotFoundError, match="unknown field"):
         StreamingDataset(converted, fields=("img", "nope"))
     with pytest.raises(ValueError, match="batch_size"):
         StreamingDataset(converted, batch_size=0)

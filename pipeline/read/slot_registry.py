@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from pipeline.errors import UsageError
 from pipeline.read.slot_memory import FREE, MAPPED, STATE, SlotMemory, header_words
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ def rebuild_shared_batch(
     if storage is None:
         storage = _mapped(slot_id)
         if storage is None:
-            raise RuntimeError(
+            raise UsageError(
                 f"a batch in shared-memory slot {slot_id} arrived in a process that does not "
                 "have that slot mapped; hand batches only from DataLoader workers to the "
                 "process that iterates the DataLoader"

@@ -38,7 +38,7 @@ import torch
 import zarr
 from torch.utils.data import get_worker_info
 
-from pipeline.errors import OutputError
+from pipeline.errors import NotFoundError, OutputError, SampleIndexError, SampleKeyError
 from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.zarr_fast import ProcessState, read_fast
@@ -117,14 +117,14 @@ class ZarrDataset(torch.utils.data.Dataset):
         """Row of the sample of ``patient`` and virtual shape ``aug`` (or of ``key``); KeyError if absent."""
         if key is not None:
             if key not in self._by_key:
-                raise KeyError(f"split {self.split!r} has no sample {key!r}")
+                raise SampleKeyError(f"split {self.split!r} has no sample {key!r}")
             return self._by_key[key]
         if patient is None or aug is None:
             raise TypeError("index_of needs patient and aug, or key")
         try:
             return self._by_patient_aug[(int(patient), int(aug))]
         except KeyError:
-            raise KeyError(f"split {self.split!r} has no sample of patient {patient}, aug {aug}") from None
+            raise SampleKeyError(f"split {self.split!r} has no sample of patient {patient}, aug {aug}") from None
 
     def indices(self, patient: int | Iterable[int] | None = None, aug: int | Iterable[int] | None = None) -> list[int]:
         """Rows matching ``patient`` and ``aug`` (each an int, several, or None for any), in order.
@@ -186,14 +186,14 @@ class ZarrDataset(torch.utils.data.Dataset):
         if position < 0:
             position += n
         if not 0 <= position < n:
-            raise IndexError(f"sample index {index} out of range for split {self.split!r} of {n} samples")
+            raise SampleIndexError(f"sample index {index} out of range for split {self.split!r} of {n} samples")
         return position
 
     def _read(self, state: ProcessState, field: str, row: int, out: np.ndarray | None = None) -> np.ndarray:
         try:
             layout = self._layouts[field]
         except KeyError:
-            raise OutputError(f"field {field!r} was not opened; this dataset has {list(self.fields)}") from None
+            raise NotFoundError(f"field {field!r} was not opened; this dataset has {list(self.fields)}") from None
         if layout is not None:
             return read_fast(layout, state, row, out)
         array = state.arrays.get(field)

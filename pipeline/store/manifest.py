@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.atomic import write_bytes_atomic
-from pipeline.errors import OutputError
+from pipeline.errors import NotFoundError, OutputError
 
 MANIFEST_NAME = "manifest.json"
 PROGRESS_DIR = ".progress"
@@ -129,4 +129,4 @@ def shards_of(manifest: Mapping[str, Any], split: str) -> list[ShardMeta]:
     try:
         return [ShardMeta.from_json(s) for s in manifest["splits"][split]["shards"]]
     except KeyError as exc:
-        raise OutputError(f"the manifest has no split {split!r} (has {sorted(manifest['splits'])})") from exc
+        raise NotFoundError(f"the manifest has no split {split!r} (has {sorted(manifest['splits'])})") from exc

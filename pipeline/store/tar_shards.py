@@ -22,7 +22,7 @@ from typing import BinaryIO, Iterable, Iterator, Mapping
 import numpy as np
 
 from pipeline.atomic import AtomicFile
-from pipeline.errors import OutputError
+from pipeline.errors import NotFoundError, OutputError
 from pipeline.store import codecs
 from pipeline.store.codecs import Encoding
 
@@ -129,7 +129,7 @@ def decode_wds_sample(sample: Mapping[str, object], fields: Iterable[str] | None
             out[field] = decode_field(payload, f"{sample['__key__']}.{suffix}")
     if wanted is not None and not wanted <= out.keys():
         missing = sorted(wanted - out.keys())
-        raise OutputError(f"sample {sample['__key__']} has no member for field(s) {missing}")
+        raise NotFoundError(f"sample {sample['__key__']} has no member for field(s) {missing}")
     return out
 
 

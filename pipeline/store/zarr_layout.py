@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import zarr
 
-from pipeline.errors import OutputError
+from pipeline.errors import NotFoundError, OutputError
 from pipeline.schema import FieldSpec
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def open_split(
 ) -> tuple[SplitRows, zarr.Group, tuple[str, ...]]:
     """The samples (from the manifest), Zarr group and fields (all by default) of a split, all checked."""
     if split not in manifest["splits"]:
-        raise OutputError(f"{out}: no split {split!r} (has {sorted(manifest['splits'])})")
+        raise NotFoundError(f"{out}: no split {split!r} (has {sorted(manifest['splits'])})")
     path = store_path(out) / split
     try:
         group = zarr.open_group(store_path(out), path=split, mode="r", zarr_format=3)
@@ -210,7 +210,7 @@ def open_split(
     chosen = available if fields is None else ((fields,) if isinstance(fields, str) else tuple(fields))
     missing = [f for f in chosen if f not in available]
     if missing:
-        raise OutputError(f"{path}: no field(s) {missing} (has {list(available)})")
+        raise NotFoundError(f"{path}: no field(s) {missing} (has {list(available)})")
     return SplitRows(manifest["splits"][split], group), group, chosen
 
 

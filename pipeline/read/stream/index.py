@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipeline.errors import OutputError
+from pipeline.errors import NotFoundError, OutputError
 from pipeline.schema import schema_from_json
 from pipeline.store import manifest
 
@@ -72,7 +72,7 @@ def field_specs(
     chosen = tuple(schema) if fields is None else tuple(fields)
     unknown = [f for f in chosen if f not in schema]
     if unknown or not chosen:
-        raise ValueError(f"unknown field(s) {unknown}; the output has {list(schema)}")
+        raise NotFoundError(f"unknown field(s) {unknown}; the output has {list(schema)}")
     chosen = tuple(f for f in schema if f in chosen)
     specs = {f: (schema[f].shape, schema[f].numpy_dtype) for f in chosen}
     try:
