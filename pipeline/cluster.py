@@ -6,7 +6,6 @@ import contextlib
 import importlib
 import itertools
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence, TypeVar
@@ -15,6 +14,7 @@ from distributed import Client, LocalCluster, as_completed
 
 from pipeline.errors import SSMSpineError
 from pipeline.progress import progress_bar
+from pipeline.runtime import available_cores
 
 #: Tasks queued per worker: enough to keep it busy, few enough to stop soon after a failure.
 IN_FLIGHT_PER_WORKER = 2
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def default_workers() -> int:
     """One single-threaded worker process per usable core: conversion is CPU-bound Python."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return available_cores()
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 
 #: glibc ``mallopt`` parameters (malloc.h).
@@ -31,6 +32,14 @@ def keep_buffers_on_heap() -> bool:
     return bool(process.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(
         process.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     )
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @functools.cache

@@ -22,20 +22,13 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 from torch.utils.data import get_worker_info
 
+from pipeline.runtime import available_cores
 from pipeline.store.codecs import one_blosc_thread
 
 T = TypeVar("T")
 
 #: Decoding is memory-bound: more threads than this gain nothing on the machines we know.
 MAX_THREADS = 8
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its affinity mask, where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def default_threads() -> int:
