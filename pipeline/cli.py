@@ -226,6 +226,10 @@ def _verify(args: argparse.Namespace) -> int:
     print(
         f"verify against {report.against}: {report.samples} samples in {report.shards} shards, both formats: {verdict}"
     )
+    print(
+        f"  time: {report.seconds:.1f} s ({report.startup_seconds:.1f} s cluster start-up), "
+        f"{report.samples_per_second:.1f} samples/s checking"
+    )
     return 0 if report.ok else 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,9 @@ def test_convert_and_verify_on_an_external_cluster(external_cluster, train_zip, 
     with Client(external_cluster) as client:
         assert len(client.scheduler_info()["workers"]) == 2, "the external workers stayed up"
     assert main(["verify", str(train_zip), "--out", str(out), "--scheduler", external_cluster, "--no-progress"]) == 0
-    assert "both formats: OK" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "verify against sources: 12 samples" in printed and "both formats: OK" in printed
+    assert re.search(r"time: [\d.]+ s \([\d.]+ s cluster start-up\), [1-9][\d.]* samples/s checking", printed)
 
 
 def test_cli_synth_convert_verify_and_a_detected_corruption(tmp_path, converted, train_zip, test_zip, capsys):

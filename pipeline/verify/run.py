@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -14,14 +15,27 @@ from pipeline.verify.compare import Problem, VerifyTask, verify_shard
 
 @dataclass
 class Report:
+    """What ``verify`` found, and how long it took (as the conversion's summary reports it)."""
+
     samples: int
     shards: int
     problems: list[Problem]
     against: str  # "sources" or "manifest"
+    seconds: float = 0.0  # running the tasks, the cluster's start-up included
+    startup_seconds: float = 0.0  # starting (or connecting to) the Dask cluster, workers' imports
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def checking_seconds(self) -> float:
+        """Wall time of the tasks alone: without reading the manifest and the cluster's start-up."""
+        return self.seconds - self.startup_seconds
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.checking_seconds if self.samples and self.checking_seconds > 0 else 0.0
 
 
 def verify_tasks(out: str | os.PathLike, sources: Sequence[str | os.PathLike] | None) -> list[VerifyTask]:
@@ -72,7 +86,8 @@ def verify(
 ) -> Report:
     """Check every sample of ``out`` in both formats, bit for bit. See the module docstring."""
     tasks = verify_tasks(out, sources)
-    results, _ = run_tasks(
+    listed = time.perf_counter()
+    results, startup = run_tasks(
         verify_shard,
         tasks,
         scheduler=scheduler,
@@ -88,4 +103,6 @@ def verify(
         shards=len(tasks),
         problems=[problem for _, found in results for problem in found],
         against="sources" if sources else "manifest",
+        seconds=time.perf_counter() - listed,
+        startup_seconds=startup,
     )
