@@ -16,7 +16,19 @@ from pipeline.bench import report
 from pipeline.errors import OutputError
 from pipeline.schema import LABEL_NAMES
 from pipeline.store.manifest import read_manifest, write_manifest
-from pipeline.tools import viz
+from pipeline.tools.info import info
+from pipeline.tools.info_text import format_info
+from pipeline.tools.show import pick_indices, picture_fields, show
+from pipeline.tools.show.figures import grid_size, render_grid, render_sample, sample_figure, sample_size
+from pipeline.tools.show.pictures import (
+    LABEL_COLOURS,
+    OVERLAY_ALPHA,
+    display_image,
+    label_colours_rgb,
+    label_map,
+    overlay_rgb,
+)
+from pipeline.tools.show.records import read_wds_records, read_zarr_records
 
 from conftest import assert_bit_exact, copy_output
 
@@ -59,14 +71,14 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def record(converted):
-    return viz.read_zarr_records(converted, "train", [1])[0]
+    return read_zarr_records(converted, "train", [1])[0]
 
 
 # --------------------------------------------------------------------------------- info
 
 
 def test_info_matches_manifest_and_files(converted, train_zip, test_zip):
-    data = viz.info(converted)
+    data = info(converted)
     assert json.loads(json.dumps(data)) == data  # JSON-able as it is
     manifest = read_manifest(converted)
     store, wds = converted / "ssmspine.zarr", converted / "wds"
@@ -107,11 +119,11 @@ def test_info_matches_manifest_and_files(converted, train_zip, test_zip):
         assert got["wds_overhead_bytes"] == got["wds_bytes"] - sum(in_tars.values())
     shard_count = sum(len(entry["shards"]) for entry in manifest["splits"].values())
     assert data["check"] == {"ok": True, "checksums": False, "shards": shard_count, "problems": []}
-    assert viz.info(converted, check=True)["check"]["ok"]
+    assert info(converted, check=True)["check"]["ok"]
 
 
 def test_format_info_names_every_split_and_field(converted):
-    text = viz.format_info(viz.info(converted))
+    text = format_info(info(converted))
     splits = read_manifest(converted)["splits"]
     shards = {split: len(entry["shards"]) for split, entry in splits.items()}
     assert shards["train"] > 1 and shards["test"] > 1
@@ -147,10 +159,10 @@ def _zarr(out: Path) -> str:
 def test_info_reports_damage(converted, tmp_path, damage):
     out = copy_output(converted, tmp_path)
     expected = damage(out)
-    check = viz.info(out)["check"]
+    check = info(out)["check"]
     assert not check["ok"]
     assert any(p.startswith(expected) for p in check["problems"]), check["problems"]
-    assert "problem(s)" in viz.format_info(viz.info(out))
+    assert "problem(s)" in format_info(info(out))
 
 
 def test_info_checksums_only_with_check(converted, tmp_path):
@@ -159,8 +171,8 @@ def test_info_checksums_only_with_check(converted, tmp_path):
     data = bytearray(path.read_bytes())
     data[700] ^= 0xFF  # same size, other bytes: only the checksum can tell
     path.write_bytes(bytes(data))
-    assert viz.info(out)["check"]["ok"]
-    check = viz.info(out, check=True)["check"]
+    assert info(out)["check"]["ok"]
+    check = info(out, check=True)["check"]
     assert check["problems"] == ["wds/test-000000.tar: sha256 differs from the manifest"]
 
 
@@ -192,57 +204,57 @@ def test_info_and_wds_reads_with_a_rejected_member(converted, tmp_path):
     entry["rows"] = [row for s in entry["shards"] for row in s["rows"]]
     write_manifest(out, manifest)
 
-    data = viz.info(out)
+    data = info(out)
     assert data["check"]["problems"] == []
     assert data["rejected"] == data["splits"]["train"]["rejected"] == 1 and data["splits"]["train"]["samples"] == 11
-    assert "1 member rejected" in viz.format_info(data)
-    [(got_key, fields)] = viz.read_wds_records(out, "train", [position], ["img"])
-    [(expected_key, expected)] = viz.read_wds_records(converted, "train", [position + 1], ["img"])
+    assert "1 member rejected" in format_info(data)
+    [(got_key, fields)] = read_wds_records(out, "train", [position], ["img"])
+    [(expected_key, expected)] = read_wds_records(converted, "train", [position + 1], ["img"])
     assert got_key == expected_key == entry["keys"][position]
     assert_bit_exact(fields["img"], expected["img"], got_key)
     intact = entry["shards"][0]
     intact["rows"][0] = intact["rows"][1]
     write_manifest(out, manifest)
-    assert any("rows are not" in p for p in viz.info(out)["check"]["problems"])
+    assert any("rows are not" in p for p in info(out)["check"]["problems"])
 
 
 def test_info_of_an_unfinished_output_is_an_output_error(tmp_path):
     with pytest.raises(OutputError, match="no manifest"):
-        viz.info(tmp_path)
+        info(tmp_path)
 
 
 # --------------------------------------------------------------------------------- show
 
 
 def test_show_writes_png_of_expected_size(converted, tmp_path):
-    path = viz.show(converted, "train", index=1, path=tmp_path / "deep" / "sample.png")
+    path = show(converted, "train", index=1, path=tmp_path / "deep" / "sample.png")
     assert path == tmp_path / "deep" / "sample.png"
-    assert Image.open(path).size == viz.sample_size(512) == (3 * 512 + 32, 2 * (512 + 26) + 24)
+    assert Image.open(path).size == sample_size(512) == (3 * 512 + 32, 2 * (512 + 26) + 24)
 
 
 def test_show_panels_are_the_images_at_native_resolution(record, tmp_path):
     key, fields = record
-    path = viz.render_sample(record, tmp_path / "s.png")
-    fig = viz.sample_figure(record)
+    path = render_sample(record, tmp_path / "s.png")
+    fig = sample_figure(record)
     png = _pixels(path)
     rows, cols = np.mgrid[0:512, 0:512].reshape(2, -1)
     for field in ("img", "img_corrected", "img_equalized"):
         r, c = _png_coords(fig, field, rows, cols)
-        expected = np.round(viz.display_image(fields[field]) * 255).astype(int).reshape(-1)
+        expected = np.round(display_image(fields[field]) * 255).astype(int).reshape(-1)
         assert (np.abs(png[r, c, 0] - expected) <= 2).all(), field  # the grey colormap's 256 levels
 
 
 def test_show_draws_labels_in_their_colours_and_only_there(record, tmp_path):
     key, fields = record
-    with_labels = _pixels(viz.render_sample(record, tmp_path / "a.png"))
+    with_labels = _pixels(render_sample(record, tmp_path / "a.png"))
     unlabelled = {f: a for f, a in fields.items() if f not in ("label", "mask", "bone_mask", "disk_mask")}
-    without = _pixels(viz.render_sample((key, unlabelled), tmp_path / "b.png"))
-    fig = viz.sample_figure(record)
-    label = viz.label_map(fields)
+    without = _pixels(render_sample((key, unlabelled), tmp_path / "b.png"))
+    fig = sample_figure(record)
+    label = label_map(fields)
     assert set(np.unique(label)) == set(range(12))
-    palette = viz.label_colours_rgb()
-    grey = viz.display_image(fields["img_corrected"])
-    expected = np.round(viz.overlay_rgb(fields["img_corrected"], label) * 255).astype(int)
+    palette = label_colours_rgb()
+    grey = display_image(fields["img_corrected"])
+    expected = np.round(overlay_rgb(fields["img_corrected"], label) * 255).astype(int)
     centroids = [np.argwhere(label == v).mean(axis=0) for v in range(1, 12)]
     for value in range(1, 12):
         rows, cols = np.nonzero(label == value)
@@ -255,8 +267,8 @@ def test_show_draws_labels_in_their_colours_and_only_there(record, tmp_path):
         assert (with_labels[r, c] != without[r, c]).any(axis=1).all(), LABEL_NAMES[value]
         assert (np.abs(with_labels[r, c] - expected[rows, cols]) <= 2).all(), LABEL_NAMES[value]
         observed = np.median(with_labels[r, c], axis=0) / 255
-        base = (1 - viz.OVERLAY_ALPHA) * np.median(grey[rows, cols])
-        blends = [base + viz.OVERLAY_ALPHA * palette[v] for v in range(1, 12)]
+        base = (1 - OVERLAY_ALPHA) * np.median(grey[rows, cols])
+        blends = [base + OVERLAY_ALPHA * palette[v] for v in range(1, 12)]
         assert 1 + int(np.argmin([np.abs(observed - b).sum() for b in blends])) == value, LABEL_NAMES[value]
     far = ~_dilate(label > 0, 12)  # beyond the labels and the names written on them
     rows, cols = np.nonzero(far)
@@ -266,11 +278,11 @@ def test_show_draws_labels_in_their_colours_and_only_there(record, tmp_path):
 
 def test_show_draws_landmarks_where_they_are(record, tmp_path):
     key, fields = record
-    with_marks = _pixels(viz.render_sample(record, tmp_path / "a.png"))
+    with_marks = _pixels(render_sample(record, tmp_path / "a.png"))
     without = _pixels(
-        viz.render_sample((key, {f: a for f, a in fields.items() if f not in ("bone", "disk")}), tmp_path / "b.png")
+        render_sample((key, {f: a for f, a in fields.items() if f not in ("bone", "disk")}), tmp_path / "b.png")
     )
-    fig = viz.sample_figure(record)
+    fig = sample_figure(record)
     points = np.concatenate([fields["bone"].reshape(-1, 2), fields["disk"].reshape(-1, 2)])
     cols, rows = np.round(points).astype(int).T
     r, c = _png_coords(fig, "landmarks", rows, cols)
@@ -287,7 +299,7 @@ def test_show_draws_landmarks_where_they_are(record, tmp_path):
 
 
 def test_legend_names_all_eleven_structures_in_distinct_colours(record):
-    fig = viz.sample_figure(record)
+    fig = sample_figure(record)
     texts = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert texts == [
         "L1",
@@ -302,34 +314,34 @@ def test_legend_names_all_eleven_structures_in_distinct_colours(record):
         "D4 (L4/L5)",
         "D5 (L5/S1)",
     ]
-    palette = viz.label_colours_rgb()[1:]
+    palette = label_colours_rgb()[1:]
     distances = np.abs(palette[:, None] - palette[None]).sum(axis=2)
     assert distances[~np.eye(11, dtype=bool)].min() > 0.25
-    assert len({name for name, _ in viz.LABEL_COLOURS.values()}) == 11
+    assert len({name for name, _ in LABEL_COLOURS.values()}) == 11
 
 
 def test_show_from_wds_reads_the_same_sample(converted, tmp_path):
     rows = [0, 5, 11]
-    fields = viz._picture_fields(read_manifest(converted)["schema"])
-    from_zarr = viz.read_zarr_records(converted, "train", rows, fields)
-    from_wds = viz.read_wds_records(converted, "train", rows, fields)
+    fields = picture_fields(read_manifest(converted)["schema"])
+    from_zarr = read_zarr_records(converted, "train", rows, fields)
+    from_wds = read_wds_records(converted, "train", rows, fields)
     for (zkey, zarr_fields), (wkey, wds_fields) in zip(from_zarr, from_wds):
         assert zkey == wkey
         assert zarr_fields.keys() == wds_fields.keys() == set(fields)
         for field in fields:
             assert_bit_exact(wds_fields[field], zarr_fields[field], f"{zkey}.{field}")
-    a = viz.show(converted, "test", key="p81_aug002", path=tmp_path / "zarr.png")
-    b = viz.show(converted, "test", key="p81_aug002", from_wds=True, path=tmp_path / "wds.png")
+    a = show(converted, "test", key="p81_aug002", path=tmp_path / "zarr.png")
+    b = show(converted, "test", key="p81_aug002", from_wds=True, path=tmp_path / "wds.png")
     differ = (_pixels(a) != _pixels(b)).any(axis=2)
-    width = viz.sample_size()[0]
+    width = sample_size()[0]
     assert differ.any() and not differ[:, : width * 2 // 3].any()  # only the "read from ..." line
 
 
 def test_show_grid(converted, tmp_path):
-    path = viz.show(converted, "train", grid=4, path=tmp_path / "grid.png")
-    assert Image.open(path).size == viz.grid_size(4, 4)
-    path = viz.show(converted, "test", grid=50, from_wds=True, path=tmp_path / "all.png")
-    assert Image.open(path).size == viz.grid_size(3, 3)  # a split of 3 samples
+    path = show(converted, "train", grid=4, path=tmp_path / "grid.png")
+    assert Image.open(path).size == grid_size(4, 4)
+    path = show(converted, "test", grid=50, from_wds=True, path=tmp_path / "all.png")
+    assert Image.open(path).size == grid_size(3, 3)  # a split of 3 samples
 
 
 @pytest.mark.parametrize(
@@ -347,7 +359,7 @@ def test_show_grid(converted, tmp_path):
 )
 def test_pick_indices(converted, key, index, grid, indices):
     keys = read_manifest(converted)["splits"]["train"]["keys"]
-    assert viz._pick_indices(keys, "train", key, index, grid) == indices
+    assert pick_indices(keys, "train", key, index, grid) == indices
 
 
 @pytest.mark.parametrize(
@@ -362,7 +374,7 @@ def test_pick_indices(converted, key, index, grid, indices):
 )
 def test_show_refuses_bad_requests(converted, tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
-        viz.show(converted, **{"split": "train", **kwargs}, path=tmp_path / "x.png")
+        show(converted, **{"split": "train", **kwargs}, path=tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -381,7 +393,7 @@ def _reference_label(shape=(16, 16)) -> np.ndarray:
 def test_label_map_of_any_dtype(dtype, leading):
     reference = _reference_label()
     stored = reference.astype(dtype)
-    assert_bit_exact(viz.label_map({"label": stored[None] if leading else stored}), reference, "label")
+    assert_bit_exact(label_map({"label": stored[None] if leading else stored}), reference, "label")
 
 
 @pytest.mark.parametrize("dtype", ["bool", "uint8", "float32"])
@@ -390,8 +402,8 @@ def test_label_map_from_masks_without_label(dtype, split_masks):
     reference = _reference_label()
     masks = np.stack([reference == v for v in range(1, 12)]).astype(dtype)
     fields = {"bone_mask": masks[:6], "disk_mask": masks[6:]} if split_masks else {"mask": masks}
-    assert_bit_exact(viz.label_map(fields), reference, "label from masks")
-    assert viz.label_map({}) is None
+    assert_bit_exact(label_map(fields), reference, "label from masks")
+    assert label_map({}) is None
 
 
 def test_odd_records_still_render(tmp_path):
@@ -404,9 +416,9 @@ def test_odd_records_still_render(tmp_path):
         "bone": np.full((6, 236, 2), 10, dtype=np.int16),
     }
     record = ("p01_aug001", fields)
-    path = viz.render_sample(record, tmp_path / "odd.png", panel=128)
-    assert Image.open(path).size == viz.sample_size(128)
-    assert viz.render_grid([record, ("x", {})], tmp_path / "grid.png", panel=64).exists()
+    path = render_sample(record, tmp_path / "odd.png", panel=128)
+    assert Image.open(path).size == sample_size(128)
+    assert render_grid([record, ("x", {})], tmp_path / "grid.png", panel=64).exists()
 
 
 # --------------------------------------------------------------------------------- CLI
@@ -424,7 +436,7 @@ def test_cli_info_json_and_show(converted, tmp_path, capsys):
     assert "manifest: OK" in capsys.readouterr().out
     out = tmp_path / "s.png"
     assert cli.main(["show", str(converted), "--split", "test", "--index", "1", "-o", str(out), "--from-wds"]) == 0
-    assert Image.open(out).size == viz.sample_size()
+    assert Image.open(out).size == sample_size()
     assert cli.main(["show", str(converted), "--key", "nope", "-o", str(out)]) == 2
 
 

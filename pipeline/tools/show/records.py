@@ -1,0 +1,93 @@
+"""Reading the samples a picture needs from a finished output: from the tar shards by the byte
+ranges the manifest records (:func:`read_wds_records`), or through the Zarr reader
+(:func:`read_zarr_records`). Both give the same records, so a picture is a check of either format.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pipeline.errors import OutputError
+from pipeline.store.manifest import read_manifest
+from pipeline.store.tar_shards import decode_field, member_name
+
+
+def pick_split(manifest: Mapping[str, Any], split: str | None) -> str:
+    """``split`` if the output has it (else an :class:`OutputError`); None picks ``train``, else the first."""
+    splits = manifest["splits"]
+    if split is None:
+        return "train" if "train" in splits else next(iter(splits))
+    if split not in splits:
+        raise OutputError(f"no split {split!r} in this output (has {sorted(splits)})")
+    return split
+
+
+def read_wds_records(
+    out: str | os.PathLike, split: str, indices: Sequence[int], fields: Sequence[str] | None = None
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Records of samples ``indices`` (positions in the split's key list) of ``split``, read from
+    the tar shards, fetching only ``fields``.
+
+    Uses the payload byte ranges in the manifest: one ``pread`` per field, and a check that
+    the tar header in front of it names that sample's member, so a stale manifest cannot
+    silently show another sample.
+    """
+    out = Path(out)
+    manifest = read_manifest(out)
+    split = pick_split(manifest, split)
+    entry = manifest["splits"][split]
+    order = list(manifest["schema"])
+    fields = order if fields is None else list(fields)
+    missing = [f for f in fields if f not in order]
+    if missing:
+        raise OutputError(f"no field(s) {missing} in this output (has {order})")
+    shards = sorted(entry["shards"], key=lambda s: s["index"])
+    firsts = np.cumsum([0] + [len(s["keys"]) for s in shards])  # position of each shard's first sample
+    records = []
+    for position in indices:
+        i = int(np.searchsorted(firsts, position, side="right")) - 1
+        if not 0 <= position < firsts[-1]:
+            raise OutputError(f"sample index {position} is out of range for split {split!r} of {firsts[-1]} samples")
+        shard, within = shards[i], position - int(firsts[i])
+        key, payload = shard["keys"][within], shard["payloads"][within]
+        arrays = {}
+        with open(out / shard["file"], "rb") as file:
+            for field in fields:
+                j = order.index(field)
+                offset, size = int(payload[2 * j]), int(payload[2 * j + 1])
+                name = member_name(key, field)
+                if _tar_member_name(os.pread(file.fileno(), 512, offset - 512)) != name:
+                    raise OutputError(
+                        f"{shard['file']}: no member {name} at byte {offset - 512}; the manifest "
+                        "does not match the shard"
+                    )
+                data = os.pread(file.fileno(), size, offset)
+                if len(data) != size:
+                    raise OutputError(f"{shard['file']}: {name} is cut short ({len(data)} of {size} bytes)")
+                arrays[field] = decode_field(data, f"{shard['file']}: {name}")
+        records.append((key, arrays))
+    return records
+
+
+def _tar_member_name(header: bytes) -> str:
+    """The member name a USTAR header block holds (prefix and name fields joined)."""
+    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+    prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
+    return f"{prefix}/{name}" if prefix else name
+
+
+def read_zarr_records(
+    out: str | os.PathLike, split: str, indices: Sequence[int], fields: Sequence[str] | None = None
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Records of ``indices`` of ``split`` read through :class:`~pipeline.read.zarr_dataset.ZarrDataset`."""
+    from pipeline.read.zarr_dataset import ZarrDataset
+
+    dataset = ZarrDataset(out, split, fields)
+    try:
+        return [dataset.read_record(i) for i in indices]
+    finally:
+        dataset.close()
