@@ -51,3 +51,17 @@ def test_an_unknown_index_or_key_is_an_index_or_key_error_too(converted):
         ds.get(patient=99, aug=1)
     with pytest.raises(KeyError):
         ds.index_of(key="p99_aug001")
+
+
+def test_show_names_unknown_splits_keys_and_indices_with_the_same_types(converted, tmp_path):
+    from pipeline.tools.show import show
+
+    png = tmp_path / "x.png"
+    with pytest.raises(NotFoundError, match="nope"):
+        show(converted, "nope", path=png)
+    with pytest.raises(SampleKeyError, match="p99_aug001"):
+        show(converted, "train", key="p99_aug001", path=png)
+    with pytest.raises(SampleIndexError, match="out of range"):
+        show(converted, "train", index=10**6, path=png)
+    with pytest.raises(SampleIndexError, match="out of range"):
+        show(converted, "train", index=10**6, from_wds=True, path=png)

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.errors import OutputError
+from pipeline.errors import NotFoundError, SampleIndexError, SampleKeyError
 from pipeline.schema import IMAGE_FIELDS
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.show.figures import render_grid, render_sample
@@ -34,14 +34,14 @@ def pick_indices(keys: Sequence[str], split: str, key: str | None, index: int | 
         raise ValueError("give key or index, not both")
     n = len(keys)
     if n == 0:
-        raise OutputError(f"split {split!r} has no samples")
+        raise NotFoundError(f"split {split!r} has no samples")
     if key is not None:
         if key not in keys:
-            raise OutputError(f"split {split!r} has no sample {key!r} (keys look like {keys[0]!r})")
+            raise SampleKeyError(f"split {split!r} has no sample {key!r} (keys look like {keys[0]!r})")
         start = list(keys).index(key)
     elif index is not None:
         if not -n <= index < n:
-            raise OutputError(f"sample index {index} is out of range for split {split!r} of {n} samples")
+            raise SampleIndexError(f"sample index {index} is out of range for split {split!r} of {n} samples")
         start = index % n
     else:
         start = None

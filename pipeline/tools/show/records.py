@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.errors import OutputError
+from pipeline.errors import NotFoundError, OutputError, SampleIndexError
 from pipeline.store.manifest import read_manifest
 from pipeline.store.tar_shards import decode_field, member_name
 
@@ -22,7 +22,7 @@ def pick_split(manifest: Mapping[str, Any], split: str | None) -> str:
     if split is None:
         return "train" if "train" in splits else next(iter(splits))
     if split not in splits:
-        raise OutputError(f"no split {split!r} in this output (has {sorted(splits)})")
+        raise NotFoundError(f"no split {split!r} in this output (has {sorted(splits)})")
     return split
 
 
@@ -44,14 +44,16 @@ def read_wds_records(
     fields = order if fields is None else list(fields)
     missing = [f for f in fields if f not in order]
     if missing:
-        raise OutputError(f"no field(s) {missing} in this output (has {order})")
+        raise NotFoundError(f"no field(s) {missing} in this output (has {order})")
     shards = sorted(entry["shards"], key=lambda s: s["index"])
     firsts = np.cumsum([0] + [len(s["keys"]) for s in shards])  # position of each shard's first sample
     records = []
     for position in indices:
         i = int(np.searchsorted(firsts, position, side="right")) - 1
         if not 0 <= position < firsts[-1]:
-            raise OutputError(f"sample index {position} is out of range for split {split!r} of {firsts[-1]} samples")
+            raise SampleIndexError(
+                f"sample index {position} is out of range for split {split!r} of {firsts[-1]} samples"
+            )
         shard, within = shards[i], position - int(firsts[i])
         key, payload = shard["keys"][within], shard["payloads"][within]
         arrays = {}
