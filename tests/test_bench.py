@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from pipeline.bench.reading import FIELD_SETS, READERS, SINGLE_THREAD, TorchLoadDataset, prepare, run
+from pipeline.bench.baselines import TorchLoadDataset, prepare
+from pipeline.bench.reading import FIELD_SETS, READERS, SINGLE_THREAD, run
 from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.schema import FIELDS
 
@@ -94,7 +95,7 @@ def test_temporary_scratch_is_removed(tmp_path, dask_scheduler, monkeypatch):
 
 
 def test_scale_sets_follow_the_release_layout():
-    from pipeline.bench.scale import layout, set_configs, set_name
+    from pipeline.bench.scale.sets import layout, set_configs, set_name
 
     assert layout(2) == ((1, 1), (1, 1))
     assert layout(64) == ((4, 13), (1, 12))
@@ -113,7 +114,7 @@ def test_scale_sets_follow_the_release_layout():
 def test_scale_command_lines():
     from pathlib import Path
 
-    from pipeline.bench.scale import command_argv
+    from pipeline.bench.scale.commands import command_argv
 
     sources, out = [Path("a/SSMSpine_Train.zip"), Path("a/SSMSpine_Test.zip")], Path("o")
     tail = ["--out", "o", "--workers", "2", "--no-progress"]
@@ -125,7 +126,7 @@ def test_scale_command_lines():
 
 
 def test_scale_estimate_arithmetic():
-    from pipeline.bench.scale import net_per_sample, release_estimate
+    from pipeline.bench.scale.summary import net_per_sample, release_estimate
 
     assert net_per_sample(30.0, 102, 10.0, 2) == pytest.approx(0.2)
     with pytest.raises(ValueError):
@@ -194,7 +195,8 @@ def _fake_scale_result() -> dict:
 
 def test_scale_summary_and_report(tmp_path):
     from pipeline.bench.report import SCALE_JSON, write_report
-    from pipeline.bench.scale import scale_lines, summarise
+    from pipeline.bench.scale.render import scale_lines
+    from pipeline.bench.scale.summary import summarise
 
     raw = _fake_scale_result()
     summary = summarise(raw)
@@ -233,7 +235,8 @@ def test_scale_summary_and_report(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_scale_peak_memory_of_a_spawned_worker(tmp_path):
     """A child started like a Dask worker (multiprocessing spawn) is reported as a worker, with its peak."""
-    from pipeline.bench.scale import POLL_SECONDS, run_command
+    from pipeline.bench.scale.commands import run_command
+    from pipeline.bench.scale.config import POLL_SECONDS
 
     script = (
         "import multiprocessing as mp, time\n"
@@ -259,7 +262,8 @@ def test_scale_peak_memory_of_a_spawned_worker(tmp_path):
 @pytest.mark.slow
 def test_scale_reader_probe(converted):
     """The reader probe runs in a fresh process and reports its figures for the train split."""
-    from pipeline.bench.scale import READERS, probe_reader
+    from pipeline.bench.scale.config import READERS
+    from pipeline.bench.scale.probe import probe_reader
 
     for reader in READERS:
         figures = probe_reader(reader, converted)

@@ -23,7 +23,7 @@ from distributed import Client
 from pipeline.bench.common import interleave, load_every_member, machine_description, markdown_table
 from pipeline.bench.scale import COMMANDS, VERIFY_TARGETS, command_argv, run_command
 from pipeline.cluster import local_cluster
-from pipeline.convert.run import ConvertOptions, convert
+from pipeline.convert import ConvertOptions, convert
 from pipeline.sizes import tree_bytes
 from pipeline.tools.synth import SynthConfig, write_archive
 

@@ -5,14 +5,16 @@ default shard size and encodings), for ``img``+``label`` and for all fields, in 
 with DataLoader workers:
 
 * **baseline** — what the dataset's authors do: the archive extracted to one ``.pt`` file per
-  sample, one ``torch.load`` per sample, in random order (:class:`TorchLoadDataset`);
+  sample, one ``torch.load`` per sample, in random order
+  (:class:`~pipeline.bench.baselines.TorchLoadDataset`);
 * **streaming** — :class:`~pipeline.read.stream.StreamingDataset` with ``batch_size`` at the dataset
   level, under ``DataLoader(ds, batch_size=None, ...)`` as its docstring says, one epoch
   (``set_epoch``) per pass, with its default decode threads (the cores; one per DataLoader
   worker here); in process also with one decode thread (**streaming, 1 thread**);
 * **zarr** — :class:`~pipeline.read.zarr_dataset.ZarrDataset` in random order (``RandomSampler``);
 * **npy, uncompressed** — the reference point: each field an ``.npy`` file, ``np.load`` per field
-  and sample in random order (:class:`NpyDataset`): reading without decoding, at ~9× the bytes.
+  and sample in random order (:class:`~pipeline.bench.baselines.NpyDataset`): reading without
+  decoding, at ~9× the bytes.
 
 The two map-style datasets deliver single samples in process (``batch_size=None``: what a random
 access loop gets) and batches of :data:`BATCH_SIZE` collated by the DataLoader with workers
@@ -37,24 +39,20 @@ and no faster for all fields, whose 88 MB batches cost more to hand over than to
 Process conditions: the per-file ``torch.load`` baseline swings by ±40 % between processes,
 because glibc adapts its mmap threshold to the order in which multi-MB buffers happen to be
 freed: in some processes each ``torch.load`` maps fresh pages and faults every 4 KiB of them in,
-in others it reuses heap. Before measuring, :func:`steady_malloc` fixes glibc's thresholds for
-this process (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` would at
-start-up), so multi-MB buffers are reused from the heap; DataLoader workers are forked and
-inherit it. Every system runs under these same conditions; they make the baseline faster
-(about 11 ms instead of 14 or 25 ms per sample here) and steady, so the ratios are, if
-anything, conservative.
+in others it reuses heap. Before measuring, :func:`~pipeline.runtime.keep_buffers_on_heap` fixes
+glibc's thresholds for this process (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_`` would at start-up; the same thresholds as the conversion's workers), so
+multi-MB buffers are reused from the heap; DataLoader workers are forked and inherit it. Every
+system runs under these same conditions; they make the baseline faster (about 11 ms instead of 14
+or 25 ms per sample here) and steady, so the ratios are, if anything, conservative.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
-import logging
 import math
 import multiprocessing
 import os
-import resource
 import shutil
 import statistics
 import tempfile
@@ -62,19 +60,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from pipeline.bench.common import interleave, machine_description, markdown_table
-from pipeline.convert.run import ConvertOptions, convert
-from pipeline.errors import OutputError
+from pipeline.bench.baselines import NpyDataset, TorchLoadDataset, prepare, write_uncompressed
+from pipeline.bench.common import OtherLoad, interleave, machine_description, markdown_table
 from pipeline.read.stream import StreamingDataset
 from pipeline.read.zarr_dataset import ZarrDataset
-from pipeline.schema import FIELDS, sample_key
-from pipeline.tools.synth import SynthConfig, write_archive, write_tree
-
-log = logging.getLogger(__name__)
+from pipeline.runtime import keep_buffers_on_heap
+from pipeline.schema import FIELDS
 
 #: Samples per batch: per DataLoader item with workers, and the streaming dataset's own batches.
 BATCH_SIZE = 8
@@ -85,12 +79,8 @@ FIELD_SETS: dict[str, tuple[str, ...]] = {"img+label": ("img", "label"), "all": 
 SINGLE_THREAD = "streaming, 1 thread"
 #: The reference point: each field a plain ``.npy`` file, read with ``np.load`` (no decoding).
 UNCOMPRESSED = "npy, uncompressed"
+#: The readers measured, in the order the results list them.
 READERS = ("baseline", UNCOMPRESSED, "streaming", SINGLE_THREAD, "zarr")
-#: glibc ``mallopt`` parameters (malloc.h) and the values :func:`steady_malloc` sets.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 256 << 20
-TRIM_THRESHOLD = 1 << 30
 SEED = 0
 #: A measurement lasts at least this long: fast readers run several epochs per measurement, so
 #: that a 50 ms epoch is not at the mercy of one scheduling hiccup; at most MAX_PASSES epochs.
@@ -98,109 +88,6 @@ MIN_MEASURE_SECONDS = 0.5
 MAX_PASSES = 16
 #: Other processes busier than this many cores during the run make its figures suspect (said so).
 QUIET_CORES = 0.25
-
-
-class TorchLoadDataset(Dataset):
-    """The baseline: one extracted ``.pt`` file per sample, loaded with ``torch.load`` on every access.
-
-    ``weights_only=False`` because these are our own synthetic files (trusted); never do this with
-    downloaded ones. Returns ``{"__key__": key, field: tensor}`` like the other readers.
-    """
-
-    def __init__(self, root: str | Path, fields: Sequence[str]) -> None:
-        self.paths = sorted(Path(root).rglob("*.pt"))
-        if not self.paths:
-            raise FileNotFoundError(f"{root}: no .pt files")
-        # <root>/p<patient>/aug<shape>.pt, as extracted from the release
-        self.keys = [sample_key(int(p.parent.name[1:]), int(p.stem[3:])) for p in self.paths]
-        self.fields = tuple(fields)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        data = torch.load(self.paths[index], weights_only=False)
-        return {"__key__": self.keys[index], **{f: torch.as_tensor(data[f]) for f in self.fields}}
-
-
-class NpyDataset(Dataset):
-    """The reference point: every field of every sample an uncompressed ``.npy`` file, loaded
-    with ``np.load`` on each access. What reading costs without decoding, at ~9× the zip's bytes."""
-
-    def __init__(self, root: str | Path, fields: Sequence[str]) -> None:
-        self.dirs = sorted(p for p in Path(root).iterdir() if p.is_dir())
-        self.keys = [d.name for d in self.dirs]
-        self.fields = tuple(fields)
-
-    def __len__(self) -> int:
-        return len(self.dirs)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        folder = self.dirs[index]
-        return {"__key__": self.keys[index], **{f: torch.from_numpy(np.load(folder / f"{f}.npy")) for f in self.fields}}
-
-
-def _made_once(folder: Path, write: Callable[[Path], None]) -> Path:
-    """``folder`` as ``write`` makes it, reused when an earlier run finished it (a ``.complete``
-    marker; a folder without one is an interrupted run's, made again)."""
-    if not (folder / ".complete").is_file():
-        shutil.rmtree(folder, ignore_errors=True)
-        write(folder)
-        (folder / ".complete").touch()
-    return folder
-
-
-def write_uncompressed(tree: Path, root: Path) -> Path:
-    """``root/<key>/<field>.npy`` for every sample of the extracted ``tree`` (kept for reuse)."""
-
-    def write(root: Path) -> None:
-        source = TorchLoadDataset(tree, FIELDS)
-        for index, key in enumerate(source.keys):
-            folder = root / key
-            folder.mkdir(parents=True)
-            for field, tensor in source[index].items():
-                if field != "__key__":
-                    np.save(folder / f"{field}.npy", tensor.numpy())
-
-    return _made_once(root, write)
-
-
-def steady_malloc() -> bool:
-    """Fix glibc's mmap and trim thresholds for this process (and processes it forks).
-
-    Why: with glibc's adaptive threshold, whether a multi-MB buffer comes from fresh, page-faulting
-    mmap or from reused heap depends on the history of the process, which makes per-file
-    ``torch.load`` swing by ±40 % from one process to the next. False where this is not glibc.
-    """
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    mmap_set = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    trim_set = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    return bool(mmap_set and trim_set)
-
-
-def prepare(samples: int, scratch: Path, scheduler: str | None = None) -> tuple[Path, Path]:
-    """The extracted tree (for the baseline) and the converted output of a synthetic set of 2
-    patients × ``samples // 2`` shapes, reused from ``scratch`` when an earlier run made them;
-    converted on ``scheduler`` if given (a Dask address), else on a local cluster."""
-    config = SynthConfig(patients=2, shapes=max(1, samples // 2))
-    base = Path(scratch) / f"synth-{config.patients}x{config.shapes}"
-    base.mkdir(parents=True, exist_ok=True)
-    archive = base / "SSMSpine_Train.zip"
-    if not archive.is_file():
-        write_archive(archive, config)
-    tree = _made_once(base / "extracted", lambda folder: write_tree(folder, config))
-    out = base / "out"
-    options = ConvertOptions(scheduler=scheduler, progress=False)
-    try:
-        convert([archive], out, options)  # a no-op when an earlier run converted it
-    except OutputError as exc:  # made by another version or with other options: ours to replace
-        log.info("%s: converting again (%s)", out, exc)
-        shutil.rmtree(out)
-        convert([archive], out, options)
-    return tree, out
 
 
 class _Reader:
@@ -260,44 +147,9 @@ class _Reader:
         self.loader = None
 
 
-class _OtherLoad:
-    """How many cores processes other than this one and its children kept busy meanwhile.
-
-    The machine is shared: a figure measured while someone else's job held a core means little,
-    above all with DataLoader workers, so the run says how busy the rest of the machine was.
-    Linux only (``/proc/stat``); ``cores`` is None elsewhere.
-    """
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.machine, self.own = _machine_busy_seconds(), _own_cpu_seconds()
-
-    @property
-    def cores(self) -> float | None:
-        machine = _machine_busy_seconds()
-        if machine is None or self.machine is None:
-            return None
-        others = (machine - self.machine) - (_own_cpu_seconds() - self.own)
-        return max(0.0, others / (time.perf_counter() - self.started))
-
-
-def _machine_busy_seconds() -> float | None:
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(t) for t in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_seconds() -> float:
-    """This process and its finished (joined) children, such as DataLoader workers shut down."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def _fork_context() -> Any:
-    """Forked workers inherit :func:`steady_malloc`'s settings (and are the default on Linux)."""
+    """Forked workers inherit :func:`~pipeline.runtime.keep_buffers_on_heap`'s settings (and are the
+    default on Linux)."""
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
@@ -359,8 +211,9 @@ def run(
 
     ``scratch`` keeps the synthetic set, its extracted tree and its conversion for the next run
     (default: a temporary directory, removed afterwards). ``steady=False`` leaves this process's
-    allocator as it is (see :func:`steady_malloc`); only meant for callers, such as tests, that do
-    not measure. ``scheduler``: a Dask address to convert on instead of a local cluster.
+    allocator as it is (see :func:`~pipeline.runtime.keep_buffers_on_heap`); only meant for
+    callers, such as tests, that do not measure. ``scheduler``: a Dask address to convert on
+    instead of a local cluster.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -369,9 +222,9 @@ def run(
     try:
         tree, out = prepare(samples, scratch, scheduler)
         uncompressed = write_uncompressed(tree, tree.parent / "npy")
-        steadied = steady_malloc() if steady else False
+        steadied = keep_buffers_on_heap() if steady else False
         readers = _readers(tree, uncompressed, out, workers)
-        other_load = _OtherLoad()
+        other_load = OtherLoad()
         try:
             for reader in readers:
                 reader.warm_up()

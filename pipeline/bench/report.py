@@ -5,26 +5,30 @@ from ``make bench-convert``, ``bench/read.json`` from the reading benchmark); th
 them, so it can be regenerated (and its charts restyled) without measuring again, and the README
 can link one page and three PNGs: ``throughput.png`` (samples/s per reader and field set),
 ``conversion.png`` (conversion rate with 1 and 2 workers against loading alone) and ``bytes.png``
-(bytes of each format against the source zip). ``bench/scale.json`` (``make bench-scale``) adds a
-"Scale" section of tables (see :mod:`pipeline.bench.scale`). Any of the JSON files may be missing;
-the report then covers the others.
-
-Charts are drawn on :class:`matplotlib.figure.Figure` directly (no ``pyplot``, no display).
+(bytes of each format against the source zip), drawn by :mod:`pipeline.bench.charts`.
+``bench/scale.json`` (``make bench-scale``) adds a "Scale" section of tables (see
+:mod:`pipeline.bench.scale`). Any of the JSON files may be missing; the report then covers the others.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+from pipeline.bench.charts import (
+    BASELINE_SYSTEM,
+    bytes_chart,
+    conversion_chart,
+    conversion_rates,
+    megabytes,
+    throughput_chart,
+    workers_label,
+)
 from pipeline.bench.common import markdown_table
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
+#: The figures read and the files written, in the bench folder.
 CONVERT_JSON = "convert.json"
 READ_JSON = "read.json"
 SCALE_JSON = "scale.json"
@@ -32,9 +36,6 @@ REPORT_MD = "report.md"
 THROUGHPUT_PNG = "throughput.png"
 CONVERSION_PNG = "conversion.png"
 BYTES_PNG = "bytes.png"
-#: Bar colours per field set of the reading benchmark (anything else gets grey).
-FIELD_SET_COLOURS = {"img+label": "#4363d8", "all": "#f58231"}
-BASELINE_SYSTEM = "load only (1 process)"
 
 
 def _load(path: Path) -> dict | None:
@@ -43,63 +44,7 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, facecolor="white", layout="constrained")
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    """PNG without version metadata, so an unchanged chart gives unchanged bytes."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    path.write_bytes(buffer.getvalue())
-    return path
-
-
-def _workers(n: int) -> str:
-    return f"{n} worker{'s' * (n != 1)}"
-
-
 # ------------------------------------------------------------------------ reading
-
-
-def throughput_chart(read: Mapping[str, Any], path: Path) -> Path:
-    """Horizontal bars of samples/s, one group per (reader, workers), one bar per field set,
-    each labelled with its rate and its ratio to the baseline."""
-    results = list(read["results"])
-    groups: list[tuple[str, int]] = []
-    for r in results:
-        if (r["reader"], r["workers"]) not in groups:
-            groups.append((r["reader"], r["workers"]))
-    seen = list(dict.fromkeys(r["fields"] for r in results))
-    field_sets = [f for f in FIELD_SET_COLOURS if f in seen] + [f for f in seen if f not in FIELD_SET_COLOURS]
-    bar = 0.8 / max(1, len(field_sets))
-    fig = _new_figure(9, 1.2 + 0.5 * len(groups) * max(1, len(field_sets)))
-    ax = fig.add_subplot()
-    top = max((r["samples_per_s"] for r in results), default=1.0)
-    for j, fields in enumerate(field_sets):
-        rows = [(groups.index((r["reader"], r["workers"])), r) for r in results if r["fields"] == fields]
-        ys = [g + (j - (len(field_sets) - 1) / 2) * bar for g, _ in rows]
-        values = [r["samples_per_s"] for _, r in rows]
-        ax.barh(ys, values, height=bar * 0.9, color=FIELD_SET_COLOURS.get(fields, "0.6"), label=f"fields: {fields}")
-        for y, (_, r) in zip(ys, rows):
-            note = f" {r['samples_per_s']:.0f}/s"
-            if r.get("vs_baseline") is not None:
-                note += f" ({r['vs_baseline']:.1f}×)"
-            ax.text(r["samples_per_s"], y, note, va="center", fontsize=8)
-    ax.set_yticks(range(len(groups)), [f"{reader}, {_workers(w) if w else 'in process'}" for reader, w in groups])
-    ax.invert_yaxis()
-    ax.set_xlim(0, top * 1.3)
-    ax.set_xlabel("samples per second (higher is better)")
-    ax.set_title(f"reading {read.get('samples', '?')} samples — {read.get('date', '')}", fontsize=10)
-    fig.legend(loc="outside upper right", fontsize=8, ncol=len(field_sets), frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
-    return _save(fig, path)
 
 
 def _read_section(read: Mapping[str, Any]) -> list[str]:
@@ -131,60 +76,9 @@ def _read_section(read: Mapping[str, Any]) -> list[str]:
 # --------------------------------------------------------------------- conversion
 
 
-def _rates(convert: Mapping[str, Any]) -> list[tuple[str, float, float, float]]:
-    """(system, median samples/s, slowest, fastest) per system, in the file's order."""
-    samples = convert["samples"]
-    out = []
-    for name, seconds in convert["seconds"].items():
-        if seconds:
-            out.append((name, samples / statistics.median(seconds), samples / max(seconds), samples / min(seconds)))
-    return out
-
-
-def conversion_chart(convert: Mapping[str, Any], path: Path) -> Path:
-    """Samples/s of loading alone and of converting with 1 and 2 workers (median, min–max whiskers)."""
-    rates = _rates(convert)
-    baseline = next((r for name, r, _, _ in rates if name == BASELINE_SYSTEM), None)
-    fig = _new_figure(8, 1.0 + 0.55 * len(rates))
-    ax = fig.add_subplot()
-    ys = range(len(rates))
-    medians = [r for _, r, _, _ in rates]
-    errors = [[r - low for _, r, low, _ in rates], [high - r for _, r, _, high in rates]]
-    colours = ["0.6" if name == BASELINE_SYSTEM else "#3cb44b" for name, *_ in rates]
-    ax.barh(ys, medians, xerr=errors, color=colours, height=0.6, capsize=3, error_kw={"elinewidth": 0.8})
-    for y, (name, r, _, high) in zip(ys, rates):
-        note = f" {r:.1f}/s" + (f" ({r / baseline:.2f}× load-only)" if baseline and name != BASELINE_SYSTEM else "")
-        ax.text(high, y, note, va="center", fontsize=8)
-    ax.set_yticks(list(ys), [name for name, *_ in rates])
-    ax.invert_yaxis()
-    ax.set_xlim(0, max((h for *_, h in rates), default=1.0) * 1.45)
-    ax.set_xlabel("samples per second (median of interleaved repeats; whiskers: slowest–fastest)")
-    ax.set_title(f"converting {convert['samples']} synthetic samples — {convert.get('date', '')}", fontsize=10)
-    ax.spines[["top", "right"]].set_visible(False)
-    return _save(fig, path)
-
-
-def bytes_chart(convert: Mapping[str, Any], path: Path) -> Path:
-    """Bytes of the source zip, the Zarr store and the tar shards, each with its ratio to the zip."""
-    source = convert["source_bytes"]
-    items = [("source zip", source), ("Zarr store", convert["zarr_bytes"]), ("WebDataset tars", convert["wds_bytes"])]
-    fig = _new_figure(7, 2.4)
-    ax = fig.add_subplot()
-    ax.barh(range(3), [b / 1e6 for _, b in items], color=["0.6", "#4363d8", "#f58231"], height=0.6)
-    for y, (_, b) in enumerate(items):
-        ax.text(b / 1e6, y, f" {_mb(b)} ({b / source:.3f}×)" if source else f" {_mb(b)}", va="center", fontsize=8)
-    ax.set_yticks(range(3), [name for name, _ in items])
-    ax.invert_yaxis()
-    ax.set_xlim(0, max(b for _, b in items) / 1e6 * 1.35)
-    ax.set_xlabel("MB on disk")
-    ax.set_title(f"{convert['samples']} synthetic samples: bytes per format against the source", fontsize=10)
-    ax.spines[["top", "right"]].set_visible(False)
-    return _save(fig, path)
-
-
 def _convert_section(convert: Mapping[str, Any]) -> list[str]:
     samples = convert["samples"]
-    rates = _rates(convert)
+    rates = conversion_rates(convert)
     baseline = next((r for name, r, _, _ in rates if name == BASELINE_SYSTEM), None)
     rows = [
         [name, f"{samples / r:.2f}", f"{r:.1f}", f"{r / baseline:.2f}×" if baseline else "-"] for name, r, _, _ in rates
@@ -193,7 +87,7 @@ def _convert_section(convert: Mapping[str, Any]) -> list[str]:
     lines = [
         "## Conversion",
         "",
-        f"{samples} synthetic samples in the release format, tar shards of {_mb(convert.get('shard_bytes', 0))}; "
+        f"{samples} synthetic samples in the release format, tar shards of {megabytes(convert.get('shard_bytes', 0))}; "
         f"{convert.get('machine', 'machine not recorded')}; {convert.get('date', '')}. "
         f"Median of {repeats} interleaved repeats.",
         "",
@@ -209,7 +103,7 @@ def _convert_section(convert: Mapping[str, Any]) -> list[str]:
             if times.get(w)
         ]
         if spent:
-            parts.append(f"{_workers(int(w))}: {', '.join(spent)}")
+            parts.append(f"{workers_label(int(w))}: {', '.join(spent)}")
     if parts:
         lines += [f"Not included above (medians; they do not grow with the archive): {'; '.join(parts)}.", ""]
     peak = convert.get("worker_peak_mb") or {}
