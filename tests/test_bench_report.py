@@ -1,0 +1,81 @@
+"""The benchmark report: report.md and its charts from whatever JSON figures a bench folder holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline.bench import report
+
+CONVERT = {
+    "date": "2026-01-02",
+    "machine": "2 cores (Test CPU)",
+    "samples": 64,
+    "shard_bytes": 8_000_000,
+    "source_bytes": 140_000_000,
+    "zarr_bytes": 104_000_000,
+    "wds_bytes": 105_000_000,
+    "seconds": {
+        "load only (1 process)": [6.0, 6.4, 5.8],
+        "convert, 1 worker": [9.0, 9.5, 9.8],
+        "convert, 2 workers": [5.0, 5.2, 4.9],
+    },
+    "planning_seconds": {"1": [0.4, 0.5, 0.6], "2": [0.5, 0.5, 0.5]},
+    "startup_seconds": {"1": [1.1, 1.0, 1.2], "2": [1.5, 1.4, 1.6]},
+    "worker_peak_mb": {"64": [400.0, 410.0, 405.0], "128": [402.0, 412.0, 407.0]},
+    "encodings": {"img": {"cname": "zstd", "clevel": 5, "shuffle": 2}},
+}
+READ = {
+    "date": "2026-01-03",
+    "machine": "2 cores (Read CPU)",
+    "samples": 64,
+    "batch_size": 8,
+    "results": [
+        {"reader": "torch.load (baseline)", "fields": "all", "workers": 0, "samples_per_s": 10.0, "vs_baseline": 1.0},
+        {"reader": "ZarrDataset", "fields": "img+label", "workers": 0, "samples_per_s": 400.0, "vs_baseline": 40.0},
+        {"reader": "ZarrDataset", "fields": "all", "workers": 2, "samples_per_s": 90.0, "vs_baseline": 9.0},
+    ],
+}
+CHARTS = ("throughput.png", "conversion.png", "bytes.png")
+
+
+def _bench_dir(tmp_path: Path, convert: bool, read: bool) -> Path:
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    if convert:
+        (folder / "convert.json").write_text(json.dumps(CONVERT))
+    if read:
+        (folder / "read.json").write_text(json.dumps(READ))
+    return folder
+
+
+@pytest.mark.parametrize(("convert", "read"), [(True, True), (True, False), (False, True)])
+def test_bench_report(tmp_path, convert, read):
+    folder = _bench_dir(tmp_path, convert, read)
+    (folder / "throughput.png").write_bytes(b"stale")  # a chart from an earlier run
+    path = report.write_report(folder)
+    assert path == folder / "report.md"
+    text = path.read_text()
+    expected_charts = ({"conversion.png", "bytes.png"} if convert else set()) | ({"throughput.png"} if read else set())
+    assert {p.name for p in folder.glob("*.png")} == expected_charts
+    for name in expected_charts:
+        with Image.open(folder / name) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+        assert f"]({name})" in text
+    assert ("## Reading" in text) == read and ("## Conversion" in text) == convert
+    if convert:
+        assert "2026-01-02" in text and "2 cores (Test CPU)" in text
+        assert "| convert, 2 workers | 5.00 | 12.8 | 1.20× |" in text  # 64 / median 5.0 s; 6.0 s / 5.0 s
+        assert "| zarr | 104,000,000 | 0.743 |" in text
+        assert "1 worker: planning 0.5 s, cluster start-up 1.1 s; 2 workers: planning 0.5 s" in text
+    if read:
+        assert "2026-01-03" in text and "| ZarrDataset | img+label | 0 | 400.0 | 40.00× |" in text
+        assert "64 samples, batches of 8; 2 cores (Read CPU)" in text
+
+
+def test_bench_report_needs_some_figures(tmp_path):
+    with pytest.raises(FileNotFoundError, match="none of convert.json, read.json, scale.json"):
+        report.write_report(_bench_dir(tmp_path, False, False))
