@@ -296,3 +296,26 @@ def test_whole_command_rows_take_the_median_of_per_round_ratios(tmp_path):
     assert (
         "| `ssmspine verify manifest` | 5.00 | 25.6 | 0.50× | ≤ 0.4 (NOT met) |" in write_report(tmp_path).read_text()
     )
+
+
+def test_scale_growth_compares_the_commands_own_task_times_where_they_report_them():
+    from pipeline.bench.scale.rounds import task_rate
+    from pipeline.bench.scale.summary import summarise
+
+    printed = (
+        "converted 64 samples\n  time: 9.1 s (1.3 s planning, 2.0 s cluster start-up), 31.5 samples/s converting\n"
+    )
+    assert task_rate(printed) == 31.5
+    assert (
+        task_rate("verify against manifest: OK\n  time: 2.0 s (1.1 s cluster start-up), 70.0 samples/s checking") == 70
+    )
+    assert task_rate("no timing here") is None
+    raw = _fake_scale_result()
+    for name, rate in (("fixed", 1.0), ("small", 40.0), ("large", 32.0)):
+        raw["sets"][name]["commands"]["convert"]["task_rate"] = [rate, rate + 1, None]
+    convert = summarise(raw)["commands"]["convert"]
+    assert convert["growth_basis"] == "tasks" and not convert["growth_within_noise"]
+    assert convert["large"]["task_s_per_sample"] == pytest.approx(1 / 32.5)
+    assert convert["growth"] == pytest.approx(40.5 / 32.5)
+    verify = summarise(raw)["commands"]["verify sources"]
+    assert verify["growth_basis"] == "net", "no task rates recorded: the net costs"

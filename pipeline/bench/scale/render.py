@@ -87,6 +87,9 @@ def scale_lines(raw: Mapping[str, Any]) -> list[str]:
     disk = raw.get("workstation_disk_bytes_per_s", WORKSTATION_DISK_BYTES_PER_S)
     notes = [
         "Seconds: median (slowest–fastest) of the rounds.",
+        "Task ms/sample: the wall time of the command's tasks alone per sample (2 workers in parallel), as the "
+        "command itself reports it (`samples/s converting` or `checking`: no planning, no cluster start-up); the "
+        "growth compares these where the commands report them, else the net costs.",
         f"Release estimates: the fixed cost plus {release:,} × the net per-sample cost at {n_l}.",
         f"Here: {workers} workers as measured. On a {cores}-core workstation: {cores} workers, the per-sample cost "
         f"× {workers}/{cores} (linear in cores: CPU-bound work shared out evenly, cores as fast as these, the fixed "
@@ -117,6 +120,8 @@ def scale_lines(raw: Mapping[str, Any]) -> list[str]:
                 f"{e['fixed']['seconds']:.1f}",
                 f"{e['small']['net_s_per_sample'] * 1000:.0f}",
                 f"{e['large']['net_s_per_sample'] * 1000:.0f}",
+                _ms(e["small"].get("task_s_per_sample")),
+                _ms(e["large"].get("task_s_per_sample")),
                 growth,
                 _duration(e["release_here_s"]),
                 _duration(e["release_workstation_s"]),
@@ -129,6 +134,8 @@ def scale_lines(raw: Mapping[str, Any]) -> list[str]:
                 f"fixed s ({sizes['fixed']} samples)",
                 f"net ms/sample @{n_s}",
                 f"net ms/sample @{n_l}",
+                f"task ms/sample @{n_s}",
+                f"task ms/sample @{n_l}",
                 f"growth {n_l}/{n_s}",
                 f"release ({release:,}), here",
                 f"release, {cores} cores",
@@ -216,3 +223,7 @@ def scale_lines(raw: Mapping[str, Any]) -> list[str]:
     if raw.get("bench_seconds") is not None:
         lines += [f"The benchmark took {_duration(raw['bench_seconds'])}.", ""]
     return lines
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"

@@ -3,6 +3,7 @@ readers in interleaved rounds; returns the raw figures."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -33,7 +34,8 @@ class _SetRuns:
     def __init__(self, name: str, folder: Path, out: Path, samples: int, readers: bool) -> None:
         self.name, self.sources, self.out, self.samples = name, archives(folder), out, samples
         self.commands: dict[str, dict[str, list]] = {
-            c: {"seconds": [], "coordinator_peak_mb": [], "worker_peak_mb": [], "tree_peak_mb": []} for c in COMMANDS
+            c: {"seconds": [], "task_rate": [], "coordinator_peak_mb": [], "worker_peak_mb": [], "tree_peak_mb": []}
+            for c in COMMANDS
         }
         self.readers: dict[str, dict[str, list]] = {r: {} for r in READERS} if readers else {}
 
@@ -45,6 +47,7 @@ class _SetRuns:
             raise RuntimeError(f"{which} on {self.out} did not pass:\n{run.output[-4000:]}")
         record = self.commands[which]
         record["seconds"].append(run.seconds)
+        record["task_rate"].append(task_rate(run.output))
         record["coordinator_peak_mb"].append(run.coordinator_peak_mb)
         record["worker_peak_mb"].append(run.worker_peak_mb)
         record["tree_peak_mb"].append(run.tree_peak_mb)
@@ -133,3 +136,13 @@ def run(samples: int = LARGE_SAMPLES, repeats: int = 3, scratch: Path | None = N
     print("\n".join(scale_lines(result)))
     print(f"benchmark took {result['bench_seconds'] / 60:.1f} min ({prepared:.0f} s of it making or finding the sets)")
     return result
+
+
+#: What ``convert`` and ``verify`` print about their tasks alone (no planning, no cluster start-up).
+_TASK_RATE = re.compile(r"([\d.]+) samples/s (?:converting|checking)")
+
+
+def task_rate(output: str) -> float | None:
+    """Samples per second of a command's tasks alone, as the command reports it (None if it does not)."""
+    found = _TASK_RATE.findall(output)
+    return float(found[-1]) if found else None
