@@ -172,7 +172,7 @@ def test_info_checksums_only_with_check(converted, tmp_path):
     path.write_bytes(bytes(data))
     assert info(out)["check"]["ok"]
     check = info(out, check=True)["check"]
-    assert check["problems"] == ["wds/test-000000.tar: sha256 differs from the manifest"]
+    assert check["problems"] == ["wds/test-000000.tar: sha256 differs from the manifest (altered after conversion)"]
 
 
 def test_info_and_wds_reads_with_a_rejected_member(converted, tmp_path):

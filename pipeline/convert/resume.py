@@ -10,13 +10,12 @@ import logging
 import shutil
 from pathlib import Path
 
-from pipeline.checksums import file_sha256
 from pipeline.convert.plan import PLAN_KEYS
 from pipeline.convert.task import GroupTask
 from pipeline.errors import OutputError
 from pipeline.store import manifest, zarr_layout
 from pipeline.store.manifest import ShardMeta
-from pipeline.store.tar_shards import WDS_DIR
+from pipeline.store.tar_shards import WDS_DIR, shard_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,8 @@ def kept_shard(task: GroupTask, meta: ShardMeta | None) -> ShardMeta | None:
     if meta is None or meta.keys != [m.key for m in task.members] or meta.start != task.start:
         return None
     path = Path(task.out) / meta.file
-    if not path.exists() or path.stat().st_size != meta.bytes or file_sha256(path) != meta.sha256:
-        log.warning("%s: does not match its progress record; converting it again", path)
+    if what := shard_file_problem(path, meta.bytes, meta.sha256):
+        log.warning("%s: %s; converting it again", path, what.replace("the manifest", "its progress record"))
         return None
     return meta
 

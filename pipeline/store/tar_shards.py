@@ -22,6 +22,7 @@ from typing import BinaryIO, Iterable, Iterator, Mapping
 import numpy as np
 
 from pipeline.atomic import AtomicFile
+from pipeline.checksums import file_sha256
 from pipeline.errors import NotFoundError, OutputError
 from pipeline.store import codecs
 from pipeline.store.codecs import Encoding
@@ -99,6 +100,18 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     file = io.BytesIO(header)
     np.lib.format.read_magic(file)
     return np.lib.format.read_array_header_1_0(file)
+
+
+def header_member_name(header: bytes) -> str | None:
+    """The member name in a tar header block (512 bytes), or None if it is not a valid header.
+
+    Readers that fetch a member by the byte range the manifest records check it against the
+    header just before it, so that a manifest that does not match its shard is an error.
+    """
+    try:
+        return tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape").name
+    except tarfile.HeaderError:
+        return None
 
 
 def member_name(key: str, field: str) -> str:
@@ -227,3 +240,17 @@ TAR_MEMBER_OVERHEAD = 768
 
 def shard_file(split: str, index: int) -> str:
     return f"{WDS_DIR}/{split}-{index:06d}.tar"
+
+
+def shard_file_problem(path: str | os.PathLike, nbytes: int, sha256: str | None) -> str | None:
+    """What is wrong with a finished tar shard against its record — missing, another size, or (when
+    ``sha256`` is given) other bytes — or None when it matches. The one check that resuming, ``verify``
+    and ``info`` make of a shard file."""
+    if not os.path.isfile(path):
+        return "missing"
+    size = os.path.getsize(path)
+    if size != nbytes:
+        return f"is {size} bytes, the manifest says {nbytes} (truncated or altered)"
+    if sha256 is not None and file_sha256(path) != sha256:
+        return "sha256 differs from the manifest (altered after conversion)"
+    return None

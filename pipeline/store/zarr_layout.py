@@ -30,13 +30,25 @@ def store_path(out: str | os.PathLike) -> Path:
     return Path(out) / STORE_NAME
 
 
+def open_array_in(store: str | os.PathLike, split: str, field: str, mode: str = "r") -> zarr.Array:
+    """An array of the Zarr store at ``store`` (an output's ``ssmspine.zarr`` or the one its manifest names)."""
+    return zarr.open_array(store, path=f"{split}/{field}", mode=mode, zarr_format=3)
+
+
 def open_array(out: str | os.PathLike, split: str, field: str, mode: str = "r") -> zarr.Array:
-    return zarr.open_array(store_path(out), path=f"{split}/{field}", mode=mode, zarr_format=3)
+    """An array of the output in ``out``, opened with zarr-python."""
+    return open_array_in(store_path(out), split, field, mode)
+
+
+def shard_key(shard_index: int, ndim: int, separator: str = "/") -> str:
+    """The key of Zarr shard ``shard_index`` of an ``ndim``-dimensional array sharded along its first
+    axis only, under the default chunk key encoding (``c/3/0/0``)."""
+    return "c" + separator + separator.join([str(shard_index)] + ["0"] * (ndim - 1))
 
 
 def shard_file(out: str | os.PathLike, split: str, field: str, shard_index: int, ndim: int) -> Path:
-    """The file holding Zarr shard ``shard_index`` of an array (default chunk key encoding)."""
-    return store_path(out) / split / field / "c" / str(shard_index) / Path(*["0"] * (ndim - 1))
+    """The file holding Zarr shard ``shard_index`` of an array of our output."""
+    return store_path(out) / split / field / shard_key(shard_index, ndim)
 
 
 def check_layout(array: zarr.Array) -> None:
@@ -105,8 +117,7 @@ class ChunkLayout:
 
     def shard_path(self, shard: int) -> str:
         """The shard file of shard ``shard`` under the default chunk key encoding."""
-        coords = [str(shard)] + ["0"] * (len(self.shape) - 1)
-        return os.path.join(self.directory, "c" + self.separator + self.separator.join(coords))
+        return os.path.join(self.directory, shard_key(shard, len(self.shape), self.separator))
 
 
 def fast_layout(array: zarr.Array) -> ChunkLayout | None:

@@ -25,12 +25,13 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from pipeline.checksums import digest, file_sha256
+from pipeline.checksums import digest
 from pipeline.errors import OutputError, SourceError, SSMSpineError
 from pipeline.runtime import tune_worker
 from pipeline.schema import FieldSpec, Schema, schema_from_json, spec_of
 from pipeline.store import codecs, tar_shards, zarr_layout, zarr_store
 from pipeline.store.manifest import ShardMeta
+from pipeline.store.tar_shards import shard_file_problem
 
 #: What a field of a sample must be: the decoded source array, or the manifest's digest of it.
 Truth = Callable[[str], "np.ndarray | str"]
@@ -65,7 +66,9 @@ def verify_shard(task: VerifyTask) -> tuple[int, list[Problem]]:
     path = Path(task.out) / shard.file
     if not path.is_file():
         return 0, [Problem(split, shard.file, "missing")]
-    problems = _check_file(split, path, shard)
+    problems = (
+        [Problem(split, shard.file, what)] if (what := shard_file_problem(path, shard.bytes, shard.sha256)) else []
+    )
     checked = 0
     with contextlib.ExitStack() as stack:
         try:
@@ -183,15 +186,6 @@ class _ZarrRows:
             return f"zarr-python cannot read it ({type(exc).__name__}: {exc})"
         what = _compare(array, expected, spec)
         return f"read by zarr-python, {what}" if what else None
-
-
-def _check_file(split: str, path: Path, shard: ShardMeta) -> list[Problem]:
-    size = path.stat().st_size
-    if size != shard.bytes:
-        return [Problem(split, shard.file, f"is {size} bytes, the manifest says {shard.bytes} (truncated or altered)")]
-    if file_sha256(path) != shard.sha256:
-        return [Problem(split, shard.file, "sha256 differs from the manifest (altered after conversion)")]
-    return []
 
 
 def _expected_samples(task: VerifyTask) -> Iterator[Truth]:

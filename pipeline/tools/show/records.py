@@ -6,6 +6,7 @@ ranges the manifest records (:func:`read_wds_records`), or through the Zarr read
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from pipeline.errors import NotFoundError, OutputError, SampleIndexError
 from pipeline.store.manifest import read_manifest
-from pipeline.store.tar_shards import decode_field, member_name
+from pipeline.store.tar_shards import decode_field, header_member_name, member_name
 
 
 def pick_split(manifest: Mapping[str, Any], split: str | None) -> str:
@@ -62,7 +63,7 @@ def read_wds_records(
                 j = order.index(field)
                 offset, size = int(payload[2 * j]), int(payload[2 * j + 1])
                 name = member_name(key, field)
-                if _tar_member_name(os.pread(file.fileno(), 512, offset - 512)) != name:
+                if header_member_name(os.pread(file.fileno(), tarfile.BLOCKSIZE, offset - tarfile.BLOCKSIZE)) != name:
                     raise OutputError(
                         f"{shard['file']}: no member {name} at byte {offset - 512}; the manifest "
                         "does not match the shard"
@@ -73,13 +74,6 @@ def read_wds_records(
                 arrays[field] = decode_field(data, f"{shard['file']}: {name}")
         records.append((key, arrays))
     return records
-
-
-def _tar_member_name(header: bytes) -> str:
-    """The member name a USTAR header block holds (prefix and name fields joined)."""
-    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-    prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
-    return f"{prefix}/{name}" if prefix else name
 
 
 def read_zarr_records(
