@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=2 examples/train_ddp.py http://host:8000/shards --checkpoint run.pt
 
 Runs on CPU (gloo) or GPU (nccl, one GPU per process). Each rank streams its share of every epoch
-from :class:`pipeline.read.stream.StreamingDataset`; the data position is saved with the model in
+from :class:`pipeline.StreamingDataset`; the data position is saved with the model in
 ``--checkpoint``, so a run stopped part-way (``--max-steps``, Ctrl-C, a lost node) continues with
 the samples it had not seen yet — also with another ``--nproc_per_node`` if ``--batch-size``
 keeps the global batch the same. Prints samples/s per epoch on rank 0.
@@ -24,8 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from pipeline.read.stream import StreamingDataset
-from pipeline.schema import LABEL_NAMES
+from pipeline import LABEL_NAMES, StreamingDataset
 
 
 def block(cin: int, cout: int) -> nn.Sequential:
