@@ -437,3 +437,19 @@ def test_cli_info_json_and_show(converted, tmp_path, capsys):
     assert cli.main(["show", str(converted), "--split", "test", "--index", "1", "-o", str(out), "--from-wds"]) == 0
     assert Image.open(out).size == sample_size()
     assert cli.main(["show", str(converted), "--key", "nope", "-o", str(out)]) == 2
+
+
+def test_wds_records_refuse_a_manifest_whose_byte_ranges_point_at_another_member(converted, tmp_path):
+    """A well-formed manifest with stale offsets: the tar header in front of the range names another member."""
+    out = copy_output(converted, tmp_path)
+    done = read_manifest(out)
+    shard = done["splits"]["train"]["shards"][0]
+    first, second = shard["payloads"][0], shard["payloads"][1]
+    shard["payloads"][0] = second  # sample 0's ranges now lead to sample 1's members
+    write_manifest(out, done)
+    key = shard["keys"][0]
+    with pytest.raises(OutputError, match=rf"{shard['file']}: no member {key}\.img\.npy\.blosc at byte"):
+        read_wds_records(out, "train", [0], ["img"])
+    shard["payloads"][0] = first
+    write_manifest(out, done)
+    assert read_wds_records(out, "train", [0], ["img"])[0][0] == key
