@@ -127,7 +127,7 @@ def fast_layout(array: zarr.Array) -> ChunkLayout | None:
     Every part of the metadata that changes where or how bytes are stored is checked: the
     fast path is an optimisation, and whatever it does not know it leaves to zarr-python.
     """
-    reason = layout_mismatch(array)
+    reason = _layout_mismatch(array)
     if reason:
         log.debug("%s: read with zarr-python: %s", array.path, reason)
         return None
@@ -146,7 +146,7 @@ def fast_layout(array: zarr.Array) -> ChunkLayout | None:
     )
 
 
-def layout_mismatch(array: zarr.Array) -> str | None:
+def _layout_mismatch(array: zarr.Array) -> str | None:
     """Why the fast path cannot read ``array``, or None if it can."""
     if array.metadata.zarr_format != 3:
         return "not a Zarr v3 array"
@@ -175,16 +175,16 @@ def layout_mismatch(array: zarr.Array) -> str | None:
         return f"inner chunks {sharding['chunk_shape']} are not one sample each"
     if sharding.get("index_location", "end") not in ("start", "end"):
         return f"index location {sharding['index_location']}"
-    index_codecs = [codec_key(c, 8) for c in sharding["index_codecs"]]
+    index_codecs = [_codec_key(c, 8) for c in sharding["index_codecs"]]
     if index_codecs not in (["bytes-little"], ["bytes-little", "crc32c"]):
         return f"index codecs {index_codecs}"
-    inner = [codec_key(c, dtype.itemsize) for c in sharding["codecs"]]
+    inner = [_codec_key(c, dtype.itemsize) for c in sharding["codecs"]]
     if inner not in (["bytes-little"], ["bytes-little", "blosc"]):
         return f"inner codecs {inner}"
     return None
 
 
-def codec_key(codec: Mapping, itemsize: int) -> str:
+def _codec_key(codec: Mapping, itemsize: int) -> str:
     """A codec's name, with the byte order of ``bytes`` (implicit for one-byte elements)."""
     name = codec["name"]
     if name != "bytes":
@@ -217,7 +217,7 @@ def open_split(
         group = zarr.open_group(store_path(out), path=split, mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.BaseZarrError) as exc:
         raise OutputError(f"{path}: not a Zarr group ({exc}); is the conversion complete?") from exc
-    available = available_fields(group)
+    available = _available_fields(group)
     chosen = available if fields is None else ((fields,) if isinstance(fields, str) else tuple(fields))
     missing = [f for f in chosen if f not in available]
     if missing:
@@ -225,7 +225,7 @@ def open_split(
     return SplitRows(manifest["splits"][split], group), group, chosen
 
 
-def available_fields(group: zarr.Group) -> tuple[str, ...]:
+def _available_fields(group: zarr.Group) -> tuple[str, ...]:
     """The split's fields in schema order (the group attribute), else its arrays but patient/aug."""
     names = [f for f in group.attrs.get("fields", []) if f in group]
     return tuple(names or sorted(n for n in group.array_keys() if n not in ("patient", "aug")))
