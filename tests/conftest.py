@@ -23,8 +23,20 @@ SMALL_SHARDS = 8_000_000
 
 
 @pytest.fixture(scope="session")
-def dask_scheduler():
-    """Address of a real local Dask cluster (2 single-threaded worker processes on 127.0.0.1)."""
+def s3_server():
+    """A real S3-protocol server on 127.0.0.1; this process's environment points at it."""
+    from s3_server import running_s3_server
+
+    with running_s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler(s3_server):
+    """Address of a real local Dask cluster (2 single-threaded worker processes on 127.0.0.1).
+
+    Started after the S3 server, so that its workers inherit the environment that reaches it.
+    """
     from pipeline.cluster import local_cluster
 
     with local_cluster(2) as cluster:
