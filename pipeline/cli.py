@@ -200,7 +200,7 @@ def _print_problems(summary) -> None:
     for title, lines in (
         (
             f"rejected {len(summary.rejected)} member(s), listed in rejected.json:",
-            [f"  {r['archive']}: {r['member']}: {r['reason']}" for r in summary.rejected],
+            [f"  {r.archive}: {r.member}: {r.reason}" for r in summary.rejected],
         ),
         (
             f"{len(summary.warnings)} sample(s) with content warnings (kept as they are, listed in the manifest):",
@@ -238,10 +238,13 @@ def _info(args: argparse.Namespace) -> int:
 
     from pipeline.tools.info import info
     from pipeline.tools.info_text import format_info
+    from pipeline.verify.consistency import check_output
 
-    data = info(args.out, check=args.check)
-    print(json.dumps(data, indent=1) if args.json else format_info(data))
-    return 0 if data["check"]["ok"] else 1
+    data = info(args.out)
+    found = check_output(args.out, checksums=args.check)
+    check = found.to_json()
+    print(json.dumps({**data, "check": check}, indent=1) if args.json else format_info(data, check))
+    return 0 if found.ok else 1
 
 
 def _show(args: argparse.Namespace) -> int:

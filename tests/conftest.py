@@ -7,6 +7,7 @@ output copy it first.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -87,3 +88,12 @@ def assert_bit_exact(actual: np.ndarray, expected: np.ndarray, what: str) -> Non
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     assert actual.tobytes() == expected.tobytes(), f"{what}: values differ"
+
+
+def manifest_json(out: Path) -> dict:
+    """An output's manifest as plain JSON, for tests that edit it by hand (as a user might)."""
+    return json.loads((out / "manifest.json").read_text())
+
+
+def write_manifest_json(out: Path, data: dict) -> None:
+    (out / "manifest.json").write_text(json.dumps(data, indent=1))

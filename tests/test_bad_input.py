@@ -93,11 +93,11 @@ def test_skip_bad_converts_the_rest_and_lists_the_member(case, tmp_path, dask_sc
     archive = _with_member(tmp_path, "Train/p1/aug9.pt", make(tmp_path))
     out = tmp_path / "out"
     summary = convert([archive], out, fast_options(dask_scheduler, skip_bad=True))
-    assert summary.samples == 3 and [r["member"] for r in summary.rejected] == ["Train/p1/aug9.pt"]
+    assert summary.samples == 3 and [r.member for r in summary.rejected] == ["Train/p1/aug9.pt"]
     rejected = json.loads((out / "rejected.json").read_text())
     assert rejected[0]["key"] == "p01_aug009" and rejected[0]["archive"] == str(archive)
     assert re.search(reason, rejected[0]["reason"])
-    assert read_manifest(out)["splits"]["train"]["keys"] == ["p01_aug001", "p01_aug002", "p01_aug003"]
+    assert read_manifest(out).splits["train"].keys == ["p01_aug001", "p01_aug002", "p01_aug003"]
     assert verify(out, [archive], scheduler=dask_scheduler).ok
     assert verify(out, scheduler=dask_scheduler).ok
     assert not (tmp_path / "pwned").exists()
@@ -109,8 +109,8 @@ def test_a_rejected_member_in_the_middle_leaves_an_empty_row_that_no_key_points_
     archive = _with_member(tmp_path, "Train/p1/aug0.pt", b"")  # sorts first: row 0
     out = tmp_path / "out"
     convert([archive], out, fast_options(dask_scheduler, skip_bad=True))
-    done = read_manifest(out)["splits"]["train"]
-    assert done["keys"] == ["p01_aug001", "p01_aug002", "p01_aug003"] and done["rows"] == [1, 2, 3]
+    done = read_manifest(out).splits["train"]
+    assert done.keys == ["p01_aug001", "p01_aug002", "p01_aug003"] and done.rows == [1, 2, 3]
     dataset = ZarrDataset(out, "train", ("img",))
     assert len(dataset) == 3 and dataset[0]["__key__"] == "p01_aug001"
     np.testing.assert_array_equal(dataset[0]["img"].numpy(), make_sample(1, 1, seed=3)["img"])
@@ -183,7 +183,7 @@ def test_content_anomalies_are_kept_and_reported_as_warnings(tmp_path, dask_sche
     out = tmp_path / "out"
     summary = convert([archive], out, fast_options(dask_scheduler))
     assert summary.samples == 4 and not summary.rejected
-    found = read_manifest(out)["splits"]["train"]["warnings"]["p01_aug009"]
+    found = read_manifest(out).splits["train"].warnings["p01_aug009"]
     assert any("NaN/Inf" in w for w in found) and any("outside [0, 1]" in w for w in found)
     assert any("label has values outside the integers 0..11" in w for w in found)
     assert verify(out, [archive], scheduler=dask_scheduler).ok, "converted bit for bit, NaNs included"
@@ -202,7 +202,7 @@ def test_odd_member_names_give_safe_keys_and_write_nothing_outside_out(tmp_path,
             z.writestr(name, _sample_bytes())
     out = tmp_path / "work" / "out"
     convert([archive], out, fast_options(dask_scheduler))
-    keys = read_manifest(out)["splits"]["train"]["keys"]
+    keys = read_manifest(out).splits["train"].keys
     assert {key for _, key in ODD_NAMES.values()} <= set(keys)
     assert all(k.replace("_", "").isalnum() and k.isascii() for k in keys)
     outside = [p for p in tmp_path.rglob("*") if out not in p.parents and p != out and p.is_file()]
@@ -239,5 +239,5 @@ def test_a_first_split_of_bad_members_only_does_not_stop_skip_bad(tmp_path, dask
         convert([archive], tmp_path / "out", fast_options(dask_scheduler))
     out = tmp_path / "skipped"
     summary = convert([archive], out, fast_options(dask_scheduler, skip_bad=True))
-    assert summary.splits["train"] == 3 and [r["member"] for r in summary.rejected] == ["Aaa/p1/aug1.pt"]
+    assert summary.splits["train"] == 3 and [r.member for r in summary.rejected] == ["Aaa/p1/aug1.pt"]
     assert verify(out, [archive], scheduler=dask_scheduler).ok

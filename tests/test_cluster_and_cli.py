@@ -88,7 +88,7 @@ def test_convert_and_verify_on_an_external_cluster(external_cluster, train_zip, 
     )
     printed = capsys.readouterr().out
     assert "converted 12 samples (train 12)" in printed and "samples/s" in printed
-    assert len(read_manifest(out)["splits"]["train"]["shards"]) >= 2
+    assert len(read_manifest(out).splits["train"].shards) >= 2
     with Client(external_cluster) as client:
         assert len(client.scheduler_info()["workers"]) == 2, "the external workers stayed up"
     assert main(["verify", str(train_zip), "--out", str(out), "--scheduler", external_cluster, "--no-progress"]) == 0

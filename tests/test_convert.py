@@ -21,7 +21,7 @@ from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, write_archive, write_tree
 from pipeline.verify import verify
 
-from conftest import assert_bit_exact, fast_options, load_trusted
+from conftest import assert_bit_exact, fast_options, load_trusted, manifest_json
 
 
 def _source_samples(archive: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -50,8 +50,7 @@ def _stock_webdataset_samples(out: Path, split: str) -> dict[str, dict]:
 def check_round_trip(out: Path, archive: Path, split: str) -> None:
     """Every field of every sample of ``archive`` comes back bit-exact from tensorstore and webdataset."""
     expected = _source_samples(archive)
-    manifest = read_manifest(out)
-    keys = manifest["splits"][split]["keys"]
+    keys = list(read_manifest(out).splits[split].keys)
     assert sorted(keys) == sorted(expected)
     from_wds = _stock_webdataset_samples(out, split)
     assert list(from_wds) == keys, "tar shards hold the split's samples in manifest order"
@@ -68,7 +67,7 @@ def test_round_trip_of_the_default_format(converted, train_zip, test_zip):
 
 
 def test_manifest_describes_the_output(converted, train_zip):
-    manifest = read_manifest(converted)
+    manifest = manifest_json(converted)
     assert [s["name"] for s in manifest["sources"]] == ["SSMSpine_Train.zip", "SSMSpine_Test.zip"]
     assert manifest["sources"][0]["bytes"] == train_zip.stat().st_size
     train = manifest["splits"]["train"]
@@ -110,11 +109,11 @@ def test_tar_member_names_are_key_field_ext(converted):
 def test_shards_are_reproducible(tmp_path, train_zip, test_zip, converted, dask_scheduler):
     """The same conversion twice gives byte-identical shards (fixed tar metadata; encodings fixed
     here, as measured encodings may differ between runs), and the same arrays in the Zarr store."""
-    done = read_manifest(converted)
+    done = manifest_json(converted)
     encodings = {f: Encoding.from_json(e) for f, e in done["encodings"].items()}
     out = tmp_path / "again"
     convert([train_zip, test_zip], out, fast_options(dask_scheduler, encodings=encodings))
-    again = read_manifest(out)
+    again = manifest_json(out)
     assert again["encodings"] == done["encodings"]
     for split in ("train", "test"):
         first, second = done["splits"][split]["shards"], again["splits"][split]["shards"]
@@ -152,10 +151,10 @@ def test_extracted_directory_converts_like_the_zip(tmp_path, dask_scheduler, tra
     tree = write_tree(tmp_path / "SSMSpine_Train", SynthConfig(patients=2, shapes=6))
     out = tmp_path / "out"
     convert([tree], out, fast_options(dask_scheduler))
-    ours = read_manifest(out)["splits"]["train"]
-    zipped = read_manifest(converted)["splits"]["train"]
-    assert ours["keys"] == zipped["keys"]
-    assert [s["digests"] for s in ours["shards"]] == [s["digests"] for s in zipped["shards"]]
+    ours = read_manifest(out).splits["train"]
+    zipped = read_manifest(converted).splits["train"]
+    assert ours.keys == zipped.keys
+    assert [s.digests for s in ours.shards] == [s.digests for s in zipped.shards]
     assert verify(out, [tree], scheduler=dask_scheduler).ok
 
 
@@ -194,7 +193,7 @@ def test_fixed_encodings_are_used_as_given_and_recorded_in_the_identity(tmp_path
     outputs = [tmp_path / "a", tmp_path / "b"]
     for out in outputs:
         convert([test_zip], out, options)
-    first, second = (read_manifest(out) for out in outputs)
+    first, second = (manifest_json(out) for out in outputs)
     assert set(map(json.dumps, first["encodings"].values())) == {json.dumps(plain.to_json())}
     assert first["identity"]["encodings"] == dict.fromkeys(sorted(fields), plain.to_json())
     assert [s["sha256"] for s in first["splits"]["test"]["shards"]] == [

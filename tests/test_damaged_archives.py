@@ -467,7 +467,7 @@ def test_a_damaged_member_stops_convert_or_is_rejected(tmp_path, dask_scheduler,
     assert not (tmp_path / "out" / "manifest.json").exists()
 
     summary = convert([archive], tmp_path / "out2", fast_options(dask_scheduler, skip_bad=True))
-    assert summary.samples == 2 and [r["member"] for r in summary.rejected] == [VICTIM]
+    assert summary.samples == 2 and [r.member for r in summary.rejected] == [VICTIM]
     rejected = json.loads((tmp_path / "out2" / "rejected.json").read_text())
     assert rejected[0]["archive"] == str(archive) and re.match(reason, rejected[0]["reason"])
     assert verify(tmp_path / "out2", [archive], scheduler=dask_scheduler).ok
@@ -574,13 +574,13 @@ def test_random_bit_flips_end_in_a_clean_exit(pristine, dask_scheduler, capsys, 
             return
         done = read_manifest(out)
         rejected = json.loads((out / "rejected.json").read_text()) if (out / "rejected.json").exists() else []
-        converted = sum(len(split["keys"]) for split in done["splits"].values())
+        converted = sum(split.samples for split in done.splits.values())
         with zipfile.ZipFile(archive) as listing:  # every sample member is converted or listed as rejected
             samples = [n for n in listing.namelist() if not is_junk(n)]
         assert converted + len(rejected) == len(samples)
         assert all(r["archive"] == str(archive) and r["reason"] for r in rejected)
         assert verify(out, [archive], scheduler=dask_scheduler).ok
-        for split in done["splits"]:  # and what was converted is what was written, not what the damage made of it
+        for split in done.splits:  # and what was converted is what was written, not what the damage made of it
             dataset = ZarrDataset(out, split)
             for row in range(len(dataset)):
                 sample = dataset[row]

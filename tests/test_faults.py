@@ -17,7 +17,8 @@ from distributed import Client
 from pipeline.cluster import local_cluster
 from pipeline.convert import convert
 from pipeline.errors import OutputError, SourceError
-from pipeline.store.manifest import read_manifest, recorded_shards
+from pipeline.store.manifest import read_manifest
+from pipeline.store.progress import recorded_shards
 from pipeline.tools.synth import SynthConfig, write_archive
 from pipeline.verify import verify
 
@@ -62,7 +63,7 @@ def test_a_worker_killed_mid_task_does_not_stop_the_conversion(eight_samples, tm
         assert "error" not in outcome, outcome.get("error")
         assert outcome["summary"].samples == 8
         assert (out / hit).is_file(), f"{hit} was written again after its worker died"
-        assert hit in [s["file"] for s in read_manifest(out)["splits"]["train"]["shards"]]
+        assert hit in [s.file for s in read_manifest(out).splits["train"].shards]
         assert not list(out.rglob("*.tmp-*")), "the dead worker's temporary files are cleaned up"
         assert verify(out, [eight_samples], scheduler=cluster.scheduler_address).ok
 
@@ -130,12 +131,23 @@ def test_another_conversion_in_out_is_refused_unless_forced(eight_samples, conve
     (out / "notes.txt").write_text("the user's own file")
     with pytest.raises(OutputError, match="other sources or options.*--force"):
         convert([eight_samples], out, fast_options(dask_scheduler))
-    assert read_manifest(out)["splits"]["train"]["samples"] == 12, "nothing of the other output was touched"
+    assert read_manifest(out).splits["train"].samples == 12, "nothing of the other output was touched"
 
     summary = convert([eight_samples], out, fast_options(dask_scheduler, force=True))
-    assert summary.samples == 8 and set(read_manifest(out)["splits"]) == {"train"}
+    assert summary.samples == 8 and set(read_manifest(out).splits) == {"train"}
     assert (out / "notes.txt").read_text() == "the user's own file", "--force removes only conversion outputs"
     assert verify(out, [eight_samples], scheduler=dask_scheduler).ok
+
+
+def test_an_unreadable_manifest_is_refused_unless_forced(eight_samples, converted, tmp_path, dask_scheduler):
+    """A manifest we cannot parse (hand-edited, cut short) names itself; ``--force`` replaces that output too."""
+    out = tmp_path / "out"
+    shutil.copytree(converted, out)
+    (out / "manifest.json").write_text('{"format": "ssmspine-shards", "format_version": 1}')
+    with pytest.raises(OutputError, match=r"manifest\.json\.splits: missing"):
+        convert([eight_samples], out, fast_options(dask_scheduler))
+    summary = convert([eight_samples], out, fast_options(dask_scheduler, force=True))
+    assert summary.samples == 8 and verify(out, [eight_samples], scheduler=dask_scheduler).ok
 
 
 def test_an_unfinished_conversion_of_other_sources_is_refused(eight_samples, train_zip, tmp_path, dask_scheduler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
@@ -22,7 +23,7 @@ from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.schema import spec_of
 from pipeline.store import zarr_layout, zarr_store
 from pipeline.store.codecs import CANDIDATES
-from pipeline.store.manifest import read_manifest, write_manifest
+from pipeline.store.manifest import ShardEntry, SplitEntry, read_manifest, write_manifest
 from pipeline.store.zarr_layout import fast_layout
 from pipeline.tools.xarray_view import dask_step, open_zarr
 
@@ -80,7 +81,7 @@ def variant(tmp_path_factory, converted) -> tuple[Path, dict[str, np.ndarray]]:
     zarr-python leaves unwritten); with the data written into it."""
     out = tmp_path_factory.mktemp("variant") / "out"
     manifest = read_manifest(converted)
-    train = manifest["splits"]["train"]
+    train = manifest.splits["train"]
     n = VARIANT_SAMPLES
     data = {f: _cast(_full_read(converted, "train", f)[:n], dtype) for f, dtype in VARIANT_DTYPES.items()}
     data["mask"][EMPTY_MASK_ROW] = False
@@ -92,15 +93,17 @@ def variant(tmp_path_factory, converted) -> tuple[Path, dict[str, np.ndarray]]:
         "train",
         schema,
         encodings,
-        np.array(train["patient"][:n]),
-        np.array(train["aug"][:n]),
+        np.array(train.patient[:n]),
+        np.array(train.aug[:n]),
         shard_samples=VARIANT_SHARD,
         attributes={"fields": list(schema)},
     )
     for f, values in data.items():  # zarr-python, unlike the conversion, skips chunks equal to the fill value
         zarr_layout.open_array(out, "train", f, mode="r+")[:] = values
-    manifest["splits"] = {"train": {k: train[k][:n] for k in ("keys", "patient", "aug")} | {"samples": n}}
-    write_manifest(out, manifest)
+    keys = train.keys[:n]
+    shard = ShardEntry("train", 0, "wds/train-000000.tar", 0, keys, bytes=0, sha256="", rows=list(range(n)))
+    split = SplitEntry(keys, list(range(n)), train.patient[:n], train.aug[:n], train.members[:n], [shard])
+    write_manifest(out, dataclasses.replace(manifest, splits={"train": split}))
     return out, data
 
 
@@ -110,10 +113,10 @@ def variant(tmp_path_factory, converted) -> tuple[Path, dict[str, np.ndarray]]:
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_fast_path_equals_zarr_python_on_every_field(converted, split):
     ds = ZarrDataset(converted, split)
-    assert ds.fast_fields == ds.fields == tuple(read_manifest(converted)["schema"])
+    assert ds.fast_fields == ds.fields == tuple(read_manifest(converted).schema)
     for row in range(len(ds)):
         key, record = ds.read_record(row)
-        assert key == read_manifest(converted)["splits"][split]["keys"][row]
+        assert key == read_manifest(converted).splits[split].keys[row]
         for field, values in record.items():
             assert_bit_exact(values, _zarr_read(converted, split, field, row), f"{split}/{key}/{field}")
 
@@ -241,13 +244,13 @@ def test_items_are_tensors_of_the_requested_fields_only(converted, monkeypatch):
 
 def test_lookup_by_patient_aug_and_key(converted):
     ds = ZarrDataset(converted, fields=("shape",))
-    info = read_manifest(converted)["splits"]["train"]
-    assert ds.keys == tuple(info["keys"]) and len(ds) == 12
-    assert ds.patients.tolist() == info["patient"] and ds.augs.tolist() == info["aug"]
+    info = read_manifest(converted).splits["train"]
+    assert ds.keys == tuple(info.keys) and len(ds) == 12
+    assert ds.patients.tolist() == info.patient and ds.augs.tolist() == info.aug
     row = ds.index_of(2, 3)
     assert ds.keys[row] == "p02_aug003" and ds.index_of(key="p02_aug003") == row
     assert ds.get(patient=2, aug=3)["__key__"] == "p02_aug003"
-    assert ds.indices(patient=1) == [i for i, p in enumerate(info["patient"]) if p == 1]
+    assert ds.indices(patient=1) == [i for i, p in enumerate(info.patient) if p == 1]
     assert [ds.keys[i] for i in ds.indices(patient=[1, 2], aug=6)] == ["p01_aug006", "p02_aug006"]
     assert Subset(ds, ds.indices(patient=2))[0]["__key__"] == "p02_aug001"
     assert ds[-1]["__key__"] == ds.keys[-1]

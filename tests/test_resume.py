@@ -85,7 +85,7 @@ def test_an_interrupted_conversion_resumes_and_verifies(sig, after, ten_samples,
 
     summary = convert([ten_samples], out, fast_options(dask_scheduler, shard_bytes=1_000_000))
     assert summary.shards_kept >= after and summary.shards_kept + summary.shards_written == 10
-    assert read_manifest(out)["splits"]["train"]["samples"] == 10
+    assert read_manifest(out).splits["train"].samples == 10
     assert not list((out / "wds").glob("*.tmp-*")), "temporary files of the killed run are cleaned up"
     report = verify(out, [ten_samples], scheduler=dask_scheduler)
     assert report.ok and report.samples == 10, report.problems

@@ -149,7 +149,7 @@ def ddp(converted, tmp_path_factory):
             {"name": "elastic", "workers": 0, "batch_size": 3, "epochs": [5, 6], "load": state3},
         ],
     )
-    return {"keys": read_manifest(converted)["splits"], 2: w2, 3: w3, "2b": w2b}
+    return {"keys": read_manifest(converted).splits, 2: w2, 3: w3, "2b": w2b}
 
 
 def _runs(results, name):
@@ -161,7 +161,7 @@ def _runs(results, name):
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_ddp_coverage_equal_lengths_determinism_and_workers(ddp, world):
-    keys = ddp["keys"]["train"]["keys"]
+    keys = list(ddp["keys"]["train"].keys)
     for name in ("full-0", "full-2"):
         assert [r[name]["rank"] for r in ddp[world]] == list(range(world)), "ranks from torch.distributed"
         assert {r[name]["world"] for r in ddp[world]} == {world}
@@ -179,12 +179,12 @@ def test_ddp_coverage_equal_lengths_determinism_and_workers(ddp, world):
 
 @pytest.mark.slow
 def test_ddp_spawned_workers_per_sample_mode_and_padding(ddp):
-    keys = ddp["keys"]["train"]["keys"]
+    keys = list(ddp["keys"]["train"].keys)
     spawned = _runs(ddp[2], "spawned-workers")[0]
     assert spawned == _runs(ddp[2], "full-0")[0], "spawned workers get the main process's rank"
     per_sample = _runs(ddp[2], "per-sample")[0]
     assert [run["keys"] for run in per_sample] == [expected_keys(keys, 0, r, 2) for r in range(2)]
-    test_keys = ddp["keys"]["test"]["keys"]
+    test_keys = list(ddp["keys"]["test"].keys)
     padded = _runs(ddp[2], "padded")[0]
     assert [len(run["keys"]) for run in padded] == [2, 2]
     counts = Counter(k for run in padded for k in run["keys"])
@@ -194,7 +194,7 @@ def test_ddp_spawned_workers_per_sample_mode_and_padding(ddp):
 
 @pytest.mark.slow
 def test_ddp_resume_same_world_size_in_a_new_process(ddp):
-    keys = ddp["keys"]["train"]["keys"]
+    keys = list(ddp["keys"]["train"].keys)
     before = _runs(ddp[2], "stop")[0]
     assert [len(run["keys"]) for run in before] == [3, 3]
     assert len({json.dumps(run["state"]) for run in before}) == 1, "every rank saves the same state"
@@ -209,7 +209,7 @@ def test_ddp_resume_same_world_size_in_a_new_process(ddp):
 
 @pytest.mark.slow
 def test_ddp_elastic_resume_from_2_to_3_ranks_and_back(ddp):
-    keys = ddp["keys"]["train"]["keys"]
+    keys = list(ddp["keys"]["train"].keys)
     before = [k for run in _runs(ddp[2], "stop")[0] for k in run["keys"]]
     after = _runs(ddp[3], "elastic")[0]
     assert [len(run["keys"]) for run in after] == [2, 2, 2]

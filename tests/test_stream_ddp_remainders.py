@@ -158,7 +158,7 @@ def ddp(eleven, tmp_path_factory):
         for name, (_, _, w, _) in ELASTIC.items()
     ]
     w3b = _launch(eleven, base / "w3-resumed", WORLD, resumed)
-    return {"keys": read_manifest(eleven)["splits"]["train"]["keys"], 3: w3, 2: w2, "3b": w3b}
+    return {"keys": read_manifest(eleven).splits["train"].keys, 3: w3, 2: w2, "3b": w3b}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -25,7 +25,7 @@ def test_samples_are_bit_exact_and_in_manifest_order_without_shuffle(converted):
     stock = stock_samples(converted, "train")
     ds = StreamingDataset(converted, fields=None, shuffle=False)
     keys = assert_same_as_stock(ds, stock, ds.fields)
-    assert keys == read_manifest(converted)["splits"]["train"]["keys"] == ds.keys
+    assert keys == read_manifest(converted).splits["train"].keys == ds.keys
     assert len(ds) == len(keys) == 12
 
 
@@ -44,9 +44,9 @@ def test_only_requested_fields_are_read(converted, monkeypatch):
     samples = list(ds)
     assert [s["__key__"] for s in samples] == expected_keys(ds.keys, 0, 0, 1)
     assert all(s["label"].dtype == torch.int64 and s["label"].shape == (1, 512, 512) for s in samples)
-    shards = read_manifest(converted)["splits"]["train"]["shards"]
-    label = list(read_manifest(converted)["schema"]).index("label")
-    assert sum(lengths) == sum(p[2 * label + 1] for s in shards for p in s["payloads"])
+    shards = read_manifest(converted).splits["train"].shards
+    label = list(read_manifest(converted).schema).index("label")
+    assert sum(lengths) == sum(p[2 * label + 1] for s in shards for p in s.payloads)
 
 
 def test_batches_do_not_depend_on_workers_and_come_in_shared_memory(converted):

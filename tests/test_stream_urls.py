@@ -110,26 +110,26 @@ def test_many_shards_with_few_open_files(converted, monkeypatch):
     monkeypatch.setattr(storage.LocalRangeReader, "max_open", 2)
     stock = stock_samples(converted, "train")
     ds = StreamingDataset(converted, fields=("label", "shape"), seed=SEED)
-    assert len(read_manifest(converted)["splits"]["train"]["shards"]) > 2
+    assert len(read_manifest(converted).splits["train"].shards) > 2
     assert assert_same_as_stock(ds, stock, ds.fields) == expected_keys(ds.keys, 0, 0, 1)
 
 
 def _damage(out: Path, how: str) -> str:
     """Damage the second shard of ``train``; return its file name."""
-    shard = read_manifest(out)["splits"]["train"]["shards"][1]
-    path = out / shard["file"]
+    shard = read_manifest(out).splits["train"].shards[1]
+    path = out / shard.file
     if how == "missing":
         path.unlink()
     elif how == "truncated":
-        os.truncate(path, shard["bytes"] - 1000)
+        os.truncate(path, shard.bytes - 1000)
     else:  # flip bytes in the middle of a sample's first payload (img), keeping the size
-        offset, size = shard["payloads"][0][0:2]
+        offset, size = shard.payloads[0][0:2]
         with open(path, "r+b") as file:
             file.seek(offset + size // 2)
             chunk = file.read(64)
             file.seek(offset + size // 2)
             file.write(bytes(b ^ 0x5A for b in chunk))
-    return shard["file"]
+    return shard.file
 
 
 @pytest.mark.parametrize("how", ["missing", "truncated", "corrupt"])
@@ -148,6 +148,6 @@ def test_damaged_shard_is_an_error_naming_it(converted, tmp_path, serve, how, sc
         {"missing": "missing", "truncated": "truncated", "corrupt": "corrupt|damaged"}[how], str(error.value)
     )
     # every batch before the damaged one arrives first, also when the damaged one was read ahead
-    before = len(read_manifest(out)["splits"]["train"]["shards"][0]["keys"])
+    before = len(read_manifest(out).splits["train"].shards[0].keys)
     assert before >= (batch or 1), "the first shard fills a batch, so an early error would show"
     assert received == ds.keys[: len(received)] and len(received) == before - before % (batch or 1)

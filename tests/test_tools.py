@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipeline.errors import OutputError
 from pipeline.schema import LABEL_NAMES
-from pipeline.store.manifest import read_manifest, write_manifest
+from pipeline.store.manifest import read_manifest
 from pipeline.tools.info import info
 from pipeline.tools.info_text import format_info
 from pipeline.tools.show import pick_indices, picture_fields, show
@@ -28,8 +28,9 @@ from pipeline.tools.show.pictures import (
     overlay_rgb,
 )
 from pipeline.tools.show.records import read_wds_records, read_zarr_records
+from pipeline.verify.consistency import ManifestCheck, check_output
 
-from conftest import assert_bit_exact, copy_output
+from conftest import assert_bit_exact, copy_output, manifest_json, write_manifest_json
 
 # ------------------------------------------------------------------------------ helpers
 
@@ -79,7 +80,7 @@ def record(converted):
 def test_info_matches_manifest_and_files(converted, train_zip, test_zip):
     data = info(converted)
     assert json.loads(json.dumps(data)) == data  # JSON-able as it is
-    manifest = read_manifest(converted)
+    manifest = manifest_json(converted)
     store, wds = converted / "ssmspine.zarr", converted / "wds"
 
     assert data["schema"].keys() == manifest["schema"].keys()
@@ -117,18 +118,22 @@ def test_info_matches_manifest_and_files(converted, train_zip, test_zip):
             assert sizes["decoded"] == entry["samples"] * spec["sample_bytes"]
         assert got["wds_overhead_bytes"] == got["wds_bytes"] - sum(in_tars.values())
     shard_count = sum(len(entry["shards"]) for entry in manifest["splits"].values())
-    assert data["check"] == {"ok": True, "checksums": False, "shards": shard_count, "problems": []}
-    assert info(converted, check=True)["check"]["ok"]
+    assert check_output(converted) == ManifestCheck(checksums=False, shards=shard_count, problems=())
+    assert check_output(converted, checksums=True).ok
+
+
+def _format_info(out: Path) -> str:
+    return format_info(info(out), check_output(out).to_json())
 
 
 def test_format_info_names_every_split_and_field(converted):
-    text = format_info(info(converted))
-    splits = read_manifest(converted)["splits"]
-    shards = {split: len(entry["shards"]) for split, entry in splits.items()}
+    text = _format_info(converted)
+    splits = read_manifest(converted).splits
+    shards = {split: len(entry.shards) for split, entry in splits.items()}
     assert shards["train"] > 1 and shards["test"] > 1
     assert f"split train: 12 samples, 2 patient textures, {shards['train']} shards" in text
     assert f"split test: 3 samples, 1 patient texture, {shards['test']} shards" in text
-    for field in read_manifest(converted)["schema"]:
+    for field in read_manifest(converted).schema:
         assert f"\n  {field} " in text
     assert f"manifest: OK ({sum(shards.values())} shards" in text and "--check adds sha256" in text
 
@@ -158,10 +163,10 @@ def _zarr(out: Path) -> str:
 def test_info_reports_damage(converted, tmp_path, damage):
     out = copy_output(converted, tmp_path)
     expected = damage(out)
-    check = info(out)["check"]
-    assert not check["ok"]
-    assert any(p.startswith(expected) for p in check["problems"]), check["problems"]
-    assert "problem(s)" in format_info(info(out))
+    check = check_output(out)
+    assert not check.ok
+    assert any(p.startswith(expected) for p in check.problems), check.problems
+    assert "problem(s)" in _format_info(out)
 
 
 def test_info_checksums_only_with_check(converted, tmp_path):
@@ -170,15 +175,15 @@ def test_info_checksums_only_with_check(converted, tmp_path):
     data = bytearray(path.read_bytes())
     data[700] ^= 0xFF  # same size, other bytes: only the checksum can tell
     path.write_bytes(bytes(data))
-    assert info(out)["check"]["ok"]
-    check = info(out, check=True)["check"]
-    assert check["problems"] == ["wds/test-000000.tar: sha256 differs from the manifest (altered after conversion)"]
+    assert check_output(out).ok
+    check = check_output(out, checksums=True)
+    assert check.problems == ("wds/test-000000.tar: sha256 differs from the manifest (altered after conversion)",)
 
 
 def test_info_and_wds_reads_with_a_rejected_member(converted, tmp_path):
     """A member rejected by its task (``--skip-bad``) leaves an empty Zarr row, not a shift."""
     out = copy_output(converted, tmp_path)
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     entry = manifest["splits"]["train"]
     for shard in entry["shards"]:
         shard["rows"] = list(range(shard["start"], shard["start"] + len(shard["keys"])))
@@ -201,20 +206,21 @@ def test_info_and_wds_reads_with_a_rejected_member(converted, tmp_path):
         entry[name].pop(position)
     entry["samples"] -= 1
     entry["rows"] = [row for s in entry["shards"] for row in s["rows"]]
-    write_manifest(out, manifest)
+    write_manifest_json(out, manifest)
 
     data = info(out)
-    assert data["check"]["problems"] == []
+    assert check_output(out).problems == ()
     assert data["rejected"] == data["splits"]["train"]["rejected"] == 1 and data["splits"]["train"]["samples"] == 11
-    assert "1 member rejected" in format_info(data)
+    assert "1 member rejected" in _format_info(out)
     [(got_key, fields)] = read_wds_records(out, "train", [position], ["img"])
     [(expected_key, expected)] = read_wds_records(converted, "train", [position + 1], ["img"])
     assert got_key == expected_key == entry["keys"][position]
     assert_bit_exact(fields["img"], expected["img"], got_key)
     intact = entry["shards"][0]
     intact["rows"][0] = intact["rows"][1]
-    write_manifest(out, manifest)
-    assert any("rows are not" in p for p in info(out)["check"]["problems"])
+    entry["rows"] = [row for s in entry["shards"] for row in s["rows"]]
+    write_manifest_json(out, manifest)
+    assert any("rows are not" in p for p in check_output(out).problems)
 
 
 def test_info_of_an_unfinished_output_is_an_output_error(tmp_path):
@@ -321,7 +327,7 @@ def test_legend_names_all_eleven_structures_in_distinct_colours(record):
 
 def test_show_from_wds_reads_the_same_sample(converted, tmp_path):
     rows = [0, 5, 11]
-    fields = picture_fields(read_manifest(converted)["schema"])
+    fields = picture_fields(read_manifest(converted).schema)
     from_zarr = read_zarr_records(converted, "train", rows, fields)
     from_wds = read_wds_records(converted, "train", rows, fields)
     for (zkey, zarr_fields), (wkey, wds_fields) in zip(from_zarr, from_wds):
@@ -357,7 +363,7 @@ def test_show_grid(converted, tmp_path):
     ],
 )
 def test_pick_indices(converted, key, index, grid, indices):
-    keys = read_manifest(converted)["splits"]["train"]["keys"]
+    keys = read_manifest(converted).splits["train"].keys
     assert pick_indices(keys, "train", key, index, grid) == indices
 
 
@@ -426,8 +432,6 @@ def test_odd_records_still_render(tmp_path):
 def test_cli_info_json_and_show(converted, tmp_path, capsys):
     from pipeline import cli
 
-    if "info" not in getattr(cli, "COMMANDS", {}):
-        pytest.skip("the info/show subcommands are not wired into the CLI yet")
     assert cli.main(["info", str(converted), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["samples"] == 15 and data["check"]["ok"]
@@ -442,14 +446,14 @@ def test_cli_info_json_and_show(converted, tmp_path, capsys):
 def test_wds_records_refuse_a_manifest_whose_byte_ranges_point_at_another_member(converted, tmp_path):
     """A well-formed manifest with stale offsets: the tar header in front of the range names another member."""
     out = copy_output(converted, tmp_path)
-    done = read_manifest(out)
+    done = manifest_json(out)
     shard = done["splits"]["train"]["shards"][0]
     first, second = shard["payloads"][0], shard["payloads"][1]
     shard["payloads"][0] = second  # sample 0's ranges now lead to sample 1's members
-    write_manifest(out, done)
+    write_manifest_json(out, done)
     key = shard["keys"][0]
     with pytest.raises(OutputError, match=rf"{shard['file']}: no member {key}\.img\.npy\.blosc at byte"):
         read_wds_records(out, "train", [0], ["img"])
     shard["payloads"][0] = first
-    write_manifest(out, done)
+    write_manifest_json(out, done)
     assert read_wds_records(out, "train", [0], ["img"])[0][0] == key

@@ -16,10 +16,9 @@ import pytest
 
 from pipeline.checksums import file_sha256
 from pipeline.store import manifest, tar_shards, zarr_layout, zarr_store
-from pipeline.store.codecs import Encoding
 from pipeline.verify import verify
 
-from conftest import copy_output
+from conftest import copy_output, manifest_json, write_manifest_json
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +38,8 @@ def _both_modes(out: Path, sources: list[Path], scheduler: str):
 
 
 def _row_of(out: Path, split: str, key: str) -> int:
-    info = manifest.read_manifest(out)["splits"][split]
-    return info["rows"][info["keys"].index(key)]
+    info = manifest.read_manifest(out).splits[split]
+    return info.rows[info.keys.index(key)]
 
 
 def test_the_untouched_output_verifies(converted, train_zip, test_zip, dask_scheduler):
@@ -64,12 +63,12 @@ def test_two_samples_chunks_swapped_in_a_zarr_shard(out, train_zip, test_zip, da
     done = manifest.read_manifest(out)
     shard = manifest.shards_of(done, "train")[1]
     first, second = shard.keys[:2]
-    spec = done["schema"]["label"]
-    path = zarr_layout.shard_file(out, "train", "label", shard.index, 1 + len(spec["shape"]))
-    chunks = dict(zarr_store.iter_shard_chunks(path, done["group_samples"]))
+    spec, group = done.schema["label"], done.plan.group_samples
+    path = zarr_layout.shard_file(out, "train", "label", shard.index, 1 + len(spec.shape))
+    chunks = dict(zarr_store.iter_shard_chunks(path, group))
     positions = sorted(chunks)
-    writer = zarr_store.ShardFileWriter(path, done["group_samples"])  # valid index and CRC-32C, chunks swapped
-    for position in range(done["group_samples"]):
+    writer = zarr_store.ShardFileWriter(path, group)  # valid index and CRC-32C, chunks swapped
+    for position in range(group):
         swapped = {positions[0]: positions[1], positions[1]: positions[0]}.get(position, position)
         writer.add(chunks[swapped]) if swapped in chunks else writer.skip()
     writer.close()
@@ -78,17 +77,17 @@ def test_two_samples_chunks_swapped_in_a_zarr_shard(out, train_zip, test_zip, da
         assert _where(report) == [("train", f"zarr:{first}.label"), ("train", f"zarr:{second}.label")], report.problems
 
 
-def _replace_tar_member(out: Path, split: str, key: str, field: str, change) -> manifest.ShardMeta:
+def _replace_tar_member(out: Path, split: str, key: str, field: str, change) -> manifest.ShardEntry:
     """Rewrite the tar shard holding ``key`` with ``field`` replaced by a validly encoded other array."""
     done = manifest.read_manifest(out)
     shard = next(s for s in manifest.shards_of(done, split) if key in s.keys)
     path = out / shard.file
     with open(path, "rb") as file:
         samples = list(tar_shards.group_samples(tar_shards.iter_members(file, shard.file)))
-    encoding = Encoding.from_json(done["encodings"][field])
+    encoding = done.encodings[field]
     writer = tar_shards.ShardWriter(path)
     for sample in samples:
-        payloads = {f: sample[tar_shards.member_suffix(f)] for f in done["schema"]}
+        payloads = {f: sample[tar_shards.member_suffix(f)] for f in done.schema}
         if sample["__key__"] == key:
             array = tar_shards.decode_field(payloads[field])
             payloads[field] = tar_shards.encode_field(change(array), encoding)
@@ -113,11 +112,11 @@ def test_a_tar_member_replaced_by_a_validly_encoded_other_array(out, train_zip, 
 def test_a_tar_member_replaced_and_the_manifest_updated_to_match(out, train_zip, test_zip, dask_scheduler):
     """The tar's recorded size and sha256 are those of the altered file: only the values give it away."""
     shard = _replace_tar_member(out, "train", "p02_aug005", "shape", lambda a: a[::-1].copy())
-    done = manifest.read_manifest(out)
+    done = manifest_json(out)
     for record in done["splits"]["train"]["shards"]:
         if record["file"] == shard.file:
             record["bytes"], record["sha256"] = (out / shard.file).stat().st_size, file_sha256(out / shard.file)
-    manifest.write_manifest(out, done)
+    write_manifest_json(out, done)
     for report in _both_modes(out, [train_zip, test_zip], dask_scheduler):
         assert _where(report) == [("train", "wds:p02_aug005.shape")], report.problems
 
@@ -125,10 +124,10 @@ def test_a_tar_member_replaced_and_the_manifest_updated_to_match(out, train_zip,
 def test_an_empty_zarr_chunk_where_a_sample_belongs(out, train_zip, dask_scheduler):
     done = manifest.read_manifest(out)
     shard = manifest.shards_of(done, "train")[0]
-    spec = done["schema"]["mask"]
-    path = zarr_layout.shard_file(out, "train", "mask", shard.index, 1 + len(spec["shape"]))
-    writer = zarr_store.ShardFileWriter(path, done["group_samples"])
-    for position, chunk in zarr_store.iter_shard_chunks(path, done["group_samples"]):
+    spec, group = done.schema["mask"], done.plan.group_samples
+    path = zarr_layout.shard_file(out, "train", "mask", shard.index, 1 + len(spec.shape))
+    writer = zarr_store.ShardFileWriter(path, group)
+    for position, chunk in zarr_store.iter_shard_chunks(path, group):
         writer.skip() if position == 0 else writer.add(chunk)
     writer.close()
     writer.commit()

@@ -8,24 +8,25 @@ from typing import Sequence
 from pipeline.convert.options import ConvertOptions
 from pipeline.errors import SourceError
 from pipeline.source.members import SourceMember, list_members
+from pipeline.store.manifest import RejectedMember
 
 log = logging.getLogger(__name__)
 
 
-def rejection(error: SourceError, member: SourceMember | None = None) -> dict:
+def rejection(error: SourceError, member: SourceMember | None = None) -> RejectedMember:
     """The record of a member left out under ``--skip-bad`` (``DIR/rejected.json``)."""
-    return {
-        "archive": error.archive,
-        "member": error.member or (member.member if member else None),
-        "key": member.key if member else None,
-        "split": member.split if member else None,
-        "reason": error.reason,
-    }
+    return RejectedMember(
+        archive=error.archive,
+        member=error.member or (member.member if member else None),
+        key=member.key if member else None,
+        split=member.split if member else None,
+        reason=error.reason,
+    )
 
 
 def collect_members(
     sources: Sequence[str], options: ConvertOptions
-) -> tuple[dict[str, list[SourceMember]], list[dict]]:
+) -> tuple[dict[str, list[SourceMember]], list[RejectedMember]]:
     """Members of all sources by split (validation patients moved to ``val``), and rejections.
 
     A name outside the layout, or a key that another archive already provides, stops here,
@@ -33,7 +34,7 @@ def collect_members(
     """
     by_split: dict[str, list[SourceMember]] = {}
     seen: dict[tuple[str, str], SourceMember] = {}
-    rejected: list[dict] = []
+    rejected: list[RejectedMember] = []
     on_bad = (lambda error: rejected.append(rejection(error))) if options.skip_bad else None
     for src in sources:
         for member in list_members(src, options.split, on_bad=on_bad):

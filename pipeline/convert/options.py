@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from pipeline.store.codecs import Encoding
+from pipeline.store.manifest import RejectedMember
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Summary:
     samples_written: int = 0  # in the shards written by this run
     up_to_date: bool = False
     splits: dict[str, int] = field(default_factory=dict)
-    rejected: list[dict] = field(default_factory=list)  # members left out under --skip-bad
+    rejected: list[RejectedMember] = field(default_factory=list)  # members left out under --skip-bad
     warnings: dict[str, list[str]] = field(default_factory=dict)  # key -> content warnings
 
     @property

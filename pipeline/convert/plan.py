@@ -15,15 +15,12 @@ import numpy as np
 
 from pipeline.convert.options import ConvertOptions
 from pipeline.errors import OutputError, SourceError
-from pipeline.schema import (
-    check_sample,
-    schema_from_sample,
-    schema_to_json,
-)
+from pipeline.schema import check_sample, schema_from_sample
 from pipeline.source.members import SourceMember, fingerprint
 from pipeline.source.zip_reader import Readers
-from pipeline.store import manifest
 from pipeline.store.codecs import choose_encodings, measure
+from pipeline.store.plan import Identity, Plan, SourceRecord
+from pipeline.store.progress import read_plan, write_plan
 from pipeline.store.tar_shards import TAR_MEMBER_OVERHEAD
 
 log = logging.getLogger(__name__)
@@ -33,11 +30,9 @@ log = logging.getLogger(__name__)
 MIN_SHARDS = 8
 
 
-#: What a plan decides once (by measurement) and every later run into the same output reuses.
-PLAN_KEYS = ("schema", "encodings", "encoded_ratio", "group_samples")
-
-
-def _calibrate(members: Sequence[SourceMember], largest_split: int, options: ConvertOptions) -> dict:
+def _calibrate(
+    identity: Identity, members: Sequence[SourceMember], largest_split: int, options: ConvertOptions
+) -> Plan:
     """Decode a few samples: fix the schema, choose encodings, size the shards.
 
     A shard holds ``shard_bytes`` worth of samples, but never more than 1/:data:`MIN_SHARDS` of
@@ -57,12 +52,13 @@ def _calibrate(members: Sequence[SourceMember], largest_split: int, options: Con
     encoded_per_sample = sum(m.nbytes for m in choices.values()) / len(samples)
     encoded_per_sample += TAR_MEMBER_OVERHEAD * len(schema)
     group = max(1, min(int(options.shard_bytes // encoded_per_sample), math.ceil(largest_split / MIN_SHARDS)))
-    return {
-        "schema": schema_to_json(schema),
-        "encodings": {f: m.encoding.to_json() for f, m in choices.items()},
-        "encoded_ratio": {f: m.nbytes / sum(s[f].nbytes for s in samples) for f, m in choices.items()},
-        "group_samples": group,
-    }
+    return Plan(
+        identity=identity,
+        schema=schema,
+        encodings={f: m.encoding for f, m in choices.items()},
+        encoded_ratio={f: m.nbytes / sum(s[f].nbytes for s in samples) for f, m in choices.items()},
+        group_samples=group,
+    )
 
 
 def _calibration_samples(
@@ -94,30 +90,28 @@ def _calibration_samples(
 
 def plan_identity(
     sources: Sequence[str], by_split: Mapping[str, Sequence[SourceMember]], options: ConvertOptions
-) -> dict:
-    """What must match for a re-run to reuse earlier output: sources, splits, shard size, fixed encodings."""
-    identity = {
-        "sources": [fingerprint(s) for s in sources],
-        "splits": {split: [m.key for m in members] for split, members in by_split.items()},
-        "shard_bytes": options.shard_bytes,
-    }
-    if options.encodings is not None:  # only then: outputs of measured encodings keep their identity
-        identity["encodings"] = {f: e.to_json() for f, e in sorted(options.encodings.items())}
-    return identity
+) -> Identity:
+    """What must match for a re-run to reuse earlier output: sources, splits, shard size, fixed
+    encodings (only those: outputs of measured encodings keep their identity)."""
+    return Identity(
+        sources=tuple(SourceRecord(**fingerprint(s)) for s in sources),
+        splits={split: tuple(m.key for m in members) for split, members in by_split.items()},
+        shard_bytes=options.shard_bytes,
+        encodings=dict(sorted(options.encodings.items())) if options.encodings is not None else None,
+    )
 
 
 def load_or_make_plan(
-    out: Path, identity: dict, by_split: Mapping[str, Sequence[SourceMember]], options: ConvertOptions
-) -> dict:
+    out: Path, identity: Identity, by_split: Mapping[str, Sequence[SourceMember]], options: ConvertOptions
+) -> Plan:
     """The plan of an earlier run into ``out`` if it converts the same thing, else a new one.
 
     Encodings are chosen by timing, so a re-run must reuse the recorded choice rather than
     measure again: otherwise resumed shards could differ from the kept ones.
     """
-    path = manifest.plan_path(out)
-    if path.exists():
-        plan = manifest.read_json(path)
-        if plan["identity"] != identity:
+    plan = read_plan(out)
+    if plan is not None:
+        if plan.identity != identity:
             raise OutputError(
                 f"{out} holds an unfinished conversion of other sources or options; "
                 "choose another --out, or use --force to replace it"
@@ -125,6 +119,6 @@ def load_or_make_plan(
         return plan
     largest = max(map(len, by_split.values()))
     every_member = [member for members in by_split.values() for member in members]
-    plan = {"identity": identity, **_calibrate(every_member, largest, options)}
-    manifest.write_json_atomic(path, plan)
+    plan = _calibrate(identity, every_member, largest, options)
+    write_plan(out, plan)
     return plan

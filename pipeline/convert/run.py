@@ -4,7 +4,7 @@ The coordinator lists members (zip central directories only), decodes a couple o
 the schema and measure encodings, creates the Zarr arrays, and submits one task per group of
 consecutive samples of a split. A task (:func:`convert_group`) is a pure function of its
 :class:`GroupTask`: it reads its members straight from the zip, writes one tar shard and the
-Zarr shards of its own rows, reads both back, and returns a small :class:`ShardMeta`. Big data
+Zarr shards of its own rows, reads both back, and returns a small :class:`ShardEntry`. Big data
 never crosses the wire, and no two tasks write the same file.
 
 Everything a task finishes is recorded under ``DIR/.progress``; a re-run keeps recorded shards
@@ -26,33 +26,24 @@ from pipeline.atomic import remove_temporaries
 from pipeline.cluster import run_tasks
 from pipeline.convert.members import collect_members
 from pipeline.convert.options import ConvertOptions, Summary
-from pipeline.convert.plan import PLAN_KEYS, load_or_make_plan, plan_identity
+from pipeline.convert.plan import load_or_make_plan, plan_identity
 from pipeline.convert.resume import is_up_to_date, kept_shard, reopen_finished, replace_other_conversion
 from pipeline.convert.task import GroupTask, convert_group
 from pipeline.errors import SourceError
-from pipeline.schema import (
-    LABEL_NAMES,
-    schema_from_json,
-)
+from pipeline.schema import LABEL_NAMES, schema_to_json
 from pipeline.sizes import tree_bytes
 from pipeline.source.members import SourceMember
-from pipeline.store import manifest, tar_shards, zarr_layout, zarr_store
-from pipeline.store.codecs import Encoding
-from pipeline.store.manifest import ShardMeta
+from pipeline.store import manifest, progress, tar_shards, zarr_layout, zarr_store
+from pipeline.store.manifest import Manifest, MemberName, RejectedMember, ShardEntry, SplitEntry
+from pipeline.store.plan import Identity, Plan
 from pipeline.store.tar_shards import WDS_DIR
 from pipeline.version import __version__
 
 log = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------- the task
-
-
-# --------------------------------------------------------------------------- the plan
-
-
-def _tasks(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]], skip_bad: bool) -> list[GroupTask]:
-    group = plan["group_samples"]
+def _tasks(out: Path, plan: Plan, by_split: Mapping[str, Sequence[SourceMember]], skip_bad: bool) -> list[GroupTask]:
+    group = plan.group_samples
     return [
         GroupTask(
             out=str(out),
@@ -60,8 +51,8 @@ def _tasks(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]]
             index=start // group,
             start=start,
             members=tuple(members[start : start + group]),
-            schema=plan["schema"],
-            encodings=plan["encodings"],
+            schema=plan.schema,
+            encodings=plan.encodings,
             group_samples=group,
             skip_bad=skip_bad,
         )
@@ -70,59 +61,56 @@ def _tasks(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]]
     ]
 
 
-def _create_zarr(out: Path, plan: dict, by_split: Mapping[str, Sequence[SourceMember]], sources: list[dict]) -> None:
-    schema = schema_from_json(plan["schema"])
-    encodings = {f: Encoding.from_json(e) for f, e in plan["encodings"].items()}
+def _create_zarr(out: Path, plan: Plan, by_split: Mapping[str, Sequence[SourceMember]]) -> None:
     for split, members in by_split.items():
         zarr_store.create_split(
             out,
             split,
-            schema,
-            encodings,
+            plan.schema,
+            plan.encodings,
             patients=np.array([m.patient for m in members]),
             augs=np.array([m.aug for m in members]),
-            shard_samples=plan["group_samples"],
+            shard_samples=plan.group_samples,
             attributes={
-                "fields": list(schema),
+                "fields": list(plan.schema),
                 "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
-                "schema": plan["schema"],
-                "sources": sources,
+                "schema": schema_to_json(plan.schema),
+                "sources": [s.to_json() for s in plan.identity.sources],
             },
         )
 
 
 def _build_manifest(
-    plan: dict, by_split: Mapping[str, Sequence[SourceMember]], metas: Sequence[ShardMeta], rejected: Sequence[dict]
-) -> dict:
+    plan: Plan,
+    by_split: Mapping[str, Sequence[SourceMember]],
+    entries: Sequence[ShardEntry],
+    rejected: Sequence[RejectedMember],
+) -> Manifest:
     splits = {}
     for split, members in by_split.items():
-        shards = sorted((m for m in metas if m.split == split), key=lambda m: m.index)
+        shards = sorted((e for e in entries if e.split == split), key=lambda e: e.index)
         by_key = {m.key: m for m in members}
         converted = [by_key[key] for shard in shards for key in shard.keys]
-        splits[split] = {
-            "samples": len(converted),
-            "keys": [m.key for m in converted],
-            "rows": [row for shard in shards for row in shard.rows],
-            "patient": [m.patient for m in converted],
-            "aug": [m.aug for m in converted],
-            "members": [{"archive": os.path.basename(m.archive), "member": m.member} for m in converted],
-            "warnings": {key: found for shard in shards for key, found in shard.warnings.items()},
-            "shards": [s.to_json() for s in shards],
-        }
-    return {
-        "format": manifest.FORMAT,
-        "format_version": manifest.FORMAT_VERSION,
-        "tool_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "identity": plan["identity"],
-        "sources": plan["identity"]["sources"],
-        **{k: plan[k] for k in PLAN_KEYS},
-        "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
-        "zarr": zarr_layout.STORE_NAME,
-        "wds": {"dir": WDS_DIR, "member_suffix": tar_shards.EXTENSION},
-        "rejected": list(rejected),
-        "splits": splits,
-    }
+        splits[split] = SplitEntry(
+            keys=[m.key for m in converted],
+            rows=[row for shard in shards for row in shard.rows],
+            patient=[m.patient for m in converted],
+            aug=[m.aug for m in converted],
+            members=[MemberName(os.path.basename(m.archive), m.member) for m in converted],
+            shards=shards,
+            warnings={key: found for shard in shards for key, found in shard.warnings.items()},
+        )
+    return Manifest(
+        plan=plan,
+        splits=splits,
+        rejected=tuple(rejected),
+        tool_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        label_names={str(k): v for k, v in LABEL_NAMES.items()},
+        zarr=zarr_layout.STORE_NAME,
+        wds_dir=WDS_DIR,
+        member_suffix=tar_shards.EXTENSION,
+    )
 
 
 def convert(
@@ -140,9 +128,7 @@ def convert(
     if not by_split:
         raise SourceError(", ".join(sources), None, "no sample could be listed")
     identity = plan_identity(sources, by_split, options)
-    summary = Summary(
-        samples=sum(map(len, by_split.values())), source_bytes=sum(s["bytes"] for s in identity["sources"])
-    )
+    summary = Summary(samples=sum(map(len, by_split.values())), source_bytes=sum(s.bytes for s in identity.sources))
     if options.force:
         replace_other_conversion(out, identity)
     if is_up_to_date(out, identity):
@@ -150,10 +136,10 @@ def convert(
         done = manifest.read_manifest(out)
     else:
         done = _convert_missing(out, identity, by_split, rejected, options, summary, started)
-    summary.samples = sum(info["samples"] for info in done["splits"].values())
-    summary.splits = {split: info["samples"] for split, info in done["splits"].items()}
-    summary.rejected = done["rejected"]
-    summary.warnings = {key: found for info in done["splits"].values() for key, found in info["warnings"].items()}
+    summary.samples = sum(entry.samples for entry in done.splits.values())
+    summary.splits = {split: entry.samples for split, entry in done.splits.items()}
+    summary.rejected = list(done.rejected)
+    summary.warnings = {key: list(found) for entry in done.splits.values() for key, found in entry.warnings.items()}
     summary.zarr_bytes = tree_bytes(zarr_layout.store_path(out))
     summary.wds_bytes = tree_bytes(out / WDS_DIR)
     summary.seconds = time.perf_counter() - started
@@ -162,40 +148,40 @@ def convert(
 
 def _convert_missing(
     out: Path,
-    identity: dict,
+    identity: Identity,
     by_split: Mapping[str, Sequence[SourceMember]],
-    rejected: list[dict],
+    rejected: list[RejectedMember],
     options: ConvertOptions,
     summary: Summary,
     started: float,
-) -> dict:
+) -> Manifest:
     """Plan (or reuse the plan), run the tasks whose shards are missing, write the manifest."""
     if manifest.manifest_path(out).exists():
         reopen_finished(out, identity)
     (out / WDS_DIR).mkdir(parents=True, exist_ok=True)
     remove_temporaries(out)
     plan = load_or_make_plan(out, identity, by_split, options)
-    _create_zarr(out, plan, by_split, identity["sources"])
+    _create_zarr(out, plan, by_split)
     tasks = _tasks(out, plan, by_split, options.skip_bad)
     summary.planning_seconds = time.perf_counter() - started
-    recorded = {(m.split, m.index): m for m in manifest.recorded_shards(out)}
+    recorded = {(e.split, e.index): e for e in progress.recorded_shards(out)}
     kept = {(t.split, t.index): m for t in tasks if (m := kept_shard(t, recorded.get((t.split, t.index))))}
     todo = [t for t in tasks if (t.split, t.index) not in kept]
     summary.shards_kept, summary.shards_written = len(kept), len(todo)
     summary.samples_written = sum(len(t.members) for t in todo)
     written, summary.startup_seconds = _run(todo, options)
-    metas = [*kept.values(), *written]
-    rejected = [*rejected, *(r for meta in metas for r in meta.rejected)]
+    entries = [*kept.values(), *written]
+    rejected = [*rejected, *(r for entry in entries for r in entry.rejected)]
     remove_temporaries(out)  # those of workers that died mid-task and had their task rerun
     if rejected:
-        manifest.write_json_atomic(out / manifest.REJECTED_NAME, rejected)
-    done = _build_manifest(plan, by_split, metas, rejected)
+        manifest.write_json_atomic(out / manifest.REJECTED_NAME, [r.to_json() for r in rejected])
+    done = _build_manifest(plan, by_split, entries, rejected)
     manifest.write_manifest(out, done)
-    shutil.rmtree(out / manifest.PROGRESS_DIR, ignore_errors=True)
+    shutil.rmtree(out / progress.PROGRESS_DIR, ignore_errors=True)
     return done
 
 
-def _run(tasks: Sequence[GroupTask], options: ConvertOptions) -> tuple[list[ShardMeta], float]:
+def _run(tasks: Sequence[GroupTask], options: ConvertOptions) -> tuple[list[ShardEntry], float]:
     """Run tasks on Dask; return their results and the seconds spent starting the cluster."""
     return run_tasks(
         convert_group,
@@ -203,7 +189,7 @@ def _run(tasks: Sequence[GroupTask], options: ConvertOptions) -> tuple[list[Shar
         scheduler=options.scheduler,
         workers=options.workers,
         sizes=[len(t.members) for t in tasks],
-        size_of=lambda meta: meta.samples + len(meta.rejected),
+        size_of=lambda entry: entry.samples + len(entry.rejected),
         desc="converting",
         progress=options.progress,
     )

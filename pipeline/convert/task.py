@@ -2,7 +2,7 @@
 
 A task (:func:`convert_group`) is a pure function of its :class:`GroupTask`: it reads its members
 straight from the zip, writes one tar shard and the Zarr shards of its own rows, reads both back,
-and returns a small :class:`ShardMeta`. Big data never crosses the wire, and no two tasks write the
+and returns a small :class:`ShardEntry`. Big data never crosses the wire, and no two tasks write the
 same file. The read-back here is deliberately independent of the readers.
 """
 
@@ -19,16 +19,12 @@ from pipeline.checksums import digest, file_sha256, frame_digest
 from pipeline.convert.members import rejection
 from pipeline.errors import OutputError, SourceError
 from pipeline.runtime import tune_worker
-from pipeline.schema import (
-    check_sample,
-    content_warnings,
-    schema_from_json,
-)
+from pipeline.schema import FieldSpec, Schema, check_sample, content_warnings
 from pipeline.source.members import SourceMember
 from pipeline.source.zip_reader import Readers
-from pipeline.store import manifest, tar_shards, zarr_layout, zarr_store
+from pipeline.store import progress, tar_shards, zarr_layout, zarr_store
 from pipeline.store.codecs import Encoding
-from pipeline.store.manifest import ShardMeta
+from pipeline.store.manifest import RejectedMember, ShardEntry
 from pipeline.store.tar_shards import shard_file
 
 log = logging.getLogger(__name__)
@@ -43,8 +39,8 @@ class GroupTask:
     index: int
     start: int
     members: tuple[SourceMember, ...]
-    schema: dict
-    encodings: dict
+    schema: Schema
+    encodings: Mapping[str, Encoding]
     group_samples: int
     skip_bad: bool = False
 
@@ -52,11 +48,11 @@ class GroupTask:
     def tar_path(self) -> Path:
         return Path(self.out) / shard_file(self.split, self.index)
 
-    def zarr_path(self, field: str, spec) -> Path:
+    def zarr_path(self, field: str, spec: FieldSpec) -> Path:
         return zarr_layout.shard_file(self.out, self.split, field, self.index, 1 + len(spec.shape))
 
 
-def convert_group(task: GroupTask) -> ShardMeta:
+def convert_group(task: GroupTask) -> ShardEntry:
     """Decode one group, write its tar shard and Zarr shards, check both, return metadata.
 
     Nothing is renamed into place before everything read back correctly, and the progress
@@ -77,15 +73,15 @@ def convert_group(task: GroupTask) -> ShardMeta:
                     group.reject(member, exc)
                     continue
                 group.add(task.start + row, member.key, sample)
-        meta = group.finish()
+        entry = group.finish()
     except OSError as exc:  # a full disk, a vanished output directory, ...
         group.abort()
         raise OutputError(f"{task.out}: writing {shard_file(task.split, task.index)} failed: {exc}") from exc
     except BaseException:
         group.abort()
         raise
-    manifest.record_shard(task.out, meta)
-    return meta
+    progress.record_shard(task.out, entry)
+    return entry
 
 
 class _GroupWriter:
@@ -97,8 +93,8 @@ class _GroupWriter:
 
     def __init__(self, task: GroupTask) -> None:
         self.task = task
-        self.schema = schema_from_json(task.schema)
-        self.encodings = {f: Encoding.from_json(e) for f, e in task.encodings.items()}
+        self.schema = task.schema
+        self.encodings = task.encodings
         self.tar = tar_shards.ShardWriter(task.tar_path)
         self.zarr_shards = {
             f: zarr_store.ShardFileWriter(task.zarr_path(f, spec), task.group_samples)
@@ -110,7 +106,7 @@ class _GroupWriter:
         self.digests: dict[str, list[str]] = {f: [] for f in self.schema}
         self.frame_digests: dict[str, list[str]] = {f: [] for f in self.schema}
         self.warnings: dict[str, list[str]] = {}
-        self.rejected: list[dict] = []
+        self.rejected: list[RejectedMember] = []
 
     @property
     def writers(self) -> list:
@@ -135,7 +131,7 @@ class _GroupWriter:
         self.rejected.append(rejection(error, member))
         log.info("rejected %s", error)  # reported in the summary and rejected.json
 
-    def finish(self) -> ShardMeta:
+    def finish(self) -> ShardEntry:
         """Close every file, read each back, and only then rename them into place."""
         task = self.task
         for writer in self.writers:
@@ -145,7 +141,7 @@ class _GroupWriter:
             _check_zarr_shard(
                 writer.tmp_path, task.group_samples, [r - task.start for r in self.rows], self.frame_digests[f]
             )
-        meta = ShardMeta(
+        entry = ShardEntry(
             split=task.split,
             index=task.index,
             file=shard_file(task.split, task.index),
@@ -157,11 +153,11 @@ class _GroupWriter:
             payloads=self.payloads,
             rows=self.rows,
             warnings=self.warnings,
-            rejected=self.rejected,
+            rejected=tuple(self.rejected),
         )
         for writer in self.writers:
             writer.commit()
-        return meta
+        return entry
 
     def abort(self) -> None:
         for writer in self.writers:

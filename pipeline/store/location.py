@@ -228,7 +228,7 @@ def range_reader_class(root: str) -> type[RangeReader]:
     return FsspecRangeReader
 
 
-def read_stream_manifest(root: str) -> dict:
+def read_stream_manifest(root: str) -> manifest.Manifest:
     """The manifest of the output at a local directory or URL, checked for format and version."""
     if not is_url(root):
         return manifest.read_manifest(root)

@@ -20,6 +20,7 @@ import zarr
 
 from pipeline.errors import NotFoundError, OutputError
 from pipeline.schema import FieldSpec
+from pipeline.store.manifest import Manifest, SplitEntry
 
 log = logging.getLogger(__name__)
 
@@ -200,18 +201,18 @@ class SplitRows:
     in the arrays, holding the fill value, and no key points at them.
     """
 
-    def __init__(self, info: Mapping, group: zarr.Group) -> None:
-        self.keys = list(info["keys"])
-        self.rows = np.asarray(info.get("rows", range(len(self.keys))), dtype=np.int64)
+    def __init__(self, entry: SplitEntry, group: zarr.Group) -> None:
+        self.keys = list(entry.keys)
+        self.rows = np.asarray(entry.rows, dtype=np.int64)
         self.planned = int(group["patient"].shape[0])
 
 
 def open_split(
-    out: Path, manifest: Mapping, split: str, fields: str | Sequence[str] | None
+    out: Path, manifest: Manifest, split: str, fields: str | Sequence[str] | None
 ) -> tuple[SplitRows, zarr.Group, tuple[str, ...]]:
     """The samples (from the manifest), Zarr group and fields (all by default) of a split, all checked."""
-    if split not in manifest["splits"]:
-        raise NotFoundError(f"{out}: no split {split!r} (has {sorted(manifest['splits'])})")
+    if split not in manifest.splits:
+        raise NotFoundError(f"{out}: no split {split!r} (has {sorted(manifest.splits)})")
     path = store_path(out) / split
     try:
         group = zarr.open_group(store_path(out), path=split, mode="r", zarr_format=3)
@@ -222,7 +223,7 @@ def open_split(
     missing = [f for f in chosen if f not in available]
     if missing:
         raise NotFoundError(f"{path}: no field(s) {missing} (has {list(available)})")
-    return SplitRows(manifest["splits"][split], group), group, chosen
+    return SplitRows(manifest.splits[split], group), group, chosen
 
 
 def _available_fields(group: zarr.Group) -> tuple[str, ...]:

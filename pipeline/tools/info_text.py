@@ -13,8 +13,9 @@ from pipeline.sizes import human_bytes
 from pipeline.tools.tables import plain_table, plural, ratio, ratio_text
 
 
-def format_info(data: Mapping[str, Any]) -> str:
-    """The text ``ssmspine info`` prints for :func:`~pipeline.tools.info.info`'s result."""
+def format_info(data: Mapping[str, Any], check: Mapping[str, Any]) -> str:
+    """The text ``ssmspine info`` prints for :func:`~pipeline.tools.info.info`'s result and the
+    manifest check (:class:`pipeline.verify.consistency.ManifestCheck` as JSON-able data)."""
     lines = [
         f"{data['dir']}: {data['format']} v{data['format_version']}, "
         f"written by ssmspine {data['tool_version']} on {data['created']}"
@@ -80,7 +81,6 @@ def format_info(data: Mapping[str, Any]) -> str:
         f"total on disk: zarr {human_bytes(data['zarr_bytes'])} ({ratio_text(to_source['zarr'])} of the "
         f"sources), wds {human_bytes(data['wds_bytes'])} ({ratio_text(to_source['wds'])})",
     ]
-    check = data["check"]
     what = "sizes, sample lists, byte ranges, Zarr shapes" + (" and sha256" if check["checksums"] else "")
     if check["ok"]:
         hint = "" if check["checksums"] else "; --check adds sha256"

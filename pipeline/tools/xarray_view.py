@@ -79,7 +79,7 @@ def open_zarr(
     out = Path(out)
     manifest = read_manifest(out)
     views = {}
-    for name in [split] if split is not None else sorted(manifest["splits"]):
+    for name in [split] if split is not None else sorted(manifest.splits):
         samples, group, chosen = open_split(out, manifest, name, fields)
         data_vars = {}
         for field in chosen:

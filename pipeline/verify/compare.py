@@ -28,9 +28,9 @@ import numpy as np
 from pipeline.checksums import digest
 from pipeline.errors import OutputError, SourceError, SSMSpineError
 from pipeline.runtime import tune_worker
-from pipeline.schema import FieldSpec, Schema, schema_from_json, spec_of
+from pipeline.schema import FieldSpec, Schema, spec_of
 from pipeline.store import codecs, tar_shards, zarr_layout, zarr_store
-from pipeline.store.manifest import ShardMeta
+from pipeline.store.manifest import ShardEntry
 from pipeline.store.tar_shards import shard_file_problem
 
 #: What a field of a sample must be: the decoded source array, or the manifest's digest of it.
@@ -53,8 +53,8 @@ class Problem:
 class VerifyTask:
     out: str
     split: str
-    shard: ShardMeta
-    schema: dict
+    shard: ShardEntry
+    schema: Schema
     chunks_per_shard: int  # Zarr chunks (samples) per shard file
     members: tuple[tuple[str, str], ...] | None  # (archive path, member) per key, or None
 
@@ -124,7 +124,7 @@ class _ZarrRows:
 
     def __init__(self, task: VerifyTask) -> None:
         self.task = task
-        self.schema: Schema = schema_from_json(task.schema)
+        self.schema: Schema = task.schema
         self.problems: list[Problem] = []
         self.arrays = {}
         self.chunks: dict[str, zarr_store.ShardChunks] = {}

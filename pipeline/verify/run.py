@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 from pipeline.cluster import run_tasks
 from pipeline.errors import OutputError
 from pipeline.store import manifest
+from pipeline.store.manifest import MemberName
 from pipeline.verify.compare import Problem, VerifyTask, verify_shard
 
 
@@ -44,35 +45,28 @@ def verify_tasks(out: str | os.PathLike, sources: Sequence[str | os.PathLike] | 
     done = manifest.read_manifest(out)
     by_name = {os.path.basename(os.path.normpath(os.fspath(s))): os.fspath(s) for s in sources or ()}
     tasks = []
-    for split, info in done["splits"].items():
-        members = None
-        if sources:
-            members = [_locate(by_name, m) for m in info["members"]]
-            members_of = dict(zip(info["keys"], members))
-        for shard in manifest.shards_of(done, split):
+    for split, entry in done.splits.items():
+        members_of = dict(zip(entry.keys, (_locate(by_name, m) for m in entry.members))) if sources else None
+        for shard in entry.shards:
             tasks.append(
                 VerifyTask(
                     out=out,
                     split=split,
                     shard=shard,
-                    schema=done["schema"],
-                    chunks_per_shard=done["group_samples"],
-                    members=tuple(members_of[k] for k in shard.keys) if members else None,
+                    schema=done.schema,
+                    chunks_per_shard=done.plan.group_samples,
+                    members=tuple(members_of[k] for k in shard.keys) if members_of is not None else None,
                 )
             )
-        covered = sum(t.shard.samples for t in tasks if t.split == split)
-        if covered != info["samples"]:
-            raise OutputError(f"{out}: the shards of split {split!r} hold {covered} of {info['samples']} samples")
     return tasks
 
 
-def _locate(by_name: Mapping[str, str], member: Mapping[str, str]) -> tuple[str, str]:
+def _locate(by_name: Mapping[str, str], member: MemberName) -> tuple[str, str]:
     try:
-        return by_name[member["archive"]], member["member"]
+        return by_name[member.archive], member.member
     except KeyError:
         raise OutputError(
-            f"the output was converted from {member['archive']}, which is not among the sources given "
-            f"({sorted(by_name)})"
+            f"the output was converted from {member.archive}, which is not among the sources given ({sorted(by_name)})"
         ) from None
 
 

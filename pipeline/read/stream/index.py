@@ -6,14 +6,13 @@ Small and cheap to pickle to DataLoader workers; checked against the split's key
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from pipeline.errors import NotFoundError, OutputError
-from pipeline.schema import schema_from_json
-from pipeline.store import manifest
+from pipeline.store.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -28,13 +27,13 @@ class SampleIndex:
     sizes: list[int]
 
 
-def build_index(data: Mapping[str, Any], split: str, fields: Sequence[str], check_digests: bool) -> SampleIndex:
-    shards = manifest.shards_of(data, split)
-    info = data["splits"][split]
-    schema_fields = list(data["schema"])
+def build_index(manifest: Manifest, split: str, fields: Sequence[str], check_digests: bool) -> SampleIndex:
+    entry = manifest.split(split)
+    shards = entry.shards
+    schema_fields = list(manifest.schema)
     columns = [schema_fields.index(f) for f in fields]
     keys = [k for s in shards for k in s.keys]
-    if keys != list(info["keys"]):
+    if keys != list(entry.keys):
         raise OutputError(f"the manifest's shards of split {split!r} do not hold its keys in order")
     n, f = len(keys), len(fields)
     shard = np.empty(n, np.int32)
@@ -64,11 +63,11 @@ def build_index(data: Mapping[str, Any], split: str, fields: Sequence[str], chec
 
 
 def field_specs(
-    data: Mapping[str, Any], fields: Sequence[str] | None, root: str
+    manifest: Manifest, fields: Sequence[str] | None, root: str
 ) -> tuple[tuple[str, ...], dict[str, tuple[tuple[int, ...], np.dtype]], dict[str, torch.dtype]]:
     """The requested fields (``None``: all) in schema order, which is their order in the tar, with
     each one's sample shape and dtype, and its torch dtype."""
-    schema = schema_from_json(data["schema"])
+    schema = manifest.schema
     chosen = tuple(schema) if fields is None else tuple(fields)
     unknown = [f for f in chosen if f not in schema]
     if unknown or not chosen:

@@ -81,9 +81,10 @@ def show(
     out = Path(out)
     manifest = read_manifest(out)
     split = pick_split(manifest, split)
-    keys = manifest["splits"][split]["keys"]
+    entry = manifest.split(split)
+    keys = entry.keys
     indices = pick_indices(keys, split, key, index, grid)
-    fields = picture_fields(manifest["schema"])
+    fields = picture_fields(manifest.schema)
     reader = read_wds_records if from_wds else read_zarr_records
     records = reader(out, split, indices, fields)
     source = "WebDataset tar shards" if from_wds else "the Zarr store"
@@ -91,9 +92,7 @@ def show(
     if grid is not None:
         title = f"{out}: split {split}, {len(records)} of {len(keys)} samples, read from {source}"
         return render_grid(records, path, title=title)
-    entry = manifest["splits"][split]
     first = indices[0]
     lines = [f"split {split}, sample {first} of {len(keys)}"]
-    if "patient" in entry and "aug" in entry:
-        lines.append(f"patient texture {entry['patient'][first]}, virtual shape {entry['aug'][first]}")
+    lines.append(f"patient texture {entry.patient[first]}, virtual shape {entry.aug[first]}")
     return render_sample(records[0], path, title=[*lines, f"read from {source}"])

@@ -8,22 +8,20 @@ from __future__ import annotations
 import os
 import tarfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from pipeline.errors import NotFoundError, OutputError, SampleIndexError
-from pipeline.store.manifest import read_manifest
+from pipeline.store.manifest import Manifest, read_manifest
 from pipeline.store.tar_shards import decode_field, header_member_name, member_name
 
 
-def pick_split(manifest: Mapping[str, Any], split: str | None) -> str:
-    """``split`` if the output has it (else an :class:`OutputError`); None picks ``train``, else the first."""
-    splits = manifest["splits"]
+def pick_split(manifest: Manifest, split: str | None) -> str:
+    """``split`` if the output has it (else a :class:`NotFoundError`); None picks ``train``, else the first."""
     if split is None:
-        return "train" if "train" in splits else next(iter(splits))
-    if split not in splits:
-        raise NotFoundError(f"no split {split!r} in this output (has {sorted(splits)})")
+        return "train" if "train" in manifest.splits else next(iter(manifest.splits))
+    manifest.split(split)
     return split
 
 
@@ -40,14 +38,14 @@ def read_wds_records(
     out = Path(out)
     manifest = read_manifest(out)
     split = pick_split(manifest, split)
-    entry = manifest["splits"][split]
-    order = list(manifest["schema"])
+    entry = manifest.split(split)
+    order = list(manifest.schema)
     fields = order if fields is None else list(fields)
     missing = [f for f in fields if f not in order]
     if missing:
         raise NotFoundError(f"no field(s) {missing} in this output (has {order})")
-    shards = sorted(entry["shards"], key=lambda s: s["index"])
-    firsts = np.cumsum([0] + [len(s["keys"]) for s in shards])  # position of each shard's first sample
+    shards = sorted(entry.shards, key=lambda s: s.index)
+    firsts = np.cumsum([0] + [s.samples for s in shards])  # position of each shard's first sample
     records = []
     for position in indices:
         i = int(np.searchsorted(firsts, position, side="right")) - 1
@@ -56,22 +54,21 @@ def read_wds_records(
                 f"sample index {position} is out of range for split {split!r} of {firsts[-1]} samples"
             )
         shard, within = shards[i], position - int(firsts[i])
-        key, payload = shard["keys"][within], shard["payloads"][within]
+        key, payload = shard.keys[within], shard.payloads[within]
         arrays = {}
-        with open(out / shard["file"], "rb") as file:
+        with open(out / shard.file, "rb") as file:
             for field in fields:
                 j = order.index(field)
                 offset, size = int(payload[2 * j]), int(payload[2 * j + 1])
                 name = member_name(key, field)
                 if header_member_name(os.pread(file.fileno(), tarfile.BLOCKSIZE, offset - tarfile.BLOCKSIZE)) != name:
                     raise OutputError(
-                        f"{shard['file']}: no member {name} at byte {offset - 512}; the manifest "
-                        "does not match the shard"
+                        f"{shard.file}: no member {name} at byte {offset - 512}; the manifest does not match the shard"
                     )
                 data = os.pread(file.fileno(), size, offset)
                 if len(data) != size:
-                    raise OutputError(f"{shard['file']}: {name} is cut short ({len(data)} of {size} bytes)")
-                arrays[field] = decode_field(data, f"{shard['file']}: {name}")
+                    raise OutputError(f"{shard.file}: {name} is cut short ({len(data)} of {size} bytes)")
+                arrays[field] = decode_field(data, f"{shard.file}: {name}")
         records.append((key, arrays))
     return records
 
