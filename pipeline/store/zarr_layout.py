@@ -19,11 +19,52 @@ import numpy as np
 import zarr
 
 from pipeline.errors import NotFoundError, OutputError
-from pipeline.schema import FieldSpec
+from pipeline.schema import FIELD_SHAPES, FieldSpec
 
 log = logging.getLogger(__name__)
 
 STORE_NAME = "ssmspine.zarr"
+
+#: The first axis of every array of a split, ``patient`` and ``aug`` included: one name, so that
+#: xarray (and any reader of Zarr v3 ``dimension_names``) lines the arrays of a split up by sample.
+SAMPLE_DIM = "sample"
+#: Arrays of a split naming each sample; every field array lists them in its ``coordinates``
+#: attribute (the CF convention xarray decodes), so they open as coordinates along ``sample``.
+SAMPLE_COORDINATES = ("patient", "aug")
+
+#: Names of the axes after ``sample`` of the documented fields, shared between fields where they
+#: mean the same thing (``bone`` and ``bone_mask`` both have ``vertebra``; every image has ``y, x``).
+FIELD_DIMS: dict[str, tuple[str, ...]] = {
+    "img": ("y", "x"),
+    "img_corrected": ("y", "x"),
+    "img_equalized": ("y", "x"),
+    "label": ("label_channel", "y", "x"),
+    "mask": ("structure", "y", "x"),
+    "shape": ("shape_point", "axis"),
+    "bone": ("vertebra", "bone_point", "axis"),
+    "bone_mask": ("vertebra", "y", "x"),
+    "disk": ("disc", "disc_point", "axis"),
+    "disk_mask": ("disc", "y", "x"),
+}
+
+
+def dimension_names(field: str, sample_shape: Sequence[int]) -> tuple[str, ...]:
+    """The Zarr ``dimension_names`` of a field's array: ``sample``, then the documented names when
+    the field has its documented shape, else ``<field>_dim<k>`` (names of their own, so that a
+    field of another shape never claims a shared axis of another length)."""
+    sample_shape = tuple(int(n) for n in sample_shape)
+    if field in FIELD_DIMS and sample_shape == FIELD_SHAPES.get(field):
+        return (SAMPLE_DIM, *FIELD_DIMS[field])
+    return (SAMPLE_DIM, *(f"{field}_dim{k}" for k in range(len(sample_shape))))
+
+
+def array_dimensions(array: zarr.Array, field: str) -> tuple[str, ...]:
+    """The dimension names an array was written with, or those it would get today (outputs
+    written before arrays carried ``dimension_names``)."""
+    names = array.metadata.dimension_names
+    if names and len(names) == array.ndim and all(names):
+        return tuple(str(n) for n in names)
+    return dimension_names(field, array.shape[1:])
 
 
 def store_path(out: str | os.PathLike) -> Path:

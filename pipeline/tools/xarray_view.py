@@ -8,42 +8,20 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from pipeline.schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES
+from pipeline.schema import BONE_NAMES, DISC_NAMES, LABEL_NAMES
 from pipeline.store.manifest import read_manifest
-from pipeline.store.zarr_layout import open_split
+from pipeline.store.zarr_layout import array_dimensions, open_split
 
 if TYPE_CHECKING:
     import xarray
 
 
-#: Dimension names of the documented fields (after the sample axis), shared between fields
-#: where they mean the same thing, so xarray can align e.g. ``bone`` with ``bone_mask``.
-_DIMS: dict[str, tuple[str, ...]] = {
-    "img": ("y", "x"),
-    "img_corrected": ("y", "x"),
-    "img_equalized": ("y", "x"),
-    "label": ("label_channel", "y", "x"),
-    "mask": ("structure", "y", "x"),
-    "shape": ("shape_point", "axis"),
-    "bone": ("vertebra", "bone_point", "axis"),
-    "bone_mask": ("vertebra", "y", "x"),
-    "disk": ("disc", "disc_point", "axis"),
-    "disk_mask": ("disc", "y", "x"),
-}
-
-
+#: Labels of the axes that name anatomy (see :data:`pipeline.store.zarr_layout.FIELD_DIMS`).
 _DIM_LABELS: dict[str, list[str]] = {
     "structure": [LABEL_NAMES[i] for i in range(1, 12)],
     "vertebra": list(BONE_NAMES),
     "disc": list(DISC_NAMES),
 }
-
-
-def _dims(field: str, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
-    """Named dimensions for documented shapes; ``<field>_dim<k>`` for anything else."""
-    if field in _DIMS and sample_shape == FIELD_SHAPES.get(field):
-        return ("sample", *_DIMS[field])
-    return ("sample", *(f"{field}_dim{k}" for k in range(len(sample_shape))))
 
 
 def dask_step(shard_samples: int, sample_nbytes: int, limit: int) -> int:
@@ -89,7 +67,7 @@ def open_zarr(
             data = da.from_zarr(array, chunks=(step, *array.shape[1:]))
             if len(samples.rows) != samples.planned:  # rows of rejected members hold no sample
                 data = data[samples.rows]
-            data_vars[field] = (_dims(field, tuple(array.shape[1:])), data)
+            data_vars[field] = (array_dimensions(array, field), data)
         used = {d for dims, _ in data_vars.values() for d in dims}
         coords = {
             "key": ("sample", samples.keys),
