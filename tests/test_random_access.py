@@ -23,7 +23,7 @@ from pipeline.schema import spec_of
 from pipeline.store import zarr_layout, zarr_store
 from pipeline.store.codecs import CANDIDATES
 from pipeline.store.manifest import read_manifest, write_manifest
-from pipeline.store.zarr_layout import fast_layout
+from pipeline.store.zarr_fast_layout import fast_layout
 from pipeline.tools.xarray_view import dask_step, open_zarr
 
 from conftest import assert_bit_exact, copy_output

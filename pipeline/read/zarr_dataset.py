@@ -43,7 +43,8 @@ from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.zarr_fast import ProcessState, read_fast
 from pipeline.store.manifest import read_manifest
-from pipeline.store.zarr_layout import ChunkLayout, fast_layout, open_split, store_path
+from pipeline.store.zarr_fast_layout import ChunkLayout, fast_layout
+from pipeline.store.zarr_layout import open_split, store_path
 
 if TYPE_CHECKING:
     pass

@@ -19,7 +19,7 @@ import zarr
 from pipeline.errors import OutputError
 from pipeline.read.batches import BatchLayout, SlotPool
 from pipeline.store.codecs import decode_into
-from pipeline.store.zarr_layout import ChunkLayout
+from pipeline.store.zarr_fast_layout import ChunkLayout
 from pipeline.store.zarr_store import EMPTY_CHUNK, read_shard_index
 
 #: Open shard files kept per process: bounded, so thousands of shards stay under the fd limit.
