@@ -175,16 +175,34 @@ def read_shard_index(
 ) -> np.ndarray:
     """The ``(chunks, 2)`` table of offset and size of each inner chunk of the shard file open as ``fd``.
 
-    Checked before it is trusted: the index's CRC-32C (where the layout has one) and every
-    written chunk lying inside the file. Damage is an :class:`OutputError` naming ``path``.
-    ``at_end``/``crc``: where zarr-python's layout options put the index; ours is at the end,
-    with a CRC.
+    Checked before it is trusted (see :func:`parse_shard_index`). ``at_end``/``crc``: where
+    zarr-python's layout options put the index; ours is at the end, with a CRC.
     """
     size = os.fstat(fd).st_size
+    start, n = shard_index_span(size, path, chunks_per_shard, at_end, crc)
+    return parse_shard_index(os.pread(fd, n, start), size, path, chunks_per_shard, crc)
+
+
+def shard_index_span(
+    size: int, path: str | os.PathLike, chunks_per_shard: int, at_end: bool = True, crc: bool = True
+) -> tuple[int, int]:
+    """``(start, length)`` of the index in a shard file of ``size`` bytes (a file too short for
+    one is an :class:`OutputError` naming ``path``)."""
     n = chunks_per_shard * INDEX_ENTRY_BYTES + (INDEX_CRC_BYTES if crc else 0)
     if size < n:
         raise OutputError(f"{path}: {size} bytes, too short for a shard index of {n} bytes; the output is damaged")
-    raw = os.pread(fd, n, size - n if at_end else 0)
+    return (size - n if at_end else 0), n
+
+
+def parse_shard_index(
+    raw: bytes, size: int, path: str | os.PathLike, chunks_per_shard: int, crc: bool = True
+) -> np.ndarray:
+    """The index read from a shard file of ``size`` bytes, checked before it is trusted: its CRC-32C
+    (where the layout has one) and every written chunk lying inside the file. Damage is an
+    :class:`OutputError` naming ``path``."""
+    expected = chunks_per_shard * INDEX_ENTRY_BYTES + (INDEX_CRC_BYTES if crc else 0)
+    if len(raw) != expected:
+        raise OutputError(f"{path}: got {len(raw)} bytes of a shard index of {expected}; the output is damaged")
     if crc:
         raw, stored = raw[:-INDEX_CRC_BYTES], int.from_bytes(raw[-INDEX_CRC_BYTES:], "little")
         if google_crc32c.value(raw) != stored:
