@@ -225,8 +225,10 @@ def test_items_are_tensors_of_the_requested_fields_only(converted, monkeypatch):
     from pipeline.read import zarr_fast
 
     opened = []
-    original = zarr_fast.ProcessState.file
-    monkeypatch.setattr(zarr_fast.ProcessState, "file", lambda self, path: opened.append(path) or original(self, path))
+    original = zarr_fast.ProcessState.shard
+    monkeypatch.setattr(
+        zarr_fast.ProcessState, "shard", lambda self, layout, path: opened.append(path) or original(self, layout, path)
+    )
     item = ds[5]
     assert set(item) == {"__key__", "img", "label"}
     assert item["__key__"] == ds.keys[5]

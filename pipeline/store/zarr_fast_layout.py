@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import zarr
 
+from pipeline.store.location import is_url
 from pipeline.store.zarr_layout import shard_key
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,9 @@ class ChunkLayout:
     One inner chunk per sample, ``shard_samples`` inner chunks per shard file, each chunk the
     sample's little-endian bytes, optionally as one Blosc frame (which records its own
     typesize and shuffle, so any Blosc configuration decodes the same way).
+
+    ``directory`` is a local path, or the URL of an array in object storage (or any fsspec
+    URL): plain data either way, so a layout pickles into DataLoader workers without a handle.
     """
 
     directory: str
@@ -47,9 +51,15 @@ class ChunkLayout:
     def sample_nbytes(self) -> int:
         return int(np.prod(self.sample_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
+    @property
+    def remote(self) -> bool:
+        """Whether the shards are at a URL (read with fsspec) rather than in a local directory."""
+        return is_url(self.directory)
+
     def shard_path(self, shard: int) -> str:
-        """The shard file of shard ``shard`` under the default chunk key encoding."""
-        return os.path.join(self.directory, shard_key(shard, len(self.shape), self.separator))
+        """The shard file (or URL) of shard ``shard`` under the default chunk key encoding."""
+        key = shard_key(shard, len(self.shape), self.separator)
+        return f"{self.directory}/{key}" if self.remote else os.path.join(self.directory, key)
 
 
 def fast_layout(array: zarr.Array) -> ChunkLayout | None:
@@ -66,7 +76,7 @@ def fast_layout(array: zarr.Array) -> ChunkLayout | None:
     meta = array.metadata.to_dict()
     sharding = meta["codecs"][0]["configuration"]
     return ChunkLayout(
-        directory=os.path.join(array.store.root, *array.path.split("/")),
+        directory=_array_location(array),
         shape=tuple(int(n) for n in array.shape),
         dtype=np.dtype(array.dtype).str,
         fill_value=array.fill_value,
@@ -82,8 +92,8 @@ def _layout_mismatch(array: zarr.Array) -> str | None:
     """Why the fast path cannot read ``array``, or None if it can."""
     if array.metadata.zarr_format != 3:
         return "not a Zarr v3 array"
-    if not isinstance(array.store, zarr.storage.LocalStore):
-        return f"store {array.store} is not a local directory"
+    if not isinstance(array.store, (zarr.storage.LocalStore, zarr.storage.FsspecStore)):
+        return f"store {array.store} is neither a local directory nor an fsspec URL"
     meta = array.metadata.to_dict()
     dtype = np.dtype(array.dtype)
     shape = tuple(int(n) for n in array.shape)
@@ -114,6 +124,13 @@ def _layout_mismatch(array: zarr.Array) -> str | None:
     if inner not in (["bytes-little"], ["bytes-little", "blosc"]):
         return f"inner codecs {inner}"
     return None
+
+
+def _array_location(array: zarr.Array) -> str:
+    """The directory of ``array`` in its local store, or its URL in an fsspec store."""
+    if isinstance(array.store, zarr.storage.FsspecStore):
+        return array.store.fs.unstrip_protocol(f"{array.store.path.rstrip('/')}/{array.path}")
+    return os.path.join(array.store.root, *array.path.split("/"))
 
 
 def _codec_key(codec: Mapping, itemsize: int) -> str:

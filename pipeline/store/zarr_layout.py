@@ -16,8 +16,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import zarr
 
-from pipeline.errors import NotFoundError, OutputError
+from pipeline.errors import NotFoundError, OutputError, UsageError
 from pipeline.schema import FIELD_SHAPES, FieldSpec
+from pipeline.store.location import is_url
 
 STORE_NAME = "ssmspine.zarr"
 
@@ -65,6 +66,27 @@ def array_dimensions(array: zarr.Array, field: str) -> tuple[str, ...]:
 
 def store_path(out: str | os.PathLike) -> Path:
     return Path(out) / STORE_NAME
+
+
+def zarr_location(out: str | os.PathLike, *parts: str) -> str:
+    """Where the Zarr store of the output at ``out`` (a directory or a URL) is, or a node in it."""
+    root = os.fspath(out)
+    if is_url(root):
+        return "/".join([root.rstrip("/"), STORE_NAME, *parts])
+    return str(Path(root, STORE_NAME, *parts))
+
+
+def open_store(out: str | os.PathLike, storage_options: Mapping | None = None) -> Path | zarr.storage.FsspecStore:
+    """The Zarr store of the output at ``out``, read-only: its directory, or for a URL (any fsspec
+    URL) zarr-python's own fsspec store, to which ``storage_options`` go (credentials otherwise
+    come from where fsspec finds them: the environment, configuration files)."""
+    if not is_url(os.fspath(out)):
+        return store_path(out)
+    url = zarr_location(out)
+    try:
+        return zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}), read_only=True)
+    except (ValueError, ImportError, TypeError) as exc:  # an unknown scheme, its package missing
+        raise UsageError(f"{url}: cannot open this URL with fsspec ({exc})") from exc
 
 
 def open_array_in(store: str | os.PathLike, split: str, field: str, mode: str = "r") -> zarr.Array:
@@ -139,15 +161,20 @@ class SplitRows:
 
 
 def open_split(
-    out: Path, manifest: Mapping, split: str, fields: str | Sequence[str] | None
+    out: str | os.PathLike,
+    manifest: Mapping,
+    split: str,
+    fields: str | Sequence[str] | None,
+    storage_options: Mapping | None = None,
 ) -> tuple[SplitRows, zarr.Group, tuple[str, ...]]:
-    """The samples (from the manifest), Zarr group and fields (all by default) of a split, all checked."""
+    """The samples (from the manifest), Zarr group and fields (all by default) of a split, all checked;
+    ``out`` is the output's directory or URL (see :func:`open_store`)."""
     if split not in manifest["splits"]:
         raise NotFoundError(f"{out}: no split {split!r} (has {sorted(manifest['splits'])})")
-    path = store_path(out) / split
+    path = zarr_location(out, split)
     try:
-        group = zarr.open_group(store_path(out), path=split, mode="r", zarr_format=3)
-    except (FileNotFoundError, zarr.errors.BaseZarrError) as exc:
+        group = zarr.open_group(open_store(out, storage_options), path=split, mode="r", zarr_format=3)
+    except (OSError, zarr.errors.BaseZarrError) as exc:
         raise OutputError(f"{path}: not a Zarr group ({exc}); is the conversion complete?") from exc
     available = _available_fields(group)
     chosen = available if fields is None else ((fields,) if isinstance(fields, str) else tuple(fields))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from pipeline.schema import BONE_NAMES, DISC_NAMES, LABEL_NAMES
-from pipeline.store.manifest import read_manifest
+from pipeline.store.location import is_url, read_stream_manifest
 from pipeline.store.zarr_layout import array_dimensions, open_split
 
 if TYPE_CHECKING:
@@ -39,26 +39,35 @@ def dask_step(shard_samples: int, sample_nbytes: int, limit: int) -> int:
 
 
 def open_zarr(
-    out: str | os.PathLike, split: str | None = None, fields: Sequence[str] | None = None
+    out: str | os.PathLike,
+    split: str | None = None,
+    fields: Sequence[str] | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xarray.Dataset | dict[str, xarray.Dataset]:
     """Lazy views of the output for analysis: an ``xarray.Dataset`` of ``split``, or a dict of
     them by split when ``split`` is None.
 
+    ``out`` is the output directory or its URL (``file://``, ``s3://``, ``http(s)://`` or any
+    fsspec URL), with ``storage_options`` passed to fsspec and zarr-python, as for
+    :class:`~pipeline.read.zarr_dataset.ZarrDataset`.
+
     Each field is a dask array chunked along Zarr shards (see :func:`dask_step`), with the
     coordinates ``key``, ``patient`` and ``aug`` along ``sample``, so per-patient statistics
     such as ``open_zarr(out, "train").img.groupby("patient").mean()`` read each chunk once
-    and never hold more than a few shards in memory.
+    and never hold more than a few shards in memory. Dimensions are the names the arrays carry
+    (plain ``xarray.open_zarr`` sees the same; see ``docs/FORMAT.md``).
     """
     import dask
     import dask.array as da
     import xarray as xr
 
     limit = dask.utils.parse_bytes(dask.config.get("array.chunk-size"))
-    out = Path(out)
-    manifest = read_manifest(out)
+    out = os.fspath(out) if is_url(os.fspath(out)) else Path(out)
+    manifest = read_stream_manifest(os.fspath(out), storage_options)
     views = {}
     for name in [split] if split is not None else sorted(manifest["splits"]):
-        samples, group, chosen = open_split(out, manifest, name, fields)
+        samples, group, chosen = open_split(out, manifest, name, fields, storage_options)
         data_vars = {}
         for field in chosen:
             array = group[field]
