@@ -1,4 +1,5 @@
-"""ZarrDataset and open_zarr over URLs: ``file://`` and ``s3://`` (a real S3-protocol server on 127.0.0.1).
+"""ZarrDataset and open_zarr over URLs: ``file://``, ``s3://`` (a real S3-protocol server on 127.0.0.1)
+and ``http://`` (a real HTTP server with ``Range`` support on 127.0.0.1).
 
 The converted fixture is uploaded with s3fs as users upload theirs; every sample and field read
 through the URL must equal the local read bit for bit, on the fast path (ranged reads of shard
@@ -21,6 +22,7 @@ from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.tools.xarray_view import open_zarr
 
 from conftest import assert_bit_exact
+from test_stream_urls import serve  # noqa: F401  (the HTTP server fixture)
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,8 @@ def s3_output(converted, s3_server) -> str:
 
 
 def _url(scheme: str, converted: Path, request) -> str:
+    if scheme == "http":
+        return request.getfixturevalue("serve")(converted)
     return Path(converted).as_uri() if scheme == "file" else request.getfixturevalue("s3_output")
 
 
@@ -43,7 +47,7 @@ def _assert_equal_datasets(ds: ZarrDataset, reference: ZarrDataset) -> None:
             assert_bit_exact(record[field], values, f"{ds.out} {ds.split}/{key}.{field}")
 
 
-@pytest.mark.parametrize("scheme", ["file", "s3"])
+@pytest.mark.parametrize("scheme", ["file", "s3", "http"])
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_fast_path_over_a_url_equals_the_local_read(converted, request, scheme, split):
     url = _url(scheme, converted, request)
