@@ -39,6 +39,17 @@ class S3Server:
         fs.mkdir(name)
         return name
 
+    def upload(self, out: str | os.PathLike, parts: tuple[str, ...] = ("manifest.json", "ssmspine.zarr")) -> str:
+        """The URL of a copy of ``parts`` of the converted output ``out`` in a fresh bucket (under a
+        prefix, as outputs usually are), uploaded with s3fs as users upload theirs."""
+        import fsspec
+
+        url = f"s3://{self.new_bucket()}/datasets/ssmspine"
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        for part in parts:
+            fs.put(os.path.join(out, part), f"{url}/{part}", recursive=True)
+        return url
+
 
 @contextlib.contextmanager
 def running_s3_server() -> Iterator[S3Server]:

@@ -24,7 +24,7 @@ from pipeline.schema import spec_of
 from pipeline.store import zarr_layout, zarr_store
 from pipeline.store.codecs import CANDIDATES
 from pipeline.store.manifest import ShardEntry, SplitEntry, read_manifest, write_manifest
-from pipeline.store.zarr_layout import fast_layout
+from pipeline.store.zarr_fast_layout import fast_layout
 from pipeline.tools.xarray_view import dask_step, open_zarr
 
 from conftest import assert_bit_exact, copy_output
@@ -228,8 +228,10 @@ def test_items_are_tensors_of_the_requested_fields_only(converted, monkeypatch):
     from pipeline.read import zarr_fast
 
     opened = []
-    original = zarr_fast.ProcessState.file
-    monkeypatch.setattr(zarr_fast.ProcessState, "file", lambda self, path: opened.append(path) or original(self, path))
+    original = zarr_fast.ProcessState.shard
+    monkeypatch.setattr(
+        zarr_fast.ProcessState, "shard", lambda self, layout, path: opened.append(path) or original(self, layout, path)
+    )
     item = ds[5]
     assert set(item) == {"__key__", "img", "label"}
     assert item["__key__"] == ds.keys[5]

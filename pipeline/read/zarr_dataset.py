@@ -4,7 +4,8 @@ Why a reader of our own: a plain zarr-python ``array[i]`` spends about a millise
 its async machinery, metadata handling and a fresh read of the shard index — several times what
 it costs to decode one sample's chunk. Our layout is simple (one chunk per sample, in shards with
 a crc32c-checked index), so the fast path reads each shard's index once per process, then does
-one ``pread`` and one Blosc decode per chunk, straight into the array handed to torch.
+one ``pread`` (one ranged read at a URL) and one Blosc decode per chunk, straight into the array
+handed to torch.
 
 The fast path only takes arrays whose ``zarr.json`` it fully recognises (see
 :func:`fast_layout`); every other array — other codecs, no sharding, another key encoding —
@@ -31,7 +32,7 @@ import logging
 import operator
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,11 +43,9 @@ from pipeline.errors import NotFoundError, OutputError, SampleIndexError, Sample
 from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.zarr_fast import ProcessState, read_fast
-from pipeline.store.manifest import read_manifest
-from pipeline.store.zarr_layout import ChunkLayout, fast_layout, open_split, store_path
-
-if TYPE_CHECKING:
-    pass
+from pipeline.store.location import is_url, read_stream_manifest
+from pipeline.store.zarr_fast_layout import ChunkLayout, fast_layout
+from pipeline.store.zarr_layout import open_split, open_store, zarr_location
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +73,31 @@ class ZarrDataset(torch.utils.data.Dataset):
         *,
         fast: bool = True,
         decode_threads: int | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        """Open ``split`` of the output in ``out``; ``fields`` default to all of the split's fields.
+        """Open ``split`` of the output at ``out``; ``fields`` default to all of the split's fields.
 
+        ``out`` is the output directory or its URL, as for ``StreamingDataset``: ``file://``,
+        ``s3://``, ``http(s)://`` or any other fsspec URL, with ``storage_options`` (credentials,
+        endpoint, ...) passed to fsspec and zarr-python; without them fsspec finds credentials
+        where it usually does (the environment, configuration files).
         ``fast=False`` reads everything with zarr-python (the reference the fast path is
         tested against). ``decode_threads``: threads that decode the samples of a batch read by
         :meth:`__getitems__` at once (default: the process's cores, divided among local ranks
         and DataLoader workers; see :mod:`pipeline.read.decode_threads`).
         """
-        self.out = Path(out)
+        self.out: Path | str = os.fspath(out) if is_url(os.fspath(out)) else Path(out)
         self.split = split
-        samples, group, self.fields = open_split(self.out, read_manifest(self.out), split, fields)
+        self.storage_options = dict(storage_options or {})
+        manifest = read_stream_manifest(os.fspath(self.out), self.storage_options)
+        samples, group, self.fields = open_split(self.out, manifest, split, fields, self.storage_options)
         self.keys: tuple[str, ...] = tuple(samples.keys)
         self._rows = samples.rows
         arrays = {f: group[f] for f in self.fields}
         for name, length in [("aug", group["aug"].shape[0]), *((f, a.shape[0]) for f, a in arrays.items())]:
             if length != samples.planned or len(self._rows) != len(self.keys) or self._rows.max(initial=0) >= length:
                 raise OutputError(
-                    f"{store_path(self.out) / split / name}: {length} rows do not hold "
+                    f"{zarr_location(self.out, split, name)}: {length} rows do not hold "
                     f"the {len(self.keys)} samples the manifest lists"
                 )
         self.patients = _read_only(group["patient"][:][self._rows])
@@ -198,7 +204,8 @@ class ZarrDataset(torch.utils.data.Dataset):
             return read_fast(layout, state, row, out)
         array = state.arrays.get(field)
         if array is None:
-            array = state.arrays[field] = zarr.open_array(store_path(self.out), path=f"{self.split}/{field}", mode="r")
+            store = open_store(self.out, self.storage_options)
+            array = state.arrays[field] = zarr.open_array(store, path=f"{self.split}/{field}", mode="r")
         values = np.asarray(array[row], order="C")
         if out is None:
             return values
@@ -208,7 +215,7 @@ class ZarrDataset(torch.utils.data.Dataset):
     def _state(self) -> ProcessState:
         state = self._local
         if state is None or state.pid != os.getpid():  # first use, or first use after a fork
-            state = self._local = ProcessState()
+            state = self._local = ProcessState(self.storage_options)
         return state
 
     def close(self) -> None:

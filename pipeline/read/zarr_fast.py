@@ -1,9 +1,11 @@
-"""The Zarr fast path: one ``pread`` and one Blosc decode per chunk, each shard's index read once per process.
+"""The Zarr fast path: one ranged read and one Blosc decode per chunk, each shard's index read once per process.
 
 A plain zarr-python ``array[i]`` spends about a millisecond per call in its async machinery,
 metadata handling and a fresh read of the shard index — several times what it costs to decode one
-sample's chunk. File handles and shard indexes live in a per-process state that is rebuilt when
-``os.getpid()`` changes and is never pickled, and that decode threads may share.
+sample's chunk. Shards are local files (``pread``) or objects at a URL (fsspec ``cat_file`` of
+byte ranges: the index at the end of the shard once, then one request per chunk). File handles,
+filesystems and shard indexes live in a per-process state that is rebuilt when ``os.getpid()``
+changes and is never pickled, and that decode threads may share.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import zarr
@@ -19,26 +21,77 @@ import zarr
 from pipeline.errors import OutputError
 from pipeline.read.batches import BatchLayout, SlotPool
 from pipeline.store.codecs import decode_into
-from pipeline.store.zarr_layout import ChunkLayout
-from pipeline.store.zarr_store import EMPTY_CHUNK, read_shard_index
+from pipeline.store.location import url_filesystem
+from pipeline.store.zarr_fast_layout import ChunkLayout
+from pipeline.store.zarr_store import EMPTY_CHUNK, parse_shard_index, shard_index_span
 
 #: Open shard files kept per process: bounded, so thousands of shards stay under the fd limit.
 MAX_OPEN_FILES = 64
 
 
+class LocalShard:
+    """A shard file, open unbuffered; reads are ``pread`` s, so threads share it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file = open(path, "rb", buffering=0)  # FileNotFoundError: a shard never written
+
+    def size(self) -> int:
+        return os.fstat(self.file.fileno()).st_size
+
+    def read(self, offset: int, nbytes: int) -> bytes:
+        return os.pread(self.file.fileno(), nbytes, offset)
+
+    def read_into(self, offset: int, into: memoryview) -> int:
+        return os.preadv(self.file.fileno(), [into], offset)
+
+
+class RemoteShard:
+    """A shard at a URL, read in byte ranges through fsspec; holds no handle of its own."""
+
+    def __init__(self, path: str, storage_options: Mapping) -> None:
+        self.path = path
+        self._fs, self._key = url_filesystem(path, storage_options)
+
+    def size(self) -> int:
+        return self._call(self._fs.size, self._key)  # FileNotFoundError: a shard never written
+
+    def read(self, offset: int, nbytes: int) -> bytes:
+        try:
+            return self._call(self._fs.cat_file, self._key, start=offset, end=offset + nbytes)
+        except FileNotFoundError:
+            raise OutputError(f"{self.path}: the shard is gone since its index was read") from None
+
+    def read_into(self, offset: int, into: memoryview) -> int:
+        data = self.read(offset, len(into))
+        into[: len(data)] = data
+        return len(data)
+
+    def _call(self, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:  # no access, no connection: the reason as fsspec gives it
+            raise OutputError(f"{self.path}: cannot read ({exc})") from exc
+
+
 class ProcessState:
-    """Open shard files, decoded shard indexes, zarr-python arrays and the batch slots of one
+    """Open shards, decoded shard indexes, zarr-python arrays and the batch slots of one
     process (shared memory in a DataLoader worker, private memory in the main process).
 
-    Files are plain unbuffered file objects in a small LRU: evicting one only drops the
-    cache's reference, so a thread still reading from it keeps it open until it is done.
+    Shards (plain unbuffered files, or fsspec paths for URLs) are kept in a small LRU: evicting
+    one only drops the cache's reference, so a thread still reading from it keeps it open until
+    it is done. fsspec filesystems are made in the process that reads (fsspec keeps one per
+    process), with the dataset's ``storage_options``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, storage_options: Mapping | None = None) -> None:
         self.pid = os.getpid()
         self.lock = threading.Lock()
-        self.files: collections.OrderedDict[str, Any] = collections.OrderedDict()
-        self.indexes: dict[str, np.ndarray] = {}
+        self.storage_options = dict(storage_options or {})
+        self.files: collections.OrderedDict[str, LocalShard | RemoteShard] = collections.OrderedDict()
+        self.indexes: dict[str, np.ndarray | None] = {}
         self.arrays: dict[str, zarr.Array] = {}
         self.slots: SlotPool | None = None
 
@@ -49,48 +102,59 @@ class ProcessState:
             self.slots = SlotPool(BatchLayout.of(specs, rows), shared=shared)
         return self.slots
 
-    def file(self, path: str):
+    def shard(self, layout: ChunkLayout, path: str) -> LocalShard | RemoteShard:
+        """Shard ``path`` of ``layout``: a local file kept open (a few, least recently used first
+        out) or an object at a URL; FileNotFoundError for a local shard never written."""
         with self.lock:
-            file = self.files.get(path)
-            if file is not None:
+            shard = self.files.get(path)
+            if shard is not None:
                 self.files.move_to_end(path)
-                return file
-        file = open(path, "rb", buffering=0)  # FileNotFoundError: a shard never written
+                return shard
+        shard = RemoteShard(path, self.storage_options) if layout.remote else LocalShard(path)
         with self.lock:
-            self.files[path] = file
+            self.files[path] = shard
             while len(self.files) > MAX_OPEN_FILES:
                 self.files.popitem(last=False)
-        return file
+        return shard
 
-    def index(self, layout: ChunkLayout, path: str, file) -> np.ndarray:
-        """The (offset, nbytes) pairs of a shard's inner chunks, read and checked once."""
-        index = self.indexes.get(path)
-        if index is None:
-            index = read_shard_index(file.fileno(), path, layout.shard_samples, layout.index_at_end, layout.index_crc)
-            self.indexes[path] = index
+    def index(self, layout: ChunkLayout, path: str) -> np.ndarray | None:
+        """The (offset, nbytes) pairs of the inner chunks of shard ``path``, read and checked once;
+        None for a shard never written (zarr-python writes none whose chunks all equal the fill value)."""
+        if path in self.indexes:
+            return self.indexes[path]
+        try:
+            shard = self.shard(layout, path)
+            size = shard.size()
+        except FileNotFoundError:
+            index = None
+        else:
+            start, n = shard_index_span(size, path, layout.shard_samples, layout.index_at_end, layout.index_crc)
+            index = parse_shard_index(shard.read(start, n), size, path, layout.shard_samples, layout.index_crc)
+        self.indexes[path] = index
         return index
 
 
 def read_fast(layout: ChunkLayout, state: ProcessState, row: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Sample ``row`` of a fast-path array: one ``pread`` and one decode into ``out`` (a
+    """Sample ``row`` of a fast-path array: one ranged read and one decode into ``out`` (a
     C-contiguous array of the sample's shape and dtype), or into a new array."""
     if out is None:
         out = np.empty(layout.sample_shape, dtype=layout.dtype)
     shard, within = divmod(row, layout.shard_samples)
     path = layout.shard_path(shard)
-    try:
-        file = state.file(path)
-    except FileNotFoundError:  # zarr-python writes no shard whose chunks all equal the fill value
+    index = state.index(layout, path)
+    offset, nbytes = (EMPTY_CHUNK, EMPTY_CHUNK) if index is None else (int(v) for v in index[within])
+    if offset == EMPTY_CHUNK and nbytes == EMPTY_CHUNK:
         np.copyto(out, layout.fill_value, casting="unsafe")  # what np.full does
         return out
-    offset, nbytes = (int(v) for v in state.index(layout, path, file)[within])
-    if offset == EMPTY_CHUNK and nbytes == EMPTY_CHUNK:
-        np.copyto(out, layout.fill_value, casting="unsafe")
-        return out
+    try:
+        source = state.shard(layout, path)
+    except FileNotFoundError:
+        raise OutputError(f"{path}: the shard is gone since its index was read") from None
+    where = f"{path}: chunk {within}"
     expected = layout.sample_nbytes
     if not layout.blosc:
-        got = os.preadv(file.fileno(), [memoryview(out).cast("B")], offset) if nbytes == expected else -1
+        got = source.read_into(offset, memoryview(out).cast("B")) if nbytes == expected else -1
         if got != expected:
-            raise OutputError(f"{path}: chunk {within} has {nbytes} bytes, expected {expected}")
+            raise OutputError(f"{where} has {nbytes} bytes, expected {expected}")
         return out
-    return decode_into(os.pread(file.fileno(), nbytes, offset), out, f"{path}: chunk {within}")
+    return decode_into(source.read(offset, nbytes), out, where)

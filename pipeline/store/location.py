@@ -20,7 +20,7 @@ import os
 import urllib.parse
 from typing import Mapping, Sequence
 
-from pipeline.errors import OutputError
+from pipeline.errors import OutputError, UsageError
 from pipeline.store import manifest
 
 #: Requested fields of one sample separated by at most this many bytes are read with one request.
@@ -183,20 +183,27 @@ class HttpRangeReader(RangeReader):
 
 
 class FsspecRangeReader(RangeReader):
-    """Any other URL fsspec understands (``file://``, ``s3://``, ``memory://``, ...)."""
+    """Any other URL fsspec understands (``file://``, ``s3://``, ``memory://``, ...).
 
-    def __init__(self, root: str, files: Sequence[str], sizes: Sequence[int]) -> None:
+    ``storage_options`` go to fsspec (credentials, endpoints); by default it finds them where
+    it usually does (the environment, configuration files).
+    """
+
+    def __init__(
+        self, root: str, files: Sequence[str], sizes: Sequence[int], storage_options: Mapping | None = None
+    ) -> None:
         super().__init__(root, files, sizes)
-        import fsspec.core
-
-        self._fs, self._path = fsspec.core.url_to_fs(root)
+        self._fs, self._path = url_filesystem(root, storage_options)
         self._checked: set[int] = set()
 
     def fetch(self, relative: str) -> bytes:
+        url = f"{self.root.rstrip('/')}/{relative}"
         try:
             return self._fs.cat_file(f"{self._path.rstrip('/')}/{relative}")
         except FileNotFoundError:
-            raise OutputError(f"{self.root.rstrip('/')}/{relative}: not found") from None
+            raise OutputError(f"{url}: not found") from None
+        except OSError as exc:  # no access, no connection: the reason as fsspec gives it
+            raise OutputError(f"{url}: cannot read ({exc})") from exc
 
     copies = False  # fsspec hands over fresh bytes
 
@@ -220,6 +227,17 @@ def is_url(root: str) -> bool:
     return "://" in root
 
 
+def url_filesystem(url: str, storage_options: Mapping | None = None):
+    """The fsspec filesystem of ``url`` and the path in it; a URL fsspec cannot open (an unknown
+    scheme, a package it needs missing) is a :class:`UsageError` naming the URL."""
+    import fsspec.core
+
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ValueError, ImportError) as exc:
+        raise UsageError(f"{url}: cannot open this URL with fsspec ({exc})") from exc
+
+
 def range_reader_class(root: str) -> type[RangeReader]:
     if not is_url(root):
         return LocalRangeReader
@@ -228,11 +246,17 @@ def range_reader_class(root: str) -> type[RangeReader]:
     return FsspecRangeReader
 
 
-def read_stream_manifest(root: str) -> manifest.Manifest:
-    """The manifest of the output at a local directory or URL, checked for format and version."""
+def read_stream_manifest(root: str, storage_options: Mapping | None = None) -> manifest.Manifest:
+    """The manifest of the output at a local directory or URL, checked for format and version.
+
+    With ``storage_options``, any URL (``http(s)://`` too) is read through fsspec, which takes them.
+    """
     if not is_url(root):
         return manifest.read_manifest(root)
-    store = range_reader_class(root)(root, [], [])
+    if storage_options:
+        store: RangeReader = FsspecRangeReader(root, [], [], storage_options)
+    else:
+        store = range_reader_class(root)(root, [], [])
     try:
         data = store.fetch(manifest.MANIFEST_NAME)  # type: ignore[attr-defined]
     finally:

@@ -2,33 +2,92 @@
 
 ``DIR/ssmspine.zarr/<split>/<field>`` holds ``(N, *field shape)`` in the source dtype, one chunk per
 sample, chunks packed in shards of ``shard_samples`` samples with a crc32c-checked index at the end.
-:func:`check_layout` states what the conversion's own shard writer needs, :func:`fast_layout` what
-the readers' fast path can read directly (anything else is read through zarr-python), and
-:func:`check_array` what ``verify`` relies on before comparing encoded chunks byte for byte.
+:func:`check_layout` states what the conversion's own shard writer needs and :func:`check_array` what
+``verify`` relies on before comparing encoded chunks byte for byte; what the readers' fast path can
+read directly is :mod:`pipeline.store.zarr_fast_layout`'s concern.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import zarr
 
-from pipeline.errors import NotFoundError, OutputError
-from pipeline.schema import FieldSpec
+from pipeline.errors import NotFoundError, OutputError, UsageError
+from pipeline.schema import FIELD_SHAPES, FieldSpec
+from pipeline.store.location import is_url
 from pipeline.store.manifest import Manifest, SplitEntry
 
-log = logging.getLogger(__name__)
-
 STORE_NAME = "ssmspine.zarr"
+
+#: The first axis of every array of a split, ``patient`` and ``aug`` included: one name, so that
+#: xarray (and any reader of Zarr v3 ``dimension_names``) lines the arrays of a split up by sample.
+SAMPLE_DIM = "sample"
+#: Arrays of a split naming each sample; every field array lists them in its ``coordinates``
+#: attribute (the CF convention xarray decodes), so they open as coordinates along ``sample``.
+SAMPLE_COORDINATES = ("patient", "aug")
+
+#: Names of the axes after ``sample`` of the documented fields, shared between fields where they
+#: mean the same thing (``bone`` and ``bone_mask`` both have ``vertebra``; every image has ``y, x``).
+FIELD_DIMS: dict[str, tuple[str, ...]] = {
+    "img": ("y", "x"),
+    "img_corrected": ("y", "x"),
+    "img_equalized": ("y", "x"),
+    "label": ("label_channel", "y", "x"),
+    "mask": ("structure", "y", "x"),
+    "shape": ("shape_point", "axis"),
+    "bone": ("vertebra", "bone_point", "axis"),
+    "bone_mask": ("vertebra", "y", "x"),
+    "disk": ("disc", "disc_point", "axis"),
+    "disk_mask": ("disc", "y", "x"),
+}
+
+
+def dimension_names(field: str, sample_shape: Sequence[int]) -> tuple[str, ...]:
+    """The Zarr ``dimension_names`` of a field's array: ``sample``, then the documented names when
+    the field has its documented shape, else ``<field>_dim<k>`` (names of their own, so that a
+    field of another shape never claims a shared axis of another length)."""
+    sample_shape = tuple(int(n) for n in sample_shape)
+    if field in FIELD_DIMS and sample_shape == FIELD_SHAPES.get(field):
+        return (SAMPLE_DIM, *FIELD_DIMS[field])
+    return (SAMPLE_DIM, *(f"{field}_dim{k}" for k in range(len(sample_shape))))
+
+
+def array_dimensions(array: zarr.Array, field: str) -> tuple[str, ...]:
+    """The dimension names an array was written with, or those it would get today (outputs
+    written before arrays carried ``dimension_names``)."""
+    names = array.metadata.dimension_names
+    if names and len(names) == array.ndim and all(names):
+        return tuple(str(n) for n in names)
+    return dimension_names(field, array.shape[1:])
 
 
 def store_path(out: str | os.PathLike) -> Path:
     return Path(out) / STORE_NAME
+
+
+def zarr_location(out: str | os.PathLike, *parts: str) -> str:
+    """Where the Zarr store of the output at ``out`` (a directory or a URL) is, or a node in it."""
+    root = os.fspath(out)
+    if is_url(root):
+        return "/".join([root.rstrip("/"), STORE_NAME, *parts])
+    return str(Path(root, STORE_NAME, *parts))
+
+
+def open_store(out: str | os.PathLike, storage_options: Mapping | None = None) -> Path | zarr.storage.FsspecStore:
+    """The Zarr store of the output at ``out``, read-only: its directory, or for a URL (any fsspec
+    URL) zarr-python's own fsspec store, to which ``storage_options`` go (credentials otherwise
+    come from where fsspec finds them: the environment, configuration files)."""
+    if not is_url(os.fspath(out)):
+        return store_path(out)
+    url = zarr_location(out)
+    try:
+        return zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}), read_only=True)
+    except (ValueError, ImportError, TypeError) as exc:  # an unknown scheme, its package missing
+        raise UsageError(f"{url}: cannot open this URL with fsspec ({exc})") from exc
 
 
 def open_array_in(store: str | os.PathLike, split: str, field: str, mode: str = "r") -> zarr.Array:
@@ -89,111 +148,6 @@ def check_array(array: zarr.Array, spec: FieldSpec, rows: int, chunks_per_shard:
     check_layout(array)
 
 
-@dataclass(frozen=True)
-class ChunkLayout:
-    """Where the bytes of sample ``i`` of one array are, for arrays the fast path can read.
-
-    One inner chunk per sample, ``shard_samples`` inner chunks per shard file, each chunk the
-    sample's little-endian bytes, optionally as one Blosc frame (which records its own
-    typesize and shuffle, so any Blosc configuration decodes the same way).
-    """
-
-    directory: str
-    shape: tuple[int, ...]
-    dtype: str
-    fill_value: Any
-    shard_samples: int
-    separator: str
-    index_at_end: bool
-    index_crc: bool
-    blosc: bool
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return self.shape[1:]
-
-    @property
-    def sample_nbytes(self) -> int:
-        return int(np.prod(self.sample_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-    def shard_path(self, shard: int) -> str:
-        """The shard file of shard ``shard`` under the default chunk key encoding."""
-        return os.path.join(self.directory, shard_key(shard, len(self.shape), self.separator))
-
-
-def fast_layout(array: zarr.Array) -> ChunkLayout | None:
-    """The :class:`ChunkLayout` of ``array``, or None if the fast path cannot read it bit-exactly;
-    the reason is logged at debug level.
-
-    Every part of the metadata that changes where or how bytes are stored is checked: the
-    fast path is an optimisation, and whatever it does not know it leaves to zarr-python.
-    """
-    reason = _layout_mismatch(array)
-    if reason:
-        log.debug("%s: read with zarr-python: %s", array.path, reason)
-        return None
-    meta = array.metadata.to_dict()
-    sharding = meta["codecs"][0]["configuration"]
-    return ChunkLayout(
-        directory=os.path.join(array.store.root, *array.path.split("/")),
-        shape=tuple(int(n) for n in array.shape),
-        dtype=np.dtype(array.dtype).str,
-        fill_value=array.fill_value,
-        shard_samples=int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]),
-        separator=meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/"),
-        index_at_end=sharding.get("index_location", "end") == "end",
-        index_crc=len(sharding["index_codecs"]) == 2,
-        blosc=len(sharding["codecs"]) == 2,
-    )
-
-
-def _layout_mismatch(array: zarr.Array) -> str | None:
-    """Why the fast path cannot read ``array``, or None if it can."""
-    if array.metadata.zarr_format != 3:
-        return "not a Zarr v3 array"
-    if not isinstance(array.store, zarr.storage.LocalStore):
-        return f"store {array.store} is not a local directory"
-    meta = array.metadata.to_dict()
-    dtype = np.dtype(array.dtype)
-    shape = tuple(int(n) for n in array.shape)
-    if dtype.kind not in "biuf" or dtype.newbyteorder("<") != dtype:
-        return f"dtype {dtype} is not a little-endian number on this machine"
-    if len(shape) < 1:
-        return "0-d array"
-    if meta.get("storage_transformers"):
-        return "storage transformers"
-    key_encoding = meta["chunk_key_encoding"]
-    if key_encoding["name"] != "default" or key_encoding.get("configuration", {}).get("separator", "/") not in "/.":
-        return f"chunk key encoding {key_encoding}"
-    grid = meta["chunk_grid"]
-    if grid["name"] != "regular" or tuple(grid["configuration"]["chunk_shape"][1:]) != shape[1:]:
-        return f"chunk grid {grid} does not hold whole samples"
-    codecs = meta["codecs"]
-    if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
-        return f"codecs {[c['name'] for c in codecs]} are not one sharding codec"
-    sharding = codecs[0]["configuration"]
-    if tuple(sharding["chunk_shape"]) != (1, *shape[1:]):
-        return f"inner chunks {sharding['chunk_shape']} are not one sample each"
-    if sharding.get("index_location", "end") not in ("start", "end"):
-        return f"index location {sharding['index_location']}"
-    index_codecs = [_codec_key(c, 8) for c in sharding["index_codecs"]]
-    if index_codecs not in (["bytes-little"], ["bytes-little", "crc32c"]):
-        return f"index codecs {index_codecs}"
-    inner = [_codec_key(c, dtype.itemsize) for c in sharding["codecs"]]
-    if inner not in (["bytes-little"], ["bytes-little", "blosc"]):
-        return f"inner codecs {inner}"
-    return None
-
-
-def _codec_key(codec: Mapping, itemsize: int) -> str:
-    """A codec's name, with the byte order of ``bytes`` (implicit for one-byte elements)."""
-    name = codec["name"]
-    if name != "bytes":
-        return name
-    endian = (codec.get("configuration") or {}).get("endian")
-    return "bytes-little" if endian == "little" or (endian is None and itemsize == 1) else f"bytes-{endian}"
-
-
 class SplitRows:
     """The samples of a split the manifest lists, and the Zarr row of each.
 
@@ -208,15 +162,20 @@ class SplitRows:
 
 
 def open_split(
-    out: Path, manifest: Manifest, split: str, fields: str | Sequence[str] | None
+    out: str | os.PathLike,
+    manifest: Manifest,
+    split: str,
+    fields: str | Sequence[str] | None,
+    storage_options: Mapping | None = None,
 ) -> tuple[SplitRows, zarr.Group, tuple[str, ...]]:
-    """The samples (from the manifest), Zarr group and fields (all by default) of a split, all checked."""
+    """The samples (from the manifest), Zarr group and fields (all by default) of a split, all checked;
+    ``out`` is the output's directory or URL (see :func:`open_store`)."""
     if split not in manifest.splits:
         raise NotFoundError(f"{out}: no split {split!r} (has {sorted(manifest.splits)})")
-    path = store_path(out) / split
+    path = zarr_location(out, split)
     try:
-        group = zarr.open_group(store_path(out), path=split, mode="r", zarr_format=3)
-    except (FileNotFoundError, zarr.errors.BaseZarrError) as exc:
+        group = zarr.open_group(open_store(out, storage_options), path=split, mode="r", zarr_format=3)
+    except (OSError, zarr.errors.BaseZarrError) as exc:
         raise OutputError(f"{path}: not a Zarr group ({exc}); is the conversion complete?") from exc
     available = _available_fields(group)
     chosen = available if fields is None else ((fields,) if isinstance(fields, str) else tuple(fields))

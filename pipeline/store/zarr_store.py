@@ -26,11 +26,11 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from pipeline.atomic import AtomicFile
+from pipeline.atomic import AtomicFile, write_bytes_atomic
 from pipeline.errors import OutputError
 from pipeline.schema import Schema
 from pipeline.store.codecs import SHUFFLE_NAMES, Encoding
-from pipeline.store.zarr_layout import check_layout, store_path
+from pipeline.store.zarr_layout import SAMPLE_COORDINATES, SAMPLE_DIM, check_layout, dimension_names, store_path
 
 
 def blosc_codec(encoding: Encoding, itemsize: int) -> BloscCodec:
@@ -56,13 +56,17 @@ def create_split(
 ) -> None:
     """Create (or, when resuming, reopen unchanged) the arrays of one split.
 
-    An existing array with the same shape, dtype, chunking and codecs is kept as it is, with
-    whatever shards are already written; any other difference is an error rather than a
-    silent overwrite of earlier output.
+    Every array names its dimensions (:func:`dimension_names`; ``sample`` first) and every field
+    lists ``patient`` and ``aug`` as its coordinates, so that ``xarray.open_zarr`` opens a split
+    as it is. An existing array with the same shape, dtype, chunking and codecs is kept as it
+    is, with whatever shards are already written (its names brought up to date, for an output
+    of an earlier version); any other difference is an error rather than a silent overwrite of
+    earlier output.
     """
     group = zarr.open_group(store_path(out), mode="a", zarr_format=3)
     split_group = group.require_group(split)
     n = len(patients)
+    coordinates = {"coordinates": " ".join(SAMPLE_COORDINATES)}
     for field, spec in schema.items():
         _require_array(
             split_group,
@@ -72,27 +76,46 @@ def create_split(
             chunks=(1, *spec.shape),
             shards=(shard_samples, *spec.shape),
             compressors=blosc_codec(encodings[field], spec.numpy_dtype.itemsize),
+            dimension_names=dimension_names(field, spec.shape),
+            attributes=coordinates,
         )
         check_layout(split_group[field])
     for name, values in (("patient", patients), ("aug", augs)):
         array = _require_array(
-            split_group, name, shape=(n,), dtype=np.dtype("int32"), chunks=(n,), shards=None, compressors=None
+            split_group,
+            name,
+            shape=(n,),
+            dtype=np.dtype("int32"),
+            chunks=(n,),
+            shards=None,
+            compressors=None,
+            dimension_names=(SAMPLE_DIM,),
         )
         array[:] = np.asarray(values, dtype=np.int32)
     split_group.attrs.update({"samples": n, "shard_samples": shard_samples, **attributes})
 
 
+#: Metadata that names things without changing where or how any byte is stored.
+_NAMING = ("dimension_names", "attributes")
+
+
 def _require_array(group: zarr.Group, name: str, **spec) -> zarr.Array:
-    if name in group:
+    spec["fill_value"] = _fill(spec["dtype"])
+    if name not in group:
+        return group.create_array(name, **spec)
+    array = group[name]
+    written: dict = {}  # what zarr-python writes for these arrays: their zarr.json
+    expected = zarr.create_array(store=zarr.storage.MemoryStore(written), **spec).metadata.to_dict()
+    found = array.metadata.to_dict()
+    if {k: v for k, v in found.items() if k not in _NAMING} != {k: v for k, v in expected.items() if k not in _NAMING}:
+        raise OutputError(
+            f"{array.store_path}: an existing array with another layout is in the way "
+            "(an output of a different conversion?); use a new --out or --force"
+        )
+    if any(found.get(k) != expected.get(k) for k in _NAMING):  # written before arrays named their axes
+        write_bytes_atomic(Path(group.store.root, array.path, "zarr.json"), written["zarr.json"].to_bytes())
         array = group[name]
-        expected = zarr.create_array(store={}, **spec, fill_value=_fill(spec["dtype"]))
-        if array.metadata.to_dict() != expected.metadata.to_dict():
-            raise OutputError(
-                f"{array.store_path}: an existing array with another layout is in the way "
-                "(an output of a different conversion?); use a new --out or --force"
-            )
-        return array
-    return group.create_array(name, **spec, fill_value=_fill(spec["dtype"]))
+    return array
 
 
 def _fill(dtype: np.dtype):
@@ -152,16 +175,34 @@ def read_shard_index(
 ) -> np.ndarray:
     """The ``(chunks, 2)`` table of offset and size of each inner chunk of the shard file open as ``fd``.
 
-    Checked before it is trusted: the index's CRC-32C (where the layout has one) and every
-    written chunk lying inside the file. Damage is an :class:`OutputError` naming ``path``.
-    ``at_end``/``crc``: where zarr-python's layout options put the index; ours is at the end,
-    with a CRC.
+    Checked before it is trusted (see :func:`parse_shard_index`). ``at_end``/``crc``: where
+    zarr-python's layout options put the index; ours is at the end, with a CRC.
     """
     size = os.fstat(fd).st_size
+    start, n = shard_index_span(size, path, chunks_per_shard, at_end, crc)
+    return parse_shard_index(os.pread(fd, n, start), size, path, chunks_per_shard, crc)
+
+
+def shard_index_span(
+    size: int, path: str | os.PathLike, chunks_per_shard: int, at_end: bool = True, crc: bool = True
+) -> tuple[int, int]:
+    """``(start, length)`` of the index in a shard file of ``size`` bytes (a file too short for
+    one is an :class:`OutputError` naming ``path``)."""
     n = chunks_per_shard * INDEX_ENTRY_BYTES + (INDEX_CRC_BYTES if crc else 0)
     if size < n:
         raise OutputError(f"{path}: {size} bytes, too short for a shard index of {n} bytes; the output is damaged")
-    raw = os.pread(fd, n, size - n if at_end else 0)
+    return (size - n if at_end else 0), n
+
+
+def parse_shard_index(
+    raw: bytes, size: int, path: str | os.PathLike, chunks_per_shard: int, crc: bool = True
+) -> np.ndarray:
+    """The index read from a shard file of ``size`` bytes, checked before it is trusted: its CRC-32C
+    (where the layout has one) and every written chunk lying inside the file. Damage is an
+    :class:`OutputError` naming ``path``."""
+    expected = chunks_per_shard * INDEX_ENTRY_BYTES + (INDEX_CRC_BYTES if crc else 0)
+    if len(raw) != expected:
+        raise OutputError(f"{path}: got {len(raw)} bytes of a shard index of {expected}; the output is damaged")
     if crc:
         raw, stored = raw[:-INDEX_CRC_BYTES], int.from_bytes(raw[-INDEX_CRC_BYTES:], "little")
         if google_crc32c.value(raw) != stored:

@@ -4,46 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, LABEL_NAMES
-from pipeline.store.manifest import read_manifest
-from pipeline.store.zarr_layout import open_split
+from pipeline.schema import BONE_NAMES, DISC_NAMES, LABEL_NAMES
+from pipeline.store.location import is_url, read_stream_manifest
+from pipeline.store.zarr_layout import array_dimensions, open_split
 
 if TYPE_CHECKING:
     import xarray
 
 
-#: Dimension names of the documented fields (after the sample axis), shared between fields
-#: where they mean the same thing, so xarray can align e.g. ``bone`` with ``bone_mask``.
-_DIMS: dict[str, tuple[str, ...]] = {
-    "img": ("y", "x"),
-    "img_corrected": ("y", "x"),
-    "img_equalized": ("y", "x"),
-    "label": ("label_channel", "y", "x"),
-    "mask": ("structure", "y", "x"),
-    "shape": ("shape_point", "axis"),
-    "bone": ("vertebra", "bone_point", "axis"),
-    "bone_mask": ("vertebra", "y", "x"),
-    "disk": ("disc", "disc_point", "axis"),
-    "disk_mask": ("disc", "y", "x"),
-}
-
-
+#: Labels of the axes that name anatomy (see :data:`pipeline.store.zarr_layout.FIELD_DIMS`).
 _DIM_LABELS: dict[str, list[str]] = {
     "structure": [LABEL_NAMES[i] for i in range(1, 12)],
     "vertebra": list(BONE_NAMES),
     "disc": list(DISC_NAMES),
 }
-
-
-def _dims(field: str, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
-    """Named dimensions for documented shapes; ``<field>_dim<k>`` for anything else."""
-    if field in _DIMS and sample_shape == FIELD_SHAPES.get(field):
-        return ("sample", *_DIMS[field])
-    return ("sample", *(f"{field}_dim{k}" for k in range(len(sample_shape))))
 
 
 def dask_step(shard_samples: int, sample_nbytes: int, limit: int) -> int:
@@ -61,26 +39,35 @@ def dask_step(shard_samples: int, sample_nbytes: int, limit: int) -> int:
 
 
 def open_zarr(
-    out: str | os.PathLike, split: str | None = None, fields: Sequence[str] | None = None
+    out: str | os.PathLike,
+    split: str | None = None,
+    fields: Sequence[str] | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xarray.Dataset | dict[str, xarray.Dataset]:
     """Lazy views of the output for analysis: an ``xarray.Dataset`` of ``split``, or a dict of
     them by split when ``split`` is None.
 
+    ``out`` is the output directory or its URL (``file://``, ``s3://``, ``http(s)://`` or any
+    fsspec URL), with ``storage_options`` passed to fsspec and zarr-python, as for
+    :class:`~pipeline.read.zarr_dataset.ZarrDataset`.
+
     Each field is a dask array chunked along Zarr shards (see :func:`dask_step`), with the
     coordinates ``key``, ``patient`` and ``aug`` along ``sample``, so per-patient statistics
     such as ``open_zarr(out, "train").img.groupby("patient").mean()`` read each chunk once
-    and never hold more than a few shards in memory.
+    and never hold more than a few shards in memory. Dimensions are the names the arrays carry
+    (plain ``xarray.open_zarr`` sees the same; see ``docs/FORMAT.md``).
     """
     import dask
     import dask.array as da
     import xarray as xr
 
     limit = dask.utils.parse_bytes(dask.config.get("array.chunk-size"))
-    out = Path(out)
-    manifest = read_manifest(out)
+    out = os.fspath(out) if is_url(os.fspath(out)) else Path(out)
+    manifest = read_stream_manifest(os.fspath(out), storage_options)
     views = {}
     for name in [split] if split is not None else sorted(manifest.splits):
-        samples, group, chosen = open_split(out, manifest, name, fields)
+        samples, group, chosen = open_split(out, manifest, name, fields, storage_options)
         data_vars = {}
         for field in chosen:
             array = group[field]
@@ -89,7 +76,7 @@ def open_zarr(
             data = da.from_zarr(array, chunks=(step, *array.shape[1:]))
             if len(samples.rows) != samples.planned:  # rows of rejected members hold no sample
                 data = data[samples.rows]
-            data_vars[field] = (_dims(field, tuple(array.shape[1:])), data)
+            data_vars[field] = (array_dimensions(array, field), data)
         used = {d for dims, _ in data_vars.values() for d in dims}
         coords = {
             "key": ("sample", samples.keys),
