@@ -25,7 +25,7 @@ class SourceError(SSMSpineError):
         self.archive = safe_url(archive)
         self.member = member
         self.reason = reason
-        where = f"{archive}: {member}" if member else archive
+        where = f"{self.archive}: {member}" if member else self.archive
         super().__init__(f"{where}: {reason}")
 
     def __reduce__(self):  # errors raised in Dask workers travel back to the client pickled

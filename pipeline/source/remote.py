@@ -89,12 +89,16 @@ def _filesystem(url: str):
 
 
 def _refusal(error: Exception, path: str) -> str:
-    """Why an object cannot be read, in the user's terms, for errors that trying again does not cure."""
-    if isinstance(error, FileNotFoundError) or has_status(error, 404, 410):
-        detail = reason(error)
-        return "not found (no such object)" if path in detail else f"not found ({detail})"
+    """Why an object cannot be read, in the user's terms, for errors that trying again does not cure.
+
+    fsspec's HTTP file system says ``FileNotFoundError`` for any failed size query, a 403 included,
+    so the HTTP status underneath decides first.
+    """
     if isinstance(error, PermissionError) or has_status(error, 401, 403):
         return f"access denied ({reason(error)}); check the credentials this process finds"
+    if has_status(error, 404, 410) or isinstance(error, FileNotFoundError) and error.__cause__ is None:
+        detail = reason(error)
+        return "not found (no such object)" if path in detail else f"not found ({detail})"
     if has_name(error, "NoCredentialsError", "PartialCredentialsError"):
         return (
             "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
