@@ -28,7 +28,6 @@ from pipeline.store.manifest import read_manifest
 from conftest import fast_options
 from http_server import RangeHandler
 
-
 #: What opening an archive reads from its end (docs/OBJECT_STORAGE.md); set here, not taken from the code.
 TAIL_AT_MOST = 64 << 10
 
