@@ -57,6 +57,9 @@ _TRANSIENT_NAMES = frozenset(
 
 _QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s?'\"]*)\?[^\s'\"]*")
 
+#: What ``http.client`` raises for a connection that broke (its other errors are for bad URLs or answers).
+_HTTP_CLIENT_TRANSIENT = (http.client.IncompleteRead, http.client.BadStatusLine, http.client.ImproperConnectionState)
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ def _names(error: BaseException) -> set[str]:
 def _is_transient_link(error: BaseException) -> bool:
     if isinstance(error, SSMSpineError):
         return False
-    if isinstance(error, (TransientError, ConnectionError, TimeoutError, http.client.HTTPException)):
+    if isinstance(error, (TransientError, ConnectionError, TimeoutError, *_HTTP_CLIENT_TRANSIENT)):
         return True
     if _names(error) & _TRANSIENT_NAMES:
         return True

@@ -45,7 +45,8 @@ class RangeReader:
         self.sizes = list(sizes)
 
     def name(self, shard: int) -> str:
-        return f"{self.root.rstrip('/')}/{self.files[shard]}"
+        """The shard's path or URL, as messages name it (a URL without credentials)."""
+        return f"{safe_url(self.root).rstrip('/')}/{self.files[shard]}"
 
     #: Whether :meth:`read` copies into memory the caller provides (else ``into`` is not needed).
     copies = True
@@ -274,4 +275,4 @@ def read_stream_manifest(root: str) -> dict:
         data = store.fetch(manifest.MANIFEST_NAME)  # type: ignore[attr-defined]
     finally:
         store.close()
-    return manifest.parse_manifest(data, f"{root.rstrip('/')}/{manifest.MANIFEST_NAME}")
+    return manifest.parse_manifest(data, f"{safe_url(root).rstrip('/')}/{manifest.MANIFEST_NAME}")
