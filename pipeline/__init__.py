@@ -1,6 +1,6 @@
 """SSMSpine shards: convert the SSMSpine lumbar-spine MRI archives into Zarr and WebDataset shards."""
 
-from pipeline.errors import OutputError, SchemaError, SourceError, SSMSpineError
+from pipeline.errors import OutputError, SchemaError, SourceError, SSMSpineError, UnavailableError
 from pipeline.schema import FIELDS, LABEL_NAMES
 from pipeline.store.tar_shards import decode_wds_sample
 from pipeline.version import __version__
@@ -13,6 +13,7 @@ __all__ = [
     "SourceError",
     "SSMSpineError",
     "StreamingDataset",
+    "UnavailableError",
     "__version__",
     "ZarrDataset",
     "decode_wds_sample",

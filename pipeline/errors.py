@@ -6,6 +6,8 @@ field of an output, and the reason.
 
 from __future__ import annotations
 
+from pipeline.urls import safe_url
+
 
 class SSMSpineError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -14,14 +16,16 @@ class SSMSpineError(Exception):
 class SourceError(SSMSpineError):
     """A source archive or one of its members cannot be read safely.
 
-    The message always names the archive and, where there is one, the member.
+    The message always names the archive and, where there is one, the member. An archive at a URL
+    is named without the credentials the URL may carry (:func:`pipeline.urls.safe_url`), as the
+    error ends up in messages, logs and ``rejected.json``.
     """
 
     def __init__(self, archive: str, member: str | None, reason: str) -> None:
-        self.archive = archive
+        self.archive = safe_url(archive)
         self.member = member
         self.reason = reason
-        where = f"{archive}: {member}" if member else archive
+        where = f"{self.archive}: {member}" if member else self.archive
         super().__init__(f"{where}: {reason}")
 
     def __reduce__(self):  # errors raised in Dask workers travel back to the client pickled
@@ -52,6 +56,15 @@ class SampleKeyError(NotFoundError, KeyError):
 
     def __str__(self) -> str:  # KeyError would show the message quoted, as a key
         return str(self.args[0]) if self.args else ""
+
+
+class UnavailableError(SSMSpineError):
+    """A URL kept failing with errors that usually pass (HTTP 503, a dropped connection, a timeout).
+
+    Raised after the bounded retries of :mod:`pipeline.retry`, naming the URL, the attempts and the
+    last reason. It says nothing about the data, so ``--skip-bad`` never rejects a member for it:
+    the run stops, and running it again later resumes.
+    """
 
 
 class UsageError(SSMSpineError, RuntimeError):

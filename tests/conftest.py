@@ -6,6 +6,7 @@ output copy it first.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -30,6 +31,24 @@ def s3_server():
 
     with running_s3_server() as server:
         yield server
+
+
+@pytest.fixture
+def serve():
+    """``serve(root)``: a :class:`http_server.RangeServer` of ``root`` on 127.0.0.1, until the test ends."""
+    from http_server import RangeHandler, RangeServer, running
+
+    with contextlib.ExitStack() as stack:
+        yield lambda root, handler=RangeHandler: stack.enter_context(running(RangeServer(root, handler)))
+
+
+@pytest.fixture
+def flaky_proxy():
+    """``flaky_proxy(url, fail_every=, drop_every=, always=)``: a :class:`http_server.FlakyProxy` before ``url``."""
+    from http_server import FlakyProxy, running
+
+    with contextlib.ExitStack() as stack:
+        yield lambda url, **how: stack.enter_context(running(FlakyProxy(url, **how)))
 
 
 @pytest.fixture(scope="session")

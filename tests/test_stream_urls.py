@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import http.server
 import os
 import re
-import sys
-import threading
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -18,76 +14,15 @@ from pipeline.read.stream import StreamingDataset
 from pipeline.store.manifest import read_manifest
 
 from conftest import assert_bit_exact, copy_output
+from http_server import RangeHandler
 from stream_common import SEED, assert_same_as_stock, expected_keys, flat_keys, stock_samples
 
 # --------------------------------------------------------------------------- URLs
 
 
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files under ``server.root`` with single-range ``Range`` support and keep-alive."""
-
-    protocol_version = "HTTP/1.1"
-    ranges = True
-
-    def do_GET(self):
-        path = Path(self.server.root) / urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
-        if not path.is_file():
-            self.send_error(404)
-            return
-        size = path.stat().st_size
-        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "")) if self.ranges else None
-        start, end = (0, size - 1) if match is None else (int(match[1]), min(int(match[2] or size - 1), size - 1))
-        if start >= size:
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{size}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        with open(path, "rb") as file:
-            file.seek(start)
-            body = file.read(end - start + 1)
-        self.send_response(200 if match is None else 206)
-        if match is not None:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except ConnectionError:  # the client hung up (it does on purpose after an unwanted 200)
-            self.close_connection = True
-
-    def log_message(self, *args):
-        pass
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients hang up on purpose in these tests
-            super().handle_error(request, client_address)
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(root: Path, handler: type = _RangeHandler) -> str:
-        server = _Server(("127.0.0.1", 0), handler)
-        server.root = str(root)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.mark.parametrize("scheme", ["http", "file"])
 def test_urls_read_the_same_samples(converted, serve, scheme):
-    url = serve(converted) if scheme == "http" else converted.as_uri()
+    url = serve(converted).url if scheme == "http" else converted.as_uri()
     stock = stock_samples(converted, "train")
     ds = StreamingDataset(url, fields=None, seed=SEED, batch_size=4)
     batches = list(DataLoader(ds, batch_size=None, num_workers=2 if scheme == "http" else 0))
@@ -99,7 +34,7 @@ def test_urls_read_the_same_samples(converted, serve, scheme):
 
 
 def test_a_server_without_range_requests_is_an_error(converted, serve):
-    url = serve(converted, type("NoRanges", (_RangeHandler,), {"ranges": False}))
+    url = serve(converted, type("NoRanges", (RangeHandler,), {"ranges": False})).url
     with pytest.raises(OutputError, match="Range"):
         next(iter(StreamingDataset(url)))
 
@@ -137,7 +72,7 @@ def _damage(out: Path, how: str) -> str:
 def test_damaged_shard_is_an_error_naming_it(converted, tmp_path, serve, how, scheme):
     out = copy_output(converted, tmp_path)
     name = _damage(out, how)
-    root = {"local": out, "http": serve(out) if scheme == "http" else None, "file": out.as_uri()}[scheme]
+    root = {"local": out, "http": serve(out).url if scheme == "http" else None, "file": out.as_uri()}[scheme]
     batch = 2 if scheme == "local" else None  # local: batches decode one ahead, on two decode threads
     ds = StreamingDataset(root, fields=("img",), shuffle=False, batch_size=batch, decode_threads=2)
     received = []

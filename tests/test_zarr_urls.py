@@ -22,7 +22,6 @@ from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.tools.xarray_view import open_zarr
 
 from conftest import assert_bit_exact
-from test_stream_urls import serve  # noqa: F401  (the HTTP server fixture)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def s3_output(converted, s3_server) -> str:
 
 def _url(scheme: str, converted: Path, request) -> str:
     if scheme == "http":
-        return request.getfixturevalue("serve")(converted)
+        return request.getfixturevalue("serve")(converted).url
     return Path(converted).as_uri() if scheme == "file" else request.getfixturevalue("s3_output")
 
 

@@ -37,6 +37,7 @@ from pipeline.store import manifest, progress, tar_shards, zarr_layout, zarr_sto
 from pipeline.store.manifest import Manifest, MemberName, RejectedMember, ShardEntry, SplitEntry
 from pipeline.store.plan import Identity, Plan
 from pipeline.store.tar_shards import WDS_DIR
+from pipeline.urls import location_name
 from pipeline.version import __version__
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def _build_manifest(
             rows=[row for shard in shards for row in shard.rows],
             patient=[m.patient for m in converted],
             aug=[m.aug for m in converted],
-            members=[MemberName(os.path.basename(m.archive), m.member) for m in converted],
+            members=[MemberName(location_name(m.archive), m.member) for m in converted],
             shards=shards,
             warnings={key: found for shard in shards for key, found in shard.warnings.items()},
         )
@@ -116,7 +117,7 @@ def _build_manifest(
 def convert(
     sources: Sequence[str | os.PathLike], out: str | os.PathLike, options: ConvertOptions = ConvertOptions()
 ) -> Summary:
-    """Convert SSMSpine source archives (or extracted directories) into ``out``.
+    """Convert SSMSpine source archives (paths, or URLs read in place) or extracted directories into ``out``.
 
     Resumable: re-running after an interruption converts only the missing shards; re-running
     on a finished output does no work. See :class:`ConvertOptions` for bad input and ``force``.

@@ -43,9 +43,10 @@ from pipeline.errors import NotFoundError, OutputError, SampleIndexError, Sample
 from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.zarr_fast import ProcessState, read_fast
-from pipeline.store.location import is_url, read_stream_manifest
+from pipeline.store.location import read_stream_manifest
 from pipeline.store.zarr_fast_layout import ChunkLayout, fast_layout
 from pipeline.store.zarr_layout import open_split, open_store, zarr_location
+from pipeline.urls import is_url
 
 log = logging.getLogger(__name__)
 

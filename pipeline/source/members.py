@@ -1,6 +1,7 @@
 """Finding the samples of a source: the members of a release zip (or of its extracted tree), by split.
 
-A source is a release zip (``SSMSpine_Train.zip``) or a directory holding the same tree after
+A source is a release zip (``SSMSpine_Train.zip``), local or at a URL (``s3://bucket/...``, read
+in place by :mod:`pipeline.source.remote`), or a local directory holding the same tree after
 extraction. Members are ``<root>/p<patient>/aug<shape>.pt``; the root may sit under other folders
 (``SSMSpine_Train/Train/p1/aug1.pt``) and names the split (``Train`` → ``train``). Listing reads the
 zip's central directory only.
@@ -19,6 +20,8 @@ from typing import Callable
 from pipeline.errors import SourceError
 from pipeline.schema import sample_key
 from pipeline.source.messages import describe
+from pipeline.source.remote import RangedFile, RemoteArchive
+from pipeline.urls import is_url, location_name, safe_url
 
 #: Split names become file and group names: plain lower-case words only.
 SPLIT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -32,7 +35,7 @@ class SourceMember:
     split: str
     patient: int
     aug: int
-    archive: str  # path of the zip file or of the extracted directory
+    archive: str  # path or URL of the zip file, or path of the extracted directory
     member: str  # name inside the zip, or path relative to the directory ("/"-separated)
     root: str  # the folder naming the split in the release ("Train", "Test")
 
@@ -71,22 +74,25 @@ def parse_member(archive: str, name: str, split: str | None = None) -> SourceMem
 
 
 def _member_names(source: str) -> list[str]:
-    if os.path.isdir(source):
+    if not is_url(source) and os.path.isdir(source):
         base = Path(source)
         return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
     with open_zip(source) as archive:
         return [info.filename for info in archive.infolist() if not info.is_dir()]
 
 
-def open_zip(source: str) -> zipfile.ZipFile:
-    """Open a zip, turning whatever a damaged directory makes zipfile raise into a :class:`SourceError`.
+def open_zip(source: str, file: RangedFile | None = None) -> zipfile.ZipFile:
+    """Open a zip (through ``file`` if given, else the path or URL ``source``), turning whatever a
+    damaged directory makes zipfile raise into a :class:`SourceError`.
 
     zipfile raises more than ``BadZipFile`` for a damaged central directory: ``NotImplementedError``
     for a "version needed" it does not know, ``UnicodeDecodeError`` for a name flagged UTF-8 that is
     not, ``ValueError``, ``struct.error``... A damaged release must end in one line naming it, not a traceback.
     """
+    if file is None and is_url(source):
+        file = RemoteArchive(source).open()
     try:
-        return zipfile.ZipFile(source)
+        return zipfile.ZipFile(source if file is None else file)
     except MemoryError:
         raise
     except Exception as exc:
@@ -101,7 +107,7 @@ def list_members(
     A ``.pt`` name outside the layout raises, or is handed to ``on_bad`` and left out.
     """
     source = os.fspath(source)
-    if not os.path.exists(source):
+    if not is_url(source) and not os.path.exists(source):
         raise SourceError(source, None, "no such file or directory")
     members = []
     for name in _member_names(source):
@@ -124,11 +130,14 @@ def fingerprint(source: str | os.PathLike) -> dict:
 
     For a zip the fingerprint hashes the central directory entries (name, CRC-32, size) of its
     members, which change whenever any member's content does, without reading the data. For a
-    directory it hashes (relative path, size, mtime) of its files.
+    directory it hashes (relative path, size, mtime) of its files. A zip at a URL is fingerprinted
+    as a local one (its directory comes with two ranged requests), so a resumed run sees a changed
+    object whatever its store says about it, and a merely re-uploaded one is no change; its path is
+    the URL without credentials.
     """
     source = os.fspath(source)
     digest = hashlib.sha256()
-    if os.path.isdir(source):
+    if not is_url(source) and os.path.isdir(source):
         base = Path(source)
         size = 0
         for path in sorted(p for p in base.rglob("*") if p.is_file()):
@@ -136,13 +145,13 @@ def fingerprint(source: str | os.PathLike) -> dict:
             size += stat.st_size
             digest.update(f"{path.relative_to(base).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     else:
-        size = os.path.getsize(source)
         with open_zip(source) as archive:
+            size = archive.fp.size if isinstance(archive.fp, RangedFile) else os.path.getsize(source)
             for info in sorted(archive.infolist(), key=lambda i: i.filename):
                 digest.update(f"{info.filename}\0{info.CRC:08x}\0{info.file_size}\n".encode())
     return {
-        "name": os.path.basename(os.path.normpath(source)),
-        "path": os.path.abspath(source),
+        "name": location_name(source),
+        "path": safe_url(source) if is_url(source) else os.path.abspath(source),
         "bytes": size,
         "fingerprint": digest.hexdigest(),
     }

@@ -1,7 +1,8 @@
 """Reading members of a source, fast and checked: zip members inflated with zlib-ng, or files of a tree.
 
 Every failure is a :class:`SourceError` naming archive, member and reason, so that ``--skip-bad``
-rejects exactly the bad members and nothing surfaces as a traceback.
+rejects exactly the bad members and nothing surfaces as a traceback. A zip at a URL is read the
+same way, through :class:`pipeline.source.remote.RangedFile`: a member costs one ranged request.
 """
 
 from __future__ import annotations
@@ -14,14 +15,21 @@ from typing import Iterable, Iterator
 import numpy as np
 from zlib_ng import zlib_ng
 
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, UnavailableError
 from pipeline.source.members import open_zip
 from pipeline.source.messages import describe, plain, printable
 from pipeline.source.pickle_scan import ZIP_MAGIC
+from pipeline.source.remote import RemoteArchive
 from pipeline.source.torch_load import decode_sample
+from pipeline.urls import is_url
 
 #: A sample is ~30 MB decoded at most (float32 masks); anything far larger is not a sample.
 MAX_MEMBER_BYTES = 1 << 30
+#: Deflate's worst case adds 5 bytes per 16 KiB block; compressed data beyond this is no sample either.
+MAX_COMPRESSED_BYTES = MAX_MEMBER_BYTES + (MAX_MEMBER_BYTES >> 10) + 1024
+#: Bytes read beyond a local header's name and extra as the central directory gives their lengths:
+#: the local extra field may be longer (zip64 sizes, timestamps); a member still costs one read.
+LOCAL_HEADER_MARGIN = 256
 
 #: A zip local file header (signature ... file name length, extra field length), as in zipfile.
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
@@ -36,6 +44,10 @@ class SourceReader:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        if is_url(source):
+            self._file = RemoteArchive(source).open()
+            self._zip = open_zip(source, self._file)
+            return
         self._zip = None if os.path.isdir(source) else open_zip(source)
         try:
             self._file = None if self._zip is None else open(source, "rb")
@@ -70,6 +82,9 @@ class SourceReader:
                 raise SourceError(self.source, member, "is not in the archive's central directory") from None
             if info.file_size > MAX_MEMBER_BYTES:
                 raise SourceError(self.source, member, f"declares {info.file_size} bytes, far more than a sample")
+            if info.compress_size > MAX_COMPRESSED_BYTES:
+                reason = f"declares {info.compress_size} compressed bytes, far more than a sample"
+                raise SourceError(self.source, member, reason)
             if (
                 info.compress_type in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED)
                 and not info.flag_bits & _MASK_ENCRYPTED
@@ -77,7 +92,7 @@ class SourceReader:
                 return self._read_member_fast(info)
             with self._zip.open(info) as file:  # bzip2, lzma, encrypted: zipfile knows best
                 return _read_bounded(file, self.source, member)
-        except (SourceError, MemoryError):
+        except (SourceError, UnavailableError, MemoryError):  # a network outage is no bad member
             raise
         except Exception as exc:  # zipfile, bz2, lzma, OSError...: whatever a damaged member makes them raise
             raise SourceError(self.source, member, f"cannot be read ({describe(exc)})") from exc
@@ -93,34 +108,45 @@ class SourceReader:
         header's own name and extra lengths, which differ from the directory's for zip64 members.
         """
         name = info.filename
-        self._file.seek(info.header_offset)
-        header = self._file.read(_LOCAL_HEADER.size)
-        if len(header) != _LOCAL_HEADER.size or header[:4] != ZIP_MAGIC:
+        # One read for header, name, extra and data (one request at a URL), the name and extra
+        # lengths taken from the directory plus a margin; a second read only if the local ones are longer.
+        guess = _LOCAL_HEADER.size + len(info.orig_filename.encode()) + len(info.extra) + LOCAL_HEADER_MARGIN
+        record = self._read_at(info.header_offset, guess + info.compress_size)
+        if len(record) < _LOCAL_HEADER.size or record[:4] != ZIP_MAGIC:
             raise SourceError(self.source, name, "bad local file header (truncated or corrupt zip)")
-        fields = _LOCAL_HEADER.unpack(header)
+        fields = _LOCAL_HEADER.unpack_from(record)
         flags, method, crc, compress_size, file_size, name_length, extra_length = fields[3:5] + fields[7:]
-        local_name = self._file.read(name_length)
-        extra = self._file.read(extra_length)
-        if len(local_name) != name_length or len(extra) != extra_length:
+        data_start = _LOCAL_HEADER.size + name_length + extra_length
+        if len(record) < data_start + info.compress_size and len(record) == guess + info.compress_size:
+            record += self._read_at(info.header_offset + len(record), data_start + info.compress_size - len(record))
+        view = memoryview(record)
+        local_name = bytes(view[_LOCAL_HEADER.size : _LOCAL_HEADER.size + name_length])
+        extra = bytes(view[_LOCAL_HEADER.size + name_length : data_start])
+        if len(record) < data_start:
             raise SourceError(self.source, name, "bad local file header (the zip ends inside it)")
         disagreement = _local_header_disagreement(info, flags, method, crc, compress_size, file_size, local_name, extra)
         if disagreement:
             raise SourceError(self.source, name, f"local header disagrees with the central directory ({disagreement})")
-        raw = self._file.read(info.compress_size)
+        raw = view[data_start : data_start + info.compress_size]
         if len(raw) != info.compress_size:
             raise SourceError(self.source, name, "is truncated (the zip ends inside it)")
         if info.compress_type == zipfile.ZIP_STORED:
             if info.compress_size != info.file_size:
                 reason = f"is stored, yet its size {info.file_size} differs from its stored size {info.compress_size}"
                 raise SourceError(self.source, name, reason)
-            data = raw
+            data = bytes(raw)
         else:
             data = self._inflate(info, raw)
         if zlib_ng.crc32(data) != info.CRC:
             raise SourceError(self.source, name, "CRC-32 mismatch: the member is corrupt")
         return data
 
-    def _inflate(self, info: zipfile.ZipInfo, raw: bytes) -> bytes:
+    def _read_at(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset``: fewer only where the archive ends."""
+        self._file.seek(offset)
+        return self._file.read(length)
+
+    def _inflate(self, info: zipfile.ZipInfo, raw: memoryview) -> bytes:
         """Inflate ``raw`` to exactly ``info.file_size`` bytes, or say plainly why not.
 
         zlib-ng raises its own ``zlib_ng.error`` (no subclass of ``zlib.error``) for an invalid stream.

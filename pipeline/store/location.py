@@ -9,7 +9,9 @@ cheap. One store per process, opened lazily, chosen by :func:`range_reader_class
 * any other fsspec URL (``file://``, ``s3://``, ``memory://``, ...): ``cat_file`` ranges.
 
 Every store checks a shard's size against the manifest before trusting its offsets. Adjacent
-fields of a sample (at most ``coalesce_gap`` bytes apart) are fetched with one read.
+fields of a sample (at most ``coalesce_gap`` bytes apart) are fetched with one read. Remote reads
+are retried with backoff on errors that pass (:mod:`pipeline.retry`); a missing shard or a
+refused request fails at once.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ import http.client
 import mmap
 import os
 import urllib.parse
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
-from pipeline.errors import OutputError, UsageError
+from pipeline.errors import OutputError, SSMSpineError, UsageError
+from pipeline.retry import TRANSIENT_STATUS, TransientError, has_status, reason, retrying
 from pipeline.store import manifest
+from pipeline.urls import is_url, safe_url
+
+T = TypeVar("T")
 
 #: Requested fields of one sample separated by at most this many bytes are read with one request.
 LOCAL_COALESCE_GAP = 64 << 10
@@ -39,7 +45,8 @@ class RangeReader:
         self.sizes = list(sizes)
 
     def name(self, shard: int) -> str:
-        return f"{self.root.rstrip('/')}/{self.files[shard]}"
+        """The shard's path or URL, as messages name it (a URL without credentials)."""
+        return f"{safe_url(self.root).rstrip('/')}/{self.files[shard]}"
 
     #: Whether :meth:`read` copies into memory the caller provides (else ``into`` is not needed).
     copies = True
@@ -123,58 +130,84 @@ class HttpRangeReader(RangeReader):
             self._conn = cls(self._url.netloc, timeout=60)
         return self._conn
 
-    def _get(self, path: str, headers: Mapping[str, str]) -> http.client.HTTPResponse:
-        for attempt in (0, 1):  # a kept-alive connection the server closed fails once; reconnect
+    def _exchange(self, path: str, headers: Mapping[str, str]) -> http.client.HTTPResponse:
+        """One request; a kept-alive connection the server has closed meanwhile is reopened at once."""
+        reused = self._conn is not None
+        try:
+            conn = self._connection()
+            conn.request("GET", path, headers=dict(headers))
+            return conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.close()
+            if not reused:
+                raise
+        conn = self._connection()
+        conn.request("GET", path, headers=dict(headers))
+        return conn.getresponse()
+
+    def _get(self, relative: str, headers: Mapping[str, str], handle: Callable[[http.client.HTTPResponse], T]) -> T:
+        """``handle(response)`` of a GET of ``relative``, retried while the server or network fails transiently."""
+        path = self._url.path.rstrip("/") + "/" + relative
+
+        def attempt() -> T:
             try:
-                conn = self._connection()
-                conn.request("GET", path, headers=dict(headers))
-                return conn.getresponse()
-            except (http.client.HTTPException, OSError) as exc:
-                self.close()
-                if attempt:
-                    raise OutputError(f"{self.root}{path}: request failed ({exc})") from exc
-        raise AssertionError("unreachable")
+                response = self._exchange(path, headers)
+                if response.status in TRANSIENT_STATUS:
+                    response.read()
+                    raise TransientError(f"HTTP {response.status} {response.reason}")
+                return handle(response)
+            except BaseException:
+                self.close()  # a connection in an unknown state is never reused
+                raise
+
+        return retrying(safe_url(f"{self.root.rstrip('/')}/{relative}"), attempt)
 
     def fetch(self, relative: str) -> bytes:
         """A whole small file (the manifest)."""
-        path = self._url.path.rstrip("/") + "/" + relative
-        response = self._get(path, {})
-        data = response.read()
-        if response.status != 200:
-            raise OutputError(f"{self.root.rstrip('/')}/{relative}: HTTP {response.status} {response.reason}")
-        return data
+
+        def handle(response: http.client.HTTPResponse) -> bytes:
+            data = response.read()
+            if response.status != 200:
+                raise OutputError(
+                    f"{safe_url(self.root.rstrip('/'))}/{relative}: HTTP {response.status} {response.reason}"
+                )
+            return data
+
+        return self._get(relative, {}, handle)
 
     def read(self, shard: int, offset: int, length: int, into: memoryview | None = None) -> memoryview:
         name = self.name(shard)
         if into is None:
             into = memoryview(bytearray(length))
-        path = self._url.path.rstrip("/") + "/" + self.files[shard]
-        response = self._get(path, {"Range": f"bytes={offset}-{offset + length - 1}"})
-        if response.status != 206:
-            self.close()  # drops whatever body came (a server ignoring Range sends the whole shard)
-            if response.status == 404:
-                raise OutputError(f"{name}: shard is missing (HTTP 404)")
-            if response.status == 416:
-                raise OutputError(f"{name}: ends before byte {offset + length}; the shard is truncated (HTTP 416)")
-            raise OutputError(
-                f"{name}: HTTP {response.status} {response.reason} to a Range request "
-                "(the server must support Range requests)"
-            )
-        total = response.getheader("Content-Range", "").rpartition("/")[2]
-        if total.isdigit() and int(total) != self.sizes[shard]:
-            self.close()
-            raise self._size_mismatch(shard, int(total))
-        done = 0
-        while done < length:
-            n = response.readinto(into[done:])
-            if not n:
-                break
-            done += n
-        response.read()
-        if done != length:
-            self.close()
-            raise OutputError(f"{name}: got {done} of {length} bytes at {offset}; the shard is truncated")
-        return into
+
+        def handle(response: http.client.HTTPResponse) -> memoryview:
+            if response.status != 206:
+                self.close()  # drops whatever body came (a server ignoring Range sends the whole shard)
+                if response.status == 404:
+                    raise OutputError(f"{name}: shard is missing (HTTP 404)")
+                if response.status == 416:
+                    raise OutputError(f"{name}: ends before byte {offset + length}; the shard is truncated (HTTP 416)")
+                raise OutputError(
+                    f"{name}: HTTP {response.status} {response.reason} to a Range request "
+                    "(the server must support Range requests)"
+                )
+            total = response.getheader("Content-Range", "").rpartition("/")[2]
+            if total.isdigit() and int(total) != self.sizes[shard]:
+                self.close()
+                raise self._size_mismatch(shard, int(total))
+            done = 0
+            while done < length:
+                n = response.readinto(into[done:])
+                if not n:
+                    break
+                done += n
+            response.read()
+            if done != length:  # the body ended early: the connection broke, or the shard is short
+                self.close()
+                raise http.client.IncompleteRead(bytes(into[:done]), length - done)
+            return into
+
+        return self._get(self.files[shard], {"Range": f"bytes={offset}-{offset + length - 1}"}, handle)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -196,35 +229,37 @@ class FsspecRangeReader(RangeReader):
         self._fs, self._path = url_filesystem(root, storage_options)
         self._checked: set[int] = set()
 
-    def fetch(self, relative: str) -> bytes:
-        url = f"{self.root.rstrip('/')}/{relative}"
+    def _call(self, where: str, missing: str, read: Callable[[], T]) -> T:
+        """``read()`` retried while it fails transiently; not found and refused are one-line errors."""
         try:
-            return self._fs.cat_file(f"{self._path.rstrip('/')}/{relative}")
-        except FileNotFoundError:
-            raise OutputError(f"{url}: not found") from None
-        except OSError as exc:  # no access, no connection: the reason as fsspec gives it
-            raise OutputError(f"{url}: cannot read ({exc})") from exc
+            return retrying(where, read)
+        except SSMSpineError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a library's error becomes one line naming the object
+            if isinstance(exc, FileNotFoundError) or has_status(exc, 404, 410):
+                raise OutputError(f"{where}: {missing}") from None
+            if isinstance(exc, PermissionError) or has_status(exc, 401, 403):
+                raise OutputError(f"{where}: access denied ({reason(exc)})") from exc
+            raise OutputError(f"{where}: cannot be read ({reason(exc)})") from exc
+
+    def fetch(self, relative: str) -> bytes:
+        where = f"{safe_url(self.root.rstrip('/'))}/{relative}"
+        return self._call(where, "not found", lambda: self._fs.cat_file(f"{self._path.rstrip('/')}/{relative}"))
 
     copies = False  # fsspec hands over fresh bytes
 
     def read(self, shard: int, offset: int, length: int, into: memoryview | None = None) -> memoryview:
         path = f"{self._path.rstrip('/')}/{self.files[shard]}"
-        try:
-            if shard not in self._checked:
-                size = self._fs.size(path)
-                if size != self.sizes[shard]:
-                    raise self._size_mismatch(shard, size)
-                self._checked.add(shard)
-            data = self._fs.cat_file(path, start=offset, end=offset + length)
-        except FileNotFoundError:
-            raise OutputError(f"{self.name(shard)}: shard is missing") from None
+        where = self.name(shard)
+        if shard not in self._checked:
+            size = self._call(where, "shard is missing", lambda: self._fs.size(path))
+            if size != self.sizes[shard]:
+                raise self._size_mismatch(shard, size)
+            self._checked.add(shard)
+        data = self._call(where, "shard is missing", lambda: self._fs.cat_file(path, start=offset, end=offset + length))
         if len(data) != length:
             raise OutputError(f"{self.name(shard)}: got {len(data)} of {length} bytes at {offset}; truncated")
         return memoryview(data)
-
-
-def is_url(root: str) -> bool:
-    return "://" in root
 
 
 def url_filesystem(url: str, storage_options: Mapping | None = None):
@@ -235,7 +270,7 @@ def url_filesystem(url: str, storage_options: Mapping | None = None):
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except (ValueError, ImportError) as exc:
-        raise UsageError(f"{url}: cannot open this URL with fsspec ({exc})") from exc
+        raise UsageError(f"{safe_url(url)}: cannot open this URL with fsspec ({exc})") from exc
 
 
 def range_reader_class(root: str) -> type[RangeReader]:
@@ -261,4 +296,4 @@ def read_stream_manifest(root: str, storage_options: Mapping | None = None) -> m
         data = store.fetch(manifest.MANIFEST_NAME)  # type: ignore[attr-defined]
     finally:
         store.close()
-    return manifest.parse_manifest(data, f"{root.rstrip('/')}/{manifest.MANIFEST_NAME}")
+    return manifest.parse_manifest(data, f"{safe_url(root).rstrip('/')}/{manifest.MANIFEST_NAME}")

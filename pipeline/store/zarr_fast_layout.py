@@ -15,8 +15,8 @@ from typing import Any, Mapping
 import numpy as np
 import zarr
 
-from pipeline.store.location import is_url
 from pipeline.store.zarr_layout import shard_key
+from pipeline.urls import is_url
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import zarr
 
 from pipeline.errors import NotFoundError, OutputError, UsageError
 from pipeline.schema import FIELD_SHAPES, FieldSpec
-from pipeline.store.location import is_url
 from pipeline.store.manifest import Manifest, SplitEntry
+from pipeline.urls import is_url
 
 STORE_NAME = "ssmspine.zarr"
 

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from pipeline.schema import BONE_NAMES, DISC_NAMES, LABEL_NAMES
-from pipeline.store.location import is_url, read_stream_manifest
+from pipeline.store.location import read_stream_manifest
 from pipeline.store.zarr_layout import array_dimensions, open_split
+from pipeline.urls import is_url
 
 if TYPE_CHECKING:
     import xarray

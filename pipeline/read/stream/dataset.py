@@ -33,7 +33,8 @@ from pipeline.read.stream.index import build_index, field_specs
 from pipeline.read.stream.order import consumed_position, rank_samples, rank_share, worker_batches
 from pipeline.read.stream.state import OrderIdentity, check_state, state_record
 from pipeline.read.stream.world import explicit_world, world_from_environment
-from pipeline.store.location import is_url, read_stream_manifest
+from pipeline.store.location import read_stream_manifest
+from pipeline.urls import is_url
 
 
 class StreamingDataset(IterableDataset):

@@ -1,0 +1,156 @@
+"""Source archives at URLs, read in place: the zip's directory and each member by ranged reads.
+
+A release zip is 20 GB; converting it from object storage must not download it first. fsspec
+reaches the object (``s3://``, ``http(s)://``, ``gs://``, ``file://``, ...) with credentials and
+endpoints from the usual places: the environment (``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ...),
+the libraries' config files, and fsspec's own (``FSSPEC_S3_...``, ``~/.config/fsspec``). Nothing
+of them is passed around, recorded or printed.
+
+:class:`RemoteArchive` is one object: its size (one metadata request) and exact byte ranges,
+each read retried by :func:`pipeline.retry.retrying`. :class:`RangedFile` is the seekable file
+``zipfile`` reads the central directory from; it holds the archive's last :data:`TAIL_BYTES` in
+memory, which cover the end records (zip64 ones included) and, for archives of a few hundred
+members, the whole directory: opening an archive costs two requests, or three.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Callable, TypeVar
+
+from pipeline.errors import SourceError, SSMSpineError
+from pipeline.retry import has_name, has_status, reason, retrying
+from pipeline.source.messages import plain
+from pipeline.urls import safe_url, scheme
+
+#: The end of an archive read with its first request: the end records and usually the directory.
+TAIL_BYTES = 64 << 10
+
+T = TypeVar("T")
+
+
+class RemoteArchive:
+    """One source object at a URL: its size, and exact byte ranges of it, each a retried request."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._fs, self._path = _filesystem(url)
+        info = self._call("", lambda: self._fs.info(self._path))
+        if info.get("type") == "directory":
+            raise SourceError(url, None, "is a folder: a source at a URL must be a zip archive (not an extracted tree)")
+        if info.get("size") is None:
+            raise SourceError(url, None, "the server does not tell its size, which reading it in ranges needs")
+        self.size = int(info["size"])
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes ``offset`` to ``offset + length`` with one request, fewer where the archive ends first."""
+        end = min(offset + length, self.size)
+        if end <= offset:
+            return b""
+        data = self._call(f" (bytes {offset}-{end - 1})", lambda: self._fs.cat_file(self._path, start=offset, end=end))
+        if len(data) != end - offset:
+            if len(data) > end - offset:
+                why = f"the server sent {len(data)} bytes for a Range request of {end - offset}: it must support Range"
+            else:
+                why = f"got {len(data)} of {end - offset} bytes at {offset}: the object is shorter than it said"
+            raise SourceError(self.url, None, why)
+        return data
+
+    def open(self) -> "RangedFile":
+        return RangedFile(self)
+
+    def _call(self, what: str, read: Callable[[], T]) -> T:
+        """``read()`` retried, its lasting failures turned into one :class:`SourceError` naming the URL."""
+        try:
+            return retrying(f"{safe_url(self.url)}{what}", read)
+        except SSMSpineError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every library error becomes one line naming the URL
+            raise SourceError(self.url, None, _refusal(exc, self._path)) from exc
+
+
+def _filesystem(url: str):
+    """The fsspec file system of ``url`` and the object's path in it, or a :class:`SourceError` saying why not."""
+    import fsspec.core
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as exc:
+        why = f"the URL scheme {scheme(url)!r} needs a package that is not installed ({plain(exc)})"
+        raise SourceError(url, None, why) from exc
+    except Exception as exc:  # noqa: BLE001 - fsspec raises ValueError for an unknown scheme, others for bad URLs
+        from fsspec.registry import known_implementations, registry
+
+        if scheme(url) not in known_implementations and scheme(url) not in registry:
+            why = f"unknown URL scheme {scheme(url)!r} (fsspec knows s3://, gs://, http(s)://, file://, ...)"
+            raise SourceError(url, None, why) from exc
+        raise SourceError(url, None, f"not a usable URL ({reason(exc)})") from exc
+
+
+def _refusal(error: Exception, path: str) -> str:
+    """Why an object cannot be read, in the user's terms, for errors that trying again does not cure.
+
+    fsspec's HTTP file system says ``FileNotFoundError`` for any failed size query, a 403 included,
+    so the HTTP status underneath decides first.
+    """
+    if isinstance(error, PermissionError) or has_status(error, 401, 403):
+        return f"access denied ({reason(error)}); check the credentials this process finds"
+    if has_status(error, 404, 410) or isinstance(error, FileNotFoundError) and error.__cause__ is None:
+        detail = reason(error)
+        return "not found (no such object)" if path in detail else f"not found ({detail})"
+    if has_name(error, "NoCredentialsError", "PartialCredentialsError"):
+        return (
+            "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+            "or anonymous access in fsspec's configuration"
+        )
+    return f"cannot be read ({reason(error)})"
+
+
+class RangedFile:
+    """The seekable, read-only file ``zipfile`` reads an archive at a URL through.
+
+    The archive's tail is read once, on opening; any other read is one exact ranged request.
+    """
+
+    def __init__(self, archive: RemoteArchive) -> None:
+        self.archive = archive
+        self.name = safe_url(archive.url)  # zipfile names the file by it in its own messages
+        self._tail_start = max(0, archive.size - TAIL_BYTES)
+        self._tail = archive.read(self._tail_start, archive.size - self._tail_start)
+        self._position = 0
+
+    @property
+    def size(self) -> int:
+        return self.archive.size
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self.archive.size}[whence]
+        if base + offset < 0:
+            raise OSError(errno.EINVAL, f"{self.name}: seek before the start")
+        self._position = base + offset
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        start = self._position
+        end = self.archive.size if size is None or size < 0 else min(start + size, self.archive.size)
+        if end <= start:
+            return b""
+        if start >= self._tail_start:
+            data = self._tail[start - self._tail_start : end - self._tail_start]
+        else:
+            data = self.archive.read(start, end - start)
+        self._position = start + len(data)
+        return data
+
+    def close(self) -> None:
+        self._tail = b""

@@ -1,0 +1,187 @@
+"""Retries in one place: reads over a flaky network come out whole, a dead one fails clearly and soon.
+
+The flaky proxy (tests/http_server.py) is a real HTTP server on 127.0.0.1 in front of the range
+server: it answers 503 to every Nth request and closes the connection without an answer on every
+Mth, as overloaded object stores and proxies do.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+from botocore.exceptions import ClientError
+from s3fs.errors import translate_boto_error
+from torch.utils.data import DataLoader
+
+from pipeline.cli import main
+from pipeline.convert import convert
+from pipeline.errors import OutputError, SourceError, UnavailableError, UsageError
+from pipeline.read.stream import StreamingDataset
+from pipeline.retry import RETRIES_ENV, TransientError, is_transient, reason, retrying
+from pipeline.source.members import list_members
+from pipeline.store.codecs import Encoding
+
+from conftest import assert_bit_exact, fast_options, manifest_json
+from stream_common import SEED, expected_keys, flat_keys, stock_samples
+
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    """Two retries without waiting, in this process and the DataLoader workers it starts."""
+    monkeypatch.setenv(RETRIES_ENV, "2")
+    monkeypatch.setenv("SSMSPINE_RETRY_DELAY", "0")
+
+
+# --------------------------------------------------------------------------- what is transient
+
+
+def _client_error(code: str, status: int) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": f"{code} said"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "GetObject",
+    )
+
+
+def _aiohttp_error(status: int) -> aiohttp.ClientResponseError:
+    return aiohttp.ClientResponseError(None, (), status=status, message=http.client.responses[status])
+
+
+def _raised_from(error: Exception, cause: BaseException) -> Exception:
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    "error, transient",
+    [
+        (ConnectionResetError(errno.ECONNRESET, "reset"), True),
+        (TimeoutError("timed out"), True),
+        (http.client.RemoteDisconnected("closed"), True),
+        (TransientError("HTTP 503 Service Unavailable"), True),
+        (_client_error("SlowDown", 503), True),
+        (translate_boto_error(_client_error("SlowDown", 503)), True),  # s3fs's OSError(EBUSY) from it
+        (translate_boto_error(_client_error("InternalError", 500)), True),
+        (_aiohttp_error(503), True),
+        (_raised_from(FileNotFoundError("http://x/a.zip"), _aiohttp_error(502)), True),  # fsspec's info
+        (aiohttp.ServerDisconnectedError(), True),
+        (translate_boto_error(_client_error("NoSuchKey", 404)), False),
+        (translate_boto_error(_client_error("AccessDenied", 403)), False),
+        (_raised_from(FileNotFoundError("http://x/a.zip"), _aiohttp_error(404)), False),
+        (FileNotFoundError("a.zip"), False),
+        (PermissionError("a.zip"), False),
+        (ValueError("Protocol not known: foo"), False),
+        (OutputError("shard is missing"), False),
+    ],
+    ids=repr,
+)
+def test_what_is_transient(error, transient):
+    assert is_transient(error) is transient
+
+
+def test_a_reason_is_the_answer_or_the_innermost_error():
+    assert reason(translate_boto_error(_client_error("SlowDown", 503))) == "HTTP 503 SlowDown: SlowDown said"
+    assert reason(_raised_from(FileNotFoundError("u"), _aiohttp_error(503))) == "HTTP 503 Service Unavailable"
+    assert reason(ConnectionResetError("reset by peer")) == "ConnectionResetError: reset by peer"
+    assert reason(OSError("see https://h/a.zip?X-Amz-Signature=secret now")) == "OSError: see https://h/a.zip now"
+
+
+def test_retrying_tries_again_until_the_read_passes_or_the_retries_are_spent(quick_retries):
+    calls = []
+
+    def flaky(fails: int, error: Exception):
+        def read():
+            calls.append(1)
+            if len(calls) <= fails:
+                raise error
+            return "data"
+
+        return read
+
+    assert retrying("s3://b/a.zip", flaky(2, ConnectionResetError("reset"))) == "data" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(UnavailableError, match=r"^s3://b/a\.zip: still failing after 3 attempt\(s\), last with "):
+        retrying("s3://b/a.zip", flaky(3, TransientError("HTTP 503 Slow Down")))
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        retrying("s3://b/a.zip", flaky(1, FileNotFoundError("a.zip")))
+    assert len(calls) == 1, "not found is not tried again"
+
+
+@pytest.mark.parametrize("value", ["many", "-1"])
+def test_a_bad_retry_setting_is_named(monkeypatch, value):
+    monkeypatch.setenv(RETRIES_ENV, value)
+    with pytest.raises(UsageError, match=rf"{RETRIES_ENV}='{value}'"):
+        retrying("x", lambda: None)
+
+
+# --------------------------------------------------------------------------- a flaky network
+
+
+def test_streaming_through_a_flaky_proxy_reads_every_sample_bit_exact(converted, serve, flaky_proxy, quick_retries):
+    proxy = flaky_proxy(serve(converted).url, fail_every=3, drop_every=5)
+    stock = stock_samples(converted, "train")
+    ds = StreamingDataset(proxy.url, fields=None, seed=SEED, batch_size=4)
+    batches = list(DataLoader(ds, batch_size=None, num_workers=2))
+    assert flat_keys(batches) == expected_keys(ds.keys, 0, 0, 1)
+    for batch in batches:
+        for row, key in enumerate(batch["__key__"]):
+            for field in ds.fields:
+                assert_bit_exact(batch[field][row].numpy(), stock[key][field], f"{key}.{field}")
+    assert {"503", "drop"} <= set(proxy.failed.values()), "the proxy failed requests both ways"
+
+
+@pytest.mark.slow
+def test_converting_through_a_flaky_proxy_gives_the_output_of_the_files(
+    converted, train_zip, test_zip, serve, flaky_proxy, dask_scheduler, tmp_path
+):
+    """The Dask workers retry with the default settings: a few quarter-second waits."""
+    root = Path(os.path.commonpath([train_zip.parent, test_zip.parent]))
+    proxy = flaky_proxy(serve(root).url, fail_every=4, drop_every=7)
+    urls = [proxy.url + p.relative_to(root).as_posix() for p in (train_zip, test_zip)]
+    local = manifest_json(converted)
+    encodings = {f: Encoding.from_json(e) for f, e in local["encodings"].items()}
+    out = tmp_path / "out"
+    convert(urls, out, fast_options(dask_scheduler, encodings=encodings))
+    remote = manifest_json(out)
+    for split in ("train", "test"):
+        shards = remote["splits"][split]["shards"]
+        assert [s["sha256"] for s in shards] == [s["sha256"] for s in local["splits"][split]["shards"]]
+        assert all((out / s["file"]).read_bytes() == (converted / s["file"]).read_bytes() for s in shards)
+    assert {"503", "drop"} <= set(proxy.failed.values()), "the proxy failed requests both ways"
+
+
+@pytest.mark.parametrize("fate", ["503", "drop"])
+def test_a_server_that_always_fails_is_one_clear_error_after_the_retries(
+    fate, converted, train_zip, serve, flaky_proxy, dask_scheduler, quick_retries, tmp_path, capsys
+):
+    how = {"fail_every": 1} if fate == "503" else {"drop_every": 1}
+    proxy = flaky_proxy(serve(converted).url, always=True, **how)
+    with pytest.raises(UnavailableError, match=rf"^{proxy.url}manifest\.json: still failing after 3 attempt\(s\)"):
+        StreamingDataset(proxy.url)
+    assert proxy.requests == 3, "each attempt is one request, and there are three"
+
+    proxy = flaky_proxy(serve(train_zip.parent).url, always=True, **how)
+    url = proxy.url + train_zip.name
+    assert main(["convert", url, "--out", str(tmp_path / "out"), "--scheduler", dask_scheduler]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"ssmspine convert: error: {url}: still failing after 3 attempt(s), last with ")
+    assert 3 <= proxy.requests <= 4 * 3, "fsspec's size query may try HEAD and GET, aiohttp a reused connection twice"
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_found_is_not_tried_again(converted, train_zip, serve, flaky_proxy):
+    """With the default retries: a missing manifest or archive is one answer, not five."""
+    proxy = flaky_proxy(serve(converted).url)
+    with pytest.raises(OutputError, match="manifest.json: HTTP 404"):
+        StreamingDataset(proxy.url + "elsewhere/")
+    assert proxy.requests == 1
+    proxy = flaky_proxy(serve(train_zip.parent).url)
+    with pytest.raises(SourceError, match="not found"):
+        list_members(proxy.url + "SSMSpine_Test.zip")
+    assert proxy.requests <= 2, "fsspec asks with HEAD, then GET, once"
