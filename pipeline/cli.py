@@ -16,6 +16,7 @@ from typing import Sequence
 
 from pipeline.errors import SSMSpineError
 from pipeline.sizes import human_bytes
+from pipeline.urls import safe_url
 from pipeline.version import __version__
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -179,10 +180,10 @@ def _convert(args: argparse.Namespace) -> int:
     summary = convert(args.sources, args.out, options)
     _print_problems(summary)
     if summary.up_to_date:
-        print(f"{args.out} is up to date: {summary.samples} samples, nothing to do")
+        print(f"{safe_url(args.out)} is up to date: {summary.samples} samples, nothing to do")
         return 0
     splits = ", ".join(f"{split} {n}" for split, n in summary.splits.items())
-    print(f"converted {summary.samples} samples ({splits}) into {args.out}")
+    print(f"converted {summary.samples} samples ({splits}) into {safe_url(args.out)}")
     print(f"  shards: {summary.shards_written} written, {summary.shards_kept} kept from an earlier run")
     print(f"  bytes in: {human_bytes(summary.source_bytes)} (sources)")
     for name, nbytes in (("zarr", summary.zarr_bytes), ("wds", summary.wds_bytes)):

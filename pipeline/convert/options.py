@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 from pipeline.store.codecs import Encoding
 from pipeline.store.manifest import RejectedMember
@@ -31,6 +31,9 @@ class ConvertOptions:
     #: two conversions of the same data may pick different ones); fixed encodings make the output
     #: bytes a function of the data alone.
     encodings: Mapping[str, Encoding] | None = None
+    #: Options for fsspec when ``out`` is a URL (credentials, endpoint, ...); by default they come
+    #: from the environment and configuration files. Never written to the output or a log.
+    storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
 
 
 @dataclass

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -31,8 +29,8 @@ from pipeline.convert.resume import is_up_to_date, kept_shard, reopen_finished, 
 from pipeline.convert.task import GroupTask, convert_group
 from pipeline.errors import SourceError
 from pipeline.schema import LABEL_NAMES, schema_to_json
-from pipeline.sizes import tree_bytes
 from pipeline.source.members import SourceMember
+from pipeline.storage import Storage
 from pipeline.store import manifest, progress, tar_shards, zarr_layout, zarr_store
 from pipeline.store.manifest import Manifest, MemberName, RejectedMember, ShardEntry, SplitEntry
 from pipeline.store.plan import Identity, Plan
@@ -43,11 +41,11 @@ from pipeline.version import __version__
 log = logging.getLogger(__name__)
 
 
-def _tasks(out: Path, plan: Plan, by_split: Mapping[str, Sequence[SourceMember]], skip_bad: bool) -> list[GroupTask]:
+def _tasks(out: Storage, plan: Plan, by_split: Mapping[str, Sequence[SourceMember]], skip_bad: bool) -> list[GroupTask]:
     group = plan.group_samples
     return [
         GroupTask(
-            out=str(out),
+            out=out,
             split=split,
             index=start // group,
             start=start,
@@ -62,7 +60,7 @@ def _tasks(out: Path, plan: Plan, by_split: Mapping[str, Sequence[SourceMember]]
     ]
 
 
-def _create_zarr(out: Path, plan: Plan, by_split: Mapping[str, Sequence[SourceMember]]) -> None:
+def _create_zarr(out: Storage, plan: Plan, by_split: Mapping[str, Sequence[SourceMember]]) -> None:
     for split, members in by_split.items():
         zarr_store.create_split(
             out,
@@ -117,14 +115,16 @@ def _build_manifest(
 def convert(
     sources: Sequence[str | os.PathLike], out: str | os.PathLike, options: ConvertOptions = ConvertOptions()
 ) -> Summary:
-    """Convert SSMSpine source archives (paths, or URLs read in place) or extracted directories into ``out``.
+    """Convert SSMSpine source archives (paths, or URLs read in place) or extracted directories into
+    ``out``, a local directory or any fsspec URL (``s3://bucket/prefix``; see :mod:`pipeline.storage`).
 
     Resumable: re-running after an interruption converts only the missing shards; re-running
     on a finished output does no work. See :class:`ConvertOptions` for bad input and ``force``.
     """
     started = time.perf_counter()
     sources = [os.fspath(s) for s in sources]
-    out = Path(out)
+    out = Storage(out, options.storage_options)
+    out.check_writable()  # a missing bucket, no credentials, a read-only prefix: before any work
     by_split, rejected = collect_members(sources, options)
     if not by_split:
         raise SourceError(", ".join(sources), None, "no sample could be listed")
@@ -141,14 +141,14 @@ def convert(
     summary.splits = {split: entry.samples for split, entry in done.splits.items()}
     summary.rejected = list(done.rejected)
     summary.warnings = {key: list(found) for entry in done.splits.values() for key, found in entry.warnings.items()}
-    summary.zarr_bytes = tree_bytes(zarr_layout.store_path(out))
-    summary.wds_bytes = tree_bytes(out / WDS_DIR)
+    summary.zarr_bytes = out.tree_bytes(zarr_layout.STORE_NAME)
+    summary.wds_bytes = out.tree_bytes(WDS_DIR)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _convert_missing(
-    out: Path,
+    out: Storage,
     identity: Identity,
     by_split: Mapping[str, Sequence[SourceMember]],
     rejected: list[RejectedMember],
@@ -157,10 +157,11 @@ def _convert_missing(
     started: float,
 ) -> Manifest:
     """Plan (or reuse the plan), run the tasks whose shards are missing, write the manifest."""
-    if manifest.manifest_path(out).exists():
+    if manifest.has_manifest(out):
         reopen_finished(out, identity)
-    (out / WDS_DIR).mkdir(parents=True, exist_ok=True)
-    remove_temporaries(out)
+    if not out.remote:  # object stores have no folders, and never hold a half-written object
+        out.local_path(WDS_DIR).mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out.root)
     plan = load_or_make_plan(out, identity, by_split, options)
     _create_zarr(out, plan, by_split)
     tasks = _tasks(out, plan, by_split, options.skip_bad)
@@ -173,12 +174,13 @@ def _convert_missing(
     written, summary.startup_seconds = _run(todo, options)
     entries = [*kept.values(), *written]
     rejected = [*rejected, *(r for entry in entries for r in entry.rejected)]
-    remove_temporaries(out)  # those of workers that died mid-task and had their task rerun
+    if not out.remote:
+        remove_temporaries(out.root)  # those of workers that died mid-task and had their task rerun
     if rejected:
-        manifest.write_json_atomic(out / manifest.REJECTED_NAME, [r.to_json() for r in rejected])
+        progress.write_json(out, manifest.REJECTED_NAME, [r.to_json() for r in rejected])
     done = _build_manifest(plan, by_split, entries, rejected)
     manifest.write_manifest(out, done)
-    shutil.rmtree(out / progress.PROGRESS_DIR, ignore_errors=True)
+    out.remove_tree(progress.PROGRESS_DIR)
     return done
 
 

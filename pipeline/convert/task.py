@@ -22,6 +22,7 @@ from pipeline.runtime import tune_worker
 from pipeline.schema import FieldSpec, Schema, check_sample, content_warnings
 from pipeline.source.members import SourceMember
 from pipeline.source.zip_reader import Readers
+from pipeline.storage import Storage
 from pipeline.store import progress, tar_shards, zarr_layout, zarr_store
 from pipeline.store.codecs import Encoding
 from pipeline.store.manifest import RejectedMember, ShardEntry
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class GroupTask:
     """Everything one task needs; small, so it travels cheaply to any worker."""
 
-    out: str
+    out: Storage
     split: str
     index: int
     start: int
@@ -45,11 +46,11 @@ class GroupTask:
     skip_bad: bool = False
 
     @property
-    def tar_path(self) -> Path:
-        return Path(self.out) / shard_file(self.split, self.index)
+    def tar_name(self) -> str:
+        return shard_file(self.split, self.index)
 
-    def zarr_path(self, field: str, spec: FieldSpec) -> Path:
-        return zarr_layout.shard_file(self.out, self.split, field, self.index, 1 + len(spec.shape))
+    def zarr_name(self, field: str, spec: FieldSpec) -> str:
+        return zarr_layout.shard_name(self.split, field, self.index, 1 + len(spec.shape))
 
 
 def convert_group(task: GroupTask) -> ShardEntry:
@@ -95,9 +96,9 @@ class _GroupWriter:
         self.task = task
         self.schema = task.schema
         self.encodings = task.encodings
-        self.tar = tar_shards.ShardWriter(task.tar_path)
+        self.tar = tar_shards.ShardWriter(task.out.atomic_file(task.tar_name))
         self.zarr_shards = {
-            f: zarr_store.ShardFileWriter(task.zarr_path(f, spec), task.group_samples)
+            f: zarr_store.ShardFileWriter(task.out.atomic_file(task.zarr_name(f, spec)), task.group_samples)
             for f, spec in self.schema.items()
         }
         self.keys: list[str] = []

@@ -20,8 +20,8 @@ import zarr
 
 from pipeline.errors import OutputError
 from pipeline.read.batches import BatchLayout, SlotPool
+from pipeline.storage import url_filesystem
 from pipeline.store.codecs import decode_into
-from pipeline.store.location import url_filesystem
 from pipeline.store.zarr_fast_layout import ChunkLayout
 from pipeline.store.zarr_store import EMPTY_CHUNK, parse_shard_index, shard_index_span
 

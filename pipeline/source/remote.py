@@ -19,10 +19,10 @@ import errno
 import os
 from typing import Callable, TypeVar
 
-from pipeline.errors import SourceError, SSMSpineError
+from pipeline.errors import SourceError, SSMSpineError, UsageError
 from pipeline.retry import has_name, has_status, reason, retrying
-from pipeline.source.messages import plain
-from pipeline.urls import safe_url, scheme
+from pipeline.storage import url_filesystem
+from pipeline.urls import safe_url
 
 #: The end of an archive read with its first request: the end records and usually the directory.
 TAIL_BYTES = 64 << 10
@@ -72,20 +72,10 @@ class RemoteArchive:
 
 def _filesystem(url: str):
     """The fsspec file system of ``url`` and the object's path in it, or a :class:`SourceError` saying why not."""
-    import fsspec.core
-
     try:
-        return fsspec.core.url_to_fs(url)
-    except ImportError as exc:
-        why = f"the URL scheme {scheme(url)!r} needs a package that is not installed ({plain(exc)})"
-        raise SourceError(url, None, why) from exc
-    except Exception as exc:  # noqa: BLE001 - fsspec raises ValueError for an unknown scheme, others for bad URLs
-        from fsspec.registry import known_implementations, registry
-
-        if scheme(url) not in known_implementations and scheme(url) not in registry:
-            why = f"unknown URL scheme {scheme(url)!r} (fsspec knows s3://, gs://, http(s)://, file://, ...)"
-            raise SourceError(url, None, why) from exc
-        raise SourceError(url, None, f"not a usable URL ({reason(exc)})") from exc
+        return url_filesystem(url)
+    except UsageError as exc:
+        raise SourceError(url, None, str(exc).split(": ", 1)[1]) from exc
 
 
 def _refusal(error: Exception, path: str) -> str:

@@ -22,8 +22,9 @@ import os
 import urllib.parse
 from typing import Callable, Mapping, Sequence, TypeVar
 
-from pipeline.errors import OutputError, SSMSpineError, UsageError
+from pipeline.errors import OutputError, SSMSpineError
 from pipeline.retry import TRANSIENT_STATUS, TransientError, has_status, reason, retrying
+from pipeline.storage import url_filesystem
 from pipeline.store import manifest
 from pipeline.urls import is_url, safe_url
 
@@ -262,23 +263,22 @@ class FsspecRangeReader(RangeReader):
         return memoryview(data)
 
 
-def url_filesystem(url: str, storage_options: Mapping | None = None):
-    """The fsspec filesystem of ``url`` and the path in it; a URL fsspec cannot open (an unknown
-    scheme, a package it needs missing) is a :class:`UsageError` naming the URL."""
-    import fsspec.core
-
-    try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
-    except (ValueError, ImportError) as exc:
-        raise UsageError(f"{safe_url(url)}: cannot open this URL with fsspec ({exc})") from exc
-
-
 def range_reader_class(root: str) -> type[RangeReader]:
     if not is_url(root):
         return LocalRangeReader
     if root.split("://", 1)[0].lower() in ("http", "https"):
         return HttpRangeReader
     return FsspecRangeReader
+
+
+def open_range_reader(
+    root: str, files: Sequence[str], sizes: Sequence[int], storage_options: Mapping | None = None
+) -> RangeReader:
+    """The reader of shards ``files`` (of ``sizes`` bytes, as the manifest says) of the output at
+    ``root``; with ``storage_options``, any URL (``http(s)://`` too) is read through fsspec."""
+    if storage_options and is_url(root):
+        return FsspecRangeReader(root, files, sizes, storage_options)
+    return range_reader_class(root)(root, files, sizes)
 
 
 def read_stream_manifest(root: str, storage_options: Mapping | None = None) -> manifest.Manifest:
@@ -288,10 +288,7 @@ def read_stream_manifest(root: str, storage_options: Mapping | None = None) -> m
     """
     if not is_url(root):
         return manifest.read_manifest(root)
-    if storage_options:
-        store: RangeReader = FsspecRangeReader(root, [], [], storage_options)
-    else:
-        store = range_reader_class(root)(root, [], [])
+    store = open_range_reader(root, [], [], storage_options)
     try:
         data = store.fetch(manifest.MANIFEST_NAME)  # type: ignore[attr-defined]
     finally:

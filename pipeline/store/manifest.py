@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline.atomic import write_bytes_atomic
 from pipeline.errors import NotFoundError, OutputError
 from pipeline.schema import Schema
+from pipeline.storage import Storage, as_storage
 from pipeline.store.codecs import Encoding
 from pipeline.store.json_fields import JsonObject
 from pipeline.store.plan import Identity, Plan, SourceRecord
@@ -258,35 +257,27 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
     return Manifest.parse(JsonObject(document, where))
 
 
-def manifest_path(out: str | os.PathLike) -> Path:
-    return Path(out) / MANIFEST_NAME
+def has_manifest(storage: Storage) -> bool:
+    return storage.exists(MANIFEST_NAME)
 
 
-def read_manifest(out: str | os.PathLike) -> Manifest:
-    """The manifest of a finished output in a local directory
-    (:func:`pipeline.store.location.read_stream_manifest` reads it from a URL too)."""
-    path = manifest_path(out)
-    if not path.exists():
-        raise OutputError(f"{path}: no manifest; the conversion into {out} has not finished")
-    return parse_manifest(path.read_bytes(), str(path))
+def read_manifest(out: str | os.PathLike | Storage, storage_options: Mapping[str, Any] | None = None) -> Manifest:
+    """The manifest of a finished output, in a local directory or at a URL
+    (:func:`pipeline.store.location.read_stream_manifest` reads it over ``http(s)://`` too)."""
+    storage = as_storage(out, storage_options)
+    try:
+        data = storage.read_bytes(MANIFEST_NAME)
+    except FileNotFoundError:
+        raise OutputError(
+            f"{storage.name(MANIFEST_NAME)}: no manifest; the conversion into {storage} has not finished"
+        ) from None
+    return parse_manifest(data, storage.name(MANIFEST_NAME))
 
 
-def write_manifest(out: str | os.PathLike, manifest: Manifest) -> None:
-    write_bytes_atomic(manifest_path(out), json.dumps(manifest.to_json(), indent=1).encode())
+def write_manifest(out: str | os.PathLike | Storage, manifest: Manifest) -> None:
+    """Written last, in one piece: a rename on disk, one PUT on object storage."""
+    as_storage(out).write_bytes(MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1).encode())
 
 
 def shards_of(manifest: Manifest, split: str) -> Sequence[ShardEntry]:
     return manifest.split(split).shards
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """A JSON file of ours (progress records, the plan), or one line naming it."""
-    try:
-        with open(path) as file:
-            return json.load(file)
-    except json.JSONDecodeError as exc:
-        raise OutputError(f"{path}: not valid JSON ({exc})") from exc
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    write_bytes_atomic(path, json.dumps(data, indent=1).encode())

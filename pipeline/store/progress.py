@@ -2,45 +2,62 @@
 
 Each finished task records its :class:`ShardEntry` in ``.progress/<split>-NNNNNN.json``; a re-run
 keeps those shards (after checking size and checksum) and converts only the rest. The folder goes
-once the manifest is written.
+once the manifest is written. On object storage the records are objects like any other file.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import json
+from typing import Any
 
+from pipeline.errors import OutputError
+from pipeline.storage import Storage
 from pipeline.store.json_fields import JsonObject
-from pipeline.store.manifest import ShardEntry, read_json, write_json_atomic
+from pipeline.store.manifest import ShardEntry
 from pipeline.store.plan import Plan
 
 PROGRESS_DIR = ".progress"
-PLAN_NAME = "plan.json"
+PLAN_NAME = f"{PROGRESS_DIR}/plan.json"
 
 
-def progress_path(out: str | os.PathLike, split: str, index: int) -> Path:
-    return Path(out) / PROGRESS_DIR / f"{split}-{index:06d}.json"
+def progress_name(split: str, index: int) -> str:
+    return f"{PROGRESS_DIR}/{split}-{index:06d}.json"
 
 
-def plan_path(out: str | os.PathLike) -> Path:
-    return Path(out) / PROGRESS_DIR / PLAN_NAME
+def read_json(storage: Storage, relative: str) -> Any:
+    """A JSON file of ours, or one line naming it."""
+    try:
+        return json.loads(storage.read_bytes(relative))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OutputError(f"{storage.name(relative)}: not valid JSON ({exc})") from exc
 
 
-def record_shard(out: str | os.PathLike, entry: ShardEntry) -> None:
-    write_json_atomic(progress_path(out, entry.split, entry.index), entry.to_json())
+def write_json(storage: Storage, relative: str, data: Any) -> None:
+    storage.write_bytes(relative, json.dumps(data, indent=1).encode())
 
 
-def recorded_shards(out: str | os.PathLike) -> list[ShardEntry]:
+def record_shard(storage: Storage, entry: ShardEntry) -> None:
+    write_json(storage, progress_name(entry.split, entry.index), entry.to_json())
+
+
+def recorded_shards(storage: Storage) -> list[ShardEntry]:
     """Shards whose tasks finished since the last manifest was written."""
-    folder = Path(out) / PROGRESS_DIR
-    return [ShardEntry.parse(JsonObject(read_json(p), str(p))) for p in sorted(folder.glob("*-*.json"))]
+    names = [n for n in storage.list(PROGRESS_DIR, ".json") if n != PLAN_NAME]
+    return [ShardEntry.parse(JsonObject(read_json(storage, n), storage.name(n))) for n in names]
 
 
-def read_plan(out: str | os.PathLike) -> Plan | None:
+def has_plan(storage: Storage) -> bool:
+    return storage.exists(PLAN_NAME)
+
+
+def read_plan(storage: Storage) -> Plan | None:
     """The recorded plan of an unfinished conversion, if there is one."""
-    path = plan_path(out)
-    return Plan.parse(JsonObject(read_json(path), str(path))) if path.exists() else None
+    try:
+        data = read_json(storage, PLAN_NAME)
+    except FileNotFoundError:
+        return None
+    return Plan.parse(JsonObject(data, storage.name(PLAN_NAME)))
 
 
-def write_plan(out: str | os.PathLike, plan: Plan) -> None:
-    write_json_atomic(plan_path(out), plan.to_json())
+def write_plan(storage: Storage, plan: Plan) -> None:
+    write_json(storage, PLAN_NAME, plan.to_json())

@@ -22,8 +22,8 @@ from typing import BinaryIO, Iterable, Iterator, Mapping
 import numpy as np
 
 from pipeline.atomic import AtomicFile
-from pipeline.checksums import file_sha256
 from pipeline.errors import NotFoundError, OutputError
+from pipeline.storage import Storage
 from pipeline.store import codecs
 from pipeline.store.codecs import Encoding
 
@@ -156,10 +156,11 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 
 class ShardWriter:
-    """Writes one tar shard atomically (see :class:`~pipeline.atomic.AtomicFile`)."""
+    """Writes one tar shard atomically: into ``target`` (an :class:`~pipeline.atomic.AtomicFile`,
+    or a path to make one for), which shows it under its final name only on :meth:`commit`."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self._target = AtomicFile(path)
+    def __init__(self, target: AtomicFile | str | os.PathLike) -> None:
+        self._target = target if isinstance(target, AtomicFile) else AtomicFile(target)
         self._tar = tarfile.open(fileobj=self._target.file, mode="w", format=tarfile.USTAR_FORMAT)
 
     @property
@@ -242,15 +243,19 @@ def shard_file(split: str, index: int) -> str:
     return f"{WDS_DIR}/{split}-{index:06d}.tar"
 
 
-def shard_file_problem(path: str | os.PathLike, nbytes: int, sha256: str | None) -> str | None:
-    """What is wrong with a finished tar shard against its record — missing, another size, or (when
-    ``sha256`` is given) other bytes — or None when it matches. The one check that resuming, ``verify``
-    and ``info`` make of a shard file."""
-    if not os.path.isfile(path):
-        return "missing"
-    size = os.path.getsize(path)
+def shard_file_problem(storage: Storage, file: str, nbytes: int, sha256: str | None) -> str | None:
+    """What is wrong with finished tar shard ``file`` of the output in ``storage`` against its
+    record — missing, another size, or (when ``sha256`` is given) other bytes — or None when it
+    matches. The one check that resuming, ``verify`` and ``info`` make of a shard file."""
+    size = storage.size(file)
+    if size is None:
+        return MISSING
     if size != nbytes:
         return f"is {size} bytes, the manifest says {nbytes} (truncated or altered)"
-    if sha256 is not None and file_sha256(path) != sha256:
+    if sha256 is not None and storage.sha256(file) != sha256:
         return "sha256 differs from the manifest (altered after conversion)"
     return None
+
+
+#: What :func:`shard_file_problem` says of a shard that is not there.
+MISSING = "missing"

@@ -77,15 +77,18 @@ def zarr_location(out: str | os.PathLike, *parts: str) -> str:
     return str(Path(root, STORE_NAME, *parts))
 
 
-def open_store(out: str | os.PathLike, storage_options: Mapping | None = None) -> Path | zarr.storage.FsspecStore:
-    """The Zarr store of the output at ``out``, read-only: its directory, or for a URL (any fsspec
-    URL) zarr-python's own fsspec store, to which ``storage_options`` go (credentials otherwise
-    come from where fsspec finds them: the environment, configuration files)."""
+def open_store(
+    out: str | os.PathLike, storage_options: Mapping | None = None, read_only: bool = True
+) -> Path | zarr.storage.FsspecStore:
+    """The Zarr store of the output at ``out``: its directory, or for a URL (any fsspec URL)
+    zarr-python's own fsspec store, to which ``storage_options`` go (credentials otherwise come
+    from where fsspec finds them: the environment, configuration files)."""
     if not is_url(os.fspath(out)):
         return store_path(out)
     url = zarr_location(out)
     try:
-        return zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}), read_only=True)
+        options = dict(storage_options or {})
+        return zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=read_only)
     except (ValueError, ImportError, TypeError) as exc:  # an unknown scheme, its package missing
         raise UsageError(f"{url}: cannot open this URL with fsspec ({exc})") from exc
 
@@ -108,7 +111,12 @@ def shard_key(shard_index: int, ndim: int, separator: str = "/") -> str:
 
 def shard_file(out: str | os.PathLike, split: str, field: str, shard_index: int, ndim: int) -> Path:
     """The file holding Zarr shard ``shard_index`` of an array of our output."""
-    return store_path(out) / split / field / shard_key(shard_index, ndim)
+    return Path(out) / shard_name(split, field, shard_index, ndim)
+
+
+def shard_name(split: str, field: str, shard_index: int, ndim: int) -> str:
+    """Zarr shard ``shard_index`` of an array, relative to the output's root."""
+    return f"{STORE_NAME}/{split}/{field}/{shard_key(shard_index, ndim)}"
 
 
 def check_layout(array: zarr.Array) -> None:

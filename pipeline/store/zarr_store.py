@@ -29,8 +29,9 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from pipeline.atomic import AtomicFile, write_bytes_atomic
 from pipeline.errors import OutputError
 from pipeline.schema import Schema
+from pipeline.storage import Storage, as_storage
 from pipeline.store.codecs import SHUFFLE_NAMES, Encoding
-from pipeline.store.zarr_layout import SAMPLE_COORDINATES, SAMPLE_DIM, check_layout, dimension_names, store_path
+from pipeline.store.zarr_layout import SAMPLE_COORDINATES, SAMPLE_DIM, check_layout, dimension_names, open_store
 
 
 def blosc_codec(encoding: Encoding, itemsize: int) -> BloscCodec:
@@ -45,7 +46,7 @@ def blosc_codec(encoding: Encoding, itemsize: int) -> BloscCodec:
 
 
 def create_split(
-    out: str | os.PathLike,
+    out: str | os.PathLike | Storage,
     split: str,
     schema: Schema,
     encodings: Mapping[str, Encoding],
@@ -63,7 +64,9 @@ def create_split(
     of an earlier version); any other difference is an error rather than a silent overwrite of
     earlier output.
     """
-    group = zarr.open_group(store_path(out), mode="a", zarr_format=3)
+    storage = as_storage(out)
+    store = open_store(storage.root, storage.storage_options, read_only=False)
+    group = zarr.open_group(store, mode="a", zarr_format=3)
     split_group = group.require_group(split)
     n = len(patients)
     coordinates = {"coordinates": " ".join(SAMPLE_COORDINATES)}
@@ -133,8 +136,8 @@ class ShardFileWriter:
     and the index is written at the end.
     """
 
-    def __init__(self, path: str | os.PathLike, chunks_per_shard: int) -> None:
-        self._target = AtomicFile(path)
+    def __init__(self, target: AtomicFile | str | os.PathLike, chunks_per_shard: int) -> None:
+        self._target = target if isinstance(target, AtomicFile) else AtomicFile(target)
         self._index = np.full((chunks_per_shard, 2), EMPTY_CHUNK, dtype="<u8")
         self._chunks = 0
         self._offset = 0

@@ -10,16 +10,15 @@ answers the first, and ``ssmspine info`` prints both. The result is plain JSON-a
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.schema import FieldSpec
-from pipeline.sizes import tree_bytes
+from pipeline.storage import Storage
 from pipeline.store.manifest import FORMAT, FORMAT_VERSION, Manifest, SplitEntry, read_manifest
 from pipeline.tools.tables import ratio
 
 
-def info(out: str | os.PathLike) -> dict[str, Any]:
+def info(out: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A JSON-able summary of a finished output: counts, schema, bytes per split and field, shards.
 
     Sizes are measured on disk: Zarr bytes per field are the files under
@@ -30,9 +29,9 @@ def info(out: str | os.PathLike) -> dict[str, Any]:
     (``source_apportioned_by``), exact when each archive feeds one split. Members left out under
     ``--skip-bad`` (``rejected``) and samples with content warnings are counted.
     """
-    out = Path(out)
+    out = Storage(out, storage_options)
     manifest = read_manifest(out)
-    store, wds_dir = out / manifest.zarr, out / manifest.wds_dir
+    store = manifest.zarr
     sources = [{"name": s.name, "bytes": s.bytes} for s in manifest.sources]
     source_bytes = sum(s["bytes"] for s in sources)
     split_sources, basis = _apportion_sources(manifest)
@@ -42,7 +41,7 @@ def info(out: str | os.PathLike) -> dict[str, Any]:
     }
     for split, data in splits.items():
         data["rejected"] = sum(1 for r in manifest.rejected if r.split == split)
-    zarr_bytes, wds_bytes = tree_bytes(store), tree_bytes(wds_dir)
+    zarr_bytes, wds_bytes = out.tree_bytes(store), out.tree_bytes(manifest.wds_dir)
     return {
         "dir": str(out),
         "format": FORMAT,
@@ -98,21 +97,21 @@ def _apportion_sources(manifest: Manifest) -> tuple[dict[str, float], str]:
 
 
 def _split_info(
-    out: Path, store: Path, split: str, entry: SplitEntry, schema: Mapping[str, FieldSpec], source_bytes: float
+    out: Storage, store: str, split: str, entry: SplitEntry, schema: Mapping[str, FieldSpec], source_bytes: float
 ) -> dict[str, Any]:
     """Counts, bytes and shards of one split."""
     samples = entry.samples
     shards = sorted(entry.shards, key=lambda s: s.index)
     fields = list(schema)
     payload_bytes = dict.fromkeys(fields, 0)
-    disk_sizes = [(out / s.file).stat().st_size if (out / s.file).is_file() else 0 for s in shards]
+    disk_sizes = [out.size(s.file) or 0 for s in shards]
     for shard in shards:
         for payload in shard.payloads:
             for j, field in enumerate(fields):
                 if 2 * j + 1 < len(payload):
                     payload_bytes[field] += int(payload[2 * j + 1])
     wds_bytes = sum(disk_sizes)
-    zarr_bytes = tree_bytes(store / split)
+    zarr_bytes = out.tree_bytes(f"{store}/{split}")
     return {
         "samples": samples,
         "patients": len(set(entry.patient)),
@@ -124,7 +123,11 @@ def _split_info(
         "wds_overhead_bytes": wds_bytes - sum(payload_bytes.values()),
         "ratio_to_source": {"zarr": ratio(zarr_bytes, source_bytes), "wds": ratio(wds_bytes, source_bytes)},
         "fields": {
-            f: {"decoded": samples * spec.nbytes, "zarr": tree_bytes(store / split / f), "wds": payload_bytes[f]}
+            f: {
+                "decoded": samples * spec.nbytes,
+                "zarr": out.tree_bytes(f"{store}/{split}/{f}"),
+                "wds": payload_bytes[f],
+            }
             for f, spec in schema.items()
         },
         "shards": {

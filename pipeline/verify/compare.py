@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
@@ -29,9 +28,10 @@ from pipeline.checksums import digest
 from pipeline.errors import OutputError, SourceError, SSMSpineError
 from pipeline.runtime import tune_worker
 from pipeline.schema import FieldSpec, Schema, spec_of
+from pipeline.storage import Storage
 from pipeline.store import codecs, tar_shards, zarr_layout, zarr_store
 from pipeline.store.manifest import ShardEntry
-from pipeline.store.tar_shards import shard_file_problem
+from pipeline.store.tar_shards import MISSING, shard_file_problem
 
 #: What a field of a sample must be: the decoded source array, or the manifest's digest of it.
 Truth = Callable[[str], "np.ndarray | str"]
@@ -51,7 +51,7 @@ class Problem:
 
 @dataclass(frozen=True)
 class VerifyTask:
-    out: str
+    out: Storage
     split: str
     shard: ShardEntry
     schema: Schema
@@ -63,16 +63,15 @@ def verify_shard(task: VerifyTask) -> tuple[int, list[Problem]]:
     """Compare one tar shard and the Zarr rows aligned with it with the sources (or the manifest digests)."""
     tune_worker()
     shard, split = task.shard, task.split
-    path = Path(task.out) / shard.file
-    if not path.is_file():
-        return 0, [Problem(split, shard.file, "missing")]
-    problems = (
-        [Problem(split, shard.file, what)] if (what := shard_file_problem(path, shard.bytes, shard.sha256)) else []
-    )
-    checked = 0
+    if task.out.size(shard.file) is None:
+        return 0, [Problem(split, shard.file, MISSING)]
+    checked, problems = 0, []
     with contextlib.ExitStack() as stack:
         try:
-            zarr_rows = stack.enter_context(_ZarrRows(task))
+            path = stack.enter_context(task.out.local_copy(shard.file))  # itself, or a download of it
+            if what := shard_file_problem(Storage(path.parent), path.name, shard.bytes, shard.sha256):
+                problems.append(Problem(split, shard.file, what))
+            zarr_rows = stack.enter_context(_ZarrRows(task, stack))
             problems += zarr_rows.problems
             tar = tar_shards.group_samples(tar_shards.iter_members(stack.enter_context(open(path, "rb")), shard.file))
             truths = _expected_samples(task)
@@ -122,7 +121,7 @@ def _check_sample(
 class _ZarrRows:
     """The Zarr shard files aligned with one tar shard, each array's layout checked once."""
 
-    def __init__(self, task: VerifyTask) -> None:
+    def __init__(self, task: VerifyTask, stack: contextlib.ExitStack) -> None:
         self.task = task
         self.schema: Schema = task.schema
         self.problems: list[Problem] = []
@@ -132,10 +131,14 @@ class _ZarrRows:
         for field, spec in self.schema.items():
             where = f"{zarr_layout.STORE_NAME}/{task.split}/{field}"
             try:
-                array = zarr_layout.open_array(task.out, task.split, field)
+                store = zarr_layout.open_store(task.out.root, task.out.storage_options)
+                array = zarr_layout.open_array_in(store, task.split, field)
                 zarr_layout.check_array(array, spec, rows_needed, task.chunks_per_shard)
-                path = zarr_layout.shard_file(task.out, task.split, field, task.shard.index, 1 + len(spec.shape))
-                name = path.relative_to(task.out).as_posix()
+                name = zarr_layout.shard_name(task.split, field, task.shard.index, 1 + len(spec.shape))
+                try:
+                    path = stack.enter_context(task.out.local_copy(name))
+                except FileNotFoundError:
+                    raise OutputError(f"{name}: missing; the output is damaged") from None
                 self.chunks[field] = zarr_store.ShardChunks(path, task.chunks_per_shard, name)
                 self.arrays[field] = array
             except OutputError as exc:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
 from pipeline.schema import FieldSpec
+from pipeline.storage import Storage
 from pipeline.store import zarr_layout
 from pipeline.store.manifest import Manifest, ShardEntry, SplitEntry, read_manifest
 from pipeline.store.tar_shards import shard_file_problem
@@ -37,10 +38,13 @@ class ManifestCheck:
         return {"ok": self.ok, "checksums": self.checksums, "shards": self.shards, "problems": list(self.problems)}
 
 
-def check_output(out: str | os.PathLike, checksums: bool = False) -> ManifestCheck:
-    """Check a finished output in a local directory against its manifest (see the module docstring)."""
-    out = Path(out)
+def check_output(
+    out: str | os.PathLike, checksums: bool = False, storage_options: Mapping[str, Any] | None = None
+) -> ManifestCheck:
+    """Check a finished output (a directory or any fsspec URL) against its manifest (see the module docstring)."""
+    out = Storage(out, storage_options)
     manifest = read_manifest(out)
+    store = zarr_layout.open_store(out.root, out.storage_options)
     problems: list[str] = []
     for split, entry in manifest.splits.items():
         _check_split_lists(split, entry, manifest.plan.group_samples, problems)
@@ -49,7 +53,7 @@ def check_output(out: str | os.PathLike, checksums: bool = False) -> ManifestChe
         # a member rejected by its task keeps its (empty) Zarr row; one rejected when listing has none
         zarr_rows = entry.samples + sum(len(s.rejected) for s in entry.shards)
         for field, spec in manifest.schema.items():
-            _check_zarr_array(out / manifest.zarr, split, field, (zarr_rows, *spec.shape), spec, problems)
+            _check_zarr_array(store, split, field, (zarr_rows, *spec.shape), spec, problems)
     _check_unlisted_tars(out, manifest, problems)
     shards = sum(len(entry.shards) for entry in manifest.splits.values())
     return ManifestCheck(checksums=checksums, shards=shards, problems=tuple(problems))
@@ -80,14 +84,13 @@ def _check_split_lists(split: str, entry: SplitEntry, group: int, problems: list
         problems.append(f"split {split}: its rows are not those of its shards")
 
 
-def _check_shard(out: Path, shard: ShardEntry, n_fields: int, checksums: bool, problems: list[str]) -> None:
-    path = out / shard.file
-    what = shard_file_problem(path, shard.bytes, shard.sha256 if checksums else None)
+def _check_shard(out: Storage, shard: ShardEntry, n_fields: int, checksums: bool, problems: list[str]) -> None:
+    what = shard_file_problem(out, shard.file, shard.bytes, shard.sha256 if checksums else None)
     if what:
         problems.append(f"{shard.file}: {what}")
-    if not path.is_file():
+    size = out.size(shard.file)
+    if size is None:
         return
-    size = path.stat().st_size
     if len(shard.payloads) != shard.samples:
         problems.append(f"{shard.file}: {len(shard.payloads)} payload records for {shard.samples} samples")
     for key, payload in zip(shard.keys, shard.payloads):
@@ -98,10 +101,10 @@ def _check_shard(out: Path, shard: ShardEntry, n_fields: int, checksums: bool, p
 
 
 def _check_zarr_array(
-    store: Path, split: str, field: str, shape: tuple[int, ...], spec: FieldSpec, problems: list[str]
+    store: Any, split: str, field: str, shape: tuple[int, ...], spec: FieldSpec, problems: list[str]
 ) -> None:
     """The array opens (through zarr-python, which reads its ``zarr.json``) with the manifest's shape and dtype."""
-    name = f"{store.name}/{split}/{field}"
+    name = f"{zarr_layout.STORE_NAME}/{split}/{field}"
     try:
         array = zarr_layout.open_array_in(store, split, field)
     except Exception as exc:  # zarr-python raises many types for missing or damaged metadata
@@ -113,9 +116,8 @@ def _check_zarr_array(
         problems.append(f"{name}: data type {array.dtype}, the manifest says {spec.dtype}")
 
 
-def _check_unlisted_tars(out: Path, manifest: Manifest, problems: list[str]) -> None:
+def _check_unlisted_tars(out: Storage, manifest: Manifest, problems: list[str]) -> None:
     listed = {shard.file for entry in manifest.splits.values() for shard in entry.shards}
-    for path in sorted((out / manifest.wds_dir).glob("*.tar")):
-        name = path.relative_to(out).as_posix()
+    for name in out.list(manifest.wds_dir, ".tar"):
         if name not in listed:
             problems.append(f"{name}: a tar shard the manifest does not list")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from pipeline.cluster import run_tasks
 from pipeline.errors import OutputError
+from pipeline.storage import Storage
 from pipeline.store import manifest
 from pipeline.store.manifest import MemberName
+from pipeline.urls import location_name
 from pipeline.verify.compare import Problem, VerifyTask, verify_shard
 
 
@@ -39,11 +41,10 @@ class Report:
         return self.samples / self.checking_seconds if self.samples and self.checking_seconds > 0 else 0.0
 
 
-def verify_tasks(out: str | os.PathLike, sources: Sequence[str | os.PathLike] | None) -> list[VerifyTask]:
+def verify_tasks(out: Storage, sources: Sequence[str | os.PathLike] | None) -> list[VerifyTask]:
     """One task per shard; with ``sources``, each key is mapped to its member in them."""
-    out = os.fspath(out)
     done = manifest.read_manifest(out)
-    by_name = {os.path.basename(os.path.normpath(os.fspath(s))): os.fspath(s) for s in sources or ()}
+    by_name = {location_name(os.fspath(s)): os.fspath(s) for s in sources or ()}
     tasks = []
     for split, entry in done.splits.items():
         members_of = dict(zip(entry.keys, (_locate(by_name, m) for m in entry.members))) if sources else None
@@ -77,9 +78,11 @@ def verify(
     scheduler: str | None = None,
     workers: int | None = None,
     progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Report:
-    """Check every sample of ``out`` in both formats, bit for bit. See the module docstring."""
-    tasks = verify_tasks(out, sources)
+    """Check every sample of ``out`` (a directory or any fsspec URL) in both formats, bit for bit.
+    See the module docstring."""
+    tasks = verify_tasks(Storage(out, storage_options), sources)
     listed = time.perf_counter()
     results, startup = run_tasks(
         verify_shard,

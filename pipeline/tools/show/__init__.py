@@ -17,9 +17,10 @@ import numpy as np
 
 from pipeline.errors import NotFoundError, SampleIndexError, SampleKeyError
 from pipeline.schema import IMAGE_FIELDS
-from pipeline.store.manifest import read_manifest
+from pipeline.store.location import read_stream_manifest
 from pipeline.tools.show.figures import render_grid, render_sample
 from pipeline.tools.show.records import pick_split, read_wds_records, read_zarr_records
+from pipeline.urls import safe_url
 
 log = logging.getLogger(__name__)
 
@@ -71,26 +72,28 @@ def show(
     from_wds: bool = False,
     grid: int | None = None,
     path: str | os.PathLike = "sample.png",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Draw one sample (or ``grid`` samples) of ``split`` to a PNG at ``path``; returns the path.
 
     Reads through the Zarr store by default, or from the tar shards with ``from_wds`` — the two
     pictures of a sample are identical, which makes this a visual check of either format.
-    ``split`` defaults to ``train`` (or the first split); the sample to ``index`` 0.
+    ``split`` defaults to ``train`` (or the first split); the sample to ``index`` 0. ``out`` is
+    a directory or the URL of one (``storage_options`` as for :class:`~pipeline.ZarrDataset`).
     """
-    out = Path(out)
-    manifest = read_manifest(out)
+    out = os.fspath(out)
+    manifest = read_stream_manifest(out, storage_options)
     split = pick_split(manifest, split)
     entry = manifest.split(split)
     keys = entry.keys
     indices = pick_indices(keys, split, key, index, grid)
     fields = picture_fields(manifest.schema)
     reader = read_wds_records if from_wds else read_zarr_records
-    records = reader(out, split, indices, fields)
+    records = reader(out, split, indices, fields, storage_options)
     source = "WebDataset tar shards" if from_wds else "the Zarr store"
     log.info("drawing %d sample(s) of %s from %s", len(records), split, source)
     if grid is not None:
-        title = f"{out}: split {split}, {len(records)} of {len(keys)} samples, read from {source}"
+        title = f"{safe_url(out)}: split {split}, {len(records)} of {len(keys)} samples, read from {source}"
         return render_grid(records, path, title=title)
     first = indices[0]
     lines = [f"split {split}, sample {first} of {len(keys)}"]
