@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import urllib.parse
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,11 +110,20 @@ class Storage:
         except (SSMSpineError, FileNotFoundError):
             raise
         except Exception as exc:  # noqa: BLE001 - every library error becomes one line naming the object
+            why = self.redact(reason(exc))
             if isinstance(exc, PermissionError) or has_status(exc, 401, 403):
-                raise OutputError(f"{where}: access denied ({reason(exc)})") from exc
+                raise OutputError(f"{where}: access denied ({why})") from exc
             if has_name(exc, "NoCredentialsError", "PartialCredentialsError"):
                 raise OutputError(f"{where}: no credentials found (environment, config files)") from exc
-            raise OutputError(f"{where}: {reason(exc)}") from exc
+            raise OutputError(f"{where}: {why}") from exc
+
+    def redact(self, text: str) -> str:
+        """``text`` (a library's message) without the secrets the root URL may carry."""
+        parts = urllib.parse.urlsplit(self.root) if self.remote else None
+        for secret in (parts.password, parts.query, parts.fragment) if parts else ():
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     # ------------------------------------------------------------------------------- reading
 
@@ -221,7 +231,8 @@ class Storage:
         try:
             self.write_bytes(probe, b"")
         except FileNotFoundError as exc:
-            raise OutputError(f"{self}: cannot be written: no such bucket or container ({reason(exc)})") from exc
+            why = self.redact(reason(exc))
+            raise OutputError(f"{self}: cannot be written: no such bucket or container ({why})") from exc
         except OutputError as exc:
             raise OutputError(f"{self}: cannot be written: {str(exc).split(': ', 2)[-1]}") from exc
         self.remove(probe)

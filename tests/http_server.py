@@ -105,7 +105,8 @@ class RangeServer(_Quiet):
 
 
 class FlakyProxyHandler(http.server.BaseHTTPRequestHandler):
-    """Forwards GET and HEAD to ``server.upstream``, failing some requests on the way (see :class:`FlakyProxy`)."""
+    """Forwards requests to ``server.upstream`` (reads, and an S3 server's writes too), failing some
+    on the way (see :class:`FlakyProxy`)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -115,7 +116,17 @@ class FlakyProxyHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self._forward()
 
+    def do_PUT(self):
+        self._forward()
+
+    def do_POST(self):
+        self._forward()
+
+    def do_DELETE(self):
+        self._forward()
+
     def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))  # read before any answer
         fate = self.server.fate(self.command, self.path, self.headers.get("Range"))
         if fate == "drop":  # closes the connection without an answer
             self.close_connection = True
@@ -127,8 +138,8 @@ class FlakyProxyHandler(http.server.BaseHTTPRequestHandler):
             return
         upstream = http.client.HTTPConnection(self.server.upstream, timeout=60)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-            upstream.request(self.command, self.path, headers=headers)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+            upstream.request(self.command, self.path, body=body or None, headers=headers)
             response = upstream.getresponse()
             self.send_response(response.status, response.reason)
             for name, value in response.getheaders():

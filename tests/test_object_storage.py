@@ -1,0 +1,192 @@
+"""Outputs on object storage: ``convert --out s3://...`` writes there (or refuses), and every command
+and reader works on the bucket as on a directory. A real S3-protocol server on 127.0.0.1 (moto), the
+session's real Dask cluster, whose workers reach it through their environment."""
+
+from __future__ import annotations
+
+import fsspec
+import numpy as np
+import pytest
+
+from pipeline import StreamingDataset, ZarrDataset
+from pipeline.cli import main
+from pipeline.convert import convert
+from pipeline.errors import OutputError
+from pipeline.store.codecs import Encoding
+from pipeline.tools.info import info
+from pipeline.tools.show import show
+from pipeline.tools.show.records import read_wds_records, read_zarr_records
+from pipeline.verify import verify
+from pipeline.verify.consistency import check_output
+
+from conftest import fast_options, manifest_json
+
+
+def _bucket_files(url: str) -> dict[str, int]:
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    prefix = url[len("s3://") :]
+    return {
+        path[len(prefix) + 1 :]: size for path, size in fs.find(prefix, detail=True).items() for size in [size["size"]]
+    }
+
+
+@pytest.fixture(scope="module")
+def on_s3(converted, train_zip, test_zip, s3_server, dask_scheduler, tmp_path_factory) -> str:
+    """``converted``'s sources converted into a bucket, from a working directory of their own."""
+    url = f"s3://{s3_server.new_bucket()}/datasets/ssmspine"
+    encodings = {f: Encoding.from_json(e) for f, e in manifest_json(converted)["encodings"].items()}
+    convert([train_zip, test_zip], url, fast_options(dask_scheduler, encodings=encodings))
+    return url
+
+
+def test_convert_to_a_bucket_writes_the_same_bytes_there_and_nothing_here(
+    converted, train_zip, test_zip, s3_server, dask_scheduler, tmp_path, monkeypatch
+):
+    """The reported bug: ``--out s3://...`` exited 0 having written a local folder named ``s3:``."""
+    monkeypatch.chdir(tmp_path)
+    url = f"s3://{s3_server.new_bucket()}/out"
+    args = ["convert", str(train_zip), "--out", url, "--scheduler", dask_scheduler, "--no-progress"]
+    assert main([*args, "--shard-size", "8MB"]) == 0
+    assert list(tmp_path.iterdir()) == [], "nothing is written in the working directory"
+    files = _bucket_files(url)
+    assert "manifest.json" in files and not any(f.startswith(".progress") or "probe" in f for f in files)
+    tars = sorted(f for f in files if f.startswith("wds/"))
+    assert tars and all(
+        files[t] == s["bytes"] for t, s in zip(tars, manifest_json_of(url)["splits"]["train"]["shards"])
+    )
+
+
+def manifest_json_of(url: str) -> dict:
+    import json
+
+    return json.loads(fsspec.filesystem("s3", skip_instance_cache=True).cat_file(f"{url}/manifest.json"))
+
+
+def test_a_bucket_output_is_bit_identical_to_the_local_one(on_s3, converted):
+    local, remote = manifest_json(converted), manifest_json_of(on_s3)
+    for split in ("train", "test"):
+        mine, theirs = remote["splits"][split], local["splits"][split]
+        assert [s["sha256"] for s in mine["shards"]] == [s["sha256"] for s in theirs["shards"]]
+        assert mine["keys"] == theirs["keys"]
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    zarr_files = sorted(p.relative_to(converted) for p in (converted / "ssmspine.zarr").rglob("c/**/*") if p.is_file())
+    for path in zarr_files[:: max(1, len(zarr_files) // 12)]:
+        assert fs.cat_file(f"{on_s3}/{path.as_posix()}") == (converted / path).read_bytes(), path
+
+
+def test_verify_info_and_show_work_on_the_bucket(on_s3, train_zip, test_zip, dask_scheduler, tmp_path):
+    assert verify(on_s3, [train_zip, test_zip], scheduler=dask_scheduler).ok
+    assert verify(on_s3, scheduler=dask_scheduler).ok
+    check = check_output(on_s3, checksums=True)
+    assert check.ok and check.shards > 2, check.problems
+    data = info(on_s3)
+    assert data["samples"] == 15 and data["zarr_bytes"] > 0 and data["dir"] == on_s3
+    assert main(["info", on_s3, "--check"]) == 0
+    for from_wds in (False, True):
+        path = show(on_s3, "test", index=1, from_wds=from_wds, path=tmp_path / f"{from_wds}.png")
+        assert path.stat().st_size > 10_000
+    [(key, from_tars)] = read_wds_records(on_s3, "test", [2], ["img", "label"])
+    [(same_key, from_zarr)] = read_zarr_records(on_s3, "test", [2], ["img", "label"])
+    assert key == same_key and all(np.array_equal(from_tars[f], from_zarr[f]) for f in ("img", "label"))
+
+
+def test_verify_on_the_bucket_finds_an_altered_object(on_s3, s3_server, dask_scheduler, converted):
+    """A copy of the output in another bucket, one Zarr shard replaced by a same-size other one."""
+    copy = s3_server.upload(converted, parts=("manifest.json", "ssmspine.zarr", "wds"))
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    first, second = (f"{copy}/ssmspine.zarr/train/shape/c/{i}/0/0" for i in (0, 1))
+    fs.pipe_file(first, fs.cat_file(second))
+    report = verify(copy, scheduler=dask_scheduler)
+    assert not report.ok and any(p.where.startswith("zarr:") and ".shape" in p.where for p in report.problems)
+
+
+def test_both_readers_read_the_bucket_bit_exact(on_s3, converted):
+    for split in ("train", "test"):
+        local, remote = ZarrDataset(converted, split), ZarrDataset(on_s3, split)
+        assert local.keys == remote.keys
+        for row in range(len(local)):
+            a, b = local[row], remote[row]
+            assert all(np.array_equal(a[f].numpy(), b[f].numpy()) for f in local.fields)
+    streamed = {s["__key__"]: s for s in StreamingDataset(on_s3, "test", fields=("img", "label"), shuffle=False)}
+    for key, sample in streamed.items():
+        row = ZarrDataset(converted, "test").keys.index(key)
+        reference = ZarrDataset(converted, "test", ("img", "label"))[row]
+        assert np.array_equal(sample["img"].numpy(), reference["img"].numpy())
+        assert np.array_equal(sample["label"].numpy(), reference["label"].numpy())
+
+
+def test_a_finished_bucket_output_is_a_no_op_and_another_conversion_is_refused_unless_forced(
+    on_s3, train_zip, test_zip, s3_server, dask_scheduler, converted
+):
+    encodings = {f: Encoding.from_json(e) for f, e in manifest_json(converted)["encodings"].items()}
+    again = convert([train_zip, test_zip], on_s3, fast_options(dask_scheduler, encodings=encodings))
+    assert again.up_to_date and again.samples == 15
+    url = f"s3://{s3_server.new_bucket()}/out"
+    convert([test_zip], url, fast_options(dask_scheduler))
+    with pytest.raises(OutputError, match="other sources or options.*--force"):
+        convert([train_zip], url, fast_options(dask_scheduler))
+    assert manifest_json_of(url)["splits"]["test"]["samples"] == 3, "nothing of the other output was touched"
+    summary = convert([train_zip], url, fast_options(dask_scheduler, force=True))
+    assert summary.samples == 12 and set(manifest_json_of(url)["splits"]) == {"train"}
+    assert not any(f.startswith("wds/test-") for f in _bucket_files(url)), "--force removed the other conversion"
+    assert verify(url, [train_zip], scheduler=dask_scheduler).ok
+
+
+def test_a_conversion_resumes_on_the_bucket(train_zip, s3_server, dask_scheduler):
+    """An interrupted conversion (the manifest and some shards missing, progress records there) converts
+    only what is missing."""
+    url = f"s3://{s3_server.new_bucket()}/out"
+    first = convert([train_zip], url, fast_options(dask_scheduler))
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    shards = manifest_json_of(url)["splits"]["train"]["shards"]
+    for shard in shards[:-2]:  # what a run stopped before its last two tasks would have recorded
+        fs.pipe_file(f"{url}/.progress/train-{shard['index']:06d}.json", _json(shard))
+    fs.pipe_file(f"{url}/.progress/plan.json", _json(_plan_of(manifest_json_of(url))))
+    for shard in shards[-2:]:
+        fs.rm_file(f"{url}/{shard['file']}")
+    fs.rm_file(f"{url}/manifest.json")
+    resumed = convert([train_zip], url, fast_options(dask_scheduler))
+    assert (resumed.shards_kept, resumed.shards_written) == (len(shards) - 2, 2) and first.samples == resumed.samples
+    assert verify(url, [train_zip], scheduler=dask_scheduler).ok
+
+
+def _json(data) -> bytes:
+    import json
+
+    return json.dumps(data).encode()
+
+
+def _plan_of(manifest: dict) -> dict:
+    return {
+        "identity": manifest["identity"],
+        **{k: manifest[k] for k in ("schema", "encodings", "encoded_ratio", "group_samples")},
+    }
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("foo://bucket/out", "unknown URL scheme 'foo'"),
+        ("s3://no-such-bucket-7f3e/out", "cannot be written"),
+        ("http://{served}/out", "cannot be written"),  # a web server: read-only
+    ],
+)
+def test_an_output_url_that_cannot_be_written_is_one_line_before_any_work(
+    train_zip, dask_scheduler, capsys, tmp_path, monkeypatch, serve, url, reason
+):
+    url = url.format(served=serve(tmp_path / "served").url.split("//")[1].rstrip("/"))
+    (tmp_path / "served").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code = main(["convert", str(train_zip), "--out", url, "--scheduler", dask_scheduler, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("ssmspine convert: error: ") and url.split("/out")[0] in err and reason in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["served"]
+
+
+def test_credentials_in_an_output_url_are_never_printed(train_zip, dask_scheduler, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = "s3://user:s3cr3t@no-such-bucket-7f3e/out?X-Amz-Signature=abcdef"
+    assert main(["convert", str(train_zip), "--out", url, "--scheduler", dask_scheduler, "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "s3cr3t" not in captured.err + captured.out and "abcdef" not in captured.err + captured.out
