@@ -8,10 +8,11 @@ once the manifest is written. On object storage the records are objects like any
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from pipeline.errors import OutputError
-from pipeline.storage import Storage
+from pipeline.storage import Storage, as_storage
 from pipeline.store.json_fields import JsonObject
 from pipeline.store.manifest import ShardEntry
 from pipeline.store.plan import Plan
@@ -36,22 +37,24 @@ def write_json(storage: Storage, relative: str, data: Any) -> None:
     storage.write_bytes(relative, json.dumps(data, indent=1).encode())
 
 
-def record_shard(storage: Storage, entry: ShardEntry) -> None:
-    write_json(storage, progress_name(entry.split, entry.index), entry.to_json())
+def record_shard(out: Storage | str | os.PathLike, entry: ShardEntry) -> None:
+    write_json(as_storage(out), progress_name(entry.split, entry.index), entry.to_json())
 
 
-def recorded_shards(storage: Storage) -> list[ShardEntry]:
+def recorded_shards(out: Storage | str | os.PathLike) -> list[ShardEntry]:
     """Shards whose tasks finished since the last manifest was written."""
+    storage = as_storage(out)
     names = [n for n in storage.list(PROGRESS_DIR, ".json") if n != PLAN_NAME]
     return [ShardEntry.parse(JsonObject(read_json(storage, n), storage.name(n))) for n in names]
 
 
-def has_plan(storage: Storage) -> bool:
-    return storage.exists(PLAN_NAME)
+def has_plan(out: Storage | str | os.PathLike) -> bool:
+    return as_storage(out).exists(PLAN_NAME)
 
 
-def read_plan(storage: Storage) -> Plan | None:
+def read_plan(out: Storage | str | os.PathLike) -> Plan | None:
     """The recorded plan of an unfinished conversion, if there is one."""
+    storage = as_storage(out)
     try:
         data = read_json(storage, PLAN_NAME)
     except FileNotFoundError:
@@ -59,5 +62,5 @@ def read_plan(storage: Storage) -> Plan | None:
     return Plan.parse(JsonObject(data, storage.name(PLAN_NAME)))
 
 
-def write_plan(storage: Storage, plan: Plan) -> None:
-    write_json(storage, PLAN_NAME, plan.to_json())
+def write_plan(out: Storage | str | os.PathLike, plan: Plan) -> None:
+    write_json(as_storage(out), PLAN_NAME, plan.to_json())
