@@ -31,22 +31,19 @@ import logging
 import operator
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 import zarr
 from torch.utils.data import get_worker_info
 
-from pipeline.errors import NotFoundError, OutputError, SampleIndexError, SampleKeyError
+from pipeline.errors import NotFoundError, OutputError, SampleIndexError, SampleKeyError, UsageError
 from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.zarr_fast import ProcessState, read_fast
 from pipeline.store.manifest import read_manifest
 from pipeline.store.zarr_layout import ChunkLayout, fast_layout, open_split, store_path
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +137,13 @@ class ZarrDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ reads
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | Sequence[int]) -> dict[str, Any]:
+        """Sample ``index``; or, for a list (tuple, 1-d array) of indices, their whole batch
+        ``{"__key__": [key, ...], field: Tensor(b, ...)}``, as ``DataLoader(ds,
+        sampler=BatchSampler(...), batch_size=None)`` asks for it (read as :meth:`__getitems__` reads)."""
+        indices = _index_list(index)
+        if indices is not None:
+            return self.__getitems__(indices).whole
         key, record = self.read_record(index)
         return {"__key__": key, **{f: torch.from_numpy(a) for f, a in record.items()}}
 
@@ -155,6 +158,12 @@ class ZarrDataset(torch.utils.data.Dataset):
         sample it changed (a field replaced, added or removed) makes the default collation
         stack the list as usual.
         """
+        if any(_index_list(i) is not None for i in indices):
+            raise UsageError(
+                f"ZarrDataset: the DataLoader asked for a batch of {len(indices)} lists of indices (a "
+                "sampler that yields lists, such as a BatchSampler, under a DataLoader that batches "
+                "too): use DataLoader(ds, batch_sampler=...), or sampler=... with batch_size=None"
+            )
         positions = [self._index(i) for i in indices]
         keys = [self.keys[p] for p in positions]
         state = self._state()
@@ -226,6 +235,15 @@ class ZarrDataset(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------- opening
+
+
+def _index_list(index: Any) -> list[int] | None:
+    """The indices of a batch asked for as one list (tuple, range, 1-d array or tensor), else None."""
+    if isinstance(index, (list, tuple, range)):
+        return list(index)
+    if isinstance(index, (np.ndarray, torch.Tensor)) and index.ndim == 1:
+        return index.tolist()
+    return None
 
 
 def _matches(values: np.ndarray, wanted: int | Iterable[int] | None) -> np.ndarray:

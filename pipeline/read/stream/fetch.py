@@ -19,6 +19,7 @@ import xxhash
 
 from pipeline.errors import OutputError
 from pipeline.read.batches import BatchLayout, SlotPool
+from pipeline.read.collate import DatasetBatch
 from pipeline.read.decode_threads import DecodeThreads, Decoding
 from pipeline.read.stream.index import SampleIndex
 from pipeline.store.location import RangeReader, range_reader_class
@@ -61,7 +62,7 @@ class SampleReader:
                 self._slots = SlotPool(BatchLayout.of(self._specs, self._batch_size or 1), shared=shared)
             batch = self._slots.batch(len(indices), keys)
             outs = [{f: a[row] for f, a in batch.arrays.items()} for row in range(len(indices))]
-            whole = batch if shared else {"__key__": keys, **batch.tensors()}
+            whole = batch if shared else DatasetBatch({"__key__": keys, **batch.tensors()})
             return whole, self.start(indices, outs)
         tensors = {f: torch.empty(shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
         arrays = {f: t.numpy() for f, t in tensors.items()}
