@@ -41,6 +41,8 @@ from torch.utils.data import get_worker_info
 from pipeline.errors import NotFoundError, OutputError, SampleIndexError, SampleKeyError, UsageError
 from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
+from pipeline.read.samplers import PaddingIndex
+from pipeline.read.slot_registry import pad_tensor
 from pipeline.read.zarr_fast import ProcessState, read_fast
 from pipeline.store.manifest import read_manifest
 from pipeline.store.zarr_layout import ChunkLayout, fast_layout, open_split, store_path
@@ -50,12 +52,15 @@ log = logging.getLogger(__name__)
 
 class ZarrDataset(torch.utils.data.Dataset):
     """A map-style dataset over one split of a converted output: ``ds[i]`` →
-    ``{"__key__": key, field: tensor, ...}`` with only the requested fields read.
+    ``{"__key__": key, "__pad__": False, field: tensor, ...}`` with only the requested fields read.
 
     Sample order is the split's order in the manifest (sorted by patient, then shape). Lookups
     by patient and virtual shape (``aug``) are answered from the ``patient``/``aug`` arrays
     without touching any image data. Pickles small (no open files, no caches), so it can be
     handed to DataLoader workers of any start method and used with ``DistributedSampler``.
+    ``__pad__`` is True only for a :class:`~pipeline.read.samplers.PaddingIndex`, the repeats with
+    which :class:`pipeline.DistributedSampler <pipeline.read.samplers.DistributedSampler>` (torch's,
+    marked) pads a rank's share: leave them out of an evaluation's sums.
 
     With ``DataLoader(ds, batch_size=b, ...)`` and the default ``collate_fn``, batches are read
     whole by :meth:`__getitems__` into reused memory (shared memory from DataLoader workers):
@@ -145,7 +150,11 @@ class ZarrDataset(torch.utils.data.Dataset):
         if indices is not None:
             return self.__getitems__(indices).whole
         key, record = self.read_record(index)
-        return {"__key__": key, **{f: torch.from_numpy(a) for f, a in record.items()}}
+        return {
+            "__key__": key,
+            "__pad__": isinstance(index, PaddingIndex),
+            **{f: torch.from_numpy(a) for f, a in record.items()},
+        }
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """``[ds[i] for i in indices]``, read into one buffer per field: how DataLoader fetches a batch.
@@ -166,11 +175,12 @@ class ZarrDataset(torch.utils.data.Dataset):
             )
         positions = [self._index(i) for i in indices]
         keys = [self.keys[p] for p in positions]
+        pad = [isinstance(i, PaddingIndex) for i in indices]
         state = self._state()
         in_worker = get_worker_info() is not None
-        batch = state.slot_pool(self._specs, len(keys), shared=in_worker).batch(len(keys), keys)
+        batch = state.slot_pool(self._specs, len(keys), shared=in_worker).batch(len(keys), keys, pad)
         arrays, tensors = batch.arrays, batch.tensors()
-        whole: Any = batch if in_worker else {"__key__": keys, **tensors}
+        whole: Any = batch if in_worker else {"__key__": keys, "__pad__": pad_tensor(pad), **tensors}
 
         def read_sample(j: int) -> None:
             row = int(self._rows[positions[j]])
@@ -178,7 +188,10 @@ class ZarrDataset(torch.utils.data.Dataset):
                 self._read(state, field, row, out=array[j])
 
         self._decoder.run(read_sample, range(len(positions)))
-        samples = [Sample({"__key__": key, **{f: t[j] for f, t in tensors.items()}}) for j, key in enumerate(keys)]
+        samples = [
+            Sample({"__key__": key, "__pad__": pad[j], **{f: t[j] for f, t in tensors.items()}})
+            for j, key in enumerate(keys)
+        ]
         return Batch(samples, whole)
 
     def read_record(self, index: int, fields: Sequence[str] | None = None) -> tuple[str, dict[str, np.ndarray]]:

@@ -31,7 +31,7 @@ from pipeline.read.decode_threads import DecodeThreads, Decoding
 from pipeline.read.stream.epochs import EpochsAndResumption
 from pipeline.read.stream.fetch import SampleReader, read_ahead
 from pipeline.read.stream.index import build_index, field_specs
-from pipeline.read.stream.order import rank_samples, worker_batches
+from pipeline.read.stream.order import rank_padding, rank_samples, worker_batches
 from pipeline.read.stream.world import explicit_world, world_from_environment
 from pipeline.store.location import is_url, read_stream_manifest
 
@@ -41,9 +41,9 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
 
     ``root`` is the output directory or its URL (``http(s)://...`` or any fsspec URL); ``fields``
     are decoded (``None``: all of them), nothing else is read. Items are
-    ``{"__key__": str, field: Tensor}`` or, with ``batch_size``, batches
-    ``{"__key__": [str, ...], field: Tensor(b, ...)}`` assembled before they leave the DataLoader
-    worker — use ``DataLoader(ds, batch_size=None, num_workers=W, persistent_workers=True)``
+    ``{"__key__": str, "__pad__": bool, field: Tensor}`` or, with ``batch_size``, batches
+    ``{"__key__": [str, ...], "__pad__": BoolTensor(b), field: Tensor(b, ...)}`` assembled before
+    they leave the DataLoader worker — use ``DataLoader(ds, batch_size=None, num_workers=W, persistent_workers=True)``
     then. Dataset-level batches are the fast path (one reused memory slot per batch, no copy;
     shared memory with workers) and make a rank's sequence independent of ``num_workers``.
     Persistent workers follow :meth:`set_epoch` and keep their slots warm across epochs. A
@@ -63,6 +63,8 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
     ``RANK``/``WORLD_SIZE`` environment, else one process — always decided in the main process
     and handed to DataLoader workers. Every rank yields ``len(ds)`` samples per epoch; see
     :mod:`pipeline.read.stream.order` for order, partition, padding (default) and ``drop_last``.
+    ``__pad__`` is True for the samples that only pad a rank's share (repeats of the epoch's first
+    samples): leave them out of an evaluation's sums to count every sample once over all ranks.
 
     Epochs and resumption::
 
@@ -176,13 +178,15 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         sequence = rank_samples(
             self.samples, self.seed, epoch, rank, world, start, self.batch_size, self.drop_last, self.shuffle
         )
+        padding = rank_padding(self.samples, start, rank, world, self.batch_size, self.drop_last)
         wid, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
         batches = worker_batches(len(sequence), self.batch_size or 1, wid, workers)
         shared, batched = worker is not None, self.batch_size is not None
         keys = self._index.keys
 
         def start(rows: range) -> tuple[Any, Decoding]:
-            return self._reader().start_batch(sequence[rows.start : rows.stop], keys, shared and batched, batched)
+            rows_of = slice(rows.start, rows.stop)
+            return self._reader().start_batch(sequence[rows_of], padding[rows_of], keys, shared and batched, batched)
 
         return read_ahead(batches, start, one_at_a_time=shared)
 

@@ -21,6 +21,7 @@ from pipeline.errors import OutputError
 from pipeline.read.batches import BatchLayout, SlotPool
 from pipeline.read.collate import DatasetBatch
 from pipeline.read.decode_threads import DecodeThreads, Decoding
+from pipeline.read.slot_registry import pad_tensor
 from pipeline.read.stream.index import SampleIndex
 from pipeline.store.location import RangeReader, range_reader_class
 from pipeline.store.tar_shards import decode_field
@@ -51,22 +52,24 @@ class SampleReader:
         self.pid = os.getpid()
 
     def start_batch(
-        self, indices: np.ndarray, keys: Sequence[str], shared: bool, batched: bool
+        self, indices: np.ndarray, padding: np.ndarray, keys: Sequence[str], shared: bool, batched: bool
     ) -> tuple[Any, Decoding]:
-        """A batch (or sample) of ``indices`` and the decoding that fills it. Batches go into
-        reused slots: shared memory in a DataLoader worker (``shared``), private memory in the
-        main process; single samples into new tensors."""
+        """A batch (or sample) of ``indices`` (``padding``: which of them only pad the rank's
+        share) and the decoding that fills it. Batches go into reused slots: shared memory in a
+        DataLoader worker (``shared``), private memory in the main process; single samples into
+        new tensors."""
         keys = [keys[i] for i in indices]
+        pad = [bool(p) for p in padding]
         if batched:
             if self._slots is None:
                 self._slots = SlotPool(BatchLayout.of(self._specs, self._batch_size or 1), shared=shared)
-            batch = self._slots.batch(len(indices), keys)
+            batch = self._slots.batch(len(indices), keys, pad)
             outs = [{f: a[row] for f, a in batch.arrays.items()} for row in range(len(indices))]
-            whole = batch if shared else DatasetBatch({"__key__": keys, **batch.tensors()})
+            whole = batch if shared else DatasetBatch({"__key__": keys, "__pad__": pad_tensor(pad), **batch.tensors()})
             return whole, self.start(indices, outs)
         tensors = {f: torch.empty(shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
         arrays = {f: t.numpy() for f, t in tensors.items()}
-        return {"__key__": keys[0], **tensors}, self.start(indices, [arrays])
+        return {"__key__": keys[0], "__pad__": pad[0], **tensors}, self.start(indices, [arrays])
 
     def start(self, indices: np.ndarray, outs: Sequence[Mapping[str, np.ndarray]]) -> Decoding:
         """Fetch the requested fields of these samples, then start decoding each into its ``outs`` entry.
