@@ -31,26 +31,27 @@ import logging
 import operator
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import zarr
 from torch.utils.data import get_worker_info
 
-from pipeline.errors import NotFoundError, OutputError, SampleIndexError, SampleKeyError, UsageError
+from pipeline.errors import NotFoundError, OutputError, SampleIndexError, UsageError
 from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.samplers import PaddingIndex
 from pipeline.read.slot_registry import pad_tensor
 from pipeline.read.zarr_fast import ProcessState, read_fast
+from pipeline.read.zarr_lookups import SampleLookups
 from pipeline.store.manifest import read_manifest
 from pipeline.store.zarr_layout import ChunkLayout, fast_layout, open_split, store_path
 
 log = logging.getLogger(__name__)
 
 
-class ZarrDataset(torch.utils.data.Dataset):
+class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
     """A map-style dataset over one split of a converted output: ``ds[i]`` →
     ``{"__key__": key, "__pad__": False, field: tensor, ...}`` with only the requested fields read.
 
@@ -96,12 +97,9 @@ class ZarrDataset(torch.utils.data.Dataset):
                     f"{store_path(self.out) / split / name}: {length} rows do not hold "
                     f"the {len(self.keys)} samples the manifest lists"
                 )
-        self.patients = _read_only(group["patient"][:][self._rows])
-        self.augs = _read_only(group["aug"][:][self._rows])
+        self.find_samples(self.keys, group["patient"][:][self._rows], group["aug"][:][self._rows])
         self._layouts: dict[str, ChunkLayout | None] = {f: fast_layout(a) if fast else None for f, a in arrays.items()}
         self._specs = {f: (tuple(int(n) for n in a.shape[1:]), np.dtype(a.dtype)) for f, a in arrays.items()}
-        self._by_key = {k: i for i, k in enumerate(self.keys)}
-        self._by_patient_aug = {(int(p), int(a)): i for i, (p, a) in enumerate(zip(self.patients, self.augs))}
         self._local: ProcessState | None = None
         self._decoder = DecodeThreads(decode_threads)
 
@@ -114,31 +112,6 @@ class ZarrDataset(torch.utils.data.Dataset):
     def fast_fields(self) -> tuple[str, ...]:
         """Fields read by the fast path; the others go through zarr-python."""
         return tuple(f for f, layout in self._layouts.items() if layout is not None)
-
-    def index_of(self, patient: int | None = None, aug: int | None = None, *, key: str | None = None) -> int:
-        """Row of the sample of ``patient`` and virtual shape ``aug`` (or of ``key``); KeyError if absent."""
-        if key is not None:
-            if key not in self._by_key:
-                raise SampleKeyError(f"split {self.split!r} has no sample {key!r}")
-            return self._by_key[key]
-        if patient is None or aug is None:
-            raise TypeError("index_of needs patient and aug, or key")
-        try:
-            return self._by_patient_aug[(int(patient), int(aug))]
-        except KeyError:
-            raise SampleKeyError(f"split {self.split!r} has no sample of patient {patient}, aug {aug}") from None
-
-    def indices(self, patient: int | Iterable[int] | None = None, aug: int | Iterable[int] | None = None) -> list[int]:
-        """Rows matching ``patient`` and ``aug`` (each an int, several, or None for any), in order.
-
-        Meant for ``torch.utils.data.Subset(ds, ds.indices(patient=3))``.
-        """
-        keep = _matches(self.patients, patient) & _matches(self.augs, aug)
-        return np.flatnonzero(keep).tolist()
-
-    def get(self, patient: int, aug: int) -> dict[str, Any]:
-        """The sample of ``patient`` and virtual shape ``aug``, as ``ds[i]`` gives it."""
-        return self[self.index_of(patient, aug)]
 
     # ------------------------------------------------------------------ reads
 
@@ -244,12 +217,6 @@ class ZarrDataset(torch.utils.data.Dataset):
         return f"ZarrDataset({str(self.out)!r}, split={self.split!r}, fields={list(self.fields)}, samples={len(self)})"
 
 
-# ---------------------------------------------------------------------- batches
-
-
-# ---------------------------------------------------------------------- opening
-
-
 def _index_list(index: Any) -> list[int] | None:
     """The indices of a batch asked for as one list (tuple, range, 1-d array or tensor), else None."""
     if isinstance(index, (list, tuple, range)):
@@ -257,18 +224,3 @@ def _index_list(index: Any) -> list[int] | None:
     if isinstance(index, (np.ndarray, torch.Tensor)) and index.ndim == 1:
         return index.tolist()
     return None
-
-
-def _matches(values: np.ndarray, wanted: int | Iterable[int] | None) -> np.ndarray:
-    if wanted is None:
-        return np.ones(len(values), dtype=bool)
-    return np.isin(values, [wanted] if isinstance(wanted, (int, np.integer)) else list(wanted))
-
-
-def _read_only(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values)
-    values.flags.writeable = False
-    return values
-
-
-# ---------------------------------------------------------------------- analysis
