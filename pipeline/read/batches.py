@@ -114,6 +114,22 @@ class SlotPool:
         return SharedBatch(self.take(), self.layout, rows, keys, pad)
 
 
+def slot_pool_for(
+    pool: SlotPool | None,
+    specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+    rows: int,
+    shared: bool,
+    capacity: int = 0,
+) -> SlotPool:
+    """``pool`` if its slots hold batches of ``rows`` samples of these fields, shapes and dtypes,
+    else a new pool with slots of ``max(rows, capacity)`` samples (a larger batch, or a transform
+    whose results changed shape, replaces the slots; batches still held keep theirs alive)."""
+    if pool is not None and pool.shared == shared and pool.layout.batch_size >= rows:
+        if BatchLayout.of(specs, pool.layout.batch_size) == pool.layout:
+            return pool
+    return SlotPool(BatchLayout.of(specs, max(rows, capacity)), shared=shared)
+
+
 class _Lease:
     """Whether a batch left the worker as one (then the receiving process frees its slot)."""
 

@@ -39,10 +39,12 @@ import zarr
 from torch.utils.data import get_worker_info
 
 from pipeline.errors import NotFoundError, OutputError, SampleIndexError, UsageError
+from pipeline.read.batches import SharedBatch
 from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.samplers import PaddingIndex
 from pipeline.read.slot_registry import pad_tensor
+from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
 from pipeline.read.zarr_fast import ProcessState, read_fast
 from pipeline.read.zarr_lookups import SampleLookups
 from pipeline.store.manifest import read_manifest
@@ -77,6 +79,8 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         *,
         fast: bool = True,
         decode_threads: int | None = None,
+        transform: Transform | None = None,
+        seed: int = 0,
     ) -> None:
         """Open ``split`` of the output in ``out``; ``fields`` default to all of the split's fields.
 
@@ -84,7 +88,12 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         tested against). ``decode_threads``: threads that decode the samples of a batch read by
         :meth:`__getitems__` at once (default: the process's cores, divided among local ranks
         and DataLoader workers; see :mod:`pipeline.read.decode_threads`).
+        ``transform(sample, rng) -> sample``: augmentation of every sample read (``ds[i]`` and
+        batches), on the decode threads, in DataLoader workers; ``rng`` is seeded from ``(seed,
+        epoch, key)``, the epoch being :meth:`set_epoch`'s. Contract: :mod:`pipeline.read.transforms`.
         """
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
         self.out = Path(out)
         self.split = split
         samples, group, self.fields = open_split(self.out, read_manifest(self.out), split, fields)
@@ -102,11 +111,26 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         self._specs = {f: (tuple(int(n) for n in a.shape[1:]), np.dtype(a.dtype)) for f, a in arrays.items()}
         self._local: ProcessState | None = None
         self._decoder = DecodeThreads(decode_threads)
+        self.transform, self.seed = transform, int(seed)
+        # the epoch of set_epoch, in shared memory: persistent DataLoader workers keep their own
+        # copy of the dataset across epochs, and read it from here
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     # ------------------------------------------------------------------ lookups
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose generators the transform gets (call it before iterating, as for
+        ``DistributedSampler.set_epoch``; DataLoader workers, persistent or not, follow it)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        self._epoch[0] = epoch
 
     @property
     def fast_fields(self) -> tuple[str, ...]:
@@ -123,6 +147,12 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         if indices is not None:
             return self.__getitems__(indices).whole
         key, record = self.read_record(index)
+        if self.transform is not None:
+            return {
+                "__key__": key,
+                "__pad__": isinstance(index, PaddingIndex),
+                **tensors_of(apply_transform(self.transform, record, key, self.seed, self.epoch)),
+            }
         return {
             "__key__": key,
             "__pad__": isinstance(index, PaddingIndex),
@@ -138,7 +168,8 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         DataLoader worker); see the class docstring for how long such a batch stays valid. Any
         other ``collate_fn`` gets the list of samples it would get without this method; a
         sample it changed (a field replaced, added or removed) makes the default collation
-        stack the list as usual.
+        stack the list as usual. With a transform, the samples are transformed first (on the
+        decode threads) and the buffers shaped like the results.
         """
         if any(_index_list(i) is not None for i in indices):
             raise UsageError(
@@ -151,21 +182,40 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         pad = [isinstance(i, PaddingIndex) for i in indices]
         state = self._state()
         in_worker = get_worker_info() is not None
-        batch = state.slot_pool(self._specs, len(keys), shared=in_worker).batch(len(keys), keys, pad)
-        arrays, tensors = batch.arrays, batch.tensors()
+        if self.transform is None:
+            batch = state.slot_pool(self._specs, len(keys), shared=in_worker).batch(len(keys), keys, pad)
+
+            def read_sample(j: int) -> None:
+                row = int(self._rows[positions[j]])
+                for field, array in batch.arrays.items():
+                    self._read(state, field, row, out=array[j])
+
+            self._decoder.run(read_sample, range(len(positions)))
+        else:
+            batch = self._read_transformed(state, positions, keys, pad, in_worker)
+        tensors = batch.tensors()
         whole: Any = batch if in_worker else {"__key__": keys, "__pad__": pad_tensor(pad), **tensors}
-
-        def read_sample(j: int) -> None:
-            row = int(self._rows[positions[j]])
-            for field, array in arrays.items():
-                self._read(state, field, row, out=array[j])
-
-        self._decoder.run(read_sample, range(len(positions)))
         samples = [
             Sample({"__key__": key, "__pad__": pad[j], **{f: t[j] for f, t in tensors.items()}})
             for j, key in enumerate(keys)
         ]
         return Batch(samples, whole)
+
+    def _read_transformed(
+        self, state: ProcessState, positions: list[int], keys: list[str], pad: list[bool], in_worker: bool
+    ) -> SharedBatch:
+        """Read and transform each sample on the decode threads, then stack the results into a slot."""
+        results: list[dict[str, np.ndarray]] = [{} for _ in positions]
+        transform, epoch = self.transform, self.epoch
+
+        def read_sample(j: int) -> None:
+            row = int(self._rows[positions[j]])
+            record = {f: self._read(state, f, row) for f in self.fields}
+            results[j] = apply_transform(transform, record, keys[j], self.seed, epoch)  # type: ignore[arg-type]
+
+        self._decoder.run(read_sample, range(len(positions)))
+        state.slots, batch = stack_into_slot(state.slots, results, keys, pad, shared=in_worker)
+        return batch
 
     def read_record(self, index: int, fields: Sequence[str] | None = None) -> tuple[str, dict[str, np.ndarray]]:
         """Sample ``index`` as a record ``(key, {field: numpy array})``, reading only ``fields``."""

@@ -22,17 +22,18 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.read.decode_threads import DecodeThreads, Decoding
+from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.stream.epochs import EpochsAndResumption
-from pipeline.read.stream.fetch import SampleReader, read_ahead
+from pipeline.read.stream.fetch import Pending, SampleReader, read_ahead
 from pipeline.read.stream.index import build_index, field_specs
 from pipeline.read.stream.order import rank_padding, rank_samples, worker_batches
 from pipeline.read.stream.world import explicit_world, world_from_environment
+from pipeline.read.transforms import Transform
 from pipeline.store.location import is_url, read_stream_manifest
 
 
@@ -58,6 +59,10 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
     ``decode_threads``: threads that decode the samples of a batch at once (default: the cores
     of the process, divided among local ranks and DataLoader workers; see
     :mod:`pipeline.read.decode_threads`).
+    ``transform(sample, rng) -> sample``: augmentation run on each decoded sample where decoding
+    runs (decode threads, DataLoader workers), with ``rng`` seeded from ``(seed, epoch, key)`` — the
+    same for any number of ranks or workers and after a resume; contract in
+    :mod:`pipeline.read.transforms`.
 
     Ranks: ``rank``/``world_size`` if given, else ``torch.distributed`` when initialised, else the
     ``RANK``/``WORLD_SIZE`` environment, else one process — always decided in the main process
@@ -96,6 +101,7 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         decode_threads: int | None = None,
+        transform: Transform | None = None,
     ) -> None:
         self.root = os.fspath(root)
         if not is_url(self.root):
@@ -126,6 +132,7 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         self._loader_exact = True  # False: workers batch their own samples, position is not a prefix
         self._sample_reader: SampleReader | None = None  # this process's, see _reader
         self._decoder = DecodeThreads(decode_threads)
+        self.transform = transform
 
     # ----------------------------------------------------------------- ranks and samples
 
@@ -184,9 +191,11 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         shared, batched = worker is not None, self.batch_size is not None
         keys = self._index.keys
 
-        def start(rows: range) -> tuple[Any, Decoding]:
+        def start(rows: range) -> Pending:
             rows_of = slice(rows.start, rows.stop)
-            return self._reader().start_batch(sequence[rows_of], padding[rows_of], keys, shared and batched, batched)
+            return self._reader().start_batch(
+                sequence[rows_of], padding[rows_of], keys, shared and batched, batched, epoch
+            )
 
         return read_ahead(batches, start, one_at_a_time=shared)
 
@@ -194,7 +203,14 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         """This process's sample reader: a new one after a fork (never share a parent's connection)."""
         if self._sample_reader is None or self._sample_reader.pid != os.getpid():
             self._sample_reader = SampleReader(
-                self.root, self._index, self._specs, self._torch_dtypes, self.batch_size, self._decoder
+                self.root,
+                self._index,
+                self._specs,
+                self._torch_dtypes,
+                self.batch_size,
+                self._decoder,
+                self.transform,
+                self.seed,
             )
         return self._sample_reader
 
