@@ -105,9 +105,11 @@ def map_loader(dataset: Dataset, workers: int) -> DataLoader:
 
 
 def stream_reader(
-    out: Path, fields: Sequence[str], label: str, workers: int, threads: int | None = None
+    out: Path, fields: Sequence[str], label: str, workers: int, threads: int | None = None, transform: Any = None
 ) -> TimedReader:
-    dataset = StreamingDataset(out, fields=fields, batch_size=BATCH_SIZE, seed=SEED, decode_threads=threads)
+    dataset = StreamingDataset(
+        out, fields=fields, batch_size=BATCH_SIZE, seed=SEED, decode_threads=threads, transform=transform
+    )
     loader = DataLoader(
         dataset,
         batch_size=None,

@@ -16,6 +16,13 @@ with DataLoader workers:
   and sample in random order (:class:`~pipeline.bench.baselines.NpyDataset`): reading without
   decoding, at ~9× the bytes.
 
+With augmentation (field set **img+label, elastic**, with 0, 1 and 2 workers): every sample's
+``img`` and ``label`` deformed as the dataset's authors augment training samples
+(:class:`~pipeline.bench.augment.ElasticDeformation`, tens of ms a sample: far more than decoding).
+The baseline does it the per-file way, in its ``__getitem__`` (:class:`~pipeline.bench.augment.Augmented`),
+so in DataLoader workers when there are some and in the loop's process otherwise; streaming passes it as
+``transform=``, so it runs on the decode threads, in the workers when there are some.
+
 The two map-style datasets deliver single samples in process (``batch_size=None``: what a random
 access loop gets) and batches of :data:`BATCH_SIZE` collated by the DataLoader with workers
 (one sample per inter-process message would measure IPC, not reading). Both use the same stock
@@ -57,11 +64,13 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from pipeline.bench.augment import Augmented, ElasticDeformation
 from pipeline.bench.baselines import NpyDataset, TorchLoadDataset, prepare, write_uncompressed
 from pipeline.bench.common import OtherLoad, interleave, machine_description, markdown_table
 from pipeline.bench.loaders import (
     BATCH_SIZE,
     MIN_MEASURE_SECONDS,
+    SEED,
     SINGLE_THREAD,
     TimedReader,
     map_loader,
@@ -73,6 +82,10 @@ from pipeline.schema import FIELDS
 
 #: The field sets measured, by the name the results give them.
 FIELD_SETS: dict[str, tuple[str, ...]] = {"img+label": ("img", "label"), "all": FIELDS}
+#: The field set of the rows with augmentation (img+label, each sample elastically deformed), and
+#: the readers measured with it.
+AUGMENTED = "img+label, elastic"
+AUGMENTED_READERS = ("baseline", "streaming")
 #: The reference point: each field a plain ``.npy`` file, read with ``np.load`` (no decoding).
 UNCOMPRESSED = "npy, uncompressed"
 #: The readers measured, in the order the results list them.
@@ -81,7 +94,9 @@ READERS = ("baseline", UNCOMPRESSED, "streaming", SINGLE_THREAD, "zarr")
 QUIET_CORES = 0.25
 
 
-def _readers(tree: Path, uncompressed: Path, out: Path, workers: Iterable[int]) -> list[TimedReader]:
+def _readers(
+    tree: Path, uncompressed: Path, out: Path, workers: Iterable[int], augment_workers: Iterable[int]
+) -> list[TimedReader]:
     readers = []
     for label, fields in FIELD_SETS.items():
         for w in workers:
@@ -94,6 +109,11 @@ def _readers(tree: Path, uncompressed: Path, out: Path, workers: Iterable[int]) 
             if w == 0:
                 readers.append(stream_reader(out, fields, label, w, threads=1))
             readers.append(TimedReader("zarr", label, w, map_loader(zarr_ds, w), len(zarr_ds)))
+    image_label, elastic = FIELD_SETS["img+label"], ElasticDeformation()
+    for w in augment_workers:
+        baseline = Augmented(TorchLoadDataset(tree, image_label), elastic, seed=SEED)
+        readers.append(TimedReader("baseline", AUGMENTED, w, map_loader(baseline, w), len(baseline)))
+        readers.append(stream_reader(out, image_label, AUGMENTED, w, transform=elastic))
     counts = {r.samples for r in readers}
     if len(counts) != 1:
         raise RuntimeError(f"the readers disagree on the number of samples: {sorted(counts)}")
@@ -107,6 +127,7 @@ def run(
     workers: Sequence[int] = (0, 2),
     steady: bool = True,
     scheduler: str | None = None,
+    augment_workers: Sequence[int] = (0, 1, 2),
 ) -> dict:
     """Run the reading benchmark and return its figures (also printed as a table).
 
@@ -114,7 +135,7 @@ def run(
     (default: a temporary directory, removed afterwards). ``steady=False`` leaves this process's
     allocator as it is (see :func:`~pipeline.runtime.keep_buffers_on_heap`); only meant for
     callers, such as tests, that do not measure. ``scheduler``: a Dask address to convert on
-    instead of a local cluster.
+    instead of a local cluster. ``augment_workers``: the worker counts of the rows with augmentation.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -124,7 +145,7 @@ def run(
         tree, out = prepare(samples, scratch, scheduler)
         uncompressed = write_uncompressed(tree, tree.parent / "npy")
         steadied = keep_buffers_on_heap() if steady else False
-        readers = _readers(tree, uncompressed, out, workers)
+        readers = _readers(tree, uncompressed, out, workers, augment_workers)
         other_load = OtherLoad()
         try:
             for reader in readers:
@@ -154,7 +175,8 @@ def run(
                 "seconds": timings[r.name].seconds,
             }
         )
-    results.sort(key=lambda x: (list(FIELD_SETS).index(x["fields"]), READERS.index(x["reader"]), x["workers"]))
+    field_sets = [*FIELD_SETS, AUGMENTED]
+    results.sort(key=lambda x: (field_sets.index(x["fields"]), READERS.index(x["reader"]), x["workers"]))
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_description(),
