@@ -18,6 +18,8 @@ training loop. A reader given ``transform=`` calls it once per sample, right aft
   ``np.random``, torch's) is neither seeded per sample nor safe to share between threads.
 * It runs on several decode threads at once, so it must be thread-safe (a pure function of its
   arguments is); numpy and torch release the GIL in their heavy loops, so threads do run in parallel.
+  It travels to DataLoader workers with the dataset: with spawned workers it must pickle (a
+  module-level function or a dataclass instance, not a lambda).
 * Batches (a dataset-level ``batch_size``, or ``ZarrDataset`` batches) stack the results into a
   reused slot of memory whose layout is taken from the results themselves: every sample of a batch
   must come out with the same fields, shapes and dtypes (a batch cannot hold two shapes), else a
