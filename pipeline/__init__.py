@@ -6,6 +6,7 @@ from pipeline.store.tar_shards import decode_wds_sample
 from pipeline.version import __version__
 
 __all__ = [
+    "DistributedSampler",
     "FIELDS",
     "LABEL_NAMES",
     "OutputError",
@@ -21,7 +22,12 @@ __all__ = [
 ]
 
 #: Readers import torch, zarr and xarray: load them on first use, so `import pipeline` stays light.
-_LAZY = {"StreamingDataset": "read.stream", "ZarrDataset": "read.zarr_dataset", "open_zarr": "tools.xarray_view"}
+_LAZY = {
+    "DistributedSampler": "read.samplers",
+    "StreamingDataset": "read.stream",
+    "ZarrDataset": "read.zarr_dataset",
+    "open_zarr": "tools.xarray_view",
+}
 
 
 def __getattr__(name: str):  # PEP 562

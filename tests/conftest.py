@@ -85,6 +85,15 @@ def converted(tmp_path_factory, train_zip, test_zip, dask_scheduler) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def eleven(tmp_path_factory, dask_scheduler) -> Path:
+    """A converted output whose only split (train) holds 11 samples: 2 and 3 ranks leave a remainder."""
+    archive = write_archive(tmp_path_factory.mktemp("src11") / "SSMSpine_Train.zip", SynthConfig(patients=1, shapes=11))
+    out = tmp_path_factory.mktemp("eleven") / "out"
+    convert([archive], out, fast_options(dask_scheduler))
+    return out
+
+
 def fast_options(scheduler: str, **overrides) -> ConvertOptions:
     defaults = {"shard_bytes": SMALL_SHARDS, "scheduler": scheduler, "progress": False}
     return ConvertOptions(**{**defaults, **overrides})

@@ -40,7 +40,7 @@ def assert_same_as_stock(samples, stock, fields):
     for sample in samples:
         key = sample["__key__"]
         keys.append(key)
-        assert set(sample) == {"__key__", *fields}
+        assert set(sample) == {"__key__", "__pad__", *fields}
         for field in fields:
             assert isinstance(sample[field], torch.Tensor)
             assert_bit_exact(sample[field].numpy(), stock[key][field], f"{key}.{field}")

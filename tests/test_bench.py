@@ -10,10 +10,13 @@ import json
 import statistics
 import sys
 
+import numpy as np
 import pytest
+import torch
 
+from pipeline.bench.augment import Augmented, ElasticDeformation
 from pipeline.bench.baselines import TorchLoadDataset, prepare
-from pipeline.bench.reading import FIELD_SETS, READERS, SINGLE_THREAD, run
+from pipeline.bench.reading import AUGMENTED, AUGMENTED_READERS, FIELD_SETS, READERS, SINGLE_THREAD, run
 from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.schema import FIELDS
 
@@ -32,7 +35,15 @@ def scratch(tmp_path_factory, dask_scheduler):
 
 @pytest.mark.slow
 def test_reading_benchmark_result_structure(tmp_path, scratch, dask_scheduler, capsys):
-    result = run(samples=SAMPLES, repeats=1, scratch=scratch, workers=(0, 2), steady=False, scheduler=dask_scheduler)
+    result = run(
+        samples=SAMPLES,
+        repeats=1,
+        scratch=scratch,
+        workers=(0, 2),
+        steady=False,
+        scheduler=dask_scheduler,
+        augment_workers=(0, 1),
+    )
 
     assert json.loads(json.dumps(result)) == result, "JSON-able"
     assert {"date", "machine", "samples", "batch_size", "results"} <= set(result)
@@ -44,7 +55,7 @@ def test_reading_benchmark_result_structure(tmp_path, scratch, dask_scheduler, c
         for fields in FIELD_SETS
         for workers in (0, 2)
         if not (reader == SINGLE_THREAD and workers)  # measured in process only
-    }
+    } | {(reader, AUGMENTED, workers) for reader in AUGMENTED_READERS for workers in (0, 1)}
     assert {(r["reader"], r["fields"], r["workers"]) for r in rows} == expected
     assert len(rows) == len(expected)
     baseline = {(x["fields"], x["workers"]): x["samples_per_s"] for x in rows if x["reader"] == "baseline"}
@@ -81,13 +92,46 @@ def test_baseline_reads_the_same_samples_as_the_converted_output(scratch, dask_s
     assert len(baseline) == SAMPLES
 
 
+def test_augmented_baseline_deforms_as_the_readers_transform(scratch, dask_scheduler):
+    """The per-file baseline with augmentation does the same work as the readers' transform: the
+    same deformed samples, bit for bit (epoch 0, seed 0)."""
+    tree, out = prepare(SAMPLES, scratch, dask_scheduler)
+    fields, elastic = ("img", "label"), ElasticDeformation()
+    baseline = Augmented(TorchLoadDataset(tree, fields), elastic, seed=0)
+    plain = ZarrDataset(out, fields=fields)
+    zarr_ds = ZarrDataset(out, fields=fields, transform=elastic, seed=0)
+    for i in range(len(baseline)):
+        got = baseline[i]
+        key = got["__key__"]
+        want, raw = zarr_ds[zarr_ds.index_of(key=key)], plain[plain.index_of(key=key)]
+        for field in fields:
+            assert_bit_exact(got[field].numpy(), want[field].numpy(), f"{key}.{field}")
+        assert not torch.equal(got["img"], raw["img"]), f"{key}: the image is deformed"
+        assert set(got["label"].unique().tolist()) <= set(raw["label"].unique().tolist()), "no blended classes"
+        assert (got["label"] != raw["label"]).float().mean() < 0.5, "a deformation, not a scramble"
+
+
+def test_elastic_deformation_without_strength_is_the_identity(scratch, dask_scheduler):
+    _, out = prepare(SAMPLES, scratch, dask_scheduler)
+    _, record = ZarrDataset(out, fields=("img", "label")).read_record(0)
+    still = ElasticDeformation(alpha=0, degrees=0, shift=0)(
+        {f: a.copy() for f, a in record.items()}, np.random.default_rng(1)
+    )
+    assert np.abs(still["img"] - record["img"]).max() < 1e-5 and np.array_equal(still["label"], record["label"])
+    assert still["img"].dtype == record["img"].dtype and still["label"].dtype == record["label"].dtype
+    # label maps are sampled nearest-neighbour: classes 0 and 10 in blocks never blend into 1..9
+    blocks = np.kron(np.indices((8, 8)).sum(0) % 2, np.ones((64, 64), np.int64))[None] * 10
+    moved = ElasticDeformation()({"img": record["img"].copy(), "label": blocks.copy()}, np.random.default_rng(2))
+    assert set(np.unique(moved["label"]).tolist()) == {0, 10} and not np.array_equal(moved["label"], blocks)
+
+
 @pytest.mark.slow
 def test_temporary_scratch_is_removed(tmp_path, dask_scheduler, monkeypatch):
     made = tmp_path / "made-by-run"
     monkeypatch.setattr("pipeline.bench.reading.tempfile.mkdtemp", lambda **_: str(made.mkdir() or made))
-    result = run(samples=SAMPLES, repeats=1, workers=(0,), steady=False, scheduler=dask_scheduler)
+    result = run(samples=SAMPLES, repeats=1, workers=(0,), steady=False, scheduler=dask_scheduler, augment_workers=(0,))
     assert {r["workers"] for r in result["results"]} == {0}
-    assert len(result["results"]) == len(READERS) * len(FIELD_SETS)
+    assert len(result["results"]) == len(READERS) * len(FIELD_SETS) + len(AUGMENTED_READERS)
     assert not made.exists(), "the ~1 GB scratch of a default run is not left behind"
 
 

@@ -233,7 +233,7 @@ def test_items_are_tensors_of_the_requested_fields_only(converted, monkeypatch):
         zarr_fast.ProcessState, "shard", lambda self, layout, path: opened.append(path) or original(self, layout, path)
     )
     item = ds[5]
-    assert set(item) == {"__key__", "img", "label"}
+    assert set(item) == {"__key__", "__pad__", "img", "label"} and item["__pad__"] is False
     assert item["__key__"] == ds.keys[5]
     assert isinstance(item["img"], torch.Tensor) and item["img"].dtype == torch.float32
     assert item["label"].shape == (1, 512, 512) and item["label"].dtype == torch.int64
@@ -241,7 +241,7 @@ def test_items_are_tensors_of_the_requested_fields_only(converted, monkeypatch):
         "img",
         "label",
     }
-    assert set(ZarrDataset(converted, fields="img")[0]) == {"__key__", "img"}
+    assert set(ZarrDataset(converted, fields="img")[0]) == {"__key__", "__pad__", "img"}
 
 
 def test_lookup_by_patient_aug_and_key(converted):

@@ -29,16 +29,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.convert import convert
 from pipeline.read.stream import epoch_order
 from pipeline.store.manifest import read_manifest
-from pipeline.tools.synth import SynthConfig, write_archive
 
 import test_stream_ddp
-from conftest import fast_options
 from stream_common import SEED, expected_keys
 
-N = 11  # samples in the split: not divisible by 3 (nor by 2)
+N = 11  # samples in the split (the `eleven` fixture): not divisible by 3 (nor by 2)
 WORLD = 3
 SHARE = 4  # ceil(11 / 3): what every rank yields per full epoch without drop_last
 BATCHES = (1, 2, 3, 4)  # 3 divides neither the split nor a rank's share: batches [3, 1]
@@ -109,15 +106,6 @@ ELASTIC = {
     "global-6": (3, 2, 2, (1, 6)),  # 2 × 3 -> 3 × 2: the same global batch (the README's condition)
     "global-4": (2, 0, 0, (1, 4)),  # 2 × 2 -> 3 × 2: load_state_dict does not require it; 2 padded
 }
-
-
-@pytest.fixture(scope="module")
-def eleven(tmp_path_factory, dask_scheduler) -> Path:
-    """A converted output whose only split (train) holds 11 samples."""
-    archive = write_archive(tmp_path_factory.mktemp("src11") / "SSMSpine_Train.zip", SynthConfig(patients=1, shapes=N))
-    out = tmp_path_factory.mktemp("eleven") / "out"
-    convert([archive], out, fast_options(dask_scheduler))
-    return out
 
 
 def _launch(root: Path, folder: Path, world: int, scenarios: list[dict]) -> list[dict]:

@@ -120,7 +120,7 @@ def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
     arrays["a"][:] = np.arange(9).reshape(3, 3)
     arrays["b"][:] = True
     other_process = (-1, 0)  # a slot id from "another process"; not kept mapped here (kept=False)
-    batch = rebuild_shared_batch(other_process, slot.storage, False, pool.layout, 3, ["x", "y", "z"])
+    batch = rebuild_shared_batch(other_process, slot.storage, False, pool.layout, 3, ["x", "y", "z"], [False] * 3)
     assert batch["a"].shape == (3, 3) and batch["b"].dtype == torch.bool and batch["b"].all()
     assert batch["a"][2].tolist() == [6, 7, 8]
     view = batch["a"][1:].t()
@@ -183,7 +183,7 @@ def test_a_batch_naming_a_slot_this_process_does_not_have_is_an_error():
 
     layout = BatchLayout.of({"a": ((3,), np.dtype("<f4"))}, 2)
     with pytest.raises(RuntimeError, match="does not have that slot mapped"):
-        rebuild_shared_batch((-1, 12345), None, True, layout, 2, ["x", "y"])
+        rebuild_shared_batch((-1, 12345), None, True, layout, 2, ["x", "y"], [False, False])
 
 
 @pytest.mark.parametrize("workers", [0, 2])

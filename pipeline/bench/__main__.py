@@ -7,7 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-#: Per benchmark, (samples, repeats) unless given; ``read`` stays under ~3 minutes on 2 cores.
+#: Per benchmark, (samples, repeats) unless given; ``read`` took ~3 minutes on 2 cores before its rows
+#: with augmentation (each epoch of those deforms 64 samples at tens of ms each) added a few more.
 #: For ``scale``, samples is the size of its large set (it also measures 2 and 64 samples).
 DEFAULTS = {"convert": (128, 3), "read": (64, 5), "scale": (640, 3)}
 

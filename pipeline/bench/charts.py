@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 #: Bar colours per field set of the reading benchmark (anything else gets grey).
-FIELD_SET_COLOURS = {"img+label": "#4363d8", "all": "#f58231"}
+FIELD_SET_COLOURS = {"img+label": "#4363d8", "all": "#f58231", "img+label, elastic": "#3cb44b"}
 #: The load-only system of ``bench/convert.json``: what conversion rates are compared with.
 BASELINE_SYSTEM = "load only (1 process)"
 

@@ -16,6 +16,13 @@ with DataLoader workers:
   and sample in random order (:class:`~pipeline.bench.baselines.NpyDataset`): reading without
   decoding, at ~9× the bytes.
 
+With augmentation (field set **img+label, elastic**, with 0, 1 and 2 workers): every sample's
+``img`` and ``label`` deformed as the dataset's authors augment training samples
+(:class:`~pipeline.bench.augment.ElasticDeformation`, tens of ms a sample: far more than decoding).
+The baseline does it the per-file way, in its ``__getitem__`` (:class:`~pipeline.bench.augment.Augmented`),
+so in DataLoader workers when there are some and in the loop's process otherwise; streaming passes it as
+``transform=``, so it runs on the decode threads, in the workers when there are some.
+
 The two map-style datasets deliver single samples in process (``batch_size=None``: what a random
 access loop gets) and batches of :data:`BATCH_SIZE` collated by the DataLoader with workers
 (one sample per inter-process message would measure IPC, not reading). Both use the same stock
@@ -50,149 +57,63 @@ or 25 ms per sample here) and steady, so the ratios are, if anything, conservati
 from __future__ import annotations
 
 import gc
-import math
-import multiprocessing
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
-import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
-
+from pipeline.bench.augment import Augmented, ElasticDeformation
 from pipeline.bench.baselines import NpyDataset, TorchLoadDataset, prepare, write_uncompressed
 from pipeline.bench.common import OtherLoad, interleave, machine_description, markdown_table
-from pipeline.read.stream import StreamingDataset
+from pipeline.bench.loaders import (
+    BATCH_SIZE,
+    MIN_MEASURE_SECONDS,
+    SEED,
+    SINGLE_THREAD,
+    TimedReader,
+    map_loader,
+    stream_reader,
+)
 from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.runtime import keep_buffers_on_heap
 from pipeline.schema import FIELDS
 
-#: Samples per batch: per DataLoader item with workers, and the streaming dataset's own batches.
-BATCH_SIZE = 8
 #: The field sets measured, by the name the results give them.
 FIELD_SETS: dict[str, tuple[str, ...]] = {"img+label": ("img", "label"), "all": FIELDS}
-#: "streaming, 1 thread" runs in process only: it shows what the decode threads add, and is what
-#: each DataLoader worker does anyway when workers share out the cores.
-SINGLE_THREAD = "streaming, 1 thread"
+#: The field set of the rows with augmentation (img+label, each sample elastically deformed), and
+#: the readers measured with it.
+AUGMENTED = "img+label, elastic"
+AUGMENTED_READERS = ("baseline", "streaming")
 #: The reference point: each field a plain ``.npy`` file, read with ``np.load`` (no decoding).
 UNCOMPRESSED = "npy, uncompressed"
 #: The readers measured, in the order the results list them.
 READERS = ("baseline", UNCOMPRESSED, "streaming", SINGLE_THREAD, "zarr")
-SEED = 0
-#: A measurement lasts at least this long: fast readers run several epochs per measurement, so
-#: that a 50 ms epoch is not at the mercy of one scheduling hiccup; at most MAX_PASSES epochs.
-MIN_MEASURE_SECONDS = 0.5
-MAX_PASSES = 16
 #: Other processes busier than this many cores during the run make its figures suspect (said so).
 QUIET_CORES = 0.25
 
 
-class _Reader:
-    """One configuration (reader, fields, workers): its DataLoader, built once; each call times
-    ``passes`` full epochs and returns seconds per epoch."""
-
-    def __init__(
-        self,
-        reader: str,
-        fields: str,
-        workers: int,
-        loader: DataLoader,
-        samples: int,
-        before_epoch: Callable[[int], None] | None = None,
-    ) -> None:
-        self.reader, self.fields, self.workers = reader, fields, workers
-        self.loader: DataLoader | None = loader
-        self.samples = samples
-        self.before_epoch = before_epoch
-        self.epoch = 0
-        self.passes = 1
-
-    @property
-    def name(self) -> str:
-        return f"{self.reader}, {self.fields}, {self.workers} workers"
-
-    def __call__(self) -> float:
-        return statistics.median(self.epoch_seconds() for _ in range(self.passes))
-
-    def epoch_seconds(self) -> float:
-        """One full epoch (the next one: streaming follows ``set_epoch``, samplers reshuffle)."""
-        if self.loader is None:
-            raise RuntimeError(f"{self.name}: closed")
-        if self.before_epoch is not None:
-            self.before_epoch(self.epoch)
-        self.epoch += 1
-        seen = 0
-        started = time.perf_counter()
-        for item in self.loader:
-            keys = item["__key__"]
-            seen += 1 if isinstance(keys, str) else len(keys)
-            del item  # a streaming batch's shared slot is free once its tensors are gone
-        seconds = time.perf_counter() - started
-        if seen != self.samples:
-            raise RuntimeError(f"{self.name}: an epoch gave {seen} samples, expected {self.samples}")
-        return seconds
-
-    def warm_up(self) -> None:
-        """Two untimed epochs: the first starts workers, fills the page cache, reads shard indexes
-        and checks digests; the second's length sets how many epochs make one measurement."""
-        self.epoch_seconds()
-        seconds = self.epoch_seconds()
-        self.passes = max(1, min(MAX_PASSES, math.ceil(MIN_MEASURE_SECONDS / max(seconds, 1e-6))))
-
-    def close(self) -> None:
-        """Drop the loader, which shuts its persistent workers down."""
-        self.loader = None
-
-
-def _fork_context() -> Any:
-    """Forked workers inherit :func:`~pipeline.runtime.keep_buffers_on_heap`'s settings (and are the
-    default on Linux)."""
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-
-
-def _map_loader(dataset: Dataset, workers: int) -> DataLoader:
-    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(SEED))
-    if workers == 0:
-        return DataLoader(dataset, batch_size=None, sampler=sampler)
-    return DataLoader(
-        dataset,
-        batch_size=BATCH_SIZE,
-        sampler=sampler,
-        num_workers=workers,
-        persistent_workers=True,
-        multiprocessing_context=_fork_context(),
-    )
-
-
-def _stream_reader(out: Path, fields: Sequence[str], label: str, workers: int, threads: int | None = None) -> _Reader:
-    dataset = StreamingDataset(out, fields=fields, batch_size=BATCH_SIZE, seed=SEED, decode_threads=threads)
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        multiprocessing_context=_fork_context() if workers else None,
-    )
-    name = SINGLE_THREAD if threads == 1 else "streaming"
-    return _Reader(name, label, workers, loader, dataset.samples, before_epoch=dataset.set_epoch)
-
-
-def _readers(tree: Path, uncompressed: Path, out: Path, workers: Iterable[int]) -> list[_Reader]:
+def _readers(
+    tree: Path, uncompressed: Path, out: Path, workers: Iterable[int], augment_workers: Iterable[int]
+) -> list[TimedReader]:
     readers = []
     for label, fields in FIELD_SETS.items():
         for w in workers:
             baseline = TorchLoadDataset(tree, fields)
             npy = NpyDataset(uncompressed, fields)
             zarr_ds = ZarrDataset(out, fields=fields)
-            readers.append(_Reader("baseline", label, w, _map_loader(baseline, w), len(baseline)))
-            readers.append(_Reader(UNCOMPRESSED, label, w, _map_loader(npy, w), len(npy)))
-            readers.append(_stream_reader(out, fields, label, w))
+            readers.append(TimedReader("baseline", label, w, map_loader(baseline, w), len(baseline)))
+            readers.append(TimedReader(UNCOMPRESSED, label, w, map_loader(npy, w), len(npy)))
+            readers.append(stream_reader(out, fields, label, w))
             if w == 0:
-                readers.append(_stream_reader(out, fields, label, w, threads=1))
-            readers.append(_Reader("zarr", label, w, _map_loader(zarr_ds, w), len(zarr_ds)))
+                readers.append(stream_reader(out, fields, label, w, threads=1))
+            readers.append(TimedReader("zarr", label, w, map_loader(zarr_ds, w), len(zarr_ds)))
+    image_label, elastic = FIELD_SETS["img+label"], ElasticDeformation()
+    for w in augment_workers:
+        baseline = Augmented(TorchLoadDataset(tree, image_label), elastic, seed=SEED)
+        readers.append(TimedReader("baseline", AUGMENTED, w, map_loader(baseline, w), len(baseline)))
+        readers.append(stream_reader(out, image_label, AUGMENTED, w, transform=elastic))
     counts = {r.samples for r in readers}
     if len(counts) != 1:
         raise RuntimeError(f"the readers disagree on the number of samples: {sorted(counts)}")
@@ -206,6 +127,7 @@ def run(
     workers: Sequence[int] = (0, 2),
     steady: bool = True,
     scheduler: str | None = None,
+    augment_workers: Sequence[int] = (0, 1, 2),
 ) -> dict:
     """Run the reading benchmark and return its figures (also printed as a table).
 
@@ -213,7 +135,7 @@ def run(
     (default: a temporary directory, removed afterwards). ``steady=False`` leaves this process's
     allocator as it is (see :func:`~pipeline.runtime.keep_buffers_on_heap`); only meant for
     callers, such as tests, that do not measure. ``scheduler``: a Dask address to convert on
-    instead of a local cluster.
+    instead of a local cluster. ``augment_workers``: the worker counts of the rows with augmentation.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -223,7 +145,7 @@ def run(
         tree, out = prepare(samples, scratch, scheduler)
         uncompressed = write_uncompressed(tree, tree.parent / "npy")
         steadied = keep_buffers_on_heap() if steady else False
-        readers = _readers(tree, uncompressed, out, workers)
+        readers = _readers(tree, uncompressed, out, workers, augment_workers)
         other_load = OtherLoad()
         try:
             for reader in readers:
@@ -253,7 +175,8 @@ def run(
                 "seconds": timings[r.name].seconds,
             }
         )
-    results.sort(key=lambda x: (list(FIELD_SETS).index(x["fields"]), READERS.index(x["reader"]), x["workers"]))
+    field_sets = [*FIELD_SETS, AUGMENTED]
+    results.sort(key=lambda x: (field_sets.index(x["fields"]), READERS.index(x["reader"]), x["workers"]))
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_description(),

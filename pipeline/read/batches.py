@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from pipeline.read.slot_memory import ALIGN, BUSY, FREE, MAPPED, STATE, SlotMemory
-from pipeline.read.slot_registry import rebuild_shared_batch
+from pipeline.read.slot_registry import pad_tensor, rebuild_shared_batch
 
 #: Slots a worker keeps for reuse; more batches in flight at once get one-off slots.
 MAX_SLOTS = 6
@@ -106,11 +106,28 @@ class SlotPool:
         slot.header[STATE] = BUSY
         return slot
 
-    def batch(self, rows: int, keys: list[str]) -> SharedBatch:
-        """A free slot as a batch of ``rows`` samples, to be filled through its ``arrays``."""
+    def batch(self, rows: int, keys: list[str], pad: list[bool]) -> SharedBatch:
+        """A free slot as a batch of ``rows`` samples (``pad``: which only pad a rank's share), to
+        be filled through its ``arrays``."""
         if rows > self.layout.batch_size:
             raise ValueError(f"a batch of {rows} samples does not fit slots of {self.layout.batch_size}")
-        return SharedBatch(self.take(), self.layout, rows, keys)
+        return SharedBatch(self.take(), self.layout, rows, keys, pad)
+
+
+def slot_pool_for(
+    pool: SlotPool | None,
+    specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+    rows: int,
+    shared: bool,
+    capacity: int = 0,
+) -> SlotPool:
+    """``pool`` if its slots hold batches of ``rows`` samples of these fields, shapes and dtypes,
+    else a new pool with slots of ``max(rows, capacity)`` samples (a larger batch, or a transform
+    whose results changed shape, replaces the slots; batches still held keep theirs alive)."""
+    if pool is not None and pool.shared == shared and pool.layout.batch_size >= rows:
+        if BatchLayout.of(specs, pool.layout.batch_size) == pool.layout:
+            return pool
+    return SlotPool(BatchLayout.of(specs, max(rows, capacity)), shared=shared)
 
 
 class _Lease:
@@ -137,8 +154,8 @@ class SharedBatch:
     pickled to another process, which then frees it.
     """
 
-    def __init__(self, slot: _Slot, layout: BatchLayout, rows: int, keys: list[str]) -> None:
-        self.slot, self.layout, self.rows, self.sample_keys = slot, layout, rows, keys
+    def __init__(self, slot: _Slot, layout: BatchLayout, rows: int, keys: list[str], pad: list[bool]) -> None:
+        self.slot, self.layout, self.rows, self.sample_keys, self.pad = slot, layout, rows, keys, pad
         self._lease = _Lease()
         owner = SlotMemory(slot.storage)
         weakref.finalize(owner, _release_unless_shipped, slot.header, self._lease)
@@ -152,13 +169,15 @@ class SharedBatch:
         self._lease.shipped = True
         slot = self.slot
         storage = None if slot.header[MAPPED] else slot.storage  # the receiver has it already
-        return rebuild_shared_batch, (slot.id, storage, slot.kept, self.layout, self.rows, self.sample_keys)
+        return rebuild_shared_batch, (slot.id, storage, slot.kept, self.layout, self.rows, self.sample_keys, self.pad)
 
     def keys(self) -> list[str]:
-        return ["__key__", *self.arrays]
+        return ["__key__", "__pad__", *self.arrays]
 
     def __getitem__(self, key: str) -> Any:
         """Read access for a custom ``collate_fn`` in the worker."""
         if key == "__key__":
             return self.sample_keys
+        if key == "__pad__":
+            return pad_tensor(self.pad)
         return torch.from_numpy(self.arrays[key])

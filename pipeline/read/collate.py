@@ -4,12 +4,21 @@ The DataLoader asks a map-style dataset for a whole batch through ``__getitems__
 :meth:`ZarrDataset.__getitems__ <pipeline.read.zarr_dataset.ZarrDataset.__getitems__>` decodes it
 straight into one buffer per field and returns its samples as :class:`Sample` dicts in a
 :class:`Batch`; the default ``collate_fn`` then hands those buffers on as the batch.
+
+The other way round, a batch the dataset made itself (a :class:`DatasetBatch`, or a
+:class:`~pipeline.read.batches.SharedBatch` in a DataLoader worker) must never be batched again:
+``DataLoader(StreamingDataset(..., batch_size=8), batch_size=8)`` (what MosaicML Streaming's users
+write) would give a batch of batches in process, and an obscure ``TypeError`` from workers. The
+default collation refuses it at the first batch, naming the fix (:func:`refuse_batches_of_batches`).
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Mapping, Sequence
+
+from pipeline.errors import UsageError
+from pipeline.read.batches import SharedBatch
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,24 @@ class Batch(list):
         )
 
 
+class DatasetBatch(dict):
+    """A whole batch a dataset made itself, in the process that iterates the DataLoader: a plain
+    dict for every use, whose type only tells the default collation not to batch it again."""
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
+def refuse_batches_of_batches(batch: Sequence[Any], *, collate_fn_map: dict | None = None) -> Any:
+    """The default collation of whole batches: an error naming the fix, never a batch of batches."""
+    keys = batch[0]["__key__"]
+    raise UsageError(
+        f"the dataset already yields whole batches ({len(keys)} samples each) and the DataLoader "
+        f"batched {len(batch)} of them again: use DataLoader(ds, batch_size=None, ...) with the "
+        "dataset's batch_size (or leave batch_size to the DataLoader and none to the dataset)"
+    )
+
+
 def collate_samples(batch: Sequence[Mapping], *, collate_fn_map: dict | None = None) -> Any:
     """The default collation of :class:`Sample` dicts: the batch's buffers when the samples are as
     :meth:`ZarrDataset.__getitems__` made them, else what it does for any other dicts."""
@@ -58,3 +85,5 @@ except ImportError:  # pragma: no cover
     log.debug("torch.utils.data._utils.collate moved: DataLoader batches of ZarrDataset are stacked copies")
 else:
     _default_collate_fn_map[Sample] = collate_samples
+    _default_collate_fn_map[DatasetBatch] = refuse_batches_of_batches
+    _default_collate_fn_map[SharedBatch] = refuse_batches_of_batches

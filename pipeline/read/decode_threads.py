@@ -55,13 +55,18 @@ class DecodeThreads:
         """Call ``function`` on every item; return when all calls have ended (see :class:`Decoding`)."""
         self.start(function, items).wait()
 
-    def start(self, function: Callable[[T], None], items: Iterable[T]) -> Decoding:
+    def start(self, function: Callable[[T], None], items: Iterable[T], background: bool = False) -> Decoding:
         """Begin calling ``function`` on every item, on the threads. With one thread, or one
         item, call it here and now: with one thread, Blosc too decodes on this thread alone
         (:func:`~pipeline.store.codecs.one_blosc_thread`); a single item may use Blosc's own threads
-        in a main thread. :meth:`Decoding.wait` ends the calls and raises what they raised."""
+        in a main thread. ``background``: always on the threads (at least one), so that the
+        calls overlap with the caller's work — for per-sample transforms, which cost far more than
+        decoding. :meth:`Decoding.wait` ends the calls and raises what they raised."""
         items = list(items)
         threads = self.threads or default_threads()
+        if background and items:
+            executor = self._executor(max(1, min(threads, len(items))))
+            return Decoding(futures=[executor.submit(function, item) for item in items])
         if threads <= 1 or len(items) <= 1:
             try:
                 with one_blosc_thread() if threads <= 1 else contextlib.nullcontext():

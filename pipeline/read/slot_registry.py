@@ -119,6 +119,7 @@ def rebuild_shared_batch(
     layout: BatchLayout,
     rows: int,
     keys: list[str],
+    pad: list[bool],
 ) -> dict:
     inside_worker = os.getpid() == slot_id[0]  # a custom collate_fn pickled it: the slot is never handed back
     if storage is None:
@@ -136,7 +137,12 @@ def rebuild_shared_batch(
     tensors = {f: torch.from_numpy(a) for f, a in layout.arrays(base, rows).items()}
     if not inside_worker:
         weakref.finalize(owner, _release, header_words(storage))
-    return {"__key__": keys, **tensors}
+    return {"__key__": keys, "__pad__": pad_tensor(pad), **tensors}
+
+
+def pad_tensor(pad: list[bool]) -> torch.Tensor:
+    """A batch's ``__pad__``: which of its samples only pad a rank's share (repeats), as a bool tensor."""
+    return torch.tensor(pad, dtype=torch.bool)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -32,17 +32,22 @@ import logging
 import operator
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import zarr
 from torch.utils.data import get_worker_info
 
-from pipeline.errors import NotFoundError, OutputError, SampleIndexError, SampleKeyError
+from pipeline.errors import NotFoundError, OutputError, SampleIndexError, UsageError
+from pipeline.read.batches import SharedBatch
 from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
+from pipeline.read.samplers import PaddingIndex
+from pipeline.read.slot_registry import pad_tensor
+from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
 from pipeline.read.zarr_fast import ProcessState, read_fast
+from pipeline.read.zarr_lookups import SampleLookups
 from pipeline.store.location import read_stream_manifest
 from pipeline.store.zarr_fast_layout import ChunkLayout, fast_layout
 from pipeline.store.zarr_layout import open_split, open_store, zarr_location
@@ -51,14 +56,17 @@ from pipeline.urls import is_url
 log = logging.getLogger(__name__)
 
 
-class ZarrDataset(torch.utils.data.Dataset):
+class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
     """A map-style dataset over one split of a converted output: ``ds[i]`` →
-    ``{"__key__": key, field: tensor, ...}`` with only the requested fields read.
+    ``{"__key__": key, "__pad__": False, field: tensor, ...}`` with only the requested fields read.
 
     Sample order is the split's order in the manifest (sorted by patient, then shape). Lookups
     by patient and virtual shape (``aug``) are answered from the ``patient``/``aug`` arrays
     without touching any image data. Pickles small (no open files, no caches), so it can be
     handed to DataLoader workers of any start method and used with ``DistributedSampler``.
+    ``__pad__`` is True only for a :class:`~pipeline.read.samplers.PaddingIndex`, the repeats with
+    which :class:`pipeline.DistributedSampler <pipeline.read.samplers.DistributedSampler>` (torch's,
+    marked) pads a rank's share: leave them out of an evaluation's sums.
 
     With ``DataLoader(ds, batch_size=b, ...)`` and the default ``collate_fn``, batches are read
     whole by :meth:`__getitems__` into reused memory (shared memory from DataLoader workers):
@@ -74,6 +82,8 @@ class ZarrDataset(torch.utils.data.Dataset):
         *,
         fast: bool = True,
         decode_threads: int | None = None,
+        transform: Transform | None = None,
+        seed: int = 0,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         """Open ``split`` of the output at ``out``; ``fields`` default to all of the split's fields.
@@ -86,7 +96,12 @@ class ZarrDataset(torch.utils.data.Dataset):
         tested against). ``decode_threads``: threads that decode the samples of a batch read by
         :meth:`__getitems__` at once (default: the process's cores, divided among local ranks
         and DataLoader workers; see :mod:`pipeline.read.decode_threads`).
+        ``transform(sample, rng) -> sample``: augmentation of every sample read (``ds[i]`` and
+        batches), on the decode threads, in DataLoader workers; ``rng`` is seeded from ``(seed,
+        epoch, key)``, the epoch being :meth:`set_epoch`'s. Contract: :mod:`pipeline.read.transforms`.
         """
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
         self.out: Path | str = os.fspath(out) if is_url(os.fspath(out)) else Path(out)
         self.split = split
         self.storage_options = dict(storage_options or {})
@@ -101,14 +116,15 @@ class ZarrDataset(torch.utils.data.Dataset):
                     f"{zarr_location(self.out, split, name)}: {length} rows do not hold "
                     f"the {len(self.keys)} samples the manifest lists"
                 )
-        self.patients = _read_only(group["patient"][:][self._rows])
-        self.augs = _read_only(group["aug"][:][self._rows])
+        self.find_samples(self.keys, group["patient"][:][self._rows], group["aug"][:][self._rows])
         self._layouts: dict[str, ChunkLayout | None] = {f: fast_layout(a) if fast else None for f, a in arrays.items()}
         self._specs = {f: (tuple(int(n) for n in a.shape[1:]), np.dtype(a.dtype)) for f, a in arrays.items()}
-        self._by_key = {k: i for i, k in enumerate(self.keys)}
-        self._by_patient_aug = {(int(p), int(a)): i for i, (p, a) in enumerate(zip(self.patients, self.augs))}
         self._local: ProcessState | None = None
         self._decoder = DecodeThreads(decode_threads)
+        self.transform, self.seed = transform, int(seed)
+        # the epoch of set_epoch, in shared memory: persistent DataLoader workers keep their own
+        # copy of the dataset across epochs, and read it from here
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     # ------------------------------------------------------------------ lookups
 
@@ -116,40 +132,42 @@ class ZarrDataset(torch.utils.data.Dataset):
         return len(self.keys)
 
     @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose generators the transform gets (call it before iterating, as for
+        ``DistributedSampler.set_epoch``; DataLoader workers, persistent or not, follow it)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        self._epoch[0] = epoch
+
+    @property
     def fast_fields(self) -> tuple[str, ...]:
         """Fields read by the fast path; the others go through zarr-python."""
         return tuple(f for f, layout in self._layouts.items() if layout is not None)
 
-    def index_of(self, patient: int | None = None, aug: int | None = None, *, key: str | None = None) -> int:
-        """Row of the sample of ``patient`` and virtual shape ``aug`` (or of ``key``); KeyError if absent."""
-        if key is not None:
-            if key not in self._by_key:
-                raise SampleKeyError(f"split {self.split!r} has no sample {key!r}")
-            return self._by_key[key]
-        if patient is None or aug is None:
-            raise TypeError("index_of needs patient and aug, or key")
-        try:
-            return self._by_patient_aug[(int(patient), int(aug))]
-        except KeyError:
-            raise SampleKeyError(f"split {self.split!r} has no sample of patient {patient}, aug {aug}") from None
-
-    def indices(self, patient: int | Iterable[int] | None = None, aug: int | Iterable[int] | None = None) -> list[int]:
-        """Rows matching ``patient`` and ``aug`` (each an int, several, or None for any), in order.
-
-        Meant for ``torch.utils.data.Subset(ds, ds.indices(patient=3))``.
-        """
-        keep = _matches(self.patients, patient) & _matches(self.augs, aug)
-        return np.flatnonzero(keep).tolist()
-
-    def get(self, patient: int, aug: int) -> dict[str, Any]:
-        """The sample of ``patient`` and virtual shape ``aug``, as ``ds[i]`` gives it."""
-        return self[self.index_of(patient, aug)]
-
     # ------------------------------------------------------------------ reads
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | Sequence[int]) -> dict[str, Any]:
+        """Sample ``index``; or, for a list (tuple, 1-d array) of indices, their whole batch
+        ``{"__key__": [key, ...], field: Tensor(b, ...)}``, as ``DataLoader(ds,
+        sampler=BatchSampler(...), batch_size=None)`` asks for it (read as :meth:`__getitems__` reads)."""
+        indices = _index_list(index)
+        if indices is not None:
+            return self.__getitems__(indices).whole
         key, record = self.read_record(index)
-        return {"__key__": key, **{f: torch.from_numpy(a) for f, a in record.items()}}
+        if self.transform is not None:
+            return {
+                "__key__": key,
+                "__pad__": isinstance(index, PaddingIndex),
+                **tensors_of(apply_transform(self.transform, record, key, self.seed, self.epoch)),
+            }
+        return {
+            "__key__": key,
+            "__pad__": isinstance(index, PaddingIndex),
+            **{f: torch.from_numpy(a) for f, a in record.items()},
+        }
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """``[ds[i] for i in indices]``, read into one buffer per field: how DataLoader fetches a batch.
@@ -160,24 +178,54 @@ class ZarrDataset(torch.utils.data.Dataset):
         DataLoader worker); see the class docstring for how long such a batch stays valid. Any
         other ``collate_fn`` gets the list of samples it would get without this method; a
         sample it changed (a field replaced, added or removed) makes the default collation
-        stack the list as usual.
+        stack the list as usual. With a transform, the samples are transformed first (on the
+        decode threads) and the buffers shaped like the results.
         """
+        if any(_index_list(i) is not None for i in indices):
+            raise UsageError(
+                f"ZarrDataset: the DataLoader asked for a batch of {len(indices)} lists of indices (a "
+                "sampler that yields lists, such as a BatchSampler, under a DataLoader that batches "
+                "too): use DataLoader(ds, batch_sampler=...), or sampler=... with batch_size=None"
+            )
         positions = [self._index(i) for i in indices]
         keys = [self.keys[p] for p in positions]
+        pad = [isinstance(i, PaddingIndex) for i in indices]
         state = self._state()
         in_worker = get_worker_info() is not None
-        batch = state.slot_pool(self._specs, len(keys), shared=in_worker).batch(len(keys), keys)
-        arrays, tensors = batch.arrays, batch.tensors()
-        whole: Any = batch if in_worker else {"__key__": keys, **tensors}
+        if self.transform is None:
+            batch = state.slot_pool(self._specs, len(keys), shared=in_worker).batch(len(keys), keys, pad)
+
+            def read_sample(j: int) -> None:
+                row = int(self._rows[positions[j]])
+                for field, array in batch.arrays.items():
+                    self._read(state, field, row, out=array[j])
+
+            self._decoder.run(read_sample, range(len(positions)))
+        else:
+            batch = self._read_transformed(state, positions, keys, pad, in_worker)
+        tensors = batch.tensors()
+        whole: Any = batch if in_worker else {"__key__": keys, "__pad__": pad_tensor(pad), **tensors}
+        samples = [
+            Sample({"__key__": key, "__pad__": pad[j], **{f: t[j] for f, t in tensors.items()}})
+            for j, key in enumerate(keys)
+        ]
+        return Batch(samples, whole)
+
+    def _read_transformed(
+        self, state: ProcessState, positions: list[int], keys: list[str], pad: list[bool], in_worker: bool
+    ) -> SharedBatch:
+        """Read and transform each sample on the decode threads, then stack the results into a slot."""
+        results: list[dict[str, np.ndarray]] = [{} for _ in positions]
+        transform, epoch = self.transform, self.epoch
 
         def read_sample(j: int) -> None:
             row = int(self._rows[positions[j]])
-            for field, array in arrays.items():
-                self._read(state, field, row, out=array[j])
+            record = {f: self._read(state, f, row) for f in self.fields}
+            results[j] = apply_transform(transform, record, keys[j], self.seed, epoch)  # type: ignore[arg-type]
 
         self._decoder.run(read_sample, range(len(positions)))
-        samples = [Sample({"__key__": key, **{f: t[j] for f, t in tensors.items()}}) for j, key in enumerate(keys)]
-        return Batch(samples, whole)
+        state.slots, batch = stack_into_slot(state.slots, results, keys, pad, shared=in_worker)
+        return batch
 
     def read_record(self, index: int, fields: Sequence[str] | None = None) -> tuple[str, dict[str, np.ndarray]]:
         """Sample ``index`` as a record ``(key, {field: numpy array})``, reading only ``fields``."""
@@ -230,22 +278,10 @@ class ZarrDataset(torch.utils.data.Dataset):
         return f"ZarrDataset({str(self.out)!r}, split={self.split!r}, fields={list(self.fields)}, samples={len(self)})"
 
 
-# ---------------------------------------------------------------------- batches
-
-
-# ---------------------------------------------------------------------- opening
-
-
-def _matches(values: np.ndarray, wanted: int | Iterable[int] | None) -> np.ndarray:
-    if wanted is None:
-        return np.ones(len(values), dtype=bool)
-    return np.isin(values, [wanted] if isinstance(wanted, (int, np.integer)) else list(wanted))
-
-
-def _read_only(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values)
-    values.flags.writeable = False
-    return values
-
-
-# ---------------------------------------------------------------------- analysis
+def _index_list(index: Any) -> list[int] | None:
+    """The indices of a batch asked for as one list (tuple, range, 1-d array or tensor), else None."""
+    if isinstance(index, (list, tuple, range)):
+        return list(index)
+    if isinstance(index, (np.ndarray, torch.Tensor)) and index.ndim == 1:
+        return index.tolist()
+    return None

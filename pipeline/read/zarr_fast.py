@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from pipeline.errors import OutputError
-from pipeline.read.batches import BatchLayout, SlotPool
+from pipeline.read.batches import SlotPool, slot_pool_for
 from pipeline.storage import url_filesystem
 from pipeline.store.codecs import decode_into
 from pipeline.store.zarr_fast_layout import ChunkLayout
@@ -98,8 +98,7 @@ class ProcessState:
     def slot_pool(self, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], rows: int, shared: bool) -> SlotPool:
         """Slots for batches of up to ``rows`` samples (a larger batch replaces smaller slots):
         shared memory in a DataLoader worker, private memory in the main process."""
-        if self.slots is None or self.slots.layout.batch_size < rows:
-            self.slots = SlotPool(BatchLayout.of(specs, rows), shared=shared)
+        self.slots = slot_pool_for(self.slots, specs, rows, shared)
         return self.slots
 
     def shard(self, layout: ChunkLayout, path: str) -> LocalShard | RemoteShard:

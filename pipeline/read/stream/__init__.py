@@ -2,7 +2,8 @@
 
 Laid out by concern, after MosaicML Streaming: :mod:`.order` (epoch order, partition over ranks
 and workers, resumption arithmetic, pure functions), :mod:`.index` (where each sample's fields lie),
-:mod:`.fetch` (ranged reads and decoding), :mod:`.state` (the resumption state), :mod:`.world`
+:mod:`.fetch` (ranged reads and decoding), :mod:`.epochs` (epochs, passes and resumption, kept in
+the main process), :mod:`.state` (the resumption state), :mod:`.world`
 (rank and world size) and :mod:`.dataset`, which only composes them. What a user needs is
 exported here; the order helpers predict what a rank will read without a dataset.
 """

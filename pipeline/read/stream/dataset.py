@@ -8,43 +8,44 @@ The manifest records the byte range of every field of every sample in its tar, s
 fetched by ranged reads of only the fields asked for. That makes a true global shuffle cheap.
 
 The dataset only composes the parts of :mod:`pipeline.read.stream` (order, index, fetching,
-state, world); decoding goes straight from the read buffer into reused batch memory.
+epochs and resumption, state, world); decoding goes straight from the read buffer into reused
+batch memory.
 
-State for resumption is a handful of numbers (:meth:`StreamingDataset.state_dict`) kept in the
-main process; workers learn the epoch and start of a pass from a two-number shared tensor that
-the main process writes. Shared memory here is anonymous (file descriptors), so nothing outlives
-a crash.
+State for resumption is a handful of numbers (:meth:`StreamingDataset.state_dict`, from
+:mod:`.epochs`) kept in the main process; workers learn the epoch and start of a pass from a
+two-number shared tensor that the main process writes. Shared memory here is anonymous (file
+descriptors), so nothing outlives a crash.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.read.decode_threads import DecodeThreads, Decoding
-from pipeline.read.stream.fetch import SampleReader, read_ahead
+from pipeline.read.decode_threads import DecodeThreads
+from pipeline.read.stream.epochs import EpochsAndResumption
+from pipeline.read.stream.fetch import Pending, SampleReader, read_ahead
 from pipeline.read.stream.index import build_index, field_specs
-from pipeline.read.stream.order import consumed_position, rank_samples, rank_share, worker_batches
-from pipeline.read.stream.state import OrderIdentity, check_state, state_record
+from pipeline.read.stream.order import rank_padding, rank_samples, worker_batches
 from pipeline.read.stream.world import explicit_world, world_from_environment
+from pipeline.read.transforms import Transform
 from pipeline.store.location import read_stream_manifest
 from pipeline.urls import is_url
 
 
-class StreamingDataset(IterableDataset):
+class StreamingDataset(EpochsAndResumption, IterableDataset):
     """One split of a converted output, streamed from its tar shards, for (distributed) training.
 
     ``root`` is the output directory or its URL (``http(s)://...`` or any fsspec URL); ``fields``
     are decoded (``None``: all of them), nothing else is read. Items are
-    ``{"__key__": str, field: Tensor}`` or, with ``batch_size``, batches
-    ``{"__key__": [str, ...], field: Tensor(b, ...)}`` assembled before they leave the DataLoader
-    worker — use ``DataLoader(ds, batch_size=None, num_workers=W, persistent_workers=True)``
+    ``{"__key__": str, "__pad__": bool, field: Tensor}`` or, with ``batch_size``, batches
+    ``{"__key__": [str, ...], "__pad__": BoolTensor(b), field: Tensor(b, ...)}`` assembled before
+    they leave the DataLoader worker — use ``DataLoader(ds, batch_size=None, num_workers=W, persistent_workers=True)``
     then. Dataset-level batches are the fast path (one reused memory slot per batch, no copy;
     shared memory with workers) and make a rank's sequence independent of ``num_workers``.
     Persistent workers follow :meth:`set_epoch` and keep their slots warm across epochs. A
@@ -59,11 +60,17 @@ class StreamingDataset(IterableDataset):
     ``decode_threads``: threads that decode the samples of a batch at once (default: the cores
     of the process, divided among local ranks and DataLoader workers; see
     :mod:`pipeline.read.decode_threads`).
+    ``transform(sample, rng) -> sample``: augmentation run on each decoded sample where decoding
+    runs (decode threads, DataLoader workers), with ``rng`` seeded from ``(seed, epoch, key)`` — the
+    same for any number of ranks or workers and after a resume; contract in
+    :mod:`pipeline.read.transforms`.
 
     Ranks: ``rank``/``world_size`` if given, else ``torch.distributed`` when initialised, else the
     ``RANK``/``WORLD_SIZE`` environment, else one process — always decided in the main process
     and handed to DataLoader workers. Every rank yields ``len(ds)`` samples per epoch; see
     :mod:`pipeline.read.stream.order` for order, partition, padding (default) and ``drop_last``.
+    ``__pad__`` is True for the samples that only pad a rank's share (repeats of the epoch's first
+    samples): leave them out of an evaluation's sums to count every sample once over all ranks.
 
     Epochs and resumption::
 
@@ -95,6 +102,7 @@ class StreamingDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         decode_threads: int | None = None,
+        transform: Transform | None = None,
     ) -> None:
         self.root = os.fspath(root)
         if not is_url(self.root):
@@ -125,8 +133,9 @@ class StreamingDataset(IterableDataset):
         self._loader_exact = True  # False: workers batch their own samples, position is not a prefix
         self._sample_reader: SampleReader | None = None  # this process's, see _reader
         self._decoder = DecodeThreads(decode_threads)
+        self.transform = transform
 
-    # ----------------------------------------------------------------- ranks, epochs, state
+    # ----------------------------------------------------------------- ranks and samples
 
     def _resolve_world(self) -> tuple[int, int]:
         """Rank and world size: explicit, else torch.distributed, else (in a worker) as handed over."""
@@ -148,10 +157,6 @@ class StreamingDataset(IterableDataset):
         return self._resolve_world()[1]
 
     @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    @property
     def keys(self) -> list[str]:
         """Sample keys of the split, in manifest order (indices of :func:`epoch_order`)."""
         return self._index.keys
@@ -160,95 +165,6 @@ class StreamingDataset(IterableDataset):
     def samples(self) -> int:
         """Samples in the split (all ranks together, without padding)."""
         return len(self._index.keys)
-
-    @property
-    def position(self) -> int:
-        """Positions of this epoch's global order consumed by the whole job so far."""
-        return consumed_position(self._start, self._seen, self._pass_world, self.samples)
-
-    def _epoch_done(self, position: int, world_size: int) -> bool:
-        return rank_share(self.samples - position, world_size, self.batch_size, self.drop_last) == 0
-
-    def __len__(self) -> int:
-        """Samples this rank yields in the next (or current) pass: the epoch, or what is left of it."""
-        start = 0 if self._finished else self._start
-        return rank_share(self.samples - start, self.world_size, self.batch_size, self.drop_last)
-
-    @property
-    def num_batches(self) -> int:
-        """Items this rank yields per pass when the dataset batches (``len(self)`` otherwise)."""
-        return math.ceil(len(self) / (self.batch_size or 1))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (and so the order) of the next pass.
-
-        Setting the epoch a pass is already in (for example one just loaded by
-        :meth:`load_state_dict`) keeps its position, unless that pass has run to its end.
-        """
-        if epoch < 0:
-            raise ValueError(f"epoch must be non-negative, got {epoch}")
-        if epoch != self._epoch or self._finished:
-            self._epoch, self._start, self._seen, self._finished = epoch, 0, 0, False
-        self._publish()
-
-    def _publish(self) -> None:
-        self._next_pass[0], self._next_pass[1] = self._epoch, 0 if self._finished else self._start
-
-    def track(self, batches: Iterable[dict]) -> Iterator[dict]:
-        """Yield the items of ``batches`` (a DataLoader over this dataset), counting them.
-
-        The count of samples the training loop has received is what :meth:`state_dict` saves;
-        it is kept here, in the main process, because DataLoader workers hold only copies.
-        """
-        loader_batch = getattr(batches, "batch_size", None)
-        workers = getattr(batches, "num_workers", 0)
-        if self.batch_size is not None and loader_batch is not None:
-            raise ValueError("the dataset already batches: use DataLoader(ds, batch_size=None, ...)")
-        if self._finished:  # the same epoch again, without set_epoch
-            self._start, self._seen, self._finished = 0, 0, False
-        else:  # a new pass continues where the last one stopped
-            self._start, self._seen = self.position, 0
-        self._pass_world = self.world_size
-        self._loader_exact = self.batch_size is not None or workers == 0 or loader_batch in (None, 1)
-        self._publish()
-        for batch in batches:
-            keys = batch["__key__"]
-            self._seen += 1 if isinstance(keys, str) else len(keys)
-            yield batch
-        self._finished = True
-        self._publish()
-
-    def state_dict(self, samples_seen: int | None = None) -> dict:
-        """Where the job stands in its epoch: tiny, JSON-serialisable, the same on every rank.
-
-        ``samples_seen``: samples this rank has received since the current pass started, if the
-        loop was not wrapped in :meth:`track`.
-        """
-        world = self._pass_world if samples_seen is None else self.world_size
-        if samples_seen is None:
-            if not self._loader_exact:
-                raise ValueError(
-                    "DataLoader workers batch their own samples here, so the samples seen do "
-                    "not form a prefix of the order: give the dataset batch_size=... for "
-                    "exact resumption"
-                )
-            position = self.position
-        else:
-            position = consumed_position(self._start, samples_seen, world, self.samples)
-        epoch = self._epoch
-        if (self._finished and samples_seen is None) or self._epoch_done(position, world):
-            epoch, position = epoch + 1, 0
-        return state_record(self._order_identity(), epoch, int(position), world)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue where :meth:`state_dict` left off, on this job's world size and batch size."""
-        epoch, position = check_state(state, self._order_identity())
-        self._epoch, self._start, self._seen, self._finished = epoch, position, 0, False
-        self._publish()
-        self._pass_world = self.world_size
-
-    def _order_identity(self) -> OrderIdentity:
-        return OrderIdentity(self.split, self.samples, self._keys_digest, self.seed, self.shuffle)
 
     # ----------------------------------------------------------------- iteration
 
@@ -270,13 +186,17 @@ class StreamingDataset(IterableDataset):
         sequence = rank_samples(
             self.samples, self.seed, epoch, rank, world, start, self.batch_size, self.drop_last, self.shuffle
         )
+        padding = rank_padding(self.samples, start, rank, world, self.batch_size, self.drop_last)
         wid, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
         batches = worker_batches(len(sequence), self.batch_size or 1, wid, workers)
         shared, batched = worker is not None, self.batch_size is not None
         keys = self._index.keys
 
-        def start(rows: range) -> tuple[Any, Decoding]:
-            return self._reader().start_batch(sequence[rows.start : rows.stop], keys, shared and batched, batched)
+        def start(rows: range) -> Pending:
+            rows_of = slice(rows.start, rows.stop)
+            return self._reader().start_batch(
+                sequence[rows_of], padding[rows_of], keys, shared and batched, batched, epoch
+            )
 
         return read_ahead(batches, start, one_at_a_time=shared)
 
@@ -284,7 +204,14 @@ class StreamingDataset(IterableDataset):
         """This process's sample reader: a new one after a fork (never share a parent's connection)."""
         if self._sample_reader is None or self._sample_reader.pid != os.getpid():
             self._sample_reader = SampleReader(
-                self.root, self._index, self._specs, self._torch_dtypes, self.batch_size, self._decoder
+                self.root,
+                self._index,
+                self._specs,
+                self._torch_dtypes,
+                self.batch_size,
+                self._decoder,
+                self.transform,
+                self.seed,
             )
         return self._sample_reader
 

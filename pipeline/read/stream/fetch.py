@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -19,8 +20,11 @@ import xxhash
 
 from pipeline.errors import OutputError
 from pipeline.read.batches import BatchLayout, SlotPool
+from pipeline.read.collate import DatasetBatch
 from pipeline.read.decode_threads import DecodeThreads, Decoding
+from pipeline.read.slot_registry import pad_tensor
 from pipeline.read.stream.index import SampleIndex
+from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
 from pipeline.store.location import RangeReader, range_reader_class
 from pipeline.store.tar_shards import decode_field
 
@@ -40,35 +44,70 @@ class SampleReader:
         torch_dtypes: Mapping[str, torch.dtype],
         batch_size: int | None,
         decoder: DecodeThreads,
+        transform: Transform | None = None,
+        seed: int = 0,
     ) -> None:
         self.root, self._index, self._decoder = root, index, decoder
         self.fields = tuple(specs)
         self._specs, self._torch_dtypes, self._batch_size = specs, torch_dtypes, batch_size
+        self._transform, self._seed = transform, seed
         self._slots: SlotPool | None = None
         self._store: RangeReader | None = None
         self._verified = np.zeros(index.ranges.shape[:2], bool)  # what this process has checked
         self.pid = os.getpid()
 
     def start_batch(
-        self, indices: np.ndarray, keys: Sequence[str], shared: bool, batched: bool
-    ) -> tuple[Any, Decoding]:
-        """A batch (or sample) of ``indices`` and the decoding that fills it. Batches go into
-        reused slots: shared memory in a DataLoader worker (``shared``), private memory in the
-        main process; single samples into new tensors."""
+        self, indices: np.ndarray, padding: np.ndarray, keys: Sequence[str], shared: bool, batched: bool, epoch: int
+    ) -> Pending:
+        """A batch (or sample) of ``indices`` (``padding``: which of them only pad the rank's
+        share) being fetched and decoded. Batches go into reused slots: shared memory in a
+        DataLoader worker (``shared``), private memory in the main process; single samples into
+        new tensors. With a transform, see :meth:`_start_transformed`."""
         keys = [keys[i] for i in indices]
+        pad = [bool(p) for p in padding]
+        if self._transform is not None:
+            return self._start_transformed(indices, keys, pad, shared, batched, epoch)
         if batched:
             if self._slots is None:
                 self._slots = SlotPool(BatchLayout.of(self._specs, self._batch_size or 1), shared=shared)
-            batch = self._slots.batch(len(indices), keys)
+            batch = self._slots.batch(len(indices), keys, pad)
             outs = [{f: a[row] for f, a in batch.arrays.items()} for row in range(len(indices))]
-            whole = batch if shared else {"__key__": keys, **batch.tensors()}
-            return whole, self.start(indices, outs)
+            whole = batch if shared else DatasetBatch({"__key__": keys, "__pad__": pad_tensor(pad), **batch.tensors()})
+            return Pending(self.start(indices, outs), lambda: whole)
         tensors = {f: torch.empty(shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
         arrays = {f: t.numpy() for f, t in tensors.items()}
-        return {"__key__": keys[0], **tensors}, self.start(indices, [arrays])
+        return Pending(self.start(indices, [arrays]), lambda: {"__key__": keys[0], "__pad__": pad[0], **tensors})
 
-    def start(self, indices: np.ndarray, outs: Sequence[Mapping[str, np.ndarray]]) -> Decoding:
-        """Fetch the requested fields of these samples, then start decoding each into its ``outs`` entry.
+    def _start_transformed(
+        self, indices: np.ndarray, keys: list[str], pad: list[bool], shared: bool, batched: bool, epoch: int
+    ) -> Pending:
+        """Decode each sample into fresh arrays and transform it on the decode threads; once all
+        are done, stack the results into a slot shaped like them (or hand over the one sample)."""
+        outs = [{f: np.empty(shape, dtype) for f, (shape, dtype) in self._specs.items()} for _ in indices]
+        results: list[dict[str, np.ndarray]] = [{} for _ in indices]
+        transform = self._transform
+
+        def after(row: int, out: dict[str, np.ndarray]) -> None:
+            results[row] = apply_transform(transform, out, keys[row], self._seed, epoch)  # type: ignore[arg-type]
+
+        def deliver() -> Any:
+            if not batched:
+                return {"__key__": keys[0], "__pad__": pad[0], **tensors_of(results[0])}
+            self._slots, batch = stack_into_slot(self._slots, results, keys, pad, shared, self._batch_size or 1)
+            return batch if shared else DatasetBatch({"__key__": keys, "__pad__": pad_tensor(pad), **batch.tensors()})
+
+        return Pending(self.start(indices, outs, after, background=True), deliver)
+
+    def start(
+        self,
+        indices: np.ndarray,
+        outs: Sequence[dict[str, np.ndarray]],
+        after: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+        background: bool = False,
+    ) -> Decoding:
+        """Fetch the requested fields of these samples, then start decoding each into its ``outs``
+        entry, and calling ``after(row, out)`` on the decode thread once a sample is decoded
+        (``background``: on the decode threads even for one sample or one thread).
 
         Fetching happens here, in order (stores need not be thread-safe): for local shards a view
         of their memory map, for remote ones a ranged read into the batch's buffer. Decoding, the
@@ -79,14 +118,14 @@ class SampleReader:
         total = sum(length for plan in plans for _, _, _, length in plan) if store.copies else 0
         buffer = memoryview(np.empty(total, np.uint8))  # a batch's own: the previous one may still be decoding
         jobs, at = [], 0
-        for index, plan, out in zip(indices, plans, outs):
+        for row, (index, plan, out) in enumerate(zip(indices, plans, outs)):
             shard, pieces = int(self._index.shard[index]), []
             for first, stop, base, length in plan:
                 into = buffer[at : at + length] if store.copies else None
                 pieces.append((first, stop, store.read(shard, base, length, into)))
                 at += length
-            jobs.append((int(index), store.name(shard), pieces, out))
-        return self._decoder.start(self._decode_sample, jobs)
+            jobs.append((int(index), store.name(shard), pieces, out, row, after))
+        return self._decoder.start(self._decode_sample, jobs, background)
 
     def _open_store(self) -> RangeReader:
         if self._store is None:
@@ -107,9 +146,11 @@ class SampleReader:
             plan.append((first, j, int(ranges[first, 0]), end - int(ranges[first, 0])))
         return plan
 
-    def _decode_sample(self, job: tuple[int, str, list[tuple[int, int, memoryview]], Mapping[str, np.ndarray]]) -> None:
+    def _decode_sample(
+        self, job: tuple[int, str, list[tuple[int, int, memoryview]], dict, int, Callable | None]
+    ) -> None:
         """Decode one fetched sample into ``out``, checking each field's digest the first time."""
-        index, shard_name, pieces, out = job
+        index, shard_name, pieces, out, row, after = job
         ranges, key = self._index.ranges[index], self._index.keys[index]
         for first, stop, view in pieces:
             base = int(ranges[first, 0])
@@ -123,11 +164,23 @@ class SampleReader:
                     if got != self._index.digests[index, k].tobytes():
                         raise OutputError(f"{name}: decodes to other values than were converted; the shard is corrupt")
                     self._verified[index, k] = True
+        if after is not None:
+            after(row, out)
 
 
-def read_ahead(
-    batches: Iterable[range], start: Callable[[range], tuple[Any, Decoding]], one_at_a_time: bool
-) -> Iterator[Any]:
+@dataclass(frozen=True)
+class Pending:
+    """An item being read: the decoding under way, and what gives the item once it has ended."""
+
+    decoding: Decoding
+    deliver: Callable[[], Any]
+
+    def finish(self) -> Any:
+        self.decoding.wait()
+        return self.deliver()
+
+
+def read_ahead(batches: Iterable[range], start: Callable[[range], Pending], one_at_a_time: bool) -> Iterator[Any]:
     """The batches in order, each started (fetched, decoding) by ``start``.
 
     In the main process the next batch decodes on the decode threads while the caller works on
@@ -135,28 +188,22 @@ def read_ahead(
     DataLoader already asks each of them for batches ahead. An error starting a batch is raised
     in its turn, after the batches before it; a batch read ahead but never delivered is let finish.
     """
-    pending: tuple[Any, Decoding] | None = None  # started, not yet delivered
+    pending: Pending | None = None  # started, not yet delivered
     try:
         for rows in batches:
             try:
                 started = start(rows)
             except Exception as exc:  # raised in its turn, after the batches before it
-                started = (None, Decoding(error=exc))
+                started = Pending(Decoding(error=exc), lambda: None)
             previous, pending = pending, started
             if previous is not None:
-                yield _finish(previous)
+                yield previous.finish()
             if one_at_a_time:
                 previous, pending = pending, None
-                yield _finish(previous)
+                yield previous.finish()
         if pending is not None:
             previous, pending = pending, None
-            yield _finish(previous)
+            yield previous.finish()
     finally:
         if pending is not None:  # read ahead, never delivered (the caller stopped, or an error)
-            pending[1].settle()
-
-
-def _finish(started: tuple[Any, Decoding]) -> Any:
-    batch, decoding = started
-    decoding.wait()
-    return batch
+            pending.decoding.settle()

@@ -16,9 +16,11 @@ without communicating, and each can be tested alone:
   sequence does not depend on ``num_workers``.
 * **Equal lengths**: every rank takes ``ceil(R / W)`` of the ``R`` remaining positions; the last
   step is padded by wrapping around to the start of the epoch's order (at most ``W - 1``
-  duplicate samples per epoch). With ``drop_last=True`` the tail that does not fill a whole
-  global step (``W`` samples, or ``W·batch_size`` when the dataset batches) is left out instead —
-  fewer than that many samples, different ones each epoch.
+  duplicate samples per epoch), and every item says which of its samples are padding
+  (:func:`rank_padding`, ``__pad__``), so that an evaluation can count each sample once. With
+  ``drop_last=True`` the tail that does not fill a whole global step (``W`` samples, or
+  ``W·batch_size`` when the dataset batches) is left out instead — fewer than that many samples,
+  different ones each epoch.
 * **Shuffle quality** (:func:`source_neighbour_ratio`): how well an order breaks up samples that
   sit together in the shards, relative to a uniformly random permutation.
 """
@@ -78,6 +80,14 @@ def rank_samples(
     """Sample indices (manifest order) that ``rank`` visits in epoch ``epoch``, from position ``start``."""
     positions = rank_positions(samples, start, rank, world_size, batch_size, drop_last)
     return epoch_order(samples, seed, epoch, shuffle)[positions % samples] if len(positions) else positions
+
+
+def rank_padding(
+    samples: int, start: int, rank: int, world_size: int, batch_size: int | None = None, drop_last: bool = False
+) -> np.ndarray:
+    """Which of the samples :func:`rank_samples` gives ``rank`` are padding (a bool per sample):
+    positions past the end of the epoch's order, which wrap around to repeat its first samples."""
+    return rank_positions(samples, start, rank, world_size, batch_size, drop_last) >= samples
 
 
 def worker_batches(share: int, batch_size: int, worker: int, num_workers: int) -> list[range]:
