@@ -60,6 +60,7 @@ bench-scale: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pipeline.bench read
+	$(PY) -m pipeline.bench s3
 	$(PY) -m pipeline.bench.report bench
 
 # after `make shards` on the synthetic default: the README's pictures

@@ -1,4 +1,4 @@
-"""``python -m pipeline.bench convert|read|scale``: run a benchmark, print its table, save its figures."""
+"""``python -m pipeline.bench convert|read|scale|s3``: run a benchmark, print its table, save its figures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 #: Per benchmark, (samples, repeats) unless given; ``read`` took ~3 minutes on 2 cores before its rows
 #: with augmentation (each epoch of those deforms 64 samples at tens of ms each) added a few more.
 #: For ``scale``, samples is the size of its large set (it also measures 2 and 64 samples).
-DEFAULTS = {"convert": (128, 3), "read": (64, 5), "scale": (640, 3)}
+DEFAULTS = {"convert": (128, 3), "read": (64, 5), "scale": (640, 3), "s3": (64, 5)}
 
 
 def main() -> None:
@@ -37,6 +37,8 @@ def main() -> None:
         from pipeline.bench.conversion import run
     elif args.which == "read":
         from pipeline.bench.reading import run
+    elif args.which == "s3":
+        from pipeline.bench.object_storage import run
     else:
         from pipeline.bench.scale import run
 

@@ -1,0 +1,183 @@
+"""``make bench`` (object storage): the readers from an S3-protocol server against local files, and
+conversion to a bucket against conversion to disk, measured in the same run, interleaved.
+
+The server is moto's (a test dependency, which ``make`` installs) in a process of its own on
+127.0.0.1: a loopback server, so the ratios say what our side costs (requests, retries' wrapping,
+staging, uploads), not what a real network adds. The readers read the benchmark's converted set
+(:func:`~pipeline.bench.baselines.prepare`) uploaded to a bucket: ``StreamingDataset`` (img+label,
+batches of :data:`~pipeline.bench.loaders.BATCH_SIZE`, in process) and ``ZarrDataset`` (img+label,
+random order, in process). The conversions convert the same archive with the same fixed encodings
+on one local Dask cluster, kept for every run, into a fresh directory or a fresh prefix each time;
+their figure is the tasks' wall time (``Summary.converting_seconds``: without planning and the
+cluster's start-up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import fsspec
+
+from pipeline.bench.baselines import prepare
+from pipeline.bench.common import interleave, machine_description, markdown_table
+from pipeline.bench.loaders import MIN_MEASURE_SECONDS, TimedReader, map_loader, stream_reader
+from pipeline.cluster import local_cluster
+from pipeline.convert import ConvertOptions, convert
+from pipeline.read.zarr_dataset import ZarrDataset
+from pipeline.store.manifest import read_manifest
+
+FIELDS = ("img", "label")
+#: How long the S3 server may take to answer its first request.
+SERVER_START_SECONDS = 60
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    """moto's server in a process of its own; this process's environment points at it meanwhile."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    settings = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while True:  # until it answers: polling a condition, bounded
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"moto's S3 server did not start on {endpoint}")
+            time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _new_bucket() -> str:
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(bucket)
+    return f"s3://{bucket}"
+
+
+def _upload(out: Path) -> str:
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    url = f"{_new_bucket()}/shards"
+    for part in ("manifest.json", "ssmspine.zarr", "wds"):
+        fs.put(str(out / part), f"{url}/{part}", recursive=True)
+    return url
+
+
+def _readers(out: Path, url: str) -> list[TimedReader]:
+    readers = []
+    for where, root in (("local files", out), ("S3, loopback", url)):
+        readers.append(stream_reader(root, FIELDS, where, 0))
+        zarr_ds = ZarrDataset(root, fields=FIELDS)
+        readers.append(TimedReader("zarr", where, 0, map_loader(zarr_ds, 0), len(zarr_ds)))
+    return readers
+
+
+class _Conversion:
+    """One way of converting (to disk or to a bucket); each call converts into a fresh place."""
+
+    def __init__(self, archive: Path, target: str, scheduler: str, encodings) -> None:
+        self.archive, self.target, self.scheduler, self.encodings = archive, target, scheduler, encodings
+        self.scratch = Path(tempfile.mkdtemp(prefix="ssmspine-bench-convert-"))
+
+    def __call__(self) -> float:
+        if self.target == "disk":
+            out = str(self.scratch / uuid.uuid4().hex)
+        else:
+            out = f"{self.target}/{uuid.uuid4().hex}"
+        options = ConvertOptions(scheduler=self.scheduler, progress=False, encodings=self.encodings)
+        summary = convert([self.archive], out, options)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch.mkdir()
+        return summary.converting_seconds
+
+
+def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None, convert_repeats: int = 2) -> dict:
+    """Run the object-storage benchmark; return its figures (also printed as a table)."""
+    owned = scratch is None
+    scratch = Path(tempfile.mkdtemp(prefix="ssmspine-bench-")) if owned else Path(scratch)
+    try:
+        with s3_server(), local_cluster(2) as cluster:
+            _, out = prepare(samples, scratch, cluster.scheduler_address)
+            url = _upload(out)
+            readers = _readers(out, url)
+            try:
+                for reader in readers:
+                    reader.warm_up()
+                reading = interleave({r.name: r for r in readers}, repeats)
+            finally:
+                for reader in readers:
+                    reader.close()
+            archive = out.parent / "SSMSpine_Train.zip"
+            encodings = read_manifest(out).encodings
+            bucket = _new_bucket()
+            conversions = {
+                "to disk": _Conversion(archive, "disk", cluster.scheduler_address, encodings),
+                "to S3, loopback": _Conversion(archive, bucket, cluster.scheduler_address, encodings),
+            }
+            converting = interleave(conversions, convert_repeats)
+    finally:
+        if owned:
+            shutil.rmtree(scratch, ignore_errors=True)
+    n = readers[0].samples
+    local = {r.reader: reading[r.name].median for r in readers if r.fields == "local files"}
+    rows = [
+        {
+            "system": r.reader,
+            "where": r.fields,
+            "samples_per_s": n / reading[r.name].median,
+            "vs_local": local[r.reader] / reading[r.name].median,
+            "seconds": reading[r.name].seconds,
+        }
+        for r in readers
+    ]
+    disk = converting["to disk"].median
+    rows += [
+        {
+            "system": "convert",
+            "where": name,
+            "samples_per_s": n / timing.median,
+            "vs_local": disk / timing.median,
+            "seconds": timing.seconds,
+        }
+        for name, timing in converting.items()
+    ]
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine_description(), "samples": n, "results": rows}
+    print(
+        f"object storage: {n} synthetic samples, {result['machine']}, {result['date']}; readers: median of "
+        f"{repeats} interleaved measurements (each ≥ {MIN_MEASURE_SECONDS} s), conversions: of {convert_repeats}"
+    )
+    table = [[x["system"], x["where"], f"{x['samples_per_s']:.1f}", f"{x['vs_local']:.2f}×"] for x in rows]
+    print(markdown_table(["system", "where", "samples/s", "× local"], table))
+    return result
