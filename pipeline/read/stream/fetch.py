@@ -109,21 +109,27 @@ class SampleReader:
         entry, and calling ``after(row, out)`` on the decode thread once a sample is decoded
         (``background``: on the decode threads even for one sample or one thread).
 
-        Fetching happens here, in order (stores need not be thread-safe): for local shards a view
-        of their memory map, for remote ones a ranged read into the batch's buffer. Decoding, the
-        CPU-bound part, runs on the decode threads, a sample per call.
+        Fetching happens here (stores need not be thread-safe): for local shards a view of their
+        memory map, for remote ones ranged reads into the batch's buffer, all of a batch's at once
+        where the store can (:meth:`RangeReader.read_many`). Decoding, the CPU-bound part, runs on
+        the decode threads, a sample per call.
         """
         store = self._open_store()
         plans = [self._fetch_plan(int(i), store.coalesce_gap) for i in indices]
         total = sum(length for plan in plans for _, _, _, length in plan) if store.copies else 0
         buffer = memoryview(np.empty(total, np.uint8))  # a batch's own: the previous one may still be decoding
-        jobs, at = [], 0
-        for row, (index, plan, out) in enumerate(zip(indices, plans, outs)):
-            shard, pieces = int(self._index.shard[index]), []
-            for first, stop, base, length in plan:
-                into = buffer[at : at + length] if store.copies else None
-                pieces.append((first, stop, store.read(shard, base, length, into)))
+        reads, at = [], 0
+        for index, plan in zip(indices, plans):
+            for _, _, base, length in plan:
+                reads.append(
+                    (int(self._index.shard[index]), base, length, buffer[at : at + length] if store.copies else None)
+                )
                 at += length
+        views = iter(store.read_many(reads))  # a batch's reads at once where the store can
+        jobs = []
+        for row, (index, plan, out) in enumerate(zip(indices, plans, outs)):
+            shard = int(self._index.shard[index])
+            pieces = [(first, stop, next(views)) for first, stop, _, _ in plan]
             jobs.append((int(index), store.name(shard), pieces, out, row, after))
         return self._decoder.start(self._decode_sample, jobs, background)
 
