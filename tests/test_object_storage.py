@@ -201,3 +201,23 @@ def test_credentials_in_an_output_url_are_never_printed(train_zip, dask_schedule
     assert main(["convert", str(train_zip), "--out", url, "--scheduler", dask_scheduler, "--no-progress"]) == 2
     captured = capsys.readouterr()
     assert "s3cr3t" not in captured.err + captured.out and "abcdef" not in captured.err + captured.out
+
+
+def test_missing_credentials_for_an_output_are_one_line_before_any_work(s3_server, train_zip, tmp_path):
+    """No credentials anywhere (environment, config files): botocore cannot sign a request."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=s3_server.endpoint_url, AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
+    env["AWS_CONFIG_FILE"] = "/nonexistent"
+    url = f"s3://{s3_server.new_bucket()}/out"
+    command = [sys.executable, "-m", "pipeline.cli", "convert", str(train_zip), "--out", url, "--workers", "1"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"ssmspine convert: error: {url}: cannot be written: no credentials found (environment, config files)"
+    ], done.stderr
+    assert list(tmp_path.iterdir()) == [] and not fsspec.filesystem("s3", skip_instance_cache=True).ls(
+        url[5:].split("/")[0]
+    )
