@@ -12,7 +12,6 @@ here, in one process, from stock ``webdataset``.
 from __future__ import annotations
 
 import pickle
-import textwrap
 
 import pytest
 from torch.utils.data import DistributedSampler as TorchDistributedSampler
@@ -21,55 +20,43 @@ from pipeline import DistributedSampler
 from pipeline.read.samplers import PaddingIndex
 
 import test_stream_ddp
-from stream_common import stock_samples
+from stream_common import rank_script, stock_samples
 
-RANK_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
+RANK_SCRIPT = rank_script(
+    imports="""
     import torch, torch.distributed as dist
     from torch.utils.data import DataLoader
     from pipeline import DistributedSampler, StreamingDataset, ZarrDataset
-
-    def main():
-        config = json.load(open(sys.argv[1]))
-        rank, world = int(sys.argv[2]), int(sys.argv[3])
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{config['port']}", rank=rank, world_size=world)
-        results = {}
-        for sc in config["scenarios"]:
-            workers = sc["workers"]
-            if sc["reader"] == "stream":
-                ds = StreamingDataset(config["root"], fields=("label",), seed=config["seed"],
-                                      batch_size=sc.get("batch_size"))
-                ds.set_epoch(sc["epoch"])
-                loader = DataLoader(ds, batch_size=sc.get("loader_batch"), num_workers=workers)
-            else:
-                ds = ZarrDataset(config["root"], fields=("label",))
-                sampler = DistributedSampler(ds, shuffle=sc["shuffle"], seed=config["seed"])
-                sampler.set_epoch(sc["epoch"])
-                loader = DataLoader(ds, batch_size=sc.get("loader_batch"), sampler=sampler, num_workers=workers)
-            # the README's exact metric: a per-sample value, summed without the padding, then over ranks
-            totals = torch.zeros(4, dtype=torch.int64)  # exact sum, exact count, naive sum, naive count
-            keys = []
-            for batch in loader:
-                label, pad = batch["label"], torch.as_tensor(batch["__pad__"])
-                if label.ndim == 3:  # a single sample
-                    label, pad, batch_keys = label[None], pad[None], [batch["__key__"]]
-                else:
-                    batch_keys = batch["__key__"]
-                assert pad.dtype == torch.bool and pad.shape == (len(batch_keys),)
-                metric = (label > 0).flatten(1).sum(1)  # per sample: foreground pixels
-                keep = ~pad
-                totals += torch.stack([metric[keep].sum(), keep.sum(), metric.sum(), torch.tensor(len(metric))])
-                keys += [[k, bool(p)] for k, p in zip(batch_keys, pad.tolist())]
-            dist.all_reduce(totals)
-            results[sc["name"]] = {"totals": totals.tolist(), "keys": keys}
-        json.dump(results, open(f"{config['out']}/rank{rank}.json", "w"))
-        dist.destroy_process_group()
-
-
-    if __name__ == "__main__":
-        main()
-    """
+    """,
+    scenario="""
+    workers = sc["workers"]
+    if sc["reader"] == "stream":
+        ds = StreamingDataset(config["root"], fields=("label",), seed=config["seed"],
+                              batch_size=sc.get("batch_size"))
+        ds.set_epoch(sc["epoch"])
+        loader = DataLoader(ds, batch_size=sc.get("loader_batch"), num_workers=workers)
+    else:
+        ds = ZarrDataset(config["root"], fields=("label",))
+        sampler = DistributedSampler(ds, shuffle=sc["shuffle"], seed=config["seed"])
+        sampler.set_epoch(sc["epoch"])
+        loader = DataLoader(ds, batch_size=sc.get("loader_batch"), sampler=sampler, num_workers=workers)
+    # the README's exact metric: a per-sample value, summed without the padding, then over ranks
+    totals = torch.zeros(4, dtype=torch.int64)  # exact sum, exact count, naive sum, naive count
+    keys = []
+    for batch in loader:
+        label, pad = batch["label"], torch.as_tensor(batch["__pad__"])
+        if label.ndim == 3:  # a single sample
+            label, pad, batch_keys = label[None], pad[None], [batch["__key__"]]
+        else:
+            batch_keys = batch["__key__"]
+        assert pad.dtype == torch.bool and pad.shape == (len(batch_keys),)
+        metric = (label > 0).flatten(1).sum(1)  # per sample: foreground pixels
+        keep = ~pad
+        totals += torch.stack([metric[keep].sum(), keep.sum(), metric.sum(), torch.tensor(len(metric))])
+        keys += [[k, bool(p)] for k, p in zip(batch_keys, pad.tolist())]
+    dist.all_reduce(totals)
+    results[sc["name"]] = {"totals": totals.tolist(), "keys": keys}
+    """,
 )
 
 SCENARIOS = [

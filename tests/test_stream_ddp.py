@@ -8,7 +8,6 @@ import queue
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 from collections import Counter
 from pathlib import Path
@@ -17,52 +16,40 @@ import pytest
 
 from pipeline.store.manifest import read_manifest
 
-from stream_common import SEED, expected_keys
+from stream_common import SEED, expected_keys, rank_script
 
 # --------------------------------------------------------------------------- real torch.distributed
 
-RANK_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
+RANK_SCRIPT = rank_script(
+    imports="""
     import torch, torch.distributed as dist
     from torch.utils.data import DataLoader
     from pipeline.read.stream import StreamingDataset
-
-    def main():
-        config = json.load(open(sys.argv[1]))
-        rank, world = int(sys.argv[2]), int(sys.argv[3])
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{config['port']}", rank=rank, world_size=world)
-        results = {}
-        for sc in config["scenarios"]:
-            ds = StreamingDataset(config["root"], split=sc.get("split", "train"), fields=("label",),
-                                  seed=config["seed"], batch_size=sc.get("batch_size"))
-            if sc.get("load"):
-                ds.load_state_dict(json.load(open(sc["load"])))
-            runs = []
-            loader = DataLoader(ds, batch_size=sc.get("loader_batch"), num_workers=sc["workers"],
-                                multiprocessing_context=sc.get("context"),
-                                persistent_workers=sc.get("persistent", False))
-            for epoch in sc["epochs"]:
-                ds.set_epoch(epoch)
-                length, keys, ok = len(ds), [], True
-                for step, batch in enumerate(ds.track(loader)):
-                    k = batch["__key__"]
-                    keys += [k] if isinstance(k, str) else k
-                    ok = ok and isinstance(batch["label"], torch.Tensor) and batch["label"].dtype == torch.int64
-                    if step + 1 == sc.get("stop"):
-                        break
-                runs.append({"epoch": epoch, "len": length, "keys": keys, "tensors": ok, "state": ds.state_dict()})
-            if sc.get("save") and rank == 0:
-                json.dump(ds.state_dict(), open(sc["save"], "w"))
-            dist.barrier()  # the next launch reads the state only after every rank has finished
-            results[sc["name"]] = {"rank": ds.rank, "world": ds.world_size, "runs": runs}
-        json.dump(results, open(f"{config['out']}/rank{rank}.json", "w"))
-        dist.destroy_process_group()
-
-
-    if __name__ == "__main__":  # spawned DataLoader workers import this file as __mp_main__
-        main()
-    """
+    """,
+    scenario="""
+    ds = StreamingDataset(config["root"], split=sc.get("split", "train"), fields=("label",),
+                          seed=config["seed"], batch_size=sc.get("batch_size"))
+    if sc.get("load"):
+        ds.load_state_dict(json.load(open(sc["load"])))
+    runs = []
+    loader = DataLoader(ds, batch_size=sc.get("loader_batch"), num_workers=sc["workers"],
+                        multiprocessing_context=sc.get("context"),
+                        persistent_workers=sc.get("persistent", False))
+    for epoch in sc["epochs"]:
+        ds.set_epoch(epoch)
+        length, keys, ok = len(ds), [], True
+        for step, batch in enumerate(ds.track(loader)):
+            k = batch["__key__"]
+            keys += [k] if isinstance(k, str) else k
+            ok = ok and isinstance(batch["label"], torch.Tensor) and batch["label"].dtype == torch.int64
+            if step + 1 == sc.get("stop"):
+                break
+        runs.append({"epoch": epoch, "len": length, "keys": keys, "tensors": ok, "state": ds.state_dict()})
+    if sc.get("save") and rank == 0:
+        json.dump(ds.state_dict(), open(sc["save"], "w"))
+    dist.barrier()  # the next launch reads the state only after every rank has finished
+    results[sc["name"]] = {"rank": ds.rank, "world": ds.world_size, "runs": runs}
+    """,
 )
 
 

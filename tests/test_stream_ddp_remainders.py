@@ -23,7 +23,6 @@ resume), 3 ranks (every resume).
 
 from __future__ import annotations
 
-import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from pipeline.read.stream import epoch_order
 from pipeline.store.manifest import read_manifest
 
 import test_stream_ddp
-from stream_common import SEED, expected_keys
+from stream_common import SEED, expected_keys, rank_script
 
 N = 11  # samples in the split (the `eleven` fixture): not divisible by 3 (nor by 2)
 WORLD = 3
@@ -42,52 +41,40 @@ BATCHES = (1, 2, 3, 4)  # 3 divides neither the split nor a rank's share: batche
 #: drop_last: a rank's share is the whole global steps (3 * batch) that fit in 11, times the batch
 DROP_SHARE = {1: 3, 2: 2, 3: 3, 4: 0}
 
-RANK_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
+RANK_SCRIPT = rank_script(
+    imports="""
     import torch.distributed as dist
     from torch.utils.data import DataLoader
     from pipeline.read.stream import StreamingDataset
-
-    def main():
-        config = json.load(open(sys.argv[1]))
-        rank, world = int(sys.argv[2]), int(sys.argv[3])
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{config['port']}", rank=rank, world_size=world)
-        results = {}
-        for sc in config["scenarios"]:
-            ds = StreamingDataset(config["root"], fields=("label",), seed=config["seed"], batch_size=sc["batch_size"],
-                                  drop_last=sc.get("drop_last", False))
-            workers = sc["workers"]
-            # the README's order: the loader exists before the state is loaded
-            loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
-            if sc.get("load"):
-                ds.load_state_dict(json.load(open(sc["load"])))
-            # "passes": the README's loop, for epoch in range(ds.epoch, epochs)
-            epochs = range(ds.epoch, ds.epoch + sc["passes"]) if "passes" in sc else sc["epochs"]
-            runs = []
-            for epoch in epochs:
-                ds.set_epoch(epoch)
-                run = {"epoch": epoch, "len": len(ds), "batches": [], "states": []}
-                for step, batch in enumerate(ds.track(loader)):
-                    run["batches"].append(list(batch["__key__"]))
-                    run["states"].append(ds.state_dict())
-                    if step + 1 == sc.get("stop"):
-                        break
-                runs.append(run)
-            # "seen": the loop used only the first `seen` samples it received (stopped mid-batch)
-            saved = ds.state_dict(samples_seen=sc["seen"]) if "seen" in sc else ds.state_dict()
-            if sc.get("save") and rank == 0:
-                json.dump(saved, open(sc["save"], "w"))
-            del loader  # persistent workers exit before the next scenario
-            dist.barrier()  # the next launch reads the state only after every rank has finished
-            results[sc["name"]] = {"rank": ds.rank, "world": ds.world_size, "runs": runs, "saved": saved}
-        json.dump(results, open(f"{config['out']}/rank{rank}.json", "w"))
-        dist.destroy_process_group()
-
-
-    if __name__ == "__main__":
-        main()
-    """
+    """,
+    scenario="""
+    ds = StreamingDataset(config["root"], fields=("label",), seed=config["seed"], batch_size=sc["batch_size"],
+                          drop_last=sc.get("drop_last", False))
+    workers = sc["workers"]
+    # the README's order: the loader exists before the state is loaded
+    loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    if sc.get("load"):
+        ds.load_state_dict(json.load(open(sc["load"])))
+    # "passes": the README's loop, for epoch in range(ds.epoch, epochs)
+    epochs = range(ds.epoch, ds.epoch + sc["passes"]) if "passes" in sc else sc["epochs"]
+    runs = []
+    for epoch in epochs:
+        ds.set_epoch(epoch)
+        run = {"epoch": epoch, "len": len(ds), "batches": [], "states": []}
+        for step, batch in enumerate(ds.track(loader)):
+            run["batches"].append(list(batch["__key__"]))
+            run["states"].append(ds.state_dict())
+            if step + 1 == sc.get("stop"):
+                break
+        runs.append(run)
+    # "seen": the loop used only the first `seen` samples it received (stopped mid-batch)
+    saved = ds.state_dict(samples_seen=sc["seen"]) if "seen" in sc else ds.state_dict()
+    if sc.get("save") and rank == 0:
+        json.dump(saved, open(sc["save"], "w"))
+    del loader  # persistent workers exit before the next scenario
+    dist.barrier()  # the next launch reads the state only after every rank has finished
+    results[sc["name"]] = {"rank": ds.rank, "world": ds.world_size, "runs": runs, "saved": saved}
+    """,
 )
 
 #: Stops on 3 ranks in epoch 1, each resumed on 3 ranks in a new process:
