@@ -64,7 +64,7 @@ def machines(tmp_path_factory, s3_server, flaky_s3):
             yield client.scheduler.address, env
     finally:
         for process in processes:
-            process.terminate()
+            process.kill()  # the test is over: no graceful close to wait for
         for process in processes:
             process.wait(timeout=60)
 
