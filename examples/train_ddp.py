@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from pipeline import LABEL_NAMES, StreamingDataset
+from pipeline import LABEL_NAMES, StreamingDataset, to_device
 
 
 def block(cin: int, cout: int) -> nn.Sequential:
@@ -58,10 +58,16 @@ class TinyUNet(nn.Module):
         return self.head(u1)
 
 
-def prepare(batch: dict, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image → (B, 1, size, size) normalised float; label → (B, size, size) class indices."""
-    img = batch["img"].to(device, non_blocking=True).float().unsqueeze(1)
-    label = batch["label"].to(device, non_blocking=True).reshape(img.shape[0], 1, *img.shape[-2:])
+def prepare(
+    batch: dict, size: int, device: torch.device, dtypes: dict[str, torch.dtype]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image → (B, 1, size, size) normalised float; label → (B, size, size) class indices.
+
+    The batch is compact (label as stored, uint8): moved to the device from pinned memory and
+    widened there to its source dtypes."""
+    batch = to_device(batch, device, dtypes)
+    img = batch["img"].float().unsqueeze(1)
+    label = batch["label"].reshape(img.shape[0], 1, *img.shape[-2:])
     if size != img.shape[-1]:
         img = F.interpolate(img, size=(size, size), mode="area")
         label = F.interpolate(label.float(), size=(size, size), mode="nearest")
@@ -100,7 +106,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     ds = StreamingDataset(
-        args.data, split=args.split, fields=("img", "label"), seed=args.seed, batch_size=args.batch_size
+        args.data, split=args.split, fields=("img", "label"), seed=args.seed, batch_size=args.batch_size, compact=True
     )
     loader = DataLoader(
         ds, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=cuda
@@ -149,7 +155,7 @@ def main() -> None:
         ddp.train()
         started, samples, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
         for batch in ds.track(loader):
-            img, label = prepare(batch, args.size, device)
+            img, label = prepare(batch, args.size, device, ds.source_dtypes)
             loss = F.cross_entropy(ddp(img), label)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

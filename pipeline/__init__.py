@@ -19,6 +19,7 @@ __all__ = [
     "ZarrDataset",
     "decode_wds_sample",
     "open_zarr",
+    "to_device",
 ]
 
 #: Readers import torch, zarr and xarray: load them on first use, so `import pipeline` stays light.
@@ -27,6 +28,7 @@ _LAZY = {
     "StreamingDataset": "read.stream",
     "ZarrDataset": "read.zarr_dataset",
     "open_zarr": "tools.xarray_view",
+    "to_device": "read.device",
 }
 
 

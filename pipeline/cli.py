@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--skip-bad", action="store_true", help="convert everything else and list bad members in DIR/rejected.json"
     )
+    keep = "store every field in its source dtype, not label and masks in the narrowest lossless one"
+    convert.add_argument("--keep-dtypes", action="store_true", help=keep)
     convert.add_argument(
         "--force", action="store_true", help="replace an output directory that holds a conversion of other sources"
     )
@@ -175,6 +177,7 @@ def _convert(args: argparse.Namespace) -> int:
         val_patients=args.val_patients,
         progress=not args.no_progress,
         skip_bad=args.skip_bad,
+        keep_dtypes=args.keep_dtypes,
         force=args.force,
     )
     summary = convert(args.sources, args.out, options)

@@ -125,3 +125,16 @@ def manifest_json(out: Path) -> dict:
 
 def write_manifest_json(out: Path, data: dict) -> None:
     (out / "manifest.json").write_text(json.dumps(data, indent=1))
+
+
+def tensorstore_read(out: Path, split: str, field: str, row: int) -> np.ndarray:
+    """A row as a tensorstore user who knows only the array's own metadata reads it: cast back to
+    the source dtype that a narrowed field's attribute names."""
+    path = Path(out) / "ssmspine.zarr" / split / field
+    import tensorstore
+
+    store = tensorstore.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}).result()
+    source = json.loads((path / "zarr.json").read_text())["attributes"].get("ssmspine_source_dtype")
+    if source is not None:
+        store = tensorstore.cast(store, np.dtype(source).name)
+    return store[row].read().result()

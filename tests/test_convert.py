@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorstore
 import webdataset
 
 from pipeline import decode_wds_sample
@@ -21,7 +20,7 @@ from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, write_archive, write_tree
 from pipeline.verify import verify
 
-from conftest import assert_bit_exact, fast_options, load_trusted, manifest_json
+from conftest import assert_bit_exact, fast_options, load_trusted, manifest_json, tensorstore_read
 
 
 def _source_samples(archive: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -33,13 +32,6 @@ def _source_samples(archive: Path) -> dict[str, dict[str, np.ndarray]]:
         patient, aug = name.split("/")[-2][1:], name.split("/")[-1][3:-3]
         samples[f"p{int(patient):02d}_aug{int(aug):03d}"] = load_trusted(archive, name)
     return samples
-
-
-def _tensorstore_read(out: Path, split: str, field: str, row: int) -> np.ndarray:
-    store = tensorstore.open(
-        {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out / "ssmspine.zarr" / split / field)}}
-    ).result()
-    return store[row].read().result()
 
 
 def _stock_webdataset_samples(out: Path, split: str) -> dict[str, dict]:
@@ -58,7 +50,7 @@ def check_round_trip(out: Path, archive: Path, split: str) -> None:
         for field in FIELDS:
             truth = np.asarray(expected[key][field])
             assert_bit_exact(from_wds[key][field], truth, f"wds {key}.{field}")
-            assert_bit_exact(_tensorstore_read(out, split, field, row), truth, f"zarr {key}.{field}")
+            assert_bit_exact(tensorstore_read(out, split, field, row), truth, f"zarr {key}.{field}")
 
 
 def test_round_trip_of_the_default_format(converted, train_zip, test_zip):

@@ -10,7 +10,6 @@ from pathlib import Path
 import dask.array
 import numpy as np
 import pytest
-import tensorstore
 import torch
 import zarr
 from torch.utils.data import DataLoader, DistributedSampler, Subset, default_collate
@@ -27,7 +26,7 @@ from pipeline.store.manifest import ShardEntry, SplitEntry, read_manifest, write
 from pipeline.store.zarr_fast_layout import fast_layout
 from pipeline.tools.xarray_view import dask_step, open_zarr
 
-from conftest import assert_bit_exact, copy_output
+from conftest import assert_bit_exact, copy_output, tensorstore_read
 
 #: The variant output: 7 samples in shards of 3 (the last one partial), other dtypes than the
 #: release's, and a different Blosc configuration per field.
@@ -51,16 +50,6 @@ EMPTY_SHARD_FIELD = "bone_mask"  # all zero in shard 0: its shard file is never 
 
 def _zarr_read(out: Path, split: str, field: str, row: int) -> np.ndarray:
     return zarr_layout.open_array(out, split, field)[row]
-
-
-def _tensorstore_read(out: Path, split: str, field: str, row: int) -> np.ndarray:
-    path = zarr_layout.store_path(out) / split / field
-    return (
-        tensorstore.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}})
-        .result()[row]
-        .read()
-        .result()
-    )
 
 
 def _full_read(out: Path, split: str, field: str) -> np.ndarray:
@@ -112,7 +101,7 @@ def variant(tmp_path_factory, converted) -> tuple[Path, dict[str, np.ndarray]]:
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_fast_path_equals_zarr_python_on_every_field(converted, split):
-    ds = ZarrDataset(converted, split)
+    ds = ZarrDataset(converted, split, compact=True)  # as stored, as zarr-python reads it
     assert ds.fast_fields == ds.fields == tuple(read_manifest(converted).schema)
     for row in range(len(ds)):
         key, record = ds.read_record(row)
@@ -144,14 +133,14 @@ def test_fast_path_equals_written_data_zarr_python_and_tensorstore_on_other_dtyp
             assert_bit_exact(values, _zarr_read(out, "train", field, row), what)
     for field in ("img_corrected", "mask", EMPTY_SHARD_FIELD, "disk"):
         for row in (0, EMPTY_MASK_ROW, VARIANT_SAMPLES - 1):
-            assert_bit_exact(ds.read_record(row)[1][field], _tensorstore_read(out, "train", field, row), field)
+            assert_bit_exact(ds.read_record(row)[1][field], tensorstore_read(out, "train", field, row), field)
 
 
 def test_tensorstore_agrees_on_the_release_layout(converted):
     ds = ZarrDataset(converted, fields=("img", "label", "mask"))
     for row in (0, len(ds) - 1):
         for field, values in ds.read_record(row)[1].items():
-            assert_bit_exact(values, _tensorstore_read(converted, "train", field, row), field)
+            assert_bit_exact(values, tensorstore_read(converted, "train", field, row), field)
 
 
 #: Arrays rewritten in another layout: which the fast path must take, and which it must leave

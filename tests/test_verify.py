@@ -90,8 +90,9 @@ def _replace_tar_member(out: Path, split: str, key: str, field: str, change) -> 
     for sample in samples:
         payloads = {f: sample[tar_shards.member_suffix(f)] for f in done.schema}
         if sample["__key__"] == key:
-            array = tar_shards.decode_field(payloads[field])
-            payloads[field] = tar_shards.encode_field(change(array), encoding)
+            array = tar_shards.decode_field(payloads[field], compact=True)  # as stored (label narrowed)
+            source = tar_shards.member_source_dtype(payloads[field])
+            payloads[field] = tar_shards.encode_field(change(array), encoding, source)
         writer.add(sample["__key__"], payloads)
     writer.close()
     writer.commit()

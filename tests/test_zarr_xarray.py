@@ -28,7 +28,7 @@ NOT_CONSOLIDATED = "ignore:Failed to open Zarr store with consolidated metadata:
 
 
 def _assert_plain_view_is_the_dataset(view: xr.Dataset, out: Path, rows: tuple[int, ...]) -> None:
-    ds = ZarrDataset(out)
+    ds = ZarrDataset(out, compact=True)  # plain xarray shows the stored dtypes
     assert set(view.data_vars) == set(ds.fields)
     assert {"patient", "aug"} <= set(view.coords) and view.patient.dims == view.aug.dims == ("sample",)
     assert view.patient.values.tolist() == ds.patients.tolist() and view.aug.values.tolist() == ds.augs.tolist()
@@ -100,12 +100,13 @@ def test_outputs_without_dimension_names_open_in_our_readers_and_get_them_on_res
     zarr_store.create_split(
         out,
         "train",
-        manifest.schema,
+        manifest.stored_schema,
         manifest.encodings,
         zarr_layout.open_array(out, "train", "patient")[:],
         zarr_layout.open_array(out, "train", "aug")[:],
         shard_samples=manifest.plan.group_samples,
         attributes={"fields": list(manifest.schema)},
+        source_dtypes={f: manifest.schema[f].dtype for f in manifest.plan.stored_dtypes},
     )
     for field in (*manifest.schema, "patient"):
         renamed, original = (zarr_layout.open_array(o, "train", field) for o in (out, converted))

@@ -20,6 +20,8 @@ BATCH_SIZE = 8
 #: "streaming, 1 thread" runs in process only: it shows what the decode threads add, and is what
 #: each DataLoader worker does anyway when workers share out the cores.
 SINGLE_THREAD = "streaming, 1 thread"
+#: The streaming reader with ``compact=True``: label and masks in their stored (narrow) dtypes.
+COMPACT = "streaming, compact"
 SEED = 0
 #: A measurement lasts at least this long: fast readers run several epochs per measurement, so
 #: that a 50 ms epoch is not at the mercy of one scheduling hiccup; at most MAX_PASSES epochs.
@@ -105,10 +107,22 @@ def map_loader(dataset: Dataset, workers: int) -> DataLoader:
 
 
 def stream_reader(
-    out: Path, fields: Sequence[str], label: str, workers: int, threads: int | None = None, transform: Any = None
+    out: Path,
+    fields: Sequence[str],
+    label: str,
+    workers: int,
+    threads: int | None = None,
+    transform: Any = None,
+    compact: bool = False,
 ) -> TimedReader:
     dataset = StreamingDataset(
-        out, fields=fields, batch_size=BATCH_SIZE, seed=SEED, decode_threads=threads, transform=transform
+        out,
+        fields=fields,
+        batch_size=BATCH_SIZE,
+        seed=SEED,
+        decode_threads=threads,
+        transform=transform,
+        compact=compact,
     )
     loader = DataLoader(
         dataset,
@@ -117,5 +131,5 @@ def stream_reader(
         persistent_workers=workers > 0,
         multiprocessing_context=fork_context() if workers else None,
     )
-    name = SINGLE_THREAD if threads == 1 else "streaming"
+    name = COMPACT if compact else SINGLE_THREAD if threads == 1 else "streaming"
     return TimedReader(name, label, workers, loader, dataset.samples, before_epoch=dataset.set_epoch)

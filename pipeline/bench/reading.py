@@ -10,7 +10,9 @@ with DataLoader workers:
 * **streaming** — :class:`~pipeline.read.stream.StreamingDataset` with ``batch_size`` at the dataset
   level, under ``DataLoader(ds, batch_size=None, ...)`` as its docstring says, one epoch
   (``set_epoch``) per pass, with its default decode threads (the cores; one per DataLoader
-  worker here); in process also with one decode thread (**streaming, 1 thread**);
+  worker here); in process also with one decode thread (**streaming, 1 thread**); and with
+  ``compact=True`` (**streaming, compact**: label and masks in their stored, narrow dtypes, for the
+  training step to widen on the GPU with ``pipeline.to_device``);
 * **zarr** — :class:`~pipeline.read.zarr_dataset.ZarrDataset` in random order (``RandomSampler``);
 * **npy, uncompressed** — the reference point: each field an ``.npy`` file, ``np.load`` per field
   and sample in random order (:class:`~pipeline.bench.baselines.NpyDataset`): reading without
@@ -69,6 +71,7 @@ from pipeline.bench.baselines import NpyDataset, TorchLoadDataset, prepare, writ
 from pipeline.bench.common import OtherLoad, interleave, machine_description, markdown_table
 from pipeline.bench.loaders import (
     BATCH_SIZE,
+    COMPACT,
     MIN_MEASURE_SECONDS,
     SEED,
     SINGLE_THREAD,
@@ -89,7 +92,7 @@ AUGMENTED_READERS = ("baseline", "streaming")
 #: The reference point: each field a plain ``.npy`` file, read with ``np.load`` (no decoding).
 UNCOMPRESSED = "npy, uncompressed"
 #: The readers measured, in the order the results list them.
-READERS = ("baseline", UNCOMPRESSED, "streaming", SINGLE_THREAD, "zarr")
+READERS = ("baseline", UNCOMPRESSED, "streaming", COMPACT, SINGLE_THREAD, "zarr")
 #: Other processes busier than this many cores during the run make its figures suspect (said so).
 QUIET_CORES = 0.25
 
@@ -106,6 +109,7 @@ def _readers(
             readers.append(TimedReader("baseline", label, w, map_loader(baseline, w), len(baseline)))
             readers.append(TimedReader(UNCOMPRESSED, label, w, map_loader(npy, w), len(npy)))
             readers.append(stream_reader(out, fields, label, w))
+            readers.append(stream_reader(out, fields, label, w, compact=True))
             if w == 0:
                 readers.append(stream_reader(out, fields, label, w, threads=1))
             readers.append(TimedReader("zarr", label, w, map_loader(zarr_ds, w), len(zarr_ds)))

@@ -31,6 +31,9 @@ class ConvertOptions:
     #: two conversions of the same data may pick different ones); fixed encodings make the output
     #: bytes a function of the data alone.
     encodings: Mapping[str, Encoding] | None = None
+    #: Store every field in its source dtype, rather than label and masks in the narrowest
+    #: integer dtype proven lossless for every sample (``--keep-dtypes``).
+    keep_dtypes: bool = False
     #: Options for fsspec when ``out`` is a URL (credentials, endpoint, ...); by default they come
     #: from the environment and configuration files. Never written to the output or a log.
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False)

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.convert.options import ConvertOptions
 from pipeline.errors import OutputError, SourceError
+from pipeline.narrowing import choose_stored_dtypes
 from pipeline.schema import check_sample, schema_from_sample
 from pipeline.source.members import SourceMember, fingerprint
 from pipeline.source.zip_reader import Readers
@@ -33,7 +34,7 @@ MIN_SHARDS = 8
 def _calibrate(
     identity: Identity, members: Sequence[SourceMember], largest_split: int, options: ConvertOptions
 ) -> Plan:
-    """Decode a few samples: fix the schema, choose encodings, size the shards.
+    """Decode a few samples: fix the schema, choose encodings and stored dtypes, size the shards.
 
     A shard holds ``shard_bytes`` worth of samples, but never more than 1/:data:`MIN_SHARDS` of
     the largest split, so that a small archive still makes enough tasks for every worker.
@@ -42,6 +43,8 @@ def _calibrate(
     schema = schema_from_sample(samples[0], calibration[0].archive, calibration[0].member)
     for member, sample in zip(calibration[1:], samples[1:]):
         check_sample(sample, schema, member.archive, member.member)
+    stored = choose_stored_dtypes(schema, samples) if identity.narrow_dtypes else {}
+    samples = [{f: a.astype(stored[f]) if f in stored else a for f, a in s.items()} for s in samples]
     if options.encodings is None:
         choices = choose_encodings(samples)
     else:
@@ -58,6 +61,7 @@ def _calibrate(
         encodings={f: m.encoding for f, m in choices.items()},
         encoded_ratio={f: m.nbytes / sum(s[f].nbytes for s in samples) for f, m in choices.items()},
         group_samples=group,
+        stored_dtypes=stored,
     )
 
 
@@ -98,6 +102,7 @@ def plan_identity(
         splits={split: tuple(m.key for m in members) for split, members in by_split.items()},
         shard_bytes=options.shard_bytes,
         encodings=dict(sorted(options.encodings.items())) if options.encodings is not None else None,
+        narrow_dtypes=not options.keep_dtypes,
     )
 
 

@@ -54,6 +54,7 @@ def _tasks(out: Storage, plan: Plan, by_split: Mapping[str, Sequence[SourceMembe
             encodings=plan.encodings,
             group_samples=group,
             skip_bad=skip_bad,
+            stored_dtypes=plan.stored_dtypes,
         )
         for split, members in by_split.items()
         for start in range(0, len(members), group)
@@ -65,15 +66,17 @@ def _create_zarr(out: Storage, plan: Plan, by_split: Mapping[str, Sequence[Sourc
         zarr_store.create_split(
             out,
             split,
-            plan.schema,
+            plan.stored_schema,
             plan.encodings,
             patients=np.array([m.patient for m in members]),
             augs=np.array([m.aug for m in members]),
             shard_samples=plan.group_samples,
+            source_dtypes={f: plan.schema[f].dtype for f in plan.stored_dtypes},
             attributes={
                 "fields": list(plan.schema),
                 "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
                 "schema": schema_to_json(plan.schema),
+                "stored_dtypes": dict(plan.stored_dtypes),
                 "sources": [s.to_json() for s in plan.identity.sources],
             },
         )

@@ -9,7 +9,7 @@ same file. The read-back here is deliberately independent of the readers.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.checksums import digest, file_sha256, frame_digest
 from pipeline.convert.members import rejection
 from pipeline.errors import OutputError, SourceError
+from pipeline.narrowing import narrowed, value_range
 from pipeline.runtime import tune_worker
 from pipeline.schema import FieldSpec, Schema, check_sample, content_warnings
 from pipeline.source.members import SourceMember
@@ -44,6 +45,8 @@ class GroupTask:
     encodings: Mapping[str, Encoding]
     group_samples: int
     skip_bad: bool = False
+    #: field -> stored dtype of the narrowed fields (each sample is proven to fit first)
+    stored_dtypes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def tar_name(self) -> str:
@@ -68,12 +71,13 @@ def convert_group(task: GroupTask) -> ShardEntry:
                 try:
                     sample = readers.read_sample(member.archive, member.member)
                     check_sample(sample, group.schema, member.archive, member.member)
+                    stored = _narrowed(sample, task.stored_dtypes, member)
                 except SourceError as exc:
                     if not task.skip_bad:
                         raise
                     group.reject(member, exc)
                     continue
-                group.add(task.start + row, member.key, sample)
+                group.add(task.start + row, member.key, sample, stored)
         entry = group.finish()
     except OSError as exc:  # a full disk, a vanished output directory, ...
         group.abort()
@@ -113,9 +117,11 @@ class _GroupWriter:
     def writers(self) -> list:
         return [*self.zarr_shards.values(), self.tar]  # the tar last: a kept tar implies its Zarr shards
 
-    def add(self, row: int, key: str, sample: Mapping[str, np.ndarray]) -> None:
-        frames = {f: self.encodings[f].encode(sample[f], spec.numpy_dtype.itemsize) for f, spec in self.schema.items()}
-        self.payloads.append(self.tar.add(key, {f: tar_shards.member_payload(sample[f], frames[f]) for f in frames}))
+    def add(self, row: int, key: str, sample: Mapping[str, np.ndarray], stored: Mapping[str, np.ndarray]) -> None:
+        """Write one sample: ``stored`` holds its fields as stored (narrowed or not), ``sample`` the source."""
+        frames = {f: self.encodings[f].encode(stored[f], stored[f].dtype.itemsize) for f in self.schema}
+        payloads = {f: tar_shards.member_payload(stored[f], frames[f], sample[f].dtype) for f in frames}
+        self.payloads.append(self.tar.add(key, payloads))
         for f, frame in frames.items():
             self.zarr_shards[f].add(frame)
             self.digests[f].append(digest(sample[f]))
@@ -163,6 +169,25 @@ class _GroupWriter:
     def abort(self) -> None:
         for writer in self.writers:
             writer.abort()
+
+
+def _narrowed(
+    sample: Mapping[str, np.ndarray], stored_dtypes: Mapping[str, str], member: SourceMember
+) -> dict[str, np.ndarray]:
+    """The sample's fields as stored: each narrowed field narrowed, once proven to widen back to
+    the same bytes; a sample that does not fit is a :class:`SourceError` naming it."""
+    stored = dict(sample)
+    for f, dtype in stored_dtypes.items():
+        narrow = narrowed(sample[f], np.dtype(dtype))
+        if narrow is None:
+            raise SourceError(
+                member.archive,
+                member.member,
+                f"field {f!r} holds {value_range(sample[f])}, which {np.dtype(dtype)} (chosen from the first "
+                "samples) cannot store exactly; convert again with --keep-dtypes",
+            )
+        stored[f] = narrow
+    return stored
 
 
 def _check_zarr_shard(

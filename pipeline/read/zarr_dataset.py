@@ -43,6 +43,7 @@ from pipeline.errors import NotFoundError, OutputError, SampleIndexError, UsageE
 from pipeline.read.batches import SharedBatch
 from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
+from pipeline.read.device import torch_dtypes
 from pipeline.read.samplers import PaddingIndex
 from pipeline.read.slot_registry import pad_tensor
 from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
@@ -51,6 +52,7 @@ from pipeline.read.zarr_lookups import SampleLookups
 from pipeline.store.location import read_stream_manifest
 from pipeline.store.zarr_fast_layout import ChunkLayout, fast_layout
 from pipeline.store.zarr_layout import open_split, open_store, zarr_location
+from pipeline.store.zarr_store import SOURCE_DTYPE_ATTRIBUTE
 from pipeline.urls import is_url
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         transform: Transform | None = None,
         seed: int = 0,
         storage_options: Mapping[str, Any] | None = None,
+        compact: bool = False,
     ) -> None:
         """Open ``split`` of the output at ``out``; ``fields`` default to all of the split's fields.
 
@@ -96,6 +99,8 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         tested against). ``decode_threads``: threads that decode the samples of a batch read by
         :meth:`__getitems__` at once (default: the process's cores, divided among local ranks
         and DataLoader workers; see :mod:`pipeline.read.decode_threads`).
+        ``compact``: fields in their stored dtypes, not widened to the source's (as for
+        ``StreamingDataset``; ``source_dtypes`` names those, for ``pipeline.to_device``).
         ``transform(sample, rng) -> sample``: augmentation of every sample read (``ds[i]`` and
         batches), on the decode threads, in DataLoader workers; ``rng`` is seeded from ``(seed,
         epoch, key)``, the epoch being :meth:`set_epoch`'s. Contract: :mod:`pipeline.read.transforms`.
@@ -118,7 +123,10 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
                 )
         self.find_samples(self.keys, group["patient"][:][self._rows], group["aug"][:][self._rows])
         self._layouts: dict[str, ChunkLayout | None] = {f: fast_layout(a) if fast else None for f, a in arrays.items()}
-        self._specs = {f: (tuple(int(n) for n in a.shape[1:]), np.dtype(a.dtype)) for f, a in arrays.items()}
+        # each array's own metadata: its dtype, and the source dtype a narrowed field names
+        source = {f: np.dtype(a.attrs.get(SOURCE_DTYPE_ATTRIBUTE, a.dtype)) for f, a in arrays.items()}
+        self.compact, self.source_dtypes = compact, torch_dtypes(source)
+        self._specs = {f: (a.shape[1:], np.dtype(a.dtype) if compact else source[f]) for f, a in arrays.items()}
         self._local: ProcessState | None = None
         self._decoder = DecodeThreads(decode_threads)
         self.transform, self.seed = transform, int(seed)
@@ -249,16 +257,19 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
             layout = self._layouts[field]
         except KeyError:
             raise NotFoundError(f"field {field!r} was not opened; this dataset has {list(self.fields)}") from None
-        if layout is not None:
-            return read_fast(layout, state, row, out)
-        array = state.arrays.get(field)
-        if array is None:
-            store = open_store(self.out, self.storage_options)
-            array = state.arrays[field] = zarr.open_array(store, path=f"{self.split}/{field}", mode="r")
-        values = np.asarray(array[row], order="C")
+        if layout is not None:  # straight into ``out`` where it has the stored dtype, else widened below
+            values = read_fast(layout, state, row, out if out is None or out.dtype == layout.dtype else None)
+        else:
+            array = state.arrays.get(field)
+            if array is None:
+                store = open_store(self.out, self.storage_options)
+                array = state.arrays[field] = zarr.open_array(store, path=f"{self.split}/{field}", mode="r")
+            values = np.asarray(array[row], order="C")
         if out is None:
-            return values
-        np.copyto(out, values)
+            dtype = self._specs[field][1]
+            return values if values.dtype == dtype else values.astype(dtype)
+        if values is not out:
+            np.copyto(out, values)
         return out
 
     def _state(self) -> ProcessState:

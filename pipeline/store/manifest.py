@@ -199,6 +199,11 @@ class Manifest:
         return self.plan.schema
 
     @property
+    def stored_schema(self) -> Schema:
+        """The schema as the files hold it (narrowed dtypes); :attr:`schema` is the source's."""
+        return self.plan.stored_schema
+
+    @property
     def encodings(self) -> Mapping[str, Encoding]:
         return self.plan.encodings
 

@@ -1,12 +1,14 @@
 """The plan of a conversion, as recorded in ``DIR/.progress/plan.json`` and repeated in the manifest.
 
 A plan is decided once (the encodings by timing) and every later run into the same output reuses
-it; its :class:`Identity` (sources, splits, shard size, fixed encodings) says whether it may.
+it; its :class:`Identity` (sources, splits, shard size, fixed encodings, whether dtypes may be
+narrowed) says whether it may. The stored dtypes it chose are part of the plan, so a resumed run
+stores every shard alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from pipeline.schema import Schema, schema_from_json, schema_to_json
@@ -45,6 +47,8 @@ class Identity:
     splits: Mapping[str, tuple[str, ...]]
     shard_bytes: int
     encodings: Mapping[str, Encoding] | None = None
+    #: store fields narrower than the source where proven lossless (False: ``--keep-dtypes``)
+    narrow_dtypes: bool = True
 
     def __post_init__(self) -> None:  # tuples throughout, so that equality never hinges on list vs tuple
         object.__setattr__(self, "sources", tuple(self.sources))
@@ -55,6 +59,7 @@ class Identity:
             "sources": [s.to_json() for s in self.sources],
             "splits": {name: list(keys) for name, keys in self.splits.items()},
             "shard_bytes": self.shard_bytes,
+            "narrow_dtypes": self.narrow_dtypes,
         }
         if self.encodings is not None:
             data["encodings"] = {f: e.to_json() for f, e in sorted(self.encodings.items())}
@@ -69,6 +74,7 @@ class Identity:
             splits={name: tuple(_strings(splits, name)) for name in splits.data},
             shard_bytes=data.get("shard_bytes", int),
             encodings=None if encodings is None else data.parsed("encodings", _encodings),
+            narrow_dtypes=data.get("narrow_dtypes", bool, True),
         )
 
 
@@ -83,6 +89,14 @@ class Plan:
     encoded_ratio: Mapping[str, float] = field(default_factory=dict)
     #: samples per task: per tar shard, and per Zarr shard of every array
     group_samples: int = 1
+    #: field -> stored dtype, for the fields stored narrower than the source (see
+    #: :mod:`pipeline.narrowing`); absent from outputs written before, which store source dtypes
+    stored_dtypes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def stored_schema(self) -> Schema:
+        """The schema as the files hold it: the source's, but for the narrowed fields' dtypes."""
+        return {f: replace(s, dtype=self.stored_dtypes.get(f, s.dtype)) for f, s in self.schema.items()}
 
     def decisions_json(self) -> dict:
         """What the manifest repeats of the plan (everything but the identity)."""
@@ -91,6 +105,7 @@ class Plan:
             "encodings": {f: e.to_json() for f, e in self.encodings.items()},
             "encoded_ratio": dict(self.encoded_ratio),
             "group_samples": self.group_samples,
+            "stored_dtypes": dict(self.stored_dtypes),
         }
 
     def to_json(self) -> dict:
@@ -105,6 +120,7 @@ class Plan:
             encodings=data.parsed("encodings", _encodings),
             encoded_ratio={f: float(r) for f, r in data.get("encoded_ratio", dict, {}).items()},
             group_samples=data.get("group_samples", int),
+            stored_dtypes={f: str(d) for f, d in data.get("stored_dtypes", dict, {}).items()},
         )
 
 

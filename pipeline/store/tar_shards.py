@@ -32,32 +32,53 @@ _SUFFIX = "." + EXTENSION
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def npy_header(array: np.ndarray) -> bytes:
-    """The ``.npy`` header of ``array`` (padded by numpy to a multiple of 64 bytes)."""
+#: The comment a narrowed member's npy header ends with, naming the source dtype: numpy parses the
+#: header as a Python literal, comments allowed, so stock readers see the stored dtype.
+_SOURCE_COMMENT = "# ssmspine_source_dtype: "
+
+
+def npy_header(array: np.ndarray, source_dtype: np.dtype | None = None) -> bytes:
+    """The ``.npy`` header of ``array`` (padded by numpy to a multiple of 64 bytes); with a
+    ``source_dtype`` other than the array's, followed by a comment naming it (a narrowed field)."""
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, np.lib.format.header_data_from_array_1_0(array))
-    return buffer.getvalue()
+    header = buffer.getvalue()
+    if source_dtype is None or np.dtype(source_dtype) == array.dtype:
+        return header
+    text = header[10:].decode("latin1").rstrip() + f" {_SOURCE_COMMENT}{np.dtype(source_dtype).str!r}"
+    text += " " * (-(10 + len(text) + 1) % 64) + "\n"
+    return header[:8] + len(text).to_bytes(2, "little") + text.encode("latin1")
 
 
-def encode_field(array: np.ndarray, encoding: Encoding) -> bytes:
+def encode_field(array: np.ndarray, encoding: Encoding, source_dtype: np.dtype | None = None) -> bytes:
     """One tar member's payload: the npy header, then the Blosc-compressed array bytes."""
-    return member_payload(array, encoding.encode(array, array.dtype.itemsize))
+    return member_payload(array, encoding.encode(array, array.dtype.itemsize), source_dtype)
 
 
-def member_payload(array: np.ndarray, frame: bytes) -> bytes:
-    """The payload of a member whose Blosc ``frame`` (shared with the Zarr chunk) is already made."""
-    return npy_header(array) + frame
+def member_payload(array: np.ndarray, frame: bytes, source_dtype: np.dtype | None = None) -> bytes:
+    """The payload of a member whose Blosc ``frame`` (shared with the Zarr chunk) is already made;
+    ``source_dtype``: the dtype ``array`` was narrowed from, recorded in the header."""
+    return npy_header(array, source_dtype) + frame
 
 
-def decode_field(payload: bytes | memoryview, name: str = "member", out: np.ndarray | None = None) -> np.ndarray:
+def decode_field(
+    payload: bytes | memoryview, name: str = "member", out: np.ndarray | None = None, compact: bool = False
+) -> np.ndarray:
     """Inverse of :func:`encode_field`: a fresh, writable array, or ``out`` filled in place.
 
-    ``out`` lets a reader decode straight into memory it owns (a row of a shared-memory batch)
-    without an intermediate array. The member's header and Blosc frame are checked against
-    ``out`` first, so a damaged or foreign member is an error naming ``name``, never wrong values
-    or a write past the row.
+    A narrowed member comes back in its source dtype (widened exactly), or with ``compact`` in
+    the stored one; ``out`` may have either dtype. ``out`` lets a reader decode straight into
+    memory it owns (a row of a shared-memory batch) without an intermediate array. The member's
+    header and Blosc frame are checked against ``out`` first, so a damaged or foreign member is an
+    error naming ``name``, never wrong values or a write past the row.
     """
     shape, fortran_order, dtype, frame = split_member(payload, name)
+    source = member_source_dtype(payload)
+    if out is not None and out.dtype != dtype and out.dtype == source and out.shape == shape:
+        np.copyto(out, decode_field(payload, name, compact=True))  # widen what was narrowed
+        return out
+    if out is None and source != dtype and not compact:
+        return decode_field(payload, name, compact=True).astype(source)
     if out is None:
         out = np.empty(shape, dtype=dtype, order="F" if fortran_order else "C")
     elif not (out.flags.c_contiguous or out.flags.f_contiguous):
@@ -88,6 +109,22 @@ def split_member(
     except ValueError as exc:
         raise OutputError(f"{name}: damaged npy header ({exc})") from exc
     return shape, fortran_order, dtype, view[header_length:]
+
+
+def member_source_dtype(payload: bytes | memoryview) -> np.dtype:
+    """The dtype a member's values were converted from: the one its header's comment names for a
+    narrowed field, else the stored one."""
+    view = memoryview(payload)
+    return _source_dtype(bytes(view[: int.from_bytes(view[8:10], "little") + 10]))
+
+
+@functools.lru_cache(maxsize=64)
+def _source_dtype(header: bytes) -> np.dtype:
+    text = header[10:].decode("latin1")
+    at = text.find(_SOURCE_COMMENT)
+    if at < 0:
+        return _npy_header(header)[2]
+    return np.dtype(text[at + len(_SOURCE_COMMENT) :].strip().strip("'"))
 
 
 @functools.lru_cache(maxsize=64)
@@ -128,18 +165,19 @@ def field_of(member_suffix: str) -> str | None:
     return member_suffix[: -len(_SUFFIX)] if member_suffix.endswith(_SUFFIX) else None
 
 
-def decode_wds_sample(sample: Mapping[str, object], fields: Iterable[str] | None = None) -> dict:
+def decode_wds_sample(sample: Mapping[str, object], fields: Iterable[str] | None = None, compact: bool = False) -> dict:
     """Turn a sample dict from stock ``webdataset.WebDataset(url)`` into ``{field: ndarray}``.
 
     The result also carries ``"__key__"`` (e.g. ``"p12_aug037"``). ``fields`` limits decoding to
-    those fields; the others are skipped without being decompressed.
+    those fields; the others are skipped without being decompressed. Fields come back in their
+    source dtypes, or with ``compact`` in the (narrower) dtypes they are stored in.
     """
     wanted = None if fields is None else set(fields)
     out: dict = {"__key__": sample["__key__"]}
     for suffix, payload in sample.items():
         field = field_of(suffix)
         if field is not None and (wanted is None or field in wanted):
-            out[field] = decode_field(payload, f"{sample['__key__']}.{suffix}")
+            out[field] = decode_field(payload, f"{sample['__key__']}.{suffix}", compact=compact)
     if wanted is not None and not wanted <= out.keys():
         missing = sorted(wanted - out.keys())
         raise NotFoundError(f"sample {sample['__key__']} has no member for field(s) {missing}")

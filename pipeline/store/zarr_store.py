@@ -45,6 +45,14 @@ def blosc_codec(encoding: Encoding, itemsize: int) -> BloscCodec:
     )
 
 
+#: The attribute of a narrowed field's array that names its source dtype (e.g. ``"<i8"``).
+SOURCE_DTYPE_ATTRIBUTE = "ssmspine_source_dtype"
+
+
+def source_dtype_attribute(source_dtype: str | None) -> dict[str, str]:
+    return {} if source_dtype is None else {SOURCE_DTYPE_ATTRIBUTE: source_dtype}
+
+
 def create_split(
     out: str | os.PathLike | Storage,
     split: str,
@@ -54,6 +62,7 @@ def create_split(
     augs: np.ndarray,
     shard_samples: int,
     attributes: Mapping,
+    source_dtypes: Mapping[str, str] | None = None,
 ) -> None:
     """Create (or, when resuming, reopen unchanged) the arrays of one split.
 
@@ -62,7 +71,9 @@ def create_split(
     as it is. An existing array with the same shape, dtype, chunking and codecs is kept as it
     is, with whatever shards are already written (its names brought up to date, for an output
     of an earlier version); any other difference is an error rather than a silent overwrite of
-    earlier output.
+    earlier output. ``schema`` holds the stored dtypes; a field stored narrower than its source
+    names the source dtype in its attribute :data:`SOURCE_DTYPE_ATTRIBUTE`, so that any Zarr
+    reader (tensorstore, zarr-python) can cast back.
     """
     storage = as_storage(out)
     store = open_store(storage.root, storage.storage_options, read_only=False)
@@ -80,7 +91,7 @@ def create_split(
             shards=(shard_samples, *spec.shape),
             compressors=blosc_codec(encodings[field], spec.numpy_dtype.itemsize),
             dimension_names=dimension_names(field, spec.shape),
-            attributes=coordinates,
+            attributes={**coordinates, **source_dtype_attribute((source_dtypes or {}).get(field))},
         )
         check_layout(split_group[field])
     for name, values in (("patient", patients), ("aug", augs)):

@@ -11,6 +11,7 @@ import numpy as np
 from pipeline.schema import BONE_NAMES, DISC_NAMES, LABEL_NAMES
 from pipeline.store.location import read_stream_manifest
 from pipeline.store.zarr_layout import array_dimensions, open_split
+from pipeline.store.zarr_store import SOURCE_DTYPE_ATTRIBUTE
 from pipeline.urls import is_url
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ def open_zarr(
     fields: Sequence[str] | None = None,
     *,
     storage_options: Mapping[str, Any] | None = None,
+    compact: bool = False,
 ) -> xarray.Dataset | dict[str, xarray.Dataset]:
     """Lazy views of the output for analysis: an ``xarray.Dataset`` of ``split``, or a dict of
     them by split when ``split`` is None.
@@ -57,7 +59,8 @@ def open_zarr(
     coordinates ``key``, ``patient`` and ``aug`` along ``sample``, so per-patient statistics
     such as ``open_zarr(out, "train").img.groupby("patient").mean()`` read each chunk once
     and never hold more than a few shards in memory. Dimensions are the names the arrays carry
-    (plain ``xarray.open_zarr`` sees the same; see ``docs/FORMAT.md``).
+    (plain ``xarray.open_zarr`` sees the same; see ``docs/FORMAT.md``). Fields stored narrower
+    than their source are widened back lazily (chunk by chunk), unless ``compact``.
     """
     import dask
     import dask.array as da
@@ -75,6 +78,8 @@ def open_zarr(
             sample_nbytes = int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize
             step = dask_step((array.shards or array.chunks)[0], sample_nbytes, limit)
             data = da.from_zarr(array, chunks=(step, *array.shape[1:]))
+            if not compact and SOURCE_DTYPE_ATTRIBUTE in array.attrs:
+                data = data.astype(np.dtype(array.attrs[SOURCE_DTYPE_ATTRIBUTE]))
             if len(samples.rows) != samples.planned:  # rows of rejected members hold no sample
                 data = data[samples.rows]
             data_vars[field] = (array_dimensions(array, field), data)

@@ -52,7 +52,7 @@ def check_output(
             _check_shard(out, shard, len(manifest.schema), checksums, problems)
         # a member rejected by its task keeps its (empty) Zarr row; one rejected when listing has none
         zarr_rows = entry.samples + sum(len(s.rejected) for s in entry.shards)
-        for field, spec in manifest.schema.items():
+        for field, spec in manifest.stored_schema.items():
             _check_zarr_array(store, split, field, (zarr_rows, *spec.shape), spec, problems)
     _check_unlisted_tars(out, manifest, problems)
     shards = sum(len(entry.shards) for entry in manifest.splits.values())

@@ -55,6 +55,7 @@ def verify_tasks(out: Storage, sources: Sequence[str | os.PathLike] | None) -> l
                     split=split,
                     shard=shard,
                     schema=done.schema,
+                    stored_schema=done.stored_schema,
                     chunks_per_shard=done.plan.group_samples,
                     members=tuple(members_of[k] for k in shard.keys) if members_of is not None else None,
                 )

@@ -57,6 +57,10 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
     ``check_digests`` compares each decoded field with its digest in the manifest (xxh3-128) the
     first time a process decodes it: Blosc frames carry no checksum, so without it a corrupted
     payload may decode to wrong values silently. It costs 10-20 % of the first epoch.
+    ``compact``: fields come in the dtypes they are stored in (label and masks narrowed, e.g.
+    uint8 for an int64 label; see ``docs/FORMAT.md``) rather than widened to the source dtypes,
+    so batches are smaller; widen them on the GPU with ``pipeline.to_device(batch, device,
+    ds.source_dtypes)``. ``source_dtypes`` maps each field to its source torch dtype.
     ``decode_threads``: threads that decode the samples of a batch at once (default: the cores
     of the process, divided among local ranks and DataLoader workers; see
     :mod:`pipeline.read.decode_threads`).
@@ -103,6 +107,7 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         world_size: int | None = None,
         decode_threads: int | None = None,
         transform: Transform | None = None,
+        compact: bool = False,
     ) -> None:
         self.root = os.fspath(root)
         if not is_url(self.root):
@@ -118,7 +123,9 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
             raise ValueError(f"seed must be non-negative, got {seed}")
         self._explicit_world = explicit_world(rank, world_size)
         data = read_stream_manifest(self.root)
-        self.fields, self._specs, self._torch_dtypes = field_specs(data, fields, self.root)
+        self.compact = compact
+        self.fields, self._specs, self._torch_dtypes = field_specs(data, fields, self.root, compact)
+        self.source_dtypes = field_specs(data, self.fields, self.root)[2]
         self._index = build_index(data, split, self.fields, check_digests)
         self._keys_digest = hashlib.sha256("\n".join(self._index.keys).encode()).hexdigest()[:16]
         self._rank, self._world_size = self._resolve_world()

@@ -166,7 +166,10 @@ class SampleReader:
                 offset = int(ranges[k, 0]) - base
                 decode_field(view[offset : offset + int(ranges[k, 1])], name, out=out[field])
                 if self._index.digests is not None and not self._verified[index, k]:
-                    got = xxhash.xxh3_128_digest(memoryview(out[field]).cast("B"))
+                    values = out[field]
+                    if values.dtype != self._index.source_dtypes[k]:  # compact: digests are of the source's bytes
+                        values = values.astype(self._index.source_dtypes[k])
+                    got = xxhash.xxh3_128_digest(memoryview(values).cast("B"))
                     if got != self._index.digests[index, k].tobytes():
                         raise OutputError(f"{name}: decodes to other values than were converted; the shard is corrupt")
                     self._verified[index, k] = True

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import NotFoundError, OutputError
+from pipeline.read.device import torch_dtypes
 from pipeline.store.manifest import Manifest
 
 
@@ -23,6 +24,7 @@ class SampleIndex:
     shard: np.ndarray  # (N,) shard number of each sample
     ranges: np.ndarray  # (N, F, 2) offset, size of each requested field's payload
     digests: np.ndarray | None  # (N, F, 16) xxh3-128 of each requested field's bytes
+    source_dtypes: tuple[np.dtype, ...]  # per requested field: the dtype whose bytes the digests are of
     files: list[str]
     sizes: list[int]
 
@@ -57,17 +59,19 @@ def build_index(manifest: Manifest, split: str, fields: Sequence[str], check_dig
         shard=shard,
         ranges=ranges,
         digests=digests,
+        source_dtypes=tuple(manifest.schema[f].numpy_dtype for f in fields),
         files=[s.file for s in shards],
         sizes=[s.bytes for s in shards],
     )
 
 
 def field_specs(
-    manifest: Manifest, fields: Sequence[str] | None, root: str
+    manifest: Manifest, fields: Sequence[str] | None, root: str, compact: bool = False
 ) -> tuple[tuple[str, ...], dict[str, tuple[tuple[int, ...], np.dtype]], dict[str, torch.dtype]]:
     """The requested fields (``None``: all) in schema order, which is their order in the tar, with
-    each one's sample shape and dtype, and its torch dtype."""
-    schema = manifest.schema
+    each one's sample shape and dtype (the source's, or with ``compact`` the stored one), and its
+    torch dtype."""
+    schema = manifest.stored_schema if compact else manifest.schema
     chosen = tuple(schema) if fields is None else tuple(fields)
     unknown = [f for f in chosen if f not in schema]
     if unknown or not chosen:
@@ -75,7 +79,7 @@ def field_specs(
     chosen = tuple(f for f in schema if f in chosen)
     specs = {f: (schema[f].shape, schema[f].numpy_dtype) for f in chosen}
     try:
-        torch_dtypes = {f: torch.from_numpy(np.empty(0, dt)).dtype for f, (_, dt) in specs.items()}
-    except TypeError as exc:
-        raise OutputError(f"{root}: a field's dtype has no torch equivalent ({exc})") from exc
-    return chosen, specs, torch_dtypes
+        dtypes = torch_dtypes({f: dt for f, (_, dt) in specs.items()})
+    except OutputError as exc:
+        raise OutputError(f"{root}: {exc}") from exc
+    return chosen, specs, dtypes
