@@ -62,7 +62,7 @@ def test_one_element_changed_in_a_zarr_chunk_with_every_checksum_valid(out, trai
 
 def test_two_samples_chunks_swapped_in_a_zarr_shard(out, train_zip, test_zip, dask_scheduler):
     done = manifest.read_manifest(out)
-    shard = manifest.shards_of(done, "train")[1]
+    shard = done.split("train").shards[1]
     first, second = shard.keys[:2]
     spec, group = done.schema["label"], done.plan.group_samples
     path = zarr_layout.shard_file(out, "train", "label", shard.index, 1 + len(spec.shape))
@@ -81,7 +81,7 @@ def test_two_samples_chunks_swapped_in_a_zarr_shard(out, train_zip, test_zip, da
 def _replace_tar_member(out: Path, split: str, key: str, field: str, change) -> manifest.ShardEntry:
     """Rewrite the tar shard holding ``key`` with ``field`` replaced by a validly encoded other array."""
     done = manifest.read_manifest(out)
-    shard = next(s for s in manifest.shards_of(done, split) if key in s.keys)
+    shard = next(s for s in done.split(split).shards if key in s.keys)
     path = out / shard.file
     with open(path, "rb") as file:
         samples = list(tar_shards.group_samples(tar_shards.iter_members(file, shard.file)))
@@ -126,7 +126,7 @@ def test_a_tar_member_replaced_and_the_manifest_updated_to_match(out, train_zip,
 
 def test_an_empty_zarr_chunk_where_a_sample_belongs(out, train_zip, dask_scheduler):
     done = manifest.read_manifest(out)
-    shard = manifest.shards_of(done, "train")[0]
+    shard = done.split("train").shards[0]
     spec, group = done.schema["mask"], done.plan.group_samples
     path = zarr_layout.shard_file(out, "train", "mask", shard.index, 1 + len(spec.shape))
     writer = zarr_store.ShardFileWriter(path, group)
@@ -140,7 +140,7 @@ def test_an_empty_zarr_chunk_where_a_sample_belongs(out, train_zip, dask_schedul
 
 
 def test_a_missing_tar_shard_is_named(out, dask_scheduler):
-    first = manifest.shards_of(manifest.read_manifest(out), "train")[0]
+    first = manifest.read_manifest(out).split("train").shards[0]
     (out / first.file).unlink()
     report = verify(out, scheduler=dask_scheduler)
     assert _where(report) == [("train", first.file)] and report.problems[0].what == "missing"

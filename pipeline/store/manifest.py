@@ -282,7 +282,3 @@ def read_manifest(out: str | os.PathLike | Storage, storage_options: Mapping[str
 def write_manifest(out: str | os.PathLike | Storage, manifest: Manifest) -> None:
     """Written last, in one piece: a rename on disk, one PUT on object storage."""
     as_storage(out).write_bytes(MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1).encode())
-
-
-def shards_of(manifest: Manifest, split: str) -> Sequence[ShardEntry]:
-    return manifest.split(split).shards
