@@ -16,6 +16,7 @@ from typing import Sequence
 
 from pipeline.errors import SSMSpineError
 from pipeline.sizes import human_bytes
+from pipeline.store.codecs import PREFERENCES
 from pipeline.urls import safe_url
 from pipeline.version import __version__
 
@@ -95,11 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=(),
         help="train patient numbers to move into a 'val' split, e.g. 3,7,12",
     )
-    convert.add_argument(
-        "--skip-bad", action="store_true", help="convert everything else and list bad members in DIR/rejected.json"
-    )
+    skip = "convert everything else and list bad members in DIR/rejected.json"
+    convert.add_argument("--skip-bad", action="store_true", help=skip)
     keep = "store every field in its source dtype, not label and masks in the narrowest lossless one"
     convert.add_argument("--keep-dtypes", action="store_true", help=keep)
+    prefer = "what the codec choice favours: smallest shards (default) or fastest decoding (in ~2x the bytes)"
+    convert.add_argument("--prefer", choices=PREFERENCES, default="size", help=prefer)
     convert.add_argument(
         "--force", action="store_true", help="replace an output directory that holds a conversion of other sources"
     )
@@ -178,6 +180,7 @@ def _convert(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         skip_bad=args.skip_bad,
         keep_dtypes=args.keep_dtypes,
+        prefer=args.prefer,
         force=args.force,
     )
     summary = convert(args.sources, args.out, options)

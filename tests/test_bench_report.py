@@ -79,3 +79,30 @@ def test_bench_report(tmp_path, convert, read):
 def test_bench_report_needs_some_figures(tmp_path):
     with pytest.raises(FileNotFoundError, match="none of convert.json, read.json, scale.json"):
         report.write_report(_bench_dir(tmp_path, False, False))
+
+
+def test_bench_report_compares_the_outputs_converted_for_size_and_for_speed(tmp_path):
+    def row(reader: str, fields: str, rate: float) -> dict:
+        return {"reader": reader, "fields": fields, "workers": 0, "samples_per_s": rate, "vs_baseline": None}
+
+    read = {
+        **READ,
+        "output_bytes": {
+            "size": {"source_bytes": 1000, "zarr_bytes": 719, "wds_bytes": 723, "encodings": {}},
+            "speed": {"source_bytes": 1000, "zarr_bytes": 1263, "wds_bytes": 1267, "encodings": {}},
+        },
+        "results": [
+            row("npy, uncompressed", "img+label", 2000.0),
+            row("streaming", "all", 600.0),
+            row("streaming, compact", "img+label", 1800.0),
+            row("streaming, compact", "all", 630.0),
+            row("streaming, compact, speed codecs", "img+label", 6000.0),
+            row("streaming, compact, speed codecs", "all", 1320.0),
+        ],
+    }
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    (folder / "read.json").write_text(json.dumps(read))
+    text = report.write_report(folder).read_text()
+    assert "| `--prefer size` | 0.723 | 0.719 | 0.90× | 1.05× |" in text
+    assert "| `--prefer speed` | 1.267 | 1.263 | 3.00× | 2.20× |" in text

@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pipeline.errors import OutputError
-from pipeline.store.codecs import CANDIDATES, SIZE_SLACK_BYTES, SIZE_TOLERANCE, Encoding, choose, measure
+from pipeline.store.codecs import (
+    CANDIDATES,
+    FAST_CANDIDATES,
+    SIZE_SLACK_BYTES,
+    SIZE_TOLERANCE,
+    Encoding,
+    choose,
+    measure,
+)
 from pipeline.store.tar_shards import ShardWriter, decode_field, encode_field, iter_shard
 
 DTYPES = ["|b1", "|u1", "|i1", "<u2", "<i2", "<i4", "<u4", "<i8", "<f2", "<f4", "<f8"]
@@ -20,7 +28,7 @@ DTYPES = ["|b1", "|u1", "|i1", "<u2", "<i2", "<i4", "<u4", "<i8", "<f2", "<f4", 
     array=st.sampled_from(DTYPES).flatmap(
         lambda dtype: hnp.arrays(np.dtype(dtype), hnp.array_shapes(min_dims=1, max_dims=4, max_side=9))
     ),
-    encoding=st.sampled_from(CANDIDATES),
+    encoding=st.sampled_from(CANDIDATES + FAST_CANDIDATES),
 )
 def test_any_array_round_trips_bit_exactly(array, encoding):
     decoded = decode_field(encode_field(array, encoding))

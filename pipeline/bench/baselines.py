@@ -88,12 +88,22 @@ def prepare(samples: int, scratch: Path, scheduler: str | None = None) -> tuple[
     if not archive.is_file():
         write_archive(archive, config)
     tree = made_once(base / "extracted", lambda folder: write_tree(folder, config))
-    out = base / "out"
-    options = ConvertOptions(scheduler=scheduler, progress=False)
+    return tree, converted(archive, base / "out", ConvertOptions(scheduler=scheduler, progress=False))
+
+
+def prepare_for_speed(out: Path, scheduler: str | None = None) -> Path:
+    """The set whose default output :func:`prepare` made in ``out``, converted again with
+    ``prefer="speed"`` next to it (or reused from an earlier run)."""
+    options = ConvertOptions(scheduler=scheduler, progress=False, prefer="speed")
+    return converted(out.parent / "SSMSpine_Train.zip", out.parent / "out-speed", options)
+
+
+def converted(archive: Path, out: Path, options: ConvertOptions) -> Path:
+    """``out``, converted from ``archive`` with ``options`` unless an earlier run did."""
     try:
         convert([archive], out, options)  # a no-op when an earlier run converted it
     except OutputError as exc:  # made by another version or with other options: ours to replace
         log.info("%s: converting again (%s)", out, exc)
         shutil.rmtree(out)
         convert([archive], out, options)
-    return tree, out
+    return out

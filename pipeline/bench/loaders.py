@@ -22,6 +22,8 @@ BATCH_SIZE = 8
 SINGLE_THREAD = "streaming, 1 thread"
 #: The streaming reader with ``compact=True``: label and masks in their stored (narrow) dtypes.
 COMPACT = "streaming, compact"
+#: The same, from the output converted with ``prefer="speed"`` (LZ4 where it decodes fastest).
+SPEED_COMPACT = "streaming, compact, speed codecs"
 SEED = 0
 #: A measurement lasts at least this long: fast readers run several epochs per measurement, so
 #: that a 50 ms epoch is not at the mercy of one scheduling hiccup; at most MAX_PASSES epochs.
@@ -114,6 +116,7 @@ def stream_reader(
     threads: int | None = None,
     transform: Any = None,
     compact: bool = False,
+    name: str | None = None,
 ) -> TimedReader:
     dataset = StreamingDataset(
         out,
@@ -131,5 +134,5 @@ def stream_reader(
         persistent_workers=workers > 0,
         multiprocessing_context=fork_context() if workers else None,
     )
-    name = COMPACT if compact else SINGLE_THREAD if threads == 1 else "streaming"
+    name = name or (COMPACT if compact else SINGLE_THREAD if threads == 1 else "streaming")
     return TimedReader(name, label, workers, loader, dataset.samples, before_epoch=dataset.set_epoch)

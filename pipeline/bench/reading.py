@@ -12,7 +12,9 @@ with DataLoader workers:
   (``set_epoch``) per pass, with its default decode threads (the cores; one per DataLoader
   worker here); in process also with one decode thread (**streaming, 1 thread**); and with
   ``compact=True`` (**streaming, compact**: label and masks in their stored, narrow dtypes, for the
-  training step to widen on the GPU with ``pipeline.to_device``);
+  training step to widen on the GPU with ``pipeline.to_device``); and so from the same set converted
+  with ``prefer="speed"`` (**streaming, compact, speed codecs**: LZ4 where it decodes fastest, in
+  more bytes; the figures record both outputs' sizes);
 * **zarr** — :class:`~pipeline.read.zarr_dataset.ZarrDataset` in random order (``RandomSampler``);
 * **npy, uncompressed** — the reference point: each field an ``.npy`` file, ``np.load`` per field
   and sample in random order (:class:`~pipeline.bench.baselines.NpyDataset`): reading without
@@ -67,7 +69,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from pipeline.bench.augment import Augmented, ElasticDeformation
-from pipeline.bench.baselines import NpyDataset, TorchLoadDataset, prepare, write_uncompressed
+from pipeline.bench.baselines import NpyDataset, TorchLoadDataset, prepare, prepare_for_speed, write_uncompressed
 from pipeline.bench.common import OtherLoad, interleave, machine_description, markdown_table
 from pipeline.bench.loaders import (
     BATCH_SIZE,
@@ -75,6 +77,7 @@ from pipeline.bench.loaders import (
     MIN_MEASURE_SECONDS,
     SEED,
     SINGLE_THREAD,
+    SPEED_COMPACT,
     TimedReader,
     map_loader,
     stream_reader,
@@ -82,6 +85,7 @@ from pipeline.bench.loaders import (
 from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.runtime import keep_buffers_on_heap
 from pipeline.schema import FIELDS
+from pipeline.tools.info import info
 
 #: The field sets measured, by the name the results give them.
 FIELD_SETS: dict[str, tuple[str, ...]] = {"img+label": ("img", "label"), "all": FIELDS}
@@ -92,13 +96,33 @@ AUGMENTED_READERS = ("baseline", "streaming")
 #: The reference point: each field a plain ``.npy`` file, read with ``np.load`` (no decoding).
 UNCOMPRESSED = "npy, uncompressed"
 #: The readers measured, in the order the results list them.
-READERS = ("baseline", UNCOMPRESSED, "streaming", COMPACT, SINGLE_THREAD, "zarr")
+READERS = ("baseline", UNCOMPRESSED, "streaming", COMPACT, SPEED_COMPACT, SINGLE_THREAD, "zarr")
 #: Other processes busier than this many cores during the run make its figures suspect (said so).
 QUIET_CORES = 0.25
 
 
+def output_sizes(out: Path, speed_out: Path) -> dict[str, dict]:
+    """Bytes of the two outputs read (``"size"``: the default, ``"speed"``: ``prefer="speed"``),
+    with their source's, and each field's encoding."""
+    sizes = {}
+    for prefer, path in (("size", out), ("speed", speed_out)):
+        summary = info(path)
+        sizes[prefer] = {
+            "source_bytes": summary["source_bytes"],
+            "zarr_bytes": summary["zarr_bytes"],
+            "wds_bytes": summary["wds_bytes"],
+            "encodings": {f: spec["encoding"] for f, spec in summary["schema"].items()},
+        }
+    return sizes
+
+
 def _readers(
-    tree: Path, uncompressed: Path, out: Path, workers: Iterable[int], augment_workers: Iterable[int]
+    tree: Path,
+    uncompressed: Path,
+    out: Path,
+    speed_out: Path,
+    workers: Iterable[int],
+    augment_workers: Iterable[int],
 ) -> list[TimedReader]:
     readers = []
     for label, fields in FIELD_SETS.items():
@@ -110,6 +134,7 @@ def _readers(
             readers.append(TimedReader(UNCOMPRESSED, label, w, map_loader(npy, w), len(npy)))
             readers.append(stream_reader(out, fields, label, w))
             readers.append(stream_reader(out, fields, label, w, compact=True))
+            readers.append(stream_reader(speed_out, fields, label, w, compact=True, name=SPEED_COMPACT))
             if w == 0:
                 readers.append(stream_reader(out, fields, label, w, threads=1))
             readers.append(TimedReader("zarr", label, w, map_loader(zarr_ds, w), len(zarr_ds)))
@@ -147,9 +172,11 @@ def run(
     scratch = Path(tempfile.mkdtemp(prefix="ssmspine-bench-")) if owned else Path(scratch)
     try:
         tree, out = prepare(samples, scratch, scheduler)
+        speed_out = prepare_for_speed(out, scheduler)
+        sizes = output_sizes(out, speed_out)
         uncompressed = write_uncompressed(tree, tree.parent / "npy")
         steadied = keep_buffers_on_heap() if steady else False
-        readers = _readers(tree, uncompressed, out, workers, augment_workers)
+        readers = _readers(tree, uncompressed, out, speed_out, workers, augment_workers)
         other_load = OtherLoad()
         try:
             for reader in readers:
@@ -190,6 +217,7 @@ def run(
         "passes": {r.name: r.passes for r in readers},
         "steady_malloc": steadied,
         "other_load_cores": other_cores,
+        "output_bytes": sizes,
         "results": results,
     }
     print(

@@ -70,6 +70,38 @@ def _read_section(read: Mapping[str, Any]) -> list[str]:
         "",
         f"![samples per second by reader and field set]({THROUGHPUT_PNG})",
         "",
+        *_codecs_section(read),
+    ]
+
+
+def _codecs_section(read: Mapping[str, Any]) -> list[str]:
+    """Both outputs' sizes against what compact delivery reads from each, in process (no workers):
+    img+label against uncompressed ``.npy``, all fields against the default streaming reader."""
+    sizes = read.get("output_bytes")
+    rate = {(r["reader"], r["fields"]): r["samples_per_s"] for r in read["results"] if r["workers"] == 0}
+    if not sizes or not rate:
+        return []
+    readers = {"size": "streaming, compact", "speed": "streaming, compact, speed codecs"}
+    rows = []
+    for prefer, size in sizes.items():
+        reader = readers[prefer]
+        image_label = rate.get((reader, "img+label"), 0) / rate.get(("npy, uncompressed", "img+label"), float("nan"))
+        every_field = rate.get((reader, "all"), 0) / rate.get(("streaming", "all"), float("nan"))
+        rows.append(
+            [
+                f"`--prefer {prefer}`",
+                f"{size['wds_bytes'] / size['source_bytes']:.3f}",
+                f"{size['zarr_bytes'] / size['source_bytes']:.3f}",
+                f"{image_label:.2f}×",
+                f"{every_field:.2f}×",
+            ]
+        )
+    header = ["codecs", "tar vs zip", "zarr vs zip", "compact img+label vs npy", "compact all vs streaming all"]
+    return [
+        "Compact delivery from outputs converted for size (the default) and for speed, in process, this run:",
+        "",
+        markdown_table(header, rows),
+        "",
     ]
 
 

@@ -46,7 +46,7 @@ def _calibrate(
     stored = choose_stored_dtypes(schema, samples) if identity.narrow_dtypes else {}
     samples = [{f: a.astype(stored[f]) if f in stored else a for f, a in s.items()} for s in samples]
     if options.encodings is None:
-        choices = choose_encodings(samples)
+        choices = choose_encodings(samples, identity.prefer)
     else:
         missing = sorted(set(schema) - set(options.encodings))
         if missing:
@@ -103,6 +103,7 @@ def plan_identity(
         shard_bytes=options.shard_bytes,
         encodings=dict(sorted(options.encodings.items())) if options.encodings is not None else None,
         narrow_dtypes=not options.keep_dtypes,
+        prefer=options.prefer,
     )
 
 

@@ -2,8 +2,8 @@
 
 A plan is decided once (the encodings by timing) and every later run into the same output reuses
 it; its :class:`Identity` (sources, splits, shard size, fixed encodings, whether dtypes may be
-narrowed) says whether it may. The stored dtypes it chose are part of the plan, so a resumed run
-stores every shard alike.
+narrowed, whether encodings favour size or speed) says whether it may. The stored dtypes it chose
+are part of the plan, so a resumed run stores every shard alike.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ class Identity:
     encodings: Mapping[str, Encoding] | None = None
     #: store fields narrower than the source where proven lossless (False: ``--keep-dtypes``)
     narrow_dtypes: bool = True
+    #: what the measured encodings put first, ``"size"`` or ``"speed"`` (``--prefer``)
+    prefer: str = "size"
 
     def __post_init__(self) -> None:  # tuples throughout, so that equality never hinges on list vs tuple
         object.__setattr__(self, "sources", tuple(self.sources))
@@ -61,6 +63,8 @@ class Identity:
             "shard_bytes": self.shard_bytes,
             "narrow_dtypes": self.narrow_dtypes,
         }
+        if self.prefer != "size":  # absent: size, as in outputs written before the choice existed
+            data["prefer"] = self.prefer
         if self.encodings is not None:
             data["encodings"] = {f: e.to_json() for f, e in sorted(self.encodings.items())}
         return data
@@ -75,6 +79,7 @@ class Identity:
             shard_bytes=data.get("shard_bytes", int),
             encodings=None if encodings is None else data.parsed("encodings", _encodings),
             narrow_dtypes=data.get("narrow_dtypes", bool, True),
+            prefer=data.get("prefer", str, "size"),
         )
 
 
