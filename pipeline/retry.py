@@ -169,6 +169,48 @@ def reason(error: BaseException) -> str:
     return _scrub(f"{type(root).__name__}: {detail}" if detail else type(root).__name__)
 
 
+#: What a lasting failure for want of credentials says: where this process looks for them.
+NO_CREDENTIALS = (
+    "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+    "or anonymous access in fsspec's configuration"
+)
+
+
+def refusal(error: BaseException, path: str = "", missing: str = "not found", failed: str = "failed") -> str:
+    """Why an object cannot be reached, in the user's terms, for a failure trying again does not
+    cure: access denied, ``missing`` (with the detail, or "no such object" where the library's
+    detail is just the object's ``path``), no credentials, or else ``failed`` and the library's reason.
+
+    fsspec's HTTP file system says ``FileNotFoundError`` for any failed size query, a 403 included
+    (raised *from* the answer), so the HTTP status underneath decides first.
+    """
+    if isinstance(error, PermissionError) or has_status(error, 401, 403):
+        return f"access denied ({reason(error)}); check the credentials this process finds"
+    if has_status(error, 404, 410) or isinstance(error, FileNotFoundError) and error.__cause__ is None:
+        detail = reason(error)
+        return f"{missing} (no such object)" if path and path in detail else f"{missing} ({detail})"
+    if has_name(error, "NoCredentialsError", "PartialCredentialsError"):
+        return NO_CREDENTIALS
+    return f"{failed} ({reason(error)})"
+
+
+def retried(
+    what: str,
+    operation: Callable[[], T],
+    failure: Callable[[Exception], SSMSpineError],
+    passes: tuple[type[Exception], ...] = (),
+) -> T:
+    """``operation()`` through :func:`retrying`, its lasting failure raised as ``failure(error)``
+    (usually a one-line error built from :func:`refusal`); our own errors, and those of the
+    classes in ``passes`` (for callers that handle them), are raised as they are."""
+    try:
+        return retrying(what, operation)
+    except (SSMSpineError, *passes):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every library error becomes one line naming the object
+        raise failure(exc) from exc
+
+
 def _scrub(text: str) -> str:
     return _QUERY.sub(r"\1", text)[:300]
 

@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from pipeline.atomic import AtomicFile, write_bytes_atomic
 from pipeline.checksums import file_sha256
-from pipeline.errors import OutputError, SSMSpineError, UsageError
-from pipeline.retry import has_name, has_status, reason, retrying
+from pipeline.errors import OutputError, UsageError
+from pipeline.retry import reason, refusal, retried
 from pipeline.sizes import tree_bytes
 from pipeline.urls import is_url, safe_url, scheme
 
@@ -105,17 +105,11 @@ class Storage:
         """``operation()`` on the remote file system: transient failures retried, lasting ones as
         one :class:`OutputError` naming the object (``FileNotFoundError`` passes for callers)."""
         where = self.name(relative)
-        try:
-            return retrying(where, operation)
-        except (SSMSpineError, FileNotFoundError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - every library error becomes one line naming the object
-            why = self.redact(reason(exc))
-            if isinstance(exc, PermissionError) or has_status(exc, 401, 403):
-                raise OutputError(f"{where}: access denied ({why})") from exc
-            if has_name(exc, "NoCredentialsError", "PartialCredentialsError"):
-                raise OutputError(f"{where}: no credentials found (environment, config files)") from exc
-            raise OutputError(f"{where}: {why}") from exc
+
+        def failure(error: Exception) -> OutputError:
+            return OutputError(f"{where}: {self.redact(refusal(error))}")
+
+        return retried(where, operation, failure, passes=(FileNotFoundError,))
 
     def redact(self, text: str) -> str:
         """``text`` (a library's message) without the secrets the root URL may carry."""
@@ -233,8 +227,9 @@ class Storage:
         except FileNotFoundError as exc:
             why = self.redact(reason(exc))
             raise OutputError(f"{self}: cannot be written: no such bucket or container ({why})") from exc
-        except OutputError as exc:
-            raise OutputError(f"{self}: cannot be written: {str(exc).split(': ', 2)[-1]}") from exc
+        except OutputError as exc:  # the probe's own failure: its reason, under the output's name
+            why = self.redact(refusal(exc.__cause__)) if isinstance(exc.__cause__, Exception) else str(exc)
+            raise OutputError(f"{self}: cannot be written: {why}") from exc
         self.remove(probe)
 
 

@@ -13,6 +13,7 @@ from pipeline import StreamingDataset, ZarrDataset
 from pipeline.cli import main
 from pipeline.convert import convert
 from pipeline.errors import OutputError
+from pipeline.retry import NO_CREDENTIALS
 from pipeline.store.codecs import Encoding
 from pipeline.store.manifest import read_manifest
 from pipeline.store.progress import write_plan
@@ -211,8 +212,9 @@ def test_missing_credentials_for_an_output_are_one_line_before_any_work(s3_serve
     command = [sys.executable, "-m", "pipeline.cli", "convert", str(train_zip), "--out", url, "--workers", "1"]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        f"ssmspine convert: error: {url}: cannot be written: no credentials found (environment, config files)"
+        f"ssmspine convert: error: {url}: cannot be written: {NO_CREDENTIALS}"
     ], done.stderr
+    assert NO_CREDENTIALS.startswith("no credentials found: set AWS_ACCESS_KEY_ID")
     assert list(tmp_path.iterdir()) == [] and not fsspec.filesystem("s3", skip_instance_cache=True).ls(
         url[5:].split("/")[0]
     )

@@ -19,8 +19,8 @@ import errno
 import os
 from typing import Callable, TypeVar
 
-from pipeline.errors import SourceError, SSMSpineError, UsageError
-from pipeline.retry import has_name, has_status, reason, retrying
+from pipeline.errors import SourceError, UsageError
+from pipeline.retry import refusal, retried
 from pipeline.storage import url_filesystem
 from pipeline.urls import safe_url
 
@@ -62,12 +62,10 @@ class RemoteArchive:
 
     def _call(self, what: str, read: Callable[[], T]) -> T:
         """``read()`` retried, its lasting failures turned into one :class:`SourceError` naming the URL."""
-        try:
-            return retrying(f"{safe_url(self.url)}{what}", read)
-        except SSMSpineError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every library error becomes one line naming the URL
-            raise SourceError(self.url, None, _refusal(exc, self._path)) from exc
+        where = f"{safe_url(self.url)}{what}"
+        return retried(
+            where, read, lambda exc: SourceError(self.url, None, refusal(exc, self._path, failed="cannot be read"))
+        )
 
 
 def _filesystem(url: str):
@@ -76,25 +74,6 @@ def _filesystem(url: str):
         return url_filesystem(url)
     except UsageError as exc:
         raise SourceError(url, None, str(exc).split(": ", 1)[1]) from exc
-
-
-def _refusal(error: Exception, path: str) -> str:
-    """Why an object cannot be read, in the user's terms, for errors that trying again does not cure.
-
-    fsspec's HTTP file system says ``FileNotFoundError`` for any failed size query, a 403 included,
-    so the HTTP status underneath decides first.
-    """
-    if isinstance(error, PermissionError) or has_status(error, 401, 403):
-        return f"access denied ({reason(error)}); check the credentials this process finds"
-    if has_status(error, 404, 410) or isinstance(error, FileNotFoundError) and error.__cause__ is None:
-        detail = reason(error)
-        return "not found (no such object)" if path in detail else f"not found ({detail})"
-    if has_name(error, "NoCredentialsError", "PartialCredentialsError"):
-        return (
-            "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
-            "or anonymous access in fsspec's configuration"
-        )
-    return f"cannot be read ({reason(error)})"
 
 
 class RangedFile:

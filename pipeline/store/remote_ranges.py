@@ -9,8 +9,8 @@ import http.client
 import urllib.parse
 from typing import Callable, Mapping, Sequence, TypeVar
 
-from pipeline.errors import OutputError, SSMSpineError
-from pipeline.retry import TRANSIENT_STATUS, TransientError, has_status, reason, retrying
+from pipeline.errors import OutputError
+from pipeline.retry import TRANSIENT_STATUS, TransientError, refusal, retried, retrying
 from pipeline.storage import url_filesystem
 from pipeline.store.range_readers import RangeReader
 from pipeline.urls import safe_url
@@ -132,17 +132,10 @@ class FsspecRangeReader(RangeReader):
         self._checked: set[int] = set()
 
     def _call(self, where: str, missing: str, read: Callable[[], T]) -> T:
-        """``read()`` retried while it fails transiently; not found and refused are one-line errors."""
-        try:
-            return retrying(where, read)
-        except SSMSpineError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a library's error becomes one line naming the object
-            if isinstance(exc, FileNotFoundError) or has_status(exc, 404, 410):
-                raise OutputError(f"{where}: {missing}") from None
-            if isinstance(exc, PermissionError) or has_status(exc, 401, 403):
-                raise OutputError(f"{where}: access denied ({reason(exc)})") from exc
-            raise OutputError(f"{where}: cannot be read ({reason(exc)})") from exc
+        """``read()`` retried while it fails transiently; lasting failures are one-line errors."""
+        return retried(
+            where, read, lambda exc: OutputError(f"{where}: {refusal(exc, missing=missing, failed='cannot be read')}")
+        )
 
     def fetch(self, relative: str) -> bytes:
         where = f"{safe_url(self.root.rstrip('/'))}/{relative}"
