@@ -159,7 +159,15 @@ def _zarr(out: Path) -> str:
     return "ssmspine.zarr/test/label: no readable zarr.json"
 
 
-@pytest.mark.parametrize("damage", [_grow, _remove, _stray, _zarr])
+def _payload_past_the_end(out: Path) -> str:
+    manifest = manifest_json(out)
+    shard = manifest["splits"]["train"]["shards"][1]
+    shard["payloads"][0][-2] = shard["bytes"]  # the last field's bytes start where the file ends
+    write_manifest_json(out, manifest)
+    return f"{shard['file']}: the payload byte ranges of {shard['keys'][0]} do not fit the schema or the file"
+
+
+@pytest.mark.parametrize("damage", [_grow, _remove, _stray, _zarr, _payload_past_the_end])
 def test_info_reports_damage(converted, tmp_path, damage):
     out = copy_output(converted, tmp_path)
     expected = damage(out)

@@ -19,7 +19,7 @@ from pipeline.schema import FieldSpec
 from pipeline.storage import Storage
 from pipeline.store import zarr_layout
 from pipeline.store.manifest import Manifest, ShardEntry, SplitEntry, read_manifest
-from pipeline.store.tar_shards import shard_file_problem
+from pipeline.store.tar_shards import MISSING, shard_file_problem
 
 
 @dataclass(frozen=True)
@@ -85,17 +85,18 @@ def _check_split_lists(split: str, entry: SplitEntry, group: int, problems: list
 
 
 def _check_shard(out: Storage, shard: ShardEntry, n_fields: int, checksums: bool, problems: list[str]) -> None:
+    """The shard file against its record (one size query, on a bucket one request), and its
+    payload records against the schema and the size the manifest records."""
     what = shard_file_problem(out, shard.file, shard.bytes, shard.sha256 if checksums else None)
     if what:
         problems.append(f"{shard.file}: {what}")
-    size = out.size(shard.file)
-    if size is None:
+    if what == MISSING:
         return
     if len(shard.payloads) != shard.samples:
         problems.append(f"{shard.file}: {len(shard.payloads)} payload records for {shard.samples} samples")
     for key, payload in zip(shard.keys, shard.payloads):
         ends = [int(payload[i]) + int(payload[i + 1]) for i in range(0, len(payload) - 1, 2)]
-        if len(payload) != 2 * n_fields or max(ends, default=0) > size:
+        if len(payload) != 2 * n_fields or max(ends, default=0) > shard.bytes:
             problems.append(f"{shard.file}: the payload byte ranges of {key} do not fit the schema or the file")
             break
 
