@@ -9,6 +9,8 @@ OUT ?= data/shards
 VERIFY ?= 1
 WORKERS ?=
 SHARD_SIZE ?= 256MB
+# PREFER=speed: codecs chosen for decoding speed rather than size (see docs/FORMAT.md, "Encodings")
+PREFER ?= size
 SYNTH ?= data/raw/SSMSpine_Train_synthetic.zip
 SYNTH_PATIENTS ?= 2
 SYNTH_SHAPES ?= 32
@@ -33,7 +35,7 @@ $(SYNTH): | $(STAMP)
 	$(SSMSPINE) synth $@ --patients $(SYNTH_PATIENTS) --shapes $(SYNTH_SHAPES) --seed 0
 
 shards: $(STAMP) $(if $(SRC),,$(SYNTH))
-	$(SSMSPINE) convert $(or $(SRC),$(SYNTH)) --out $(OUT) --shard-size $(SHARD_SIZE) $(WORKERS_FLAG)
+	$(SSMSPINE) convert $(or $(SRC),$(SYNTH)) --out $(OUT) --shard-size $(SHARD_SIZE) --prefer $(PREFER) $(WORKERS_FLAG)
 ifeq ($(VERIFY),1)
 	$(SSMSPINE) verify $(or $(SRC),$(SYNTH)) --out $(OUT) $(WORKERS_FLAG)
 endif
