@@ -17,8 +17,8 @@ from pipeline.errors import UsageError
 
 from conftest import assert_bit_exact
 
-#: No workers, and two (multi-process: slow). After an error in a worker, torch's DataLoader takes
-#: a few seconds to shut its workers down once the iterator is collected: its own behaviour.
+#: No workers, and two (multi-process: slow). The iterator of an error in a worker is shut down
+#: by the cycle collector; its workers still exit at once (tests/test_worker_exit.py).
 WORKERS = (0, pytest.param(2, marks=pytest.mark.slow))
 FIELDS = ("label", "shape")
 

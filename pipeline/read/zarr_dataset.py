@@ -189,6 +189,7 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         stack the list as usual. With a transform, the samples are transformed first (on the
         decode threads) and the buffers shaped like the results.
         """
+        state = self._state()
         if any(_index_list(i) is not None for i in indices):
             raise UsageError(
                 f"ZarrDataset: the DataLoader asked for a batch of {len(indices)} lists of indices (a "
@@ -198,7 +199,6 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         positions = [self._index(i) for i in indices]
         keys = [self.keys[p] for p in positions]
         pad = [isinstance(i, PaddingIndex) for i in indices]
-        state = self._state()
         in_worker = get_worker_info() is not None
         if self.transform is None:
             batch = state.slot_pool(self._specs, len(keys), shared=in_worker).batch(len(keys), keys, pad)

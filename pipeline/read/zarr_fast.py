@@ -20,6 +20,7 @@ import zarr
 
 from pipeline.errors import OutputError
 from pipeline.read.batches import SlotPool, slot_pool_for
+from pipeline.read.worker_exit import exit_with_the_loader
 from pipeline.storage import url_filesystem
 from pipeline.store.codecs import decode_into
 from pipeline.store.zarr_fast_layout import ChunkLayout
@@ -83,10 +84,12 @@ class ProcessState:
     Shards (plain unbuffered files, or fsspec paths for URLs) are kept in a small LRU: evicting
     one only drops the cache's reference, so a thread still reading from it keeps it open until
     it is done. fsspec filesystems are made in the process that reads (fsspec keeps one per
-    process), with the dataset's ``storage_options``.
+    process), with the dataset's ``storage_options``. Made in a DataLoader worker, it sees that
+    the worker exits promptly when its loader shuts down (:mod:`pipeline.read.worker_exit`).
     """
 
     def __init__(self, storage_options: Mapping | None = None) -> None:
+        exit_with_the_loader()
         self.pid = os.getpid()
         self.lock = threading.Lock()
         self.storage_options = dict(storage_options or {})

@@ -34,6 +34,7 @@ from pipeline.read.stream.index import build_index, field_specs
 from pipeline.read.stream.order import rank_padding, rank_samples, worker_batches
 from pipeline.read.stream.world import explicit_world, world_from_environment
 from pipeline.read.transforms import Transform
+from pipeline.read.worker_exit import exit_with_the_loader
 from pipeline.store.location import read_stream_manifest
 from pipeline.urls import is_url
 
@@ -184,6 +185,7 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         return state
 
     def __iter__(self) -> Iterator[dict]:
+        exit_with_the_loader()
         rank, world = self._resolve_world()
         worker = get_worker_info()
         if worker is None:
