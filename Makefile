@@ -35,7 +35,7 @@ $(SYNTH): | $(STAMP)
 	$(SSMSPINE) synth $@ --patients $(SYNTH_PATIENTS) --shapes $(SYNTH_SHAPES) --seed 0
 
 shards: $(STAMP) $(if $(SRC),,$(SYNTH))
-	$(SSMSPINE) convert $(or $(SRC),$(SYNTH)) --out $(OUT) --shard-size $(SHARD_SIZE) --prefer $(PREFER) $(WORKERS_FLAG)
+	$(SSMSPINE) convert $(or $(SRC),$(SYNTH)) --out $(OUT) --shard-size $(SHARD_SIZE) $(if $(PREFER),--prefer $(PREFER),) $(WORKERS_FLAG)
 ifeq ($(VERIFY),1)
 	$(SSMSPINE) verify $(or $(SRC),$(SYNTH)) --out $(OUT) $(WORKERS_FLAG)
 endif

@@ -31,6 +31,7 @@ import time
 from typing import Callable, Iterator, TypeVar
 
 from pipeline.errors import SSMSpineError, UnavailableError, UsageError
+from pipeline.urls import safe_url
 
 RETRIES_ENV = "SSMSPINE_RETRIES"
 DELAY_ENV = "SSMSPINE_RETRY_DELAY"
@@ -55,7 +56,8 @@ _TRANSIENT_NAMES = frozenset(
     }
 )
 
-_QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s?'\"]*)\?[^\s'\"]*")
+#: A URL in a library's message: printed as :func:`~pipeline.urls.safe_url` prints it.
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 
 #: What ``http.client`` raises for a connection that broke (its other errors are for bad URLs or answers).
 _HTTP_CLIENT_TRANSIENT = (http.client.IncompleteRead, http.client.BadStatusLine, http.client.ImproperConnectionState)
@@ -150,7 +152,8 @@ def has_name(error: BaseException, *names: str) -> bool:
 def reason(error: BaseException) -> str:
     """One line for what went wrong: the HTTP answer if there was one, else the innermost error.
 
-    Query strings of URLs in a library's text are dropped: they may hold a presigned signature.
+    Passwords and query strings of URLs in a library's text are dropped: a query may hold a
+    presigned signature.
     """
     links = list(_chain(error))
     for link in links:
@@ -170,16 +173,18 @@ def reason(error: BaseException) -> str:
 
 
 #: What a lasting failure for want of credentials says: where this process looks for them.
-NO_CREDENTIALS = (
-    "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
-    "or anonymous access in fsspec's configuration"
-)
+NO_CREDENTIALS = "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+#: ... and, for reading, the other way: a public bucket needs none.
+OR_ANONYMOUS = ", or anonymous access in fsspec's configuration"
 
 
-def refusal(error: BaseException, path: str = "", missing: str = "not found", failed: str = "failed") -> str:
+def refusal(
+    error: BaseException, path: str = "", missing: str = "not found", failed: str = "failed", reading: bool = True
+) -> str:
     """Why an object cannot be reached, in the user's terms, for a failure trying again does not
     cure: access denied, ``missing`` (with the detail, or "no such object" where the library's
-    detail is just the object's ``path``), no credentials, or else ``failed`` and the library's reason.
+    detail is just the object's ``path``), no credentials (with anonymous access as the other way
+    when ``reading``), or else ``failed`` and the library's reason.
 
     fsspec's HTTP file system says ``FileNotFoundError`` for any failed size query, a 403 included
     (raised *from* the answer), so the HTTP status underneath decides first.
@@ -190,7 +195,7 @@ def refusal(error: BaseException, path: str = "", missing: str = "not found", fa
         detail = reason(error)
         return f"{missing} (no such object)" if path and path in detail else f"{missing} ({detail})"
     if has_name(error, "NoCredentialsError", "PartialCredentialsError"):
-        return NO_CREDENTIALS
+        return NO_CREDENTIALS + (OR_ANONYMOUS if reading else "")
     return f"{failed} ({reason(error)})"
 
 
@@ -212,7 +217,7 @@ def retried(
 
 
 def _scrub(text: str) -> str:
-    return _QUERY.sub(r"\1", text)[:300]
+    return _URL.sub(lambda url: safe_url(url.group(0)), text)[:300]
 
 
 def retrying(what: str, read: Callable[[], T]) -> T:

@@ -107,7 +107,7 @@ class Storage:
         where = self.name(relative)
 
         def failure(error: Exception) -> OutputError:
-            return OutputError(f"{where}: {self.redact(refusal(error))}")
+            return OutputError(f"{where}: {self.redact(refusal(error, reading=False))}")
 
         return retried(where, operation, failure, passes=(FileNotFoundError,))
 
@@ -228,7 +228,8 @@ class Storage:
             why = self.redact(reason(exc))
             raise OutputError(f"{self}: cannot be written: no such bucket or container ({why})") from exc
         except OutputError as exc:  # the probe's own failure: its reason, under the output's name
-            why = self.redact(refusal(exc.__cause__)) if isinstance(exc.__cause__, Exception) else str(exc)
+            cause = exc.__cause__
+            why = self.redact(refusal(cause, reading=False)) if isinstance(cause, Exception) else str(exc)
             raise OutputError(f"{self}: cannot be written: {why}") from exc
         self.remove(probe)
 

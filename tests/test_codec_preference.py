@@ -41,6 +41,10 @@ def test_speed_first_takes_the_cheapest_that_compresses():
         pick(results, RAW_BYTES, "smallest")
     with pytest.raises(ValueError, match="prefer must be one of"):
         ConvertOptions(prefer="fast")
+    with pytest.raises(ValueError, match="encodings are given"):
+        ConvertOptions(prefer="speed", encodings={"img": SMALL})
+    with pytest.raises(ValueError, match="no measured candidates"):
+        pick([], RAW_BYTES)
 
 
 def test_lz4_is_a_candidate_only_when_speed_comes_first(monkeypatch):

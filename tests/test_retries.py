@@ -22,7 +22,7 @@ from pipeline.cli import main
 from pipeline.convert import convert
 from pipeline.errors import OutputError, SourceError, UnavailableError, UsageError
 from pipeline.read.stream import StreamingDataset
-from pipeline.retry import RETRIES_ENV, TransientError, is_transient, reason, retrying
+from pipeline.retry import NO_CREDENTIALS, RETRIES_ENV, TransientError, is_transient, reason, refusal, retrying
 from pipeline.source.members import list_members
 from pipeline.store.codecs import Encoding
 
@@ -88,6 +88,19 @@ def test_a_reason_is_the_answer_or_the_innermost_error():
     assert reason(_raised_from(FileNotFoundError("u"), _aiohttp_error(503))) == "HTTP 503 Service Unavailable"
     assert reason(ConnectionResetError("reset by peer")) == "ConnectionResetError: reset by peer"
     assert reason(OSError("see https://h/a.zip?X-Amz-Signature=secret now")) == "OSError: see https://h/a.zip now"
+    missing = FileNotFoundError("https://user:pw@h/out/manifest.json")
+    assert reason(missing) == "FileNotFoundError: https://user@h/out/manifest.json", "no password in a message"
+
+
+def test_a_refusal_says_why_in_the_users_terms():
+    gone = FileNotFoundError("bucket/out/manifest.json")
+    assert refusal(gone, "bucket/out/manifest.json") == "not found (no such object)"
+    assert refusal(gone, missing="shard is missing") == "shard is missing (FileNotFoundError: bucket/out/manifest.json)"
+    assert refusal(_raised_from(FileNotFoundError("u"), _aiohttp_error(403))).startswith("access denied (HTTP 403")
+    assert refusal(OSError("disk on fire"), failed="cannot be read") == "cannot be read (OSError: disk on fire)"
+    unsigned = type("NoCredentialsError", (Exception,), {})("Unable to locate credentials")
+    assert refusal(unsigned, reading=False) == NO_CREDENTIALS, "a write cannot be anonymous"
+    assert refusal(unsigned).startswith(NO_CREDENTIALS + ", or anonymous access")
 
 
 def test_retrying_tries_again_until_the_read_passes_or_the_retries_are_spent(quick_retries):

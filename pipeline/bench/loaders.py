@@ -13,17 +13,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from pipeline.bench.names import COMPACT, SINGLE_THREAD, STREAMING
 from pipeline.read.stream import StreamingDataset
 
 #: Samples per batch: per DataLoader item with workers, and the streaming dataset's own batches.
 BATCH_SIZE = 8
-#: "streaming, 1 thread" runs in process only: it shows what the decode threads add, and is what
-#: each DataLoader worker does anyway when workers share out the cores.
-SINGLE_THREAD = "streaming, 1 thread"
-#: The streaming reader with ``compact=True``: label and masks in their stored (narrow) dtypes.
-COMPACT = "streaming, compact"
-#: The same, from the output converted with ``prefer="speed"`` (LZ4 where it decodes fastest).
-SPEED_COMPACT = "streaming, compact, speed codecs"
 SEED = 0
 #: A measurement lasts at least this long: fast readers run several epochs per measurement, so
 #: that a 50 ms epoch is not at the mercy of one scheduling hiccup; at most MAX_PASSES epochs.
@@ -134,5 +128,5 @@ def stream_reader(
         persistent_workers=workers > 0,
         multiprocessing_context=fork_context() if workers else None,
     )
-    name = name or (COMPACT if compact else SINGLE_THREAD if threads == 1 else "streaming")
+    name = name or (COMPACT if compact else SINGLE_THREAD if threads == 1 else STREAMING)
     return TimedReader(name, label, workers, loader, dataset.samples, before_epoch=dataset.set_epoch)

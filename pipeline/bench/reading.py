@@ -73,15 +73,13 @@ from pipeline.bench.baselines import NpyDataset, TorchLoadDataset, prepare, prep
 from pipeline.bench.common import OtherLoad, interleave, machine_description, markdown_table
 from pipeline.bench.loaders import (
     BATCH_SIZE,
-    COMPACT,
     MIN_MEASURE_SECONDS,
     SEED,
-    SINGLE_THREAD,
-    SPEED_COMPACT,
     TimedReader,
     map_loader,
     stream_reader,
 )
+from pipeline.bench.names import COMPACT, SINGLE_THREAD, SPEED_COMPACT, UNCOMPRESSED
 from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.runtime import keep_buffers_on_heap
 from pipeline.schema import FIELDS
@@ -93,8 +91,6 @@ FIELD_SETS: dict[str, tuple[str, ...]] = {"img+label": ("img", "label"), "all": 
 #: the readers measured with it.
 AUGMENTED = "img+label, elastic"
 AUGMENTED_READERS = ("baseline", "streaming")
-#: The reference point: each field a plain ``.npy`` file, read with ``np.load`` (no decoding).
-UNCOMPRESSED = "npy, uncompressed"
 #: The readers measured, in the order the results list them.
 READERS = ("baseline", UNCOMPRESSED, "streaming", COMPACT, SPEED_COMPACT, SINGLE_THREAD, "zarr")
 #: Other processes busier than this many cores during the run make its figures suspect (said so).

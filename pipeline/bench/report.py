@@ -27,6 +27,7 @@ from pipeline.bench.charts import (
     workers_label,
 )
 from pipeline.bench.common import markdown_table
+from pipeline.bench.names import COMPACT, SPEED_COMPACT, STREAMING, UNCOMPRESSED
 
 #: The figures read and the files written, in the bench folder.
 CONVERT_JSON = "convert.json"
@@ -81,19 +82,22 @@ def _codecs_section(read: Mapping[str, Any]) -> list[str]:
     rate = {(r["reader"], r["fields"]): r["samples_per_s"] for r in read["results"] if r["workers"] == 0}
     if not sizes or not rate:
         return []
-    readers = {"size": "streaming, compact", "speed": "streaming, compact, speed codecs"}
+    readers = {"size": COMPACT, "speed": SPEED_COMPACT}
+
+    def ratio(reader: str, fields: str, reference: str) -> str:
+        mine, theirs = rate.get((reader, fields)), rate.get((reference, fields))
+        return f"{mine / theirs:.2f}×" if mine and theirs else "-"
+
     rows = []
     for prefer, size in sizes.items():
         reader = readers[prefer]
-        image_label = rate.get((reader, "img+label"), 0) / rate.get(("npy, uncompressed", "img+label"), float("nan"))
-        every_field = rate.get((reader, "all"), 0) / rate.get(("streaming", "all"), float("nan"))
         rows.append(
             [
                 f"`--prefer {prefer}`",
                 f"{size['wds_bytes'] / size['source_bytes']:.3f}",
                 f"{size['zarr_bytes'] / size['source_bytes']:.3f}",
-                f"{image_label:.2f}×",
-                f"{every_field:.2f}×",
+                ratio(reader, "img+label", UNCOMPRESSED),
+                ratio(reader, "all", STREAMING),
             ]
         )
     header = ["codecs", "tar vs zip", "zarr vs zip", "compact img+label vs npy", "compact all vs streaming all"]

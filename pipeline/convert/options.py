@@ -44,6 +44,8 @@ class ConvertOptions:
     def __post_init__(self) -> None:
         if self.prefer not in PREFERENCES:
             raise ValueError(f"prefer must be one of {PREFERENCES}, got {self.prefer!r}")
+        if self.encodings is not None and self.prefer != "size":
+            raise ValueError(f"prefer={self.prefer!r} chooses among measured encodings, but encodings are given")
 
 
 @dataclass

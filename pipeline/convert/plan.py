@@ -1,7 +1,8 @@
 """The plan of a conversion: decode a few samples to fix the schema, choose encodings and size the shards.
 
 Encodings are chosen by timing, so the plan is recorded (``DIR/.progress/plan.json``) and a resumed
-run reuses it; its identity (sources, splits, shard size, fixed encodings) says whether it may.
+run reuses it; its identity (sources, splits, shard size, fixed encodings, narrowing, what measured
+encodings favour) says whether it may.
 """
 
 from __future__ import annotations

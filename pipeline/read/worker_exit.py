@@ -15,9 +15,11 @@ So a worker reading for our datasets watches the done event itself, on a daemon 
 every :data:`POLL_SECONDS`, and once it is set puts the ``None`` on the worker's own index queue:
 the worker loop then ends as torch meant it to. The thread polls rather than blocking in
 ``Event.wait``: a waiter that died (killed for memory, say) would make the loader's ``Event.set``
-wait for it forever. torch hands neither the event nor the queue to the dataset; they are the
-arguments its worker process was started with (private to torch), and where they cannot be
-found, workers behave as before.
+wait for it forever. (Each look takes the event's lock for a moment, as torch's own worker loop
+does at every index it reads: a worker killed inside that moment can still leave it taken.)
+torch hands neither the event nor the queue to the dataset; they are the arguments its worker
+process was started with (private to torch), and where they cannot be found, workers behave as
+before.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from torch.utils.data import get_worker_info
 
 log = logging.getLogger(__name__)
 
-#: How often the watching thread looks at the done event: the most a shutdown waits for a worker.
+#: How often the watching thread looks at the done event: what a shutdown waits for an idle worker
+#: at most (a worker still decoding a batch ends it first).
 POLL_SECONDS = 0.1
 
 #: The process whose worker is watched already (a forked child starts unwatched).

@@ -237,10 +237,10 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
 
     def read_record(self, index: int, fields: Sequence[str] | None = None) -> tuple[str, dict[str, np.ndarray]]:
         """Sample ``index`` as a record ``(key, {field: numpy array})``, reading only ``fields``."""
+        state = self._state()  # first: a worker whose first request fails is watched too
         index = self._index(index)
         row = int(self._rows[index])
         fields = self.fields if fields is None else fields
-        state = self._state()
         return self.keys[index], {f: self._read(state, f, row) for f in fields}
 
     def _index(self, index: int) -> int:

@@ -233,6 +233,8 @@ def pick(results: Sequence[Measurement], raw_bytes: int, prefer: str = "size") -
     (all, if none is)."""
     if prefer not in PREFERENCES:
         raise ValueError(f"prefer must be one of {PREFERENCES}, got {prefer!r}")
+    if not results:
+        raise ValueError("no measured candidates to pick from")
     if prefer == "speed":
         eligible = [r for r in results if r.nbytes < raw_bytes] or list(results)
     else:

@@ -41,7 +41,8 @@ class SourceRecord:
 @dataclass(frozen=True)
 class Identity:
     """What must match for a re-run to reuse an earlier output: sources, keys per split, shard
-    size, and the encodings if they were fixed rather than measured."""
+    size, the encodings if they were fixed rather than measured, whether dtypes may be narrowed,
+    and what measured encodings favour."""
 
     sources: tuple[SourceRecord, ...]
     splits: Mapping[str, tuple[str, ...]]

@@ -131,22 +131,26 @@ class FsspecRangeReader(RangeReader):
         self._fs, self._path = url_filesystem(root, storage_options)
         self._checked: set[int] = set()
 
-    def _call(self, where: str, missing: str, read: Callable[[], T]) -> T:
-        """``read()`` retried while it fails transiently; lasting failures are one-line errors."""
-        return retried(
-            where, read, lambda exc: OutputError(f"{where}: {refusal(exc, missing=missing, failed='cannot be read')}")
-        )
+    def _call(self, where: str, missing: str, read: Callable[[], T], path: str = "") -> T:
+        """``read()`` retried while it fails transiently; lasting failures are one-line errors
+        (``path``: the object's path in the file system, which a library's "not found" repeats)."""
+
+        def failure(error: Exception) -> OutputError:
+            return OutputError(f"{where}: {refusal(error, path, missing, failed='cannot be read')}")
+
+        return retried(where, read, failure)
 
     def fetch(self, relative: str) -> bytes:
         where = f"{safe_url(self.root.rstrip('/'))}/{relative}"
-        return self._call(where, "not found", lambda: self._fs.cat_file(f"{self._path.rstrip('/')}/{relative}"))
+        path = f"{self._path.rstrip('/')}/{relative}"
+        return self._call(where, "not found", lambda: self._fs.cat_file(path), path)
 
     copies = False  # fsspec hands over fresh bytes
 
     def _shard_path(self, shard: int) -> str:
         path = f"{self._path.rstrip('/')}/{self.files[shard]}"
         if shard not in self._checked:
-            size = self._call(self.name(shard), "shard is missing", lambda: self._fs.size(path))
+            size = self._call(self.name(shard), "shard is missing", lambda: self._fs.size(path), path)
             if size != self.sizes[shard]:
                 raise self._size_mismatch(shard, size)
             self._checked.add(shard)
@@ -177,5 +181,7 @@ class FsspecRangeReader(RangeReader):
     def read(self, shard: int, offset: int, length: int, into: memoryview | None = None) -> memoryview:
         path = self._shard_path(shard)
         where = self.name(shard)
-        data = self._call(where, "shard is missing", lambda: self._fs.cat_file(path, start=offset, end=offset + length))
+        data = self._call(
+            where, "shard is missing", lambda: self._fs.cat_file(path, start=offset, end=offset + length), path
+        )
         return self._checked_length(shard, offset, length, data)
