@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from pipeline.bench.common import Timings, interleave
 from pipeline.bench.names import COMPACT, SINGLE_THREAD, STREAMING
 from pipeline.read.stream import StreamingDataset
 
@@ -130,3 +131,15 @@ def stream_reader(
     )
     name = name or (COMPACT if compact else SINGLE_THREAD if threads == 1 else STREAMING)
     return TimedReader(name, label, workers, loader, dataset.samples, before_epoch=dataset.set_epoch)
+
+
+def time_readers(readers: Sequence[TimedReader], repeats: int) -> dict[str, Timings]:
+    """Warm every reader up, then time them in ``repeats`` interleaved turns; close them all,
+    whatever happens (their workers and shared memory go with them)."""
+    try:
+        for reader in readers:
+            reader.warm_up()
+        return interleave({r.name: r for r in readers}, repeats)
+    finally:
+        for reader in readers:
+            reader.close()

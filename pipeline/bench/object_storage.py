@@ -30,7 +30,7 @@ import fsspec
 
 from pipeline.bench.baselines import prepare
 from pipeline.bench.common import interleave, machine_description, markdown_table
-from pipeline.bench.loaders import MIN_MEASURE_SECONDS, TimedReader, map_loader, stream_reader
+from pipeline.bench.loaders import MIN_MEASURE_SECONDS, TimedReader, map_loader, stream_reader, time_readers
 from pipeline.cluster import local_cluster
 from pipeline.convert import ConvertOptions, convert
 from pipeline.read.zarr_dataset import ZarrDataset
@@ -132,13 +132,7 @@ def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None, conver
             _, out = prepare(samples, scratch, cluster.scheduler_address)
             url = _upload(out)
             readers = _readers(out, url)
-            try:
-                for reader in readers:
-                    reader.warm_up()
-                reading = interleave({r.name: r for r in readers}, repeats)
-            finally:
-                for reader in readers:
-                    reader.close()
+            reading = time_readers(readers, repeats)
             archive = out.parent / "SSMSpine_Train.zip"
             encodings = read_manifest(out).encodings
             bucket = _new_bucket()

@@ -70,7 +70,7 @@ from typing import Iterable, Sequence
 
 from pipeline.bench.augment import Augmented, ElasticDeformation
 from pipeline.bench.baselines import NpyDataset, TorchLoadDataset, prepare, prepare_for_speed, write_uncompressed
-from pipeline.bench.common import OtherLoad, interleave, machine_description, markdown_table
+from pipeline.bench.common import OtherLoad, machine_description, markdown_table
 from pipeline.bench.loaders import (
     BATCH_SIZE,
     MIN_MEASURE_SECONDS,
@@ -78,6 +78,7 @@ from pipeline.bench.loaders import (
     TimedReader,
     map_loader,
     stream_reader,
+    time_readers,
 )
 from pipeline.bench.names import COMPACT, SINGLE_THREAD, SPEED_COMPACT, UNCOMPRESSED
 from pipeline.read.zarr_dataset import ZarrDataset
@@ -175,12 +176,8 @@ def run(
         readers = _readers(tree, uncompressed, out, speed_out, workers, augment_workers)
         other_load = OtherLoad()
         try:
-            for reader in readers:
-                reader.warm_up()
-            timings = interleave({r.name: r for r in readers}, repeats)
+            timings = time_readers(readers, repeats)
         finally:
-            for reader in readers:
-                reader.close()
             gc.collect()  # workers shut down and joined: their CPU time counts as ours
         other_cores = other_load.cores
     finally:
