@@ -166,16 +166,8 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
             return self.__getitems__(indices).whole
         key, record = self.read_record(index)
         if self.transform is not None:
-            return {
-                "__key__": key,
-                "__pad__": isinstance(index, PaddingIndex),
-                **tensors_of(apply_transform(self.transform, record, key, self.seed, self.epoch)),
-            }
-        return {
-            "__key__": key,
-            "__pad__": isinstance(index, PaddingIndex),
-            **{f: torch.from_numpy(a) for f, a in record.items()},
-        }
+            record = apply_transform(self.transform, record, key, self.seed, self.epoch)
+        return {"__key__": key, "__pad__": isinstance(index, PaddingIndex), **tensors_of(record)}
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """``[ds[i] for i in indices]``, read into one buffer per field: how DataLoader fetches a batch.

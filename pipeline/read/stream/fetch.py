@@ -19,10 +19,9 @@ import torch
 import xxhash
 
 from pipeline.errors import OutputError
-from pipeline.read.batches import BatchLayout, SlotPool
+from pipeline.read.batches import SlotPool, slot_pool_for
 from pipeline.read.collate import DatasetBatch
 from pipeline.read.decode_threads import DecodeThreads, Decoding
-from pipeline.read.slot_registry import pad_tensor
 from pipeline.read.stream.index import SampleIndex
 from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
 from pipeline.store.location import RangeReader, range_reader_class
@@ -68,11 +67,10 @@ class SampleReader:
         if self._transform is not None:
             return self._start_transformed(indices, keys, pad, shared, batched, epoch)
         if batched:
-            if self._slots is None:
-                self._slots = SlotPool(BatchLayout.of(self._specs, self._batch_size or 1), shared=shared)
+            self._slots = slot_pool_for(self._slots, self._specs, self._batch_size or 1, shared)
             batch = self._slots.batch(len(indices), keys, pad)
             outs = [{f: a[row] for f, a in batch.arrays.items()} for row in range(len(indices))]
-            whole = batch if shared else DatasetBatch({"__key__": keys, "__pad__": pad_tensor(pad), **batch.tensors()})
+            whole = batch if shared else DatasetBatch(batch)
             return Pending(self.start(indices, outs), lambda: whole)
         tensors = {f: torch.empty(shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
         arrays = {f: t.numpy() for f, t in tensors.items()}
@@ -94,7 +92,7 @@ class SampleReader:
             if not batched:
                 return {"__key__": keys[0], "__pad__": pad[0], **tensors_of(results[0])}
             self._slots, batch = stack_into_slot(self._slots, results, keys, pad, shared, self._batch_size or 1)
-            return batch if shared else DatasetBatch({"__key__": keys, "__pad__": pad_tensor(pad), **batch.tensors()})
+            return batch if shared else DatasetBatch(batch)
 
         return Pending(self.start(indices, outs, after, background=True), deliver)
 
