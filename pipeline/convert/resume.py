@@ -20,7 +20,7 @@ from pipeline.store.tar_shards import WDS_DIR, shard_file_problem
 log = logging.getLogger(__name__)
 
 
-def reopen_finished(out: Storage, identity: Identity) -> None:
+def reopen_finished(out: Storage) -> None:
     """Turn a finished output that needs repair back into an unfinished one, losing nothing.
 
     Its shards become progress records and its plan the current plan; only then does the

@@ -161,7 +161,7 @@ def _convert_missing(
 ) -> Manifest:
     """Plan (or reuse the plan), run the tasks whose shards are missing, write the manifest."""
     if manifest.has_manifest(out):
-        reopen_finished(out, identity)
+        reopen_finished(out)
     if not out.remote:  # object stores have no folders, and never hold a half-written object
         out.local_path(WDS_DIR).mkdir(parents=True, exist_ok=True)
         remove_temporaries(out.root)

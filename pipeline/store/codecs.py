@@ -94,24 +94,21 @@ class Encoding:
 #: Block sizes tried (see the module's docstring).
 BLOCK_SIZES = (256 << 10, 1 << 20)
 
+
+def _every_setting(cname: str, levels: Sequence[int]) -> tuple[Encoding, ...]:
+    """``cname`` at each of ``levels``, with each shuffle, in each of :data:`BLOCK_SIZES`."""
+    shuffles = (Blosc.NOSHUFFLE, Blosc.SHUFFLE, Blosc.BITSHUFFLE)
+    return tuple(
+        Encoding(cname, level, shuffle, size) for level in levels for shuffle in shuffles for size in BLOCK_SIZES
+    )
+
+
 #: Encodings tried per field. zstd beats lz4 and blosclz on size for every field of this data;
 #: levels above 5 cost several times the encode time for about 2 %.
-CANDIDATES: tuple[Encoding, ...] = tuple(
-    Encoding("zstd", clevel, shuffle, blocksize)
-    for clevel in (1, 3, 5)
-    for shuffle in (Blosc.NOSHUFFLE, Blosc.SHUFFLE, Blosc.BITSHUFFLE)
-    for blocksize in BLOCK_SIZES
-)
-
-
+CANDIDATES = _every_setting("zstd", (1, 3, 5))
 #: Tried as well when speed comes first: LZ4 decodes noisy float images 2-3 times faster than zstd,
 #: into about twice the bytes. (LZ4-HC compresses better but encodes too slowly to calibrate.)
-FAST_CANDIDATES: tuple[Encoding, ...] = tuple(
-    Encoding("lz4", clevel, shuffle, blocksize)
-    for clevel in (1, 5, 9)
-    for shuffle in (Blosc.NOSHUFFLE, Blosc.SHUFFLE, Blosc.BITSHUFFLE)
-    for blocksize in BLOCK_SIZES
-)
+FAST_CANDIDATES = _every_setting("lz4", (1, 5, 9))
 
 #: What the choice of encodings puts first: ``"size"`` (the default: the smallest, then the
 #: cheapest among those about as small) or ``"speed"`` (the cheapest that compresses at all).

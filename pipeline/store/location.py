@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 from pipeline.store import manifest
 from pipeline.store.range_readers import LocalRangeReader, RangeReader
 from pipeline.store.remote_ranges import FsspecRangeReader, HttpRangeReader
-from pipeline.urls import is_url, safe_url
+from pipeline.urls import is_url, safe_url, scheme
 
 __all__ = ["RangeReader", "LocalRangeReader", "open_range_reader", "range_reader_class", "read_stream_manifest"]
 
@@ -29,7 +29,7 @@ __all__ = ["RangeReader", "LocalRangeReader", "open_range_reader", "range_reader
 def range_reader_class(root: str) -> type[RangeReader]:
     if not is_url(root):
         return LocalRangeReader
-    if root.split("://", 1)[0].lower() in ("http", "https"):
+    if scheme(root) in ("http", "https"):
         return HttpRangeReader
     return FsspecRangeReader
 
