@@ -10,9 +10,11 @@ from __future__ import annotations
 import errno
 import http.client
 import os
+import re
 from pathlib import Path
 
 import aiohttp
+import fsspec
 import pytest
 from botocore.exceptions import ClientError
 from s3fs.errors import translate_boto_error
@@ -22,9 +24,11 @@ from pipeline.cli import main
 from pipeline.convert import convert
 from pipeline.errors import OutputError, SourceError, UnavailableError, UsageError
 from pipeline.read.stream import StreamingDataset
+from pipeline.read.zarr_fast import RemoteShard
 from pipeline.retry import NO_CREDENTIALS, RETRIES_ENV, TransientError, is_transient, reason, refusal, retrying
 from pipeline.source.members import list_members
 from pipeline.store.codecs import Encoding
+from pipeline.urls import safe_url
 
 from conftest import assert_bit_exact, fast_options, manifest_json
 from stream_common import SEED, expected_keys, flat_keys, stock_samples
@@ -124,6 +128,33 @@ def test_retrying_tries_again_until_the_read_passes_or_the_retries_are_spent(qui
     with pytest.raises(FileNotFoundError):
         retrying("s3://b/a.zip", flaky(1, FileNotFoundError("a.zip")))
     assert len(calls) == 1, "not found is not tried again"
+
+
+def test_zarr_shards_at_urls_are_read_with_the_same_retries_and_errors(quick_retries, monkeypatch):
+    """The Zarr fast path's ranged reads (RemoteShard): a dropped connection is tried again, a
+    refusal is one line naming the shard, and a missing shard passes for the caller to handle."""
+    fsspec.filesystem("memory").pipe_file("/retries/shard", b"0123456789")
+    shard = RemoteShard("memory:///retries/shard", {})
+    cat_file, reads = shard._fs.cat_file, []
+
+    def dropped_once(*args, **kwargs):
+        reads.append(args)
+        if len(reads) == 1:
+            raise ConnectionResetError("reset by peer")
+        return cat_file(*args, **kwargs)
+
+    monkeypatch.setattr(shard._fs, "cat_file", dropped_once)
+    assert shard.read(2, 3) == b"234" and len(reads) == 2
+
+    def refused(*args, **kwargs):
+        raise PermissionError("no")
+
+    monkeypatch.setattr(shard._fs, "cat_file", refused)
+    named = re.escape(safe_url("memory:///retries/shard"))
+    with pytest.raises(OutputError, match=rf"^{named}: access denied \(PermissionError: no\)"):
+        shard.read(0, 1)
+    with pytest.raises(FileNotFoundError):
+        RemoteShard("memory:///retries/none", {}).size()
 
 
 @pytest.mark.parametrize("value", ["many", "-1"])

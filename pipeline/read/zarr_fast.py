@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 import numpy as np
 import zarr
@@ -21,13 +21,17 @@ import zarr
 from pipeline.errors import OutputError
 from pipeline.read.batches import SlotPool, slot_pool_for
 from pipeline.read.worker_exit import exit_with_the_loader
+from pipeline.retry import refusal, retried
 from pipeline.storage import url_filesystem
 from pipeline.store.codecs import decode_into
 from pipeline.store.zarr_fast_layout import ChunkLayout
 from pipeline.store.zarr_store import EMPTY_CHUNK, parse_shard_index, shard_index_span
+from pipeline.urls import safe_url
 
 #: Open shard files kept per process: bounded, so thousands of shards stay under the fd limit.
 MAX_OPEN_FILES = 64
+
+T = TypeVar("T")
 
 
 class LocalShard:
@@ -48,33 +52,32 @@ class LocalShard:
 
 
 class RemoteShard:
-    """A shard at a URL, read in byte ranges through fsspec; holds no handle of its own."""
+    """A shard at a URL, read in byte ranges through fsspec (retried as every remote read is);
+    holds no handle of its own."""
 
     def __init__(self, path: str, storage_options: Mapping) -> None:
-        self.path = path
+        self.name = safe_url(path)
         self._fs, self._key = url_filesystem(path, storage_options)
 
     def size(self) -> int:
-        return self._call(self._fs.size, self._key)  # FileNotFoundError: a shard never written
+        return self._call(lambda: self._fs.size(self._key))  # FileNotFoundError: a shard never written
 
     def read(self, offset: int, nbytes: int) -> bytes:
         try:
-            return self._call(self._fs.cat_file, self._key, start=offset, end=offset + nbytes)
+            return self._call(lambda: self._fs.cat_file(self._key, start=offset, end=offset + nbytes))
         except FileNotFoundError:
-            raise OutputError(f"{self.path}: the shard is gone since its index was read") from None
+            raise OutputError(f"{self.name}: the shard is gone since its index was read") from None
 
     def read_into(self, offset: int, into: memoryview) -> int:
         data = self.read(offset, len(into))
         into[: len(data)] = data
         return len(data)
 
-    def _call(self, method, *args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:  # no access, no connection: the reason as fsspec gives it
-            raise OutputError(f"{self.path}: cannot read ({exc})") from exc
+    def _call(self, read: Callable[[], T]) -> T:
+        def failure(error: Exception) -> OutputError:
+            return OutputError(f"{self.name}: {refusal(error, self._key, failed='cannot be read')}")
+
+        return retried(self.name, read, failure, passes=(FileNotFoundError,))
 
 
 class ProcessState:
