@@ -96,9 +96,18 @@ def test_outputs_without_dimension_names_open_in_our_readers_and_get_them_on_res
     )
     assert_bit_exact(view.label[5].values, reference[5]["label"].numpy(), "label")
 
-    manifest = read_manifest(out)  # what a resumed conversion hands create_split again
+    _create_split_again(out, out)
+    for field in (*read_manifest(out).schema, "patient"):
+        renamed, original = (zarr_layout.open_array(o, "train", field) for o in (out, converted))
+        assert renamed.metadata == original.metadata, field
+    assert_bit_exact(ZarrDataset(out)[3]["mask"].numpy(), reference[3]["mask"].numpy(), "mask after resume")
+
+
+def _create_split_again(out: Path, where: str | Path) -> None:
+    """What a resumed conversion of ``out`` does to its train split, at ``where`` (``out`` or a URL)."""
+    manifest = read_manifest(out)
     zarr_store.create_split(
-        out,
+        where,
         "train",
         manifest.stored_schema,
         manifest.encodings,
@@ -108,7 +117,14 @@ def test_outputs_without_dimension_names_open_in_our_readers_and_get_them_on_res
         attributes={"fields": list(manifest.schema)},
         source_dtypes={f: manifest.schema[f].dtype for f in manifest.plan.stored_dtypes},
     )
-    for field in (*manifest.schema, "patient"):
-        renamed, original = (zarr_layout.open_array(o, "train", field) for o in (out, converted))
-        assert renamed.metadata == original.metadata, field
-    assert_bit_exact(ZarrDataset(out)[3]["mask"].numpy(), reference[3]["mask"].numpy(), "mask after resume")
+
+
+def test_a_resume_on_object_storage_names_the_dimensions_too(converted, tmp_path, s3_server):
+    out = copy_output(converted, tmp_path)
+    _strip_names(out)
+    url = s3_server.upload(out)
+    _create_split_again(out, url)
+    store = zarr_layout.open_store(url)
+    for field in (*read_manifest(out).schema, "patient"):
+        renamed = zarr_layout.open_array_in(store, "train", field)
+        assert renamed.metadata == zarr_layout.open_array(converted, "train", field).metadata, field

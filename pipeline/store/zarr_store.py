@@ -26,12 +26,19 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from pipeline.atomic import AtomicFile, write_bytes_atomic
+from pipeline.atomic import AtomicFile
 from pipeline.errors import OutputError
 from pipeline.schema import Schema
 from pipeline.storage import Storage, as_storage
 from pipeline.store.codecs import SHUFFLE_NAMES, Encoding
-from pipeline.store.zarr_layout import SAMPLE_COORDINATES, SAMPLE_DIM, check_layout, dimension_names, open_store
+from pipeline.store.zarr_layout import (
+    SAMPLE_COORDINATES,
+    SAMPLE_DIM,
+    STORE_NAME,
+    check_layout,
+    dimension_names,
+    open_store,
+)
 
 
 def blosc_codec(encoding: Encoding, itemsize: int) -> BloscCodec:
@@ -83,6 +90,7 @@ def create_split(
     coordinates = {"coordinates": " ".join(SAMPLE_COORDINATES)}
     for field, spec in schema.items():
         _require_array(
+            storage,
             split_group,
             field,
             shape=(n, *spec.shape),
@@ -96,6 +104,7 @@ def create_split(
         check_layout(split_group[field])
     for name, values in (("patient", patients), ("aug", augs)):
         array = _require_array(
+            storage,
             split_group,
             name,
             shape=(n,),
@@ -113,7 +122,9 @@ def create_split(
 _NAMING = ("dimension_names", "attributes")
 
 
-def _require_array(group: zarr.Group, name: str, **spec) -> zarr.Array:
+def _require_array(storage: Storage, group: zarr.Group, name: str, **spec) -> zarr.Array:
+    """Array ``name`` of ``group`` (in the Zarr store of the output in ``storage``) as ``spec``
+    says: made, or kept when only its names differ, which are then brought up to date."""
     spec["fill_value"] = _fill(spec["dtype"])
     if name not in group:
         return group.create_array(name, **spec)
@@ -127,7 +138,7 @@ def _require_array(group: zarr.Group, name: str, **spec) -> zarr.Array:
             "(an output of a different conversion?); use a new --out or --force"
         )
     if any(found.get(k) != expected.get(k) for k in _NAMING):  # written before arrays named their axes
-        write_bytes_atomic(Path(group.store.root, array.path, "zarr.json"), written["zarr.json"].to_bytes())
+        storage.write_bytes(f"{STORE_NAME}/{array.path}/zarr.json", written["zarr.json"].to_bytes())
         array = group[name]
     return array
 
