@@ -145,24 +145,12 @@ def _positive_int(text: str) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from pipeline.tools.synth import SynthConfig, write_archive, write_tree
 
-    config = SynthConfig(
-        patients=args.patients,
-        shapes=args.shapes,
-        seed=args.seed,
-        first_patient=args.first_patient,
-        root=args.root,
-        values=args.values,
-        image_dtype=args.image_dtype,
-        mask_dtype=args.mask_dtype,
-        label_dtype=args.label_dtype,
-        landmark_dtype=args.landmark_dtype,
-        compression=args.compression,
-        numpy_pickle=args.numpy_pickle,
-        serialization=args.serialization,
-        junk=args.junk,
-    )
+    # every field of SynthConfig has its option, of the same name
+    config = SynthConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SynthConfig)})
     path = (write_tree if args.tree else write_archive)(args.out, config)
     print(f"wrote {path}: {args.patients * args.shapes} samples")
     return 0
@@ -243,12 +231,16 @@ def _verify(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import json
 
+    from pipeline.storage import Storage
+    from pipeline.store.manifest import read_manifest
     from pipeline.tools.info import info
     from pipeline.tools.info_text import format_info
     from pipeline.verify.consistency import check_output
 
-    data = info(args.out)
-    found = check_output(args.out, checksums=args.check)
+    out = Storage(args.out)
+    manifest = read_manifest(out)  # once, for both: a release's manifest is megabytes, maybe remote
+    data = info(out, manifest=manifest)
+    found = check_output(out, checksums=args.check, manifest=manifest)
     check = found.to_json()
     print(json.dumps({**data, "check": check}, indent=1) if args.json else format_info(data, check))
     return 0 if found.ok else 1

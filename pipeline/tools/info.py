@@ -13,12 +13,16 @@ import os
 from typing import Any, Mapping
 
 from pipeline.schema import FieldSpec
-from pipeline.storage import Storage
+from pipeline.storage import Storage, as_storage
 from pipeline.store.manifest import FORMAT, FORMAT_VERSION, Manifest, SplitEntry, read_manifest
 from pipeline.tools.tables import ratio
 
 
-def info(out: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def info(
+    out: str | os.PathLike | Storage,
+    storage_options: Mapping[str, Any] | None = None,
+    manifest: Manifest | None = None,
+) -> dict[str, Any]:
     """A JSON-able summary of a finished output: counts, schema, bytes per split and field, shards.
 
     Sizes are measured on disk: Zarr bytes per field are the files under
@@ -27,10 +31,11 @@ def info(out: str | os.PathLike, storage_options: Mapping[str, Any] | None = Non
     ``wds_overhead_bytes``). Ratios against the source are per split too: a source archive's
     bytes are apportioned to splits by how many of its members each split holds
     (``source_apportioned_by``), exact when each archive feeds one split. Members left out under
-    ``--skip-bad`` (``rejected``) and samples with content warnings are counted.
+    ``--skip-bad`` (``rejected``) and samples with content warnings are counted. ``manifest``:
+    the output's manifest, when the caller has read it already.
     """
-    out = Storage(out, storage_options)
-    manifest = read_manifest(out)
+    out = as_storage(out, storage_options)
+    manifest = manifest or read_manifest(out)
     store = manifest.zarr
     sources = [{"name": s.name, "bytes": s.bytes} for s in manifest.sources]
     source_bytes = sum(s["bytes"] for s in sources)

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from pipeline.schema import FieldSpec
-from pipeline.storage import Storage
+from pipeline.storage import Storage, as_storage
 from pipeline.store import zarr_layout
 from pipeline.store.manifest import Manifest, ShardEntry, SplitEntry, read_manifest
 from pipeline.store.tar_shards import MISSING, shard_file_problem
@@ -39,11 +39,15 @@ class ManifestCheck:
 
 
 def check_output(
-    out: str | os.PathLike, checksums: bool = False, storage_options: Mapping[str, Any] | None = None
+    out: str | os.PathLike | Storage,
+    checksums: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    manifest: Manifest | None = None,
 ) -> ManifestCheck:
-    """Check a finished output (a directory or any fsspec URL) against its manifest (see the module docstring)."""
-    out = Storage(out, storage_options)
-    manifest = read_manifest(out)
+    """Check a finished output (a directory or any fsspec URL) against its manifest (see the module
+    docstring); ``manifest``: the output's manifest, when the caller has read it already."""
+    out = as_storage(out, storage_options)
+    manifest = manifest or read_manifest(out)
     store = zarr_layout.open_store(out.root, out.storage_options)
     problems: list[str] = []
     for split, entry in manifest.splits.items():
