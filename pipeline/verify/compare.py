@@ -107,7 +107,7 @@ def _check_sample(
             wds_what = "missing"
         else:
             try:
-                frame = bytes(tar_shards.split_member(payload, name)[3])
+                frame = bytes(tar_shards.parse_member(payload, name)[1])
                 wds_what = _compare(tar_shards.decode_field(payload, name), expected, spec)
             except OutputError as exc:
                 frame, wds_what = None, str(exc)
