@@ -58,8 +58,8 @@ class HttpRangeReader(RangeReader):
                     response.read()
                     raise TransientError(f"HTTP {response.status} {response.reason}")
                 return handle(response)
-            except BaseException:
-                self.close()  # a connection in an unknown state is never reused
+            except BaseException:  # a connection in an unknown state (or with a body unread) is never reused
+                self.close()
                 raise
 
         return retrying(safe_url(f"{self.root.rstrip('/')}/{relative}"), attempt)
@@ -83,8 +83,7 @@ class HttpRangeReader(RangeReader):
             into = memoryview(bytearray(length))
 
         def handle(response: http.client.HTTPResponse) -> memoryview:
-            if response.status != 206:
-                self.close()  # drops whatever body came (a server ignoring Range sends the whole shard)
+            if response.status != 206:  # raising closes the connection: a server ignoring Range sends it all
                 if response.status == 404:
                     raise OutputError(f"{name}: shard is missing (HTTP 404)")
                 if response.status == 416:
@@ -95,7 +94,6 @@ class HttpRangeReader(RangeReader):
                 )
             total = response.getheader("Content-Range", "").rpartition("/")[2]
             if total.isdigit() and int(total) != self.sizes[shard]:
-                self.close()
                 raise self._size_mismatch(shard, int(total))
             done = 0
             while done < length:
@@ -105,7 +103,6 @@ class HttpRangeReader(RangeReader):
                 done += n
             response.read()
             if done != length:  # the body ended early: the connection broke, or the shard is short
-                self.close()
                 raise http.client.IncompleteRead(bytes(into[:done]), length - done)
             return into
 
