@@ -12,11 +12,13 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from pipeline.bench.names import AUGMENTED
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 #: Bar colours per field set of the reading benchmark (anything else gets grey).
-FIELD_SET_COLOURS = {"img+label": "#4363d8", "all": "#f58231", "img+label, elastic": "#3cb44b"}
+FIELD_SET_COLOURS = {"img+label": "#4363d8", "all": "#f58231", AUGMENTED: "#3cb44b"}
 #: The load-only system of ``bench/convert.json``: what conversion rates are compared with.
 BASELINE_SYSTEM = "load only (1 process)"
 

@@ -1,4 +1,4 @@
-"""The names the reading figures give their readers: shared by the benchmark that measures them and
+"""The names the reading figures give their readers and field sets: shared by the benchmark that measures them and
 the report that reads them back from JSON (which imports nothing heavy)."""
 
 STREAMING = "streaming"
@@ -10,3 +10,5 @@ COMPACT = "streaming, compact"
 SPEED_COMPACT = "streaming, compact, speed codecs"
 #: The reference point: each field a plain ``.npy`` file, read with ``np.load`` (no decoding).
 UNCOMPRESSED = "npy, uncompressed"
+#: The field set of the rows with augmentation: img and label, elastically deformed.
+AUGMENTED = "img+label, elastic"

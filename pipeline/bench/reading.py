@@ -80,7 +80,7 @@ from pipeline.bench.loaders import (
     stream_reader,
     time_readers,
 )
-from pipeline.bench.names import COMPACT, SINGLE_THREAD, SPEED_COMPACT, UNCOMPRESSED
+from pipeline.bench.names import AUGMENTED, COMPACT, SINGLE_THREAD, SPEED_COMPACT, UNCOMPRESSED
 from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.runtime import keep_buffers_on_heap
 from pipeline.schema import FIELDS
@@ -88,9 +88,7 @@ from pipeline.tools.info import info
 
 #: The field sets measured, by the name the results give them.
 FIELD_SETS: dict[str, tuple[str, ...]] = {"img+label": ("img", "label"), "all": FIELDS}
-#: The field set of the rows with augmentation (img+label, each sample elastically deformed), and
-#: the readers measured with it.
-AUGMENTED = "img+label, elastic"
+#: The readers measured with augmentation (field set AUGMENTED).
 AUGMENTED_READERS = ("baseline", "streaming")
 #: The readers measured, in the order the results list them.
 READERS = ("baseline", UNCOMPRESSED, "streaming", COMPACT, SPEED_COMPACT, SINGLE_THREAD, "zarr")

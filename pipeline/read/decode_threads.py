@@ -64,10 +64,7 @@ class DecodeThreads:
         decoding. :meth:`Decoding.wait` ends the calls and raises what they raised."""
         items = list(items)
         threads = self.threads or default_threads()
-        if background and items:
-            executor = self._executor(max(1, min(threads, len(items))))
-            return Decoding(futures=[executor.submit(function, item) for item in items])
-        if threads <= 1 or len(items) <= 1:
+        if not items or not background and (threads <= 1 or len(items) <= 1):
             try:
                 with one_blosc_thread() if threads <= 1 else contextlib.nullcontext():
                     for item in items:
