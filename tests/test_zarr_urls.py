@@ -17,8 +17,10 @@ import s3fs
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.errors import OutputError, UsageError
+from pipeline.errors import NotFoundError, OutputError, UsageError
 from pipeline.read.zarr_dataset import ZarrDataset
+from pipeline.store import zarr_layout
+from pipeline.store.manifest import read_manifest
 from pipeline.tools.xarray_view import open_zarr
 
 from conftest import assert_bit_exact
@@ -117,3 +119,15 @@ def test_missing_buckets_prefixes_and_stores_are_errors_naming_the_url(converted
         ZarrDataset(manifest_only)
     with pytest.raises(UsageError, match="nosuch://bucket/out"):
         ZarrDataset("nosuch://bucket/out")
+
+
+def test_zarr_errors_name_a_url_without_its_password(converted):
+    manifest = read_manifest(converted)
+    url = "http://reader:secret@127.0.0.1:9/out"  # nothing listens on port 9: refused at once
+    with pytest.raises(NotFoundError, match=r"^http://reader@127\.0\.0\.1:9/out: no split 'nosuch'"):
+        zarr_layout.open_split(url, manifest, "nosuch", None)
+    with pytest.raises(
+        OutputError, match=r"^http://reader@127\.0\.0\.1:9/out/ssmspine\.zarr/train: not a Zarr group"
+    ) as e:
+        zarr_layout.open_split(url, manifest, "train", None)
+    assert "secret" not in str(e.value)

@@ -133,8 +133,9 @@ class ProcessState:
         except FileNotFoundError:
             index = None
         else:
-            start, n = shard_index_span(size, path, layout.shard_samples, layout.index_at_end, layout.index_crc)
-            index = parse_shard_index(shard.read(start, n), size, path, layout.shard_samples, layout.index_crc)
+            name = safe_url(path) if layout.remote else path
+            start, n = shard_index_span(size, name, layout.shard_samples, layout.index_at_end, layout.index_crc)
+            index = parse_shard_index(shard.read(start, n), size, name, layout.shard_samples, layout.index_crc)
         self.indexes[path] = index
         return index
 
@@ -151,11 +152,12 @@ def read_fast(layout: ChunkLayout, state: ProcessState, row: int, out: np.ndarra
     if offset == EMPTY_CHUNK and nbytes == EMPTY_CHUNK:
         np.copyto(out, layout.fill_value, casting="unsafe")  # what np.full does
         return out
+    name = safe_url(path) if layout.remote else path  # for messages: no credentials of the URL
     try:
         source = state.shard(layout, path)
     except FileNotFoundError:
-        raise OutputError(f"{path}: the shard is gone since its index was read") from None
-    where = f"{path}: chunk {within}"
+        raise OutputError(f"{name}: the shard is gone since its index was read") from None
+    where = f"{name}: chunk {within}"
     expected = layout.sample_nbytes
     if not layout.blosc:
         got = source.read_into(offset, memoryview(out).cast("B")) if nbytes == expected else -1

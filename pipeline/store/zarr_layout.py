@@ -19,7 +19,7 @@ import zarr
 from pipeline.errors import NotFoundError, OutputError, UsageError
 from pipeline.schema import FIELD_SHAPES, FieldSpec
 from pipeline.store.manifest import Manifest, SplitEntry
-from pipeline.urls import is_url
+from pipeline.urls import is_url, safe_url
 
 STORE_NAME = "ssmspine.zarr"
 
@@ -90,7 +90,7 @@ def open_store(
         options = dict(storage_options or {})
         return zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=read_only)
     except (ValueError, ImportError, TypeError) as exc:  # an unknown scheme, its package missing
-        raise UsageError(f"{url}: cannot open this URL with fsspec ({exc})") from exc
+        raise UsageError(f"{safe_url(url)}: cannot open this URL with fsspec ({exc})") from exc
 
 
 def open_array_in(store: str | os.PathLike, split: str, field: str, mode: str = "r") -> zarr.Array:
@@ -179,8 +179,8 @@ def open_split(
     """The samples (from the manifest), Zarr group and fields (all by default) of a split, all checked;
     ``out`` is the output's directory or URL (see :func:`open_store`)."""
     if split not in manifest.splits:
-        raise NotFoundError(f"{out}: no split {split!r} (has {sorted(manifest.splits)})")
-    path = zarr_location(out, split)
+        raise NotFoundError(f"{safe_url(os.fspath(out))}: no split {split!r} (has {sorted(manifest.splits)})")
+    path = safe_url(zarr_location(out, split))  # for messages: no credentials of the URL
     try:
         group = zarr.open_group(open_store(out, storage_options), path=split, mode="r", zarr_format=3)
     except (OSError, zarr.errors.BaseZarrError) as exc:
