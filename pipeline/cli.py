@@ -12,13 +12,17 @@ import logging
 import re
 import sys
 import traceback
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from pipeline.errors import SSMSpineError
+from pipeline.errors import SSMSpineError, UsageError
 from pipeline.sizes import human_bytes
+from pipeline.source.passwords import PASSWORD_VARIABLE
 from pipeline.store.codecs import PREFERENCES
 from pipeline.urls import safe_url
 from pipeline.version import __version__
+
+if TYPE_CHECKING:
+    from pipeline.source.passwords import Passwords
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1}
@@ -40,6 +44,38 @@ def parse_patients(text: str) -> tuple[int, ...]:
         return tuple(sorted({int(p.strip().lstrip("p")) for p in text.split(",") if p.strip()}))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of patient numbers: {text!r}") from None
+
+
+def _add_password_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="passwords of encrypted archives: one line for all, or lines 'NAME.zip: PASSWORD' "
+        f"(else ${PASSWORD_VARIABLE}, else asked in a terminal; never a command-line value)",
+    )
+
+
+def _passwords(args: argparse.Namespace, sources: Sequence[str]) -> "Passwords":
+    """The passwords of the run: from ``--password-file``, else the environment; then, for encrypted
+    sources still without one, asked without echo when standard input is a terminal.
+
+    Without a terminal nothing is asked: the library names the archive and the ways to give one.
+    """
+    from pipeline.source.passwords import Password, Passwords, passwords_from_environment, read_password_file
+    from pipeline.source.unlock import locked_sources
+
+    given = read_password_file(args.password_file) if args.password_file else passwords_from_environment()
+    if not sys.stdin.isatty():
+        return given
+    locked = locked_sources(list(sources), given)
+    if not locked:
+        return given
+    import getpass
+
+    from pipeline.urls import location_name
+
+    asked = {location_name(s): Password(getpass.getpass(f"password of {location_name(s)}: ")) for s in locked}
+    return given.merged_with(Passwords(by_name=asked))
 
 
 def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--junk", action="store_true", help="add __MACOSX/ and .DS_Store entries")
     synth.add_argument("--tree", action="store_true", help="write an extracted directory instead of a zip")
+    synth.add_argument(
+        "--encrypt",
+        choices=("none", "zipcrypto", "aes"),
+        default="none",
+        help="encrypt every member (AES: AES-256) with the password of --password-file or $" + PASSWORD_VARIABLE,
+    )
+    _add_password_option(synth)
 
     convert = commands.add_parser("convert", help="convert archives into Zarr + WebDataset shards")
     convert.add_argument("sources", nargs="+", help="SSMSpine zip archives or extracted directories")
@@ -105,12 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--force", action="store_true", help="replace an output directory that holds a conversion of other sources"
     )
+    _add_password_option(convert)
     _add_cluster_options(convert)
 
     verify = commands.add_parser("verify", help="compare an output bit for bit with its sources")
     verify.add_argument("sources", nargs="*", help="the sources (default: check against the manifest)")
     verify.add_argument("--out", required=True, help="output directory")
+    _add_password_option(verify)
     _add_cluster_options(verify)
+
+    scan = commands.add_parser("scan", help="what sources hold, before converting: samples, methods, encryption")
+    scan.add_argument("sources", nargs="+", help="SSMSpine zip archives (paths or URLs) or extracted directories")
+    scan.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
+    _add_password_option(scan)
 
     info = commands.add_parser("info", help="what an output holds: counts, schema, bytes, shards, manifest check")
     info.add_argument("out", help="output directory (holds manifest.json)")
@@ -151,7 +201,15 @@ def _synth(args: argparse.Namespace) -> int:
 
     # every field of SynthConfig has its option, of the same name
     config = SynthConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SynthConfig)})
-    path = (write_tree if args.tree else write_archive)(args.out, config)
+    if args.tree:
+        path = write_tree(args.out, config)
+    else:
+        password = _passwords(args, ()).for_archive(args.out) if config.encrypt != "none" else None
+        if config.encrypt != "none" and password is None:
+            raise UsageError(
+                f"--encrypt {config.encrypt} needs a password: --password-file FILE or ${PASSWORD_VARIABLE}"
+            )
+        path = write_archive(args.out, config, password)
     print(f"wrote {path}: {args.patients * args.shapes} samples")
     return 0
 
@@ -170,6 +228,7 @@ def _convert(args: argparse.Namespace) -> int:
         keep_dtypes=args.keep_dtypes,
         prefer=args.prefer,
         force=args.force,
+        passwords=_passwords(args, args.sources),
     )
     summary = convert(args.sources, args.out, options)
     _print_problems(summary)
@@ -211,7 +270,12 @@ def _verify(args: argparse.Namespace) -> int:
     from pipeline.verify import verify
 
     report = verify(
-        args.out, args.sources or None, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress
+        args.out,
+        args.sources or None,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        progress=not args.no_progress,
+        passwords=_passwords(args, args.sources),
     )
     for problem in report.problems[:50]:
         print(problem)
@@ -246,6 +310,16 @@ def _info(args: argparse.Namespace) -> int:
     return 0 if found.ok else 1
 
 
+def _scan(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.tools.scan import format_scan, scan
+
+    report = scan(args.sources, _passwords(args, args.sources))
+    print(json.dumps(report.to_json(), indent=1) if args.json else format_scan(report))
+    return 0 if report.ok else 2
+
+
 def _show(args: argparse.Namespace) -> int:
     from pipeline.tools.show import show
 
@@ -256,7 +330,14 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"synth": _synth, "convert": _convert, "verify": _verify, "info": _info, "show": _show}
+COMMANDS = {
+    "synth": _synth,
+    "convert": _convert,
+    "verify": _verify,
+    "scan": _scan,
+    "info": _info,
+    "show": _show,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,13 @@ class SourceError(SSMSpineError):
         return type(self), (self.archive, self.member, self.reason)
 
 
+class PasswordError(SourceError):
+    """An encrypted archive (or member) has no password, or the one given does not open it.
+
+    The message names the archive and how to give a password; it never holds the password.
+    """
+
+
 class SchemaError(SourceError):
     """A sample decoded fine but does not match the schema of the rest of the data."""
 

@@ -21,7 +21,8 @@ from pipeline.cli import main
 from pipeline.convert import convert
 from pipeline.errors import SourceError
 from pipeline.source.members import fingerprint, list_members
-from pipeline.source.zip_reader import LOCAL_HEADER_MARGIN, SourceReader
+from pipeline.source.zip_local import LOCAL_HEADER_MARGIN
+from pipeline.source.zip_reader import SourceReader
 from pipeline.store.codecs import Encoding
 
 from conftest import fast_options, manifest_json
@@ -122,9 +123,9 @@ def test_a_local_header_longer_than_the_directory_says_costs_a_second_request(tm
     """zip64 local headers carry an extra field their directory entries lack; with no margin, the
     reader must ask for the rest rather than misplace the data (the tail is made small, so that
     every member of this small archive lies outside it)."""
-    from pipeline.source import remote, zip_reader
+    from pipeline.source import remote, zip_local
 
-    monkeypatch.setattr(zip_reader, "LOCAL_HEADER_MARGIN", 0)
+    monkeypatch.setattr(zip_local, "LOCAL_HEADER_MARGIN", 0)
     monkeypatch.setattr(remote, "TAIL_BYTES", 64)
     archive = tiny_zip(tmp_path / "zip64.zip", force_zip64=True)
     server, [url] = _served(serve, archive)

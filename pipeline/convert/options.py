@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from pipeline.source.passwords import NO_PASSWORDS, Passwords
 from pipeline.store.codecs import PREFERENCES, Encoding
 from pipeline.store.manifest import RejectedMember
 
@@ -40,6 +41,9 @@ class ConvertOptions:
     #: Options for fsspec when ``out`` is a URL (credentials, endpoint, ...); by default they come
     #: from the environment and configuration files. Never written to the output or a log.
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
+    #: The passwords of encrypted sources (:class:`~pipeline.source.passwords.Passwords`); they
+    #: travel to the workers and are never written, logged or part of the plan's identity.
+    passwords: Passwords = field(default=NO_PASSWORDS, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.prefer not in PREFERENCES:

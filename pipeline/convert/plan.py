@@ -75,7 +75,7 @@ def _calibration_samples(
     A bad member skipped here is rejected properly by its task later.
     """
     chosen, samples = [], []
-    with Readers() as readers:
+    with Readers(options.passwords) as readers:
         for member in members:
             try:
                 sample = readers.read_sample(member.archive, member.member)

@@ -30,6 +30,7 @@ from pipeline.convert.task import GroupTask, convert_group
 from pipeline.errors import SourceError
 from pipeline.schema import LABEL_NAMES, schema_to_json
 from pipeline.source.members import SourceMember
+from pipeline.source.unlock import check_passwords
 from pipeline.storage import Storage
 from pipeline.store import manifest, progress, tar_shards, zarr_layout, zarr_store
 from pipeline.store.manifest import Manifest, MemberName, RejectedMember, ShardEntry, SplitEntry
@@ -41,7 +42,9 @@ from pipeline.version import __version__
 log = logging.getLogger(__name__)
 
 
-def _tasks(out: Storage, plan: Plan, by_split: Mapping[str, Sequence[SourceMember]], skip_bad: bool) -> list[GroupTask]:
+def _tasks(
+    out: Storage, plan: Plan, by_split: Mapping[str, Sequence[SourceMember]], options: ConvertOptions
+) -> list[GroupTask]:
     group = plan.group_samples
     return [
         GroupTask(
@@ -53,8 +56,9 @@ def _tasks(out: Storage, plan: Plan, by_split: Mapping[str, Sequence[SourceMembe
             schema=plan.schema,
             encodings=plan.encodings,
             group_samples=group,
-            skip_bad=skip_bad,
+            skip_bad=options.skip_bad,
             stored_dtypes=plan.stored_dtypes,
+            passwords=options.passwords,
         )
         for split, members in by_split.items()
         for start in range(0, len(members), group)
@@ -126,6 +130,7 @@ def convert(
     """
     started = time.perf_counter()
     sources = [os.fspath(s) for s in sources]
+    check_passwords(sources, options.passwords)  # a wrong or missing password: before anything is written
     out = Storage(out, options.storage_options)
     out.check_writable()  # a missing bucket, no credentials, a read-only prefix: before any work
     by_split, rejected = collect_members(sources, options)
@@ -167,7 +172,7 @@ def _convert_missing(
         remove_temporaries(out.root)
     plan = load_or_make_plan(out, identity, by_split, options)
     _create_zarr(out, plan, by_split)
-    tasks = _tasks(out, plan, by_split, options.skip_bad)
+    tasks = _tasks(out, plan, by_split, options)
     summary.planning_seconds = time.perf_counter() - started
     recorded = {(e.split, e.index): e for e in progress.recorded_shards(out)}
     kept = {(t.split, t.index): m for t in tasks if (m := kept_shard(t, recorded.get((t.split, t.index))))}

@@ -22,6 +22,7 @@ from pipeline.narrowing import narrowed, value_range
 from pipeline.runtime import tune_worker
 from pipeline.schema import FieldSpec, Schema, check_sample, content_warnings
 from pipeline.source.members import SourceMember
+from pipeline.source.passwords import NO_PASSWORDS, Passwords
 from pipeline.source.zip_reader import Readers
 from pipeline.storage import Storage
 from pipeline.store import progress, tar_shards, zarr_layout, zarr_store
@@ -47,6 +48,8 @@ class GroupTask:
     skip_bad: bool = False
     #: field -> stored dtype of the narrowed fields (each sample is proven to fit first)
     stored_dtypes: Mapping[str, str] = field(default_factory=dict)
+    #: The sources' passwords (they print as ``Password(***)``; see :mod:`pipeline.source.passwords`)
+    passwords: Passwords = NO_PASSWORDS
 
     @property
     def tar_name(self) -> str:
@@ -66,7 +69,7 @@ def convert_group(task: GroupTask) -> ShardEntry:
     tune_worker()
     group = _GroupWriter(task)
     try:
-        with Readers() as readers:
+        with Readers(task.passwords) as readers:
             for row, member in enumerate(task.members):
                 try:
                     sample = readers.read_sample(member.archive, member.member)

@@ -28,6 +28,7 @@ from pipeline.checksums import digest
 from pipeline.errors import OutputError, SourceError, SSMSpineError
 from pipeline.runtime import tune_worker
 from pipeline.schema import FieldSpec, Schema, spec_of
+from pipeline.source.passwords import NO_PASSWORDS, Passwords
 from pipeline.storage import Storage
 from pipeline.store import codecs, tar_shards, zarr_layout, zarr_store
 from pipeline.store.manifest import ShardEntry
@@ -58,6 +59,7 @@ class VerifyTask:
     stored_schema: Schema  # the dtypes the files hold (narrower than the source for some fields)
     chunks_per_shard: int  # Zarr chunks (samples) per shard file
     members: tuple[tuple[str, str], ...] | None  # (archive path, member) per key, or None
+    passwords: Passwords = NO_PASSWORDS  # of encrypted sources; they print as Password(***)
 
 
 def verify_shard(task: VerifyTask) -> tuple[int, list[Problem]]:
@@ -201,7 +203,7 @@ def _expected_samples(task: VerifyTask) -> Iterator[Truth]:
         return
     from pipeline.source.zip_reader import read_samples
 
-    for sample in read_samples(task.members):
+    for sample in read_samples(task.members, task.passwords):
         yield sample.__getitem__
 
 

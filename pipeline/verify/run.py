@@ -9,6 +9,8 @@ from typing import Any, Mapping, Sequence
 
 from pipeline.cluster import run_tasks
 from pipeline.errors import OutputError
+from pipeline.source.passwords import NO_PASSWORDS, Passwords
+from pipeline.source.unlock import check_passwords
 from pipeline.storage import Storage
 from pipeline.store import manifest
 from pipeline.store.manifest import MemberName
@@ -41,7 +43,9 @@ class Report:
         return self.samples / self.checking_seconds if self.samples and self.checking_seconds > 0 else 0.0
 
 
-def verify_tasks(out: Storage, sources: Sequence[str | os.PathLike] | None) -> list[VerifyTask]:
+def verify_tasks(
+    out: Storage, sources: Sequence[str | os.PathLike] | None, passwords: Passwords = NO_PASSWORDS
+) -> list[VerifyTask]:
     """One task per shard; with ``sources``, each key is mapped to its member in them."""
     done = manifest.read_manifest(out)
     by_name = {location_name(os.fspath(s)): os.fspath(s) for s in sources or ()}
@@ -58,6 +62,7 @@ def verify_tasks(out: Storage, sources: Sequence[str | os.PathLike] | None) -> l
                     stored_schema=done.stored_schema,
                     chunks_per_shard=done.plan.group_samples,
                     members=tuple(members_of[k] for k in shard.keys) if members_of is not None else None,
+                    passwords=passwords,
                 )
             )
     return tasks
@@ -80,10 +85,13 @@ def verify(
     workers: int | None = None,
     progress: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    passwords: Passwords = NO_PASSWORDS,
 ) -> Report:
     """Check every sample of ``out`` (a directory or any fsspec URL) in both formats, bit for bit.
-    See the module docstring."""
-    tasks = verify_tasks(Storage(out, storage_options), sources)
+    See the module docstring. ``passwords`` open encrypted sources (checked before any task runs)."""
+    if sources:
+        check_passwords([os.fspath(s) for s in sources], passwords)
+    tasks = verify_tasks(Storage(out, storage_options), sources, passwords)
     listed = time.perf_counter()
     results, startup = run_tasks(
         verify_shard,

@@ -36,6 +36,9 @@ class SynthConfig:
     #: torch's zip format (its default since 1.6), or the legacy one (pickles back to back).
     serialization: Literal["zip", "legacy"] = "zip"
     junk: bool = False
+    #: Encrypt every member: ``"zipcrypto"`` or ``"aes"`` (AES-256, AE-2), with the password given
+    #: to :func:`~pipeline.tools.synth.write_archive` (never part of the configuration).
+    encrypt: Literal["none", "zipcrypto", "aes"] = "none"
 
     def __post_init__(self) -> None:
         if self.patients < 1 or self.shapes < 1:
@@ -48,6 +51,8 @@ class SynthConfig:
             raise ValueError(f"compression must be 'deflate' or 'stored', not {self.compression!r}")
         if self.serialization not in ("zip", "legacy"):
             raise ValueError(f"serialization must be 'zip' or 'legacy', not {self.serialization!r}")
+        if self.encrypt not in ("none", "zipcrypto", "aes"):
+            raise ValueError(f"encrypt must be 'none', 'zipcrypto' or 'aes', not {self.encrypt!r}")
         if self.numpy_pickle not in (1, 2):
             raise ValueError(f"numpy_pickle must be 1 or 2, not {self.numpy_pickle!r}")
         for name in ("image_dtype", "mask_dtype", "label_dtype", "landmark_dtype"):

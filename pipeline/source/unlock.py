@@ -1,0 +1,92 @@
+"""Which sources are encrypted, and whether the password given opens each: found before any work is done.
+
+A wrong password must not become thousands of rejected members, twenty-five gigabytes later. So
+planning decrypts whole members of every encrypted archive with its password: ZipCrypto's check
+byte lets 1 wrong password in 256 through, and only a member's CRC-32 proves it; AES has a password
+verifier and an authentication code. One member that decrypts, decompresses and matches its CRC-32
+(or HMAC) proves the password. Up to :data:`TRIED_MEMBERS` are tried, so that a damaged first member
+(which ``--skip-bad`` will reject later) is not taken for a wrong password; if none opens, the
+password is wrong, and the run stops with one line naming the archive.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+
+from pipeline.errors import PasswordError, SourceError
+from pipeline.source.members import is_junk, open_zip
+from pipeline.source.passwords import PASSWORD_VARIABLE, Password, Passwords
+from pipeline.source.zip_local import MASK_ENCRYPTED
+from pipeline.source.zip_reader import SourceReader
+from pipeline.urls import is_url
+
+#: Encrypted members tried before a password is declared wrong.
+TRIED_MEMBERS = 3
+#: How to give a password, for the message of an encrypted source that has none.
+HOW_TO_GIVE = (
+    f"give it with --password-file FILE or the {PASSWORD_VARIABLE} variable, or run in a terminal to be asked "
+    "(passwords= in Python)"
+)
+
+
+@dataclass(frozen=True)
+class Opening:
+    """Whether a password opens an archive, and on which member that was found."""
+
+    opens: bool
+    member: str
+    reason: str | None = None  # why not, when it does not
+
+
+def encrypted_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The archive's encrypted sample members, in directory order."""
+    return [
+        i for i in archive.infolist() if i.flag_bits & MASK_ENCRYPTED and not i.is_dir() and not is_junk(i.filename)
+    ]
+
+
+def is_encrypted(source: str) -> bool:
+    """True for a zip with any encrypted sample member (reads the central directory only)."""
+    if not is_url(source) and os.path.isdir(source):
+        return False
+    with open_zip(source) as archive:
+        return bool(encrypted_members(archive))
+
+
+def try_password(source: str, password: Password) -> Opening:
+    """Whether ``password`` opens ``source``: decrypt up to :data:`TRIED_MEMBERS` whole members."""
+    with open_zip(source) as archive:
+        candidates = [info.filename for info in encrypted_members(archive)[:TRIED_MEMBERS]]
+    failures: list[SourceError] = []
+    with SourceReader(source, password) as reader:
+        for member in candidates:
+            try:
+                reader.read_bytes(member)
+            except SourceError as error:  # damaged, or the password's check: try the next
+                failures.append(error)
+                continue
+            return Opening(opens=True, member=member)
+    first = failures[0]
+    return Opening(opens=False, member=first.member or "", reason=first.reason)
+
+
+def check_passwords(sources: list[str], passwords: Passwords) -> None:
+    """Raise :class:`PasswordError` for the first encrypted source without a password, or whose
+    password does not open it; nothing is read but central directories and a few members."""
+    for source in sources:
+        if not is_encrypted(source):
+            continue
+        password = passwords.for_archive(source)
+        if password is None:
+            raise PasswordError(source, None, f"is encrypted, and no password was given for it: {HOW_TO_GIVE}")
+        opening = try_password(source, password)
+        if not opening.opens:
+            tried = f"tried on {opening.member}: {opening.reason}"
+            raise PasswordError(source, None, f"the password given does not open it ({tried})")
+
+
+def locked_sources(sources: list[str], passwords: Passwords) -> list[str]:
+    """The encrypted sources that ``passwords`` has no password for (those a terminal may ask for)."""
+    return [s for s in sources if passwords.for_archive(s) is None and is_encrypted(s)]
