@@ -11,6 +11,8 @@ WORKERS ?=
 SHARD_SIZE ?= 256MB
 # PREFER=speed: codecs chosen for decoding speed rather than size (see docs/FORMAT.md, "Encodings")
 PREFER ?= size
+# PASSWORD_FILE: passwords of encrypted sources (one line for all, or lines `NAME.zip: PASSWORD`; docs/SAFETY.md)
+PASSWORD_FILE ?=
 SYNTH ?= data/raw/SSMSpine_Train_synthetic.zip
 SYNTH_PATIENTS ?= 2
 SYNTH_SHAPES ?= 32
@@ -19,6 +21,7 @@ PY := $(VENV)/bin/python
 SSMSPINE := $(VENV)/bin/ssmspine
 STAMP := $(VENV)/.installed
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
+PASSWORD_FLAG := $(if $(PASSWORD_FILE),--password-file '$(PASSWORD_FILE)',)
 
 .PHONY: venv shards test lint bench bench-convert bench-scale figures clean
 
@@ -35,9 +38,9 @@ $(SYNTH): | $(STAMP)
 	$(SSMSPINE) synth $@ --patients $(SYNTH_PATIENTS) --shapes $(SYNTH_SHAPES) --seed 0
 
 shards: $(STAMP) $(if $(SRC),,$(SYNTH))
-	$(SSMSPINE) convert $(or $(SRC),$(SYNTH)) --out $(OUT) --shard-size $(SHARD_SIZE) $(if $(PREFER),--prefer $(PREFER),) $(WORKERS_FLAG)
+	$(SSMSPINE) convert $(or $(SRC),$(SYNTH)) --out $(OUT) --shard-size $(SHARD_SIZE) $(if $(PREFER),--prefer $(PREFER),) $(WORKERS_FLAG) $(PASSWORD_FLAG)
 ifeq ($(VERIFY),1)
-	$(SSMSPINE) verify $(or $(SRC),$(SYNTH)) --out $(OUT) $(WORKERS_FLAG)
+	$(SSMSPINE) verify $(or $(SRC),$(SYNTH)) --out $(OUT) $(WORKERS_FLAG) $(PASSWORD_FLAG)
 endif
 
 test: $(STAMP)

@@ -346,7 +346,9 @@ def test_a_member_compressed_with_another_method_that_is_damaged_is_named(tmp_pa
     data = bytearray(archive.read_bytes())
     data[start + length // 2 : start + length // 2 + 8] = bytes(8)
     archive.write_bytes(bytes(data))
-    with pytest.raises(SourceError, match=r"a\.zip: Train/p1/aug2\.pt: its compressed data is not a valid LZMA stream \("):
+    with pytest.raises(
+        SourceError, match=r"a\.zip: Train/p1/aug2\.pt: its compressed data is not a valid LZMA stream \("
+    ):
         read_victim(archive)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.convert import convert
-from pipeline.errors import OutputError
+from pipeline.errors import OutputError, PasswordError
+from pipeline.source.passwords import PASSWORD_VARIABLE, Password, Passwords
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, write_archive
 from pipeline.verify import verify
@@ -28,11 +29,13 @@ def ten_samples(tmp_path_factory) -> Path:
     return write_archive(tmp_path_factory.mktemp("resume") / "SSMSpine_Train.zip", SynthConfig(patients=1, shapes=10))
 
 
-def _start_conversion(archive: Path, out: Path) -> subprocess.Popen:
+def _start_conversion(archive: Path, out: Path, password: str | None = None) -> subprocess.Popen:
     """``ssmspine convert`` in its own process group (it and its Dask workers can be killed together).
 
-    One sample per shard and one worker: the run takes long enough to be interrupted midway.
+    One sample per shard and one worker: the run takes long enough to be interrupted midway. A
+    password is handed over as users do without a file: in the environment.
     """
+    env = {**os.environ, PASSWORD_VARIABLE: password} if password else None
     command = [
         sys.executable,
         "-c",
@@ -51,7 +54,7 @@ def _start_conversion(archive: Path, out: Path) -> subprocess.Popen:
         "--no-progress",
     ]
     return subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
 
 
@@ -92,6 +95,29 @@ def test_an_interrupted_conversion_resumes_and_verifies(sig, after, ten_samples,
     assert not list((out / "wds").glob("*.tmp-*")), "temporary files of the killed run are cleaned up"
     report = verify(out, [ten_samples], scheduler=dask_scheduler)
     assert report.ok and report.samples == 10, report.problems
+
+
+def test_an_interrupted_encrypted_conversion_resumes_and_verifies(tmp_path, dask_scheduler):
+    """Killed after 2 of 6 shards of an AES archive; the resumed run keeps them and needs the password again."""
+    password = "resume with this"
+    archive = write_archive(
+        tmp_path / "SSMSpine_Train.zip", SynthConfig(patients=1, shapes=6, encrypt="aes"), Password(password)
+    )
+    out = tmp_path / "out"
+    process = _start_conversion(archive, out, password)
+    _wait_for_finished_shards(process, out, count=2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=120)
+    _kill_leftovers(process.pid)
+    assert not (out / "manifest.json").exists()
+
+    with pytest.raises(PasswordError, match="no password was given"):
+        convert([archive], out, fast_options(dask_scheduler, shard_bytes=1_000_000))
+    passwords = Passwords.for_all(password)
+    summary = convert([archive], out, fast_options(dask_scheduler, shard_bytes=1_000_000, passwords=passwords))
+    assert summary.shards_kept >= 2 and summary.shards_kept + summary.shards_written == 6
+    assert verify(out, [archive], scheduler=dask_scheduler, passwords=passwords).ok
+    assert not [p for p in out.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
 
 
 def _kill_leftovers(pgid: int) -> None:

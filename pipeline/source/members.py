@@ -21,6 +21,7 @@ from pipeline.errors import SourceError
 from pipeline.schema import sample_key
 from pipeline.source.messages import describe
 from pipeline.source.remote import RangedFile, RemoteArchive
+from pipeline.source.zip_crypto import AES_METHOD
 from pipeline.urls import is_url, location_name, safe_url
 
 #: Split names become file and group names: plain lower-case words only.
@@ -129,7 +130,9 @@ def fingerprint(source: str | os.PathLike) -> dict:
     """Name, size and a content fingerprint of a source, cheap even for a 20 GB zip.
 
     For a zip the fingerprint hashes the central directory entries (name, CRC-32, size) of its
-    members, which change whenever any member's content does, without reading the data. For a
+    members, which change whenever any member's content does, without reading the data (WinZip AES
+    members add their compressed size and offset: AE-2 stores a CRC of 0, and its authentication code
+    lies in the data, which a fingerprint of the directory does not read). For a
     directory it hashes (relative path, size, mtime) of its files. A zip at a URL is fingerprinted
     as a local one (its directory comes with two ranged requests), so a resumed run sees a changed
     object whatever its store says about it, and a merely re-uploaded one is no change; its path is
@@ -149,6 +152,8 @@ def fingerprint(source: str | os.PathLike) -> dict:
             size = archive.fp.size if isinstance(archive.fp, RangedFile) else os.path.getsize(source)
             for info in sorted(archive.infolist(), key=lambda i: i.filename):
                 digest.update(f"{info.filename}\0{info.CRC:08x}\0{info.file_size}\n".encode())
+                if info.compress_type == AES_METHOD:  # AE-2 stores CRC 0: its size and place must tell
+                    digest.update(f"\0{info.compress_size}\0{info.header_offset}\n".encode())
     return {
         "name": location_name(source),
         "path": safe_url(source) if is_url(source) else os.path.abspath(source),
