@@ -4,8 +4,11 @@ missing passwords stop the run before anything is written; the password is never
 
 from __future__ import annotations
 
+import json
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +17,9 @@ import torch
 
 from pipeline.checksums import digest
 from pipeline.cli import main
-from pipeline.source.passwords import Passwords
+from pipeline.source.passwords import Password, Passwords
 from pipeline.store.manifest import read_manifest
-from pipeline.tools.synth import SynthConfig, write_tree
+from pipeline.tools.synth import SynthConfig, write_archive, write_tree
 
 from conftest import SMALL_SHARDS, fast_options
 
@@ -200,3 +203,36 @@ def test_synth_writes_archives_that_independent_tools_open(tmp_path, capsys):
         bad = subprocess.run(["7z", "t", "-pwrong", str(archive)], capture_output=True, text=True)
         assert bad.returncode != 0
     assert "synthetic secret" not in capsys.readouterr().out
+
+
+def _flip_a_byte_inside(archive: Path, member: str) -> None:
+    """Alter one byte in the middle of ``member``'s encrypted data (the directory stays intact)."""
+    with zipfile.ZipFile(archive) as z:
+        info = z.getinfo(member)
+    data = bytearray(archive.read_bytes())
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start + info.compress_size // 2] ^= 0x40
+    archive.write_bytes(bytes(data))
+
+
+def test_an_altered_encrypted_member_is_named_and_skipped_with_skip_bad(tmp_path, dask_scheduler, capsys):
+    password = "skip the bad one"
+    archive = write_archive(
+        tmp_path / "SSMSpine_Train.zip", SynthConfig(patients=1, shapes=3, encrypt="aes"), Password(password)
+    )
+    _flip_a_byte_inside(archive, "Train/p1/aug2.pt")
+    secrets = tmp_path / "pw.txt"
+    secrets.write_text(password + "\n")
+    out = tmp_path / "out"
+    command = ["convert", str(archive), "--out", str(out), "--password-file", str(secrets), *_cluster(dask_scheduler)]
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert "Train/p1/aug2.pt: its AES authentication code does not match" in error and len(error.splitlines()) == 1
+
+    assert main([*command, "--skip-bad"]) == 0
+    printed = capsys.readouterr()
+    rejected = json.loads((out / "rejected.json").read_text())
+    assert [(r["member"], "authentication code" in r["reason"]) for r in rejected] == [("Train/p1/aug2.pt", True)]
+    assert read_manifest(out).splits["train"].keys == ["p01_aug001", "p01_aug003"]
+    assert password not in printed.out + printed.err and not _files_holding(out, password.encode())
