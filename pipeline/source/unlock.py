@@ -58,7 +58,9 @@ def is_encrypted(source: str) -> bool:
 def try_password(source: str, password: Password) -> Opening:
     """Whether ``password`` opens ``source``: decrypt up to :data:`TRIED_MEMBERS` whole members."""
     with open_zip(source) as archive:
-        candidates = [info.filename for info in encrypted_members(archive)[:TRIED_MEMBERS]]
+        # empty members last: any password past ZipCrypto's check byte "opens" one (its CRC-32 is 0)
+        members = sorted(encrypted_members(archive), key=lambda info: info.file_size == 0)
+        candidates = [info.filename for info in members[:TRIED_MEMBERS]]
     failures: list[SourceError] = []
     with SourceReader(source, password) as reader:
         for member in candidates:
