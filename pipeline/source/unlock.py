@@ -90,5 +90,15 @@ def check_passwords(sources: list[str], passwords: Passwords) -> None:
 
 
 def locked_sources(sources: list[str], passwords: Passwords) -> list[str]:
-    """The encrypted sources that ``passwords`` has no password for (those a terminal may ask for)."""
-    return [s for s in sources if passwords.for_archive(s) is None and is_encrypted(s)]
+    """The encrypted sources that ``passwords`` has no password for (those a terminal may ask for).
+
+    A source that cannot be opened is not among them: the command itself names it.
+    """
+    return [s for s in sources if passwords.for_archive(s) is None and _is_locked(s)]
+
+
+def _is_locked(source: str) -> bool:
+    try:
+        return is_encrypted(source)
+    except SourceError:
+        return False
