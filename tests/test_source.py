@@ -163,10 +163,14 @@ def test_globals_are_read_from_the_opcodes_stack_and_memo_included():
 
 
 class _UnlistedGlobal:
-    """A global in a module torch does not block, so torch advises allow-listing it."""
+    """A global in a module torch does not block, so torch advises allow-listing it; were it called,
+    it would write ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
     def __reduce__(self):
-        return np.save, ("never-written", np.zeros(1))
+        return np.save, (self.path, np.zeros(1))
 
 
 def _torch_file(obj: object, legacy: bool) -> bytes:
@@ -192,7 +196,7 @@ def test_no_reason_passes_on_torchs_advice_to_load_unsafely(tmp_path, legacy):
     """torch's errors advise re-running with ``weights_only=False`` or allow-listing the global: never ours."""
     malicious = [
         _torch_file({"img": _Payload(str(tmp_path / "pwned"))}, legacy),
-        _torch_file({"img": _UnlistedGlobal()}, legacy),
+        _torch_file({"img": _UnlistedGlobal(str(tmp_path / "never-written"))}, legacy),
     ]
     damaged = _damaged_variants(_torch_file({"img": torch.arange(64.0), "label": np.arange(16)}, legacy))
     reasons = []
@@ -207,7 +211,7 @@ def test_no_reason_passes_on_torchs_advice_to_load_unsafely(tmp_path, legacy):
     for reason in reasons:
         assert "weights_only" not in reason and "trust" not in reason.lower(), reason
         assert "\n" not in reason and len(reason) < 400, reason
-    assert not (tmp_path / "pwned").exists()
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "never-written.npy").exists()
 
 
 @settings(max_examples=100, deadline=None, derandomize=True, database=None)

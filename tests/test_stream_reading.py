@@ -15,8 +15,9 @@ from pipeline.errors import NotFoundError
 from pipeline.read.stream import StreamingDataset
 from pipeline.store.manifest import read_manifest
 
-from conftest import assert_bit_exact
+from conftest import assert_bit_exact, copy_output
 from stream_common import SEED, assert_same_as_stock, expected_keys, flat_keys, stock_samples
+from tamper import replace_tar_member
 
 # --------------------------------------------------------------------------- reading a real output
 
@@ -247,3 +248,15 @@ def test_bad_fields_and_sizes(converted):
     with pytest.raises(ValueError, match="already batches"):
         ds = StreamingDataset(converted, batch_size=2)
         next(ds.track(DataLoader(ds, batch_size=2)))
+
+
+def test_a_well_formed_shard_whose_values_differ_from_the_digests_is_refused(converted, tmp_path):
+    """A tar member re-encoded with other values, the manifest's size, sha256 and ranges made to match:
+    it decodes cleanly, and only the digest comparison can tell."""
+    out = copy_output(converted, tmp_path)
+    replace_tar_member(out, "train", "p01_aug002", "label", lambda a: (a + 1) % 12, match=True)
+    unchecked = {s["__key__"]: s["label"] for s in StreamingDataset(out, fields=("label",), check_digests=False)}
+    trusted = {s["__key__"]: s["label"] for s in StreamingDataset(converted, fields=("label",))}
+    assert not torch.equal(unchecked["p01_aug002"], trusted["p01_aug002"]), "the altered member decodes cleanly"
+    with pytest.raises(OutputError, match=r"p01_aug002\.label: decodes to other values than were converted"):
+        list(StreamingDataset(out, fields=("label",)))

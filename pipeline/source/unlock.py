@@ -51,6 +51,8 @@ def is_encrypted(source: str) -> bool:
     """True for a zip with any encrypted sample member (reads the central directory only)."""
     if not is_url(source) and os.path.isdir(source):
         return False
+    if not is_url(source) and not os.path.exists(source):
+        raise SourceError(source, None, "no such file or directory")
     with open_zip(source) as archive:
         return bool(encrypted_members(archive))
 
