@@ -74,5 +74,9 @@ class UnavailableError(SSMSpineError):
     """
 
 
-class UsageError(SSMSpineError, RuntimeError):
-    """The API was used in a way it cannot work (the message says how to use it instead)."""
+class UsageError(SSMSpineError, ValueError):
+    """The API was used in a way it cannot work (the message says how to use it instead).
+
+    Every misuse raises it: a bad argument, an option that cannot be combined with another, a state
+    of another dataset. It is a ``ValueError``, as Python's own bad arguments are.
+    """

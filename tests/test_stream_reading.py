@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import OutputError
-from pipeline.errors import NotFoundError
+from pipeline.errors import NotFoundError, UsageError
 from pipeline.read.stream import StreamingDataset
 from pipeline.store.manifest import read_manifest
 
@@ -183,7 +183,7 @@ def test_a_batch_naming_a_slot_this_process_does_not_have_is_an_error():
     from pipeline.read.slot_registry import rebuild_shared_batch
 
     layout = BatchLayout.of({"a": ((3,), np.dtype("<f4"))}, 2)
-    with pytest.raises(RuntimeError, match="does not have that slot mapped"):
+    with pytest.raises(UsageError, match="does not have that slot mapped"):
         rebuild_shared_batch((-1, 12345), None, True, layout, 2, ["x", "y"], [False, False])
 
 

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from pipeline.errors import UsageError
 from pipeline.source.passwords import NO_PASSWORDS, Passwords
 from pipeline.store.codecs import PREFERENCES, Encoding
 from pipeline.store.manifest import RejectedMember
@@ -47,9 +48,9 @@ class ConvertOptions:
 
     def __post_init__(self) -> None:
         if self.prefer not in PREFERENCES:
-            raise ValueError(f"prefer must be one of {PREFERENCES}, got {self.prefer!r}")
+            raise UsageError(f"prefer must be one of {PREFERENCES}, got {self.prefer!r}")
         if self.encodings is not None and self.prefer != "size":
-            raise ValueError(f"prefer={self.prefer!r} chooses among measured encodings, but encodings are given")
+            raise UsageError(f"prefer={self.prefer!r} chooses among measured encodings, but encodings are given")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from pipeline.convert.options import ConvertOptions
-from pipeline.errors import OutputError, SourceError
+from pipeline.errors import OutputError, SourceError, UsageError
 from pipeline.narrowing import choose_stored_dtypes
 from pipeline.schema import check_sample, schema_from_sample
 from pipeline.source.members import SourceMember, fingerprint
@@ -51,7 +51,7 @@ def _calibrate(
     else:
         missing = sorted(set(schema) - set(options.encodings))
         if missing:
-            raise ValueError(f"encodings given for {sorted(options.encodings)}, but not for the field(s) {missing}")
+            raise UsageError(f"encodings given for {sorted(options.encodings)}, but not for the field(s) {missing}")
         choices = {f: measure([s[f] for s in samples], options.encodings[f]) for f in schema}
     encoded_per_sample = sum(m.nbytes for m in choices.values()) / len(samples)
     encoded_per_sample += TAR_MEMBER_OVERHEAD * len(schema)

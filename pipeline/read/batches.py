@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from pipeline.errors import UsageError
 from pipeline.read.slot_memory import ALIGN, BUSY, FREE, MAPPED, STATE, SlotMemory
 from pipeline.read.slot_registry import pad_tensor, rebuild_shared_batch
 
@@ -110,7 +111,7 @@ class SlotPool:
         """A free slot as a batch of ``rows`` samples (``pad``: which only pad a rank's share), to
         be filled through its ``arrays``."""
         if rows > self.layout.batch_size:
-            raise ValueError(f"a batch of {rows} samples does not fit slots of {self.layout.batch_size}")
+            raise UsageError(f"a batch of {rows} samples does not fit slots of {self.layout.batch_size}")
         return SharedBatch(self.take(), self.layout, rows, keys, pad)
 
 

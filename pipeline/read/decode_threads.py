@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 from torch.utils.data import get_worker_info
 
+from pipeline.errors import UsageError
 from pipeline.runtime import available_cores
 from pipeline.store.codecs import one_blosc_thread
 
@@ -45,7 +46,7 @@ class DecodeThreads:
 
     def __init__(self, threads: int | None = None) -> None:
         if threads is not None and threads < 1:
-            raise ValueError(f"decode threads must be at least 1 or None, got {threads}")
+            raise UsageError(f"decode threads must be at least 1 or None, got {threads}")
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._pool_threads = 0

@@ -106,7 +106,7 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         epoch, key)``, the epoch being :meth:`set_epoch`'s. Contract: :mod:`pipeline.read.transforms`.
         """
         if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+            raise UsageError(f"seed must be non-negative, got {seed}")
         self.out: Path | str = os.fspath(out) if is_url(os.fspath(out)) else Path(out)
         self.split = split
         self.storage_options = dict(storage_options or {})
@@ -147,7 +147,7 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         """The epoch whose generators the transform gets (call it before iterating, as for
         ``DistributedSampler.set_epoch``; DataLoader workers, persistent or not, follow it)."""
         if epoch < 0:
-            raise ValueError(f"epoch must be non-negative, got {epoch}")
+            raise UsageError(f"epoch must be non-negative, got {epoch}")
         self._epoch[0] = epoch
 
     @property

@@ -35,7 +35,7 @@ import numcodecs.blosc
 import numpy as np
 from numcodecs import Blosc
 
-from pipeline.errors import OutputError
+from pipeline.errors import OutputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +229,9 @@ def pick(results: Sequence[Measurement], raw_bytes: int, prefer: str = "size") -
     :data:`SIZE_TOLERANCE`), or with ``prefer="speed"`` among those smaller than ``raw_bytes``
     (all, if none is)."""
     if prefer not in PREFERENCES:
-        raise ValueError(f"prefer must be one of {PREFERENCES}, got {prefer!r}")
+        raise UsageError(f"prefer must be one of {PREFERENCES}, got {prefer!r}")
     if not results:
-        raise ValueError("no measured candidates to pick from")
+        raise UsageError("no measured candidates to pick from")
     if prefer == "speed":
         eligible = [r for r in results if r.nbytes < raw_bytes] or list(results)
     else:

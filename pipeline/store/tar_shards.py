@@ -22,7 +22,7 @@ from typing import BinaryIO, Iterable, Iterator, Mapping
 import numpy as np
 
 from pipeline.atomic import AtomicFile
-from pipeline.errors import NotFoundError, OutputError
+from pipeline.errors import NotFoundError, OutputError, UsageError
 from pipeline.storage import Storage
 from pipeline.store import codecs
 from pipeline.store.codecs import Encoding
@@ -84,7 +84,7 @@ def decode_field(
     if out is None:
         out = np.empty(shape, dtype=dtype, order=order)
     elif not (out.flags.c_contiguous or out.flags.f_contiguous):
-        raise ValueError(f"{name}: out must be contiguous (a copy would receive the data)")
+        raise UsageError(f"{name}: out must be contiguous (a copy would receive the data)")
     elif shape != out.shape or dtype != out.dtype or not out.flags["F_CONTIGUOUS" if fortran_order else "C_CONTIGUOUS"]:
         orders = ("C", "Fortran")
         raise OutputError(

@@ -27,6 +27,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pipeline.errors import UsageError
 from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.stream.epochs import EpochsAndResumption
 from pipeline.read.stream.fetch import Pending, SampleReader, read_ahead
@@ -119,9 +120,9 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         self.batch_size = batch_size
         self.drop_last = drop_last
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1 or None, got {batch_size}")
+            raise UsageError(f"batch_size must be at least 1 or None, got {batch_size}")
         if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+            raise UsageError(f"seed must be non-negative, got {seed}")
         self._explicit_world = explicit_world(rank, world_size)
         data = read_stream_manifest(self.root)
         self.compact = compact

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Iterator, Mapping
 
+from pipeline.errors import UsageError
 from pipeline.read.stream.order import consumed_position, rank_share
 from pipeline.read.stream.state import OrderIdentity, check_state, state_record
 
@@ -53,7 +54,7 @@ class EpochsAndResumption:
         :meth:`load_state_dict`) keeps its position, unless that pass has run to its end.
         """
         if epoch < 0:
-            raise ValueError(f"epoch must be non-negative, got {epoch}")
+            raise UsageError(f"epoch must be non-negative, got {epoch}")
         if epoch != self._epoch or self._finished:
             self._epoch, self._start, self._seen, self._finished = epoch, 0, 0, False
         self._publish()
@@ -70,7 +71,7 @@ class EpochsAndResumption:
         loader_batch = getattr(batches, "batch_size", None)
         workers = getattr(batches, "num_workers", 0)
         if self.batch_size is not None and loader_batch is not None:
-            raise ValueError("the dataset already batches: use DataLoader(ds, batch_size=None, ...)")
+            raise UsageError("the dataset already batches: use DataLoader(ds, batch_size=None, ...)")
         if self._finished:  # the same epoch again, without set_epoch
             self._start, self._seen, self._finished = 0, 0, False
         else:  # a new pass continues where the last one stopped
@@ -94,7 +95,7 @@ class EpochsAndResumption:
         world = self._pass_world if samples_seen is None else self.world_size
         if samples_seen is None:
             if not self._loader_exact:
-                raise ValueError(
+                raise UsageError(
                     "DataLoader workers batch their own samples here, so the samples seen do "
                     "not form a prefix of the order: give the dataset batch_size=... for "
                     "exact resumption"

@@ -31,6 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.errors import UsageError
+
 
 def epoch_order(samples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     """The global order of epoch ``epoch``: sample indices (manifest order) in visiting order.
@@ -39,7 +41,7 @@ def epoch_order(samples: int, seed: int, epoch: int, shuffle: bool = True) -> np
     does not change with the world size, so ranks can take disjoint slices of it at any point.
     """
     if seed < 0 or epoch < 0:
-        raise ValueError(f"seed and epoch must be non-negative, got seed={seed}, epoch={epoch}")
+        raise UsageError(f"seed and epoch must be non-negative, got seed={seed}, epoch={epoch}")
     if not shuffle:
         return np.arange(samples)
     return np.random.default_rng([seed, epoch]).permutation(samples)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from pipeline.errors import UsageError
+
 STATE_FORMAT = "ssmspine-stream-state"
 STATE_VERSION = 1
 
@@ -40,11 +42,11 @@ def state_record(identity: OrderIdentity, epoch: int, position: int, world_size:
 def check_state(state: Mapping[str, Any], identity: OrderIdentity) -> tuple[int, int]:
     """``(epoch, position)`` of a state made by :func:`state_record` for the same identity, else ValueError."""
     if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-        raise ValueError(f"not a {STATE_FORMAT} v{STATE_VERSION} state: {dict(state)!r}")
+        raise UsageError(f"not a {STATE_FORMAT} v{STATE_VERSION} state: {dict(state)!r}")
     differ = {k: (state.get(k), v) for k, v in asdict(identity).items() if state.get(k) != v}
     if differ:
-        raise ValueError(f"the state belongs to another dataset or order: (saved, here) = {differ}")
+        raise UsageError(f"the state belongs to another dataset or order: (saved, here) = {differ}")
     position = int(state["position"])
     if not 0 <= position <= identity.samples:
-        raise ValueError(f"position {position} is outside [0, {identity.samples}]")
+        raise UsageError(f"position {position} is outside [0, {identity.samples}]")
     return int(state["epoch"]), position

@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from pipeline.errors import UsageError
+
 
 def world_from_environment() -> tuple[int, int]:
     """``(rank, world size)``: torch.distributed's, else ``RANK``/``WORLD_SIZE`` (torchrun's), else one process."""
@@ -19,9 +21,9 @@ def world_from_environment() -> tuple[int, int]:
 def explicit_world(rank: int | None, world_size: int | None) -> tuple[int, int] | None:
     """``(rank, world size)`` given by the caller, checked; None when neither is given."""
     if (rank is None) != (world_size is None):
-        raise ValueError("give both rank and world_size, or neither")
+        raise UsageError("give both rank and world_size, or neither")
     if world_size is None or rank is None:
         return None
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        raise UsageError(f"rank {rank} is not in [0, {world_size})")
     return int(rank), int(world_size)

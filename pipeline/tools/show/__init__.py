@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.errors import NotFoundError, SampleIndexError, SampleKeyError
+from pipeline.errors import NotFoundError, SampleIndexError, SampleKeyError, UsageError
 from pipeline.schema import IMAGE_FIELDS
 from pipeline.store.location import read_stream_manifest
 from pipeline.tools.show.figures import render_grid, render_sample
@@ -32,7 +32,7 @@ def pick_indices(keys: Sequence[str], split: str, key: str | None, index: int | 
     """The indices to draw: one sample, or ``grid`` of them — consecutive from ``key``/``index`` if
     given, else spread evenly over the split so that every patient texture tends to show up."""
     if key is not None and index is not None:
-        raise ValueError("give key or index, not both")
+        raise UsageError("give key or index, not both")
     n = len(keys)
     if n == 0:
         raise NotFoundError(f"split {split!r} has no samples")
@@ -49,7 +49,7 @@ def pick_indices(keys: Sequence[str], split: str, key: str | None, index: int | 
     if grid is None:
         return [start or 0]
     if grid < 1:
-        raise ValueError(f"grid must be at least 1, not {grid}")
+        raise UsageError(f"grid must be at least 1, not {grid}")
     if start is not None:
         return list(range(start, min(start + grid, n)))
     return sorted(set(np.linspace(0, n - 1, min(grid, n)).round().astype(int).tolist()))

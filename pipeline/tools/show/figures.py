@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.errors import UsageError
 from pipeline.schema import IMAGE_FIELDS, LABEL_NAMES
 from pipeline.tools.plotting import new_figure, save_png
 from pipeline.tools.show.pictures import (
@@ -198,7 +199,7 @@ def grid_figure(
     """``len(records)`` samples side by side, each the corrected image with labels and landmarks,
     and one legend below: a quick look for misaligned labels or landmarks across a split."""
     if not records:
-        raise ValueError("grid_figure needs at least one record")
+        raise UsageError("grid_figure needs at least one record")
     columns = columns or min(len(records), 6)
     width, height = grid_size(len(records), columns, panel, title is not None)
     fig = new_figure(width, height)

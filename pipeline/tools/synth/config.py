@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 
+from pipeline.errors import UsageError
 from pipeline.schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, STORABLE_KINDS
 
 SIZE = FIELD_SHAPES["img"][0]
@@ -42,22 +43,22 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.patients < 1 or self.shapes < 1:
-            raise ValueError("patients and shapes must be at least 1")
+            raise UsageError("patients and shapes must be at least 1")
         if self.seed < 0 or self.first_patient < 0:
-            raise ValueError("seed and first_patient must be non-negative (they seed numpy RNGs)")
+            raise UsageError("seed and first_patient must be non-negative (they seed numpy RNGs)")
         if self.values not in ("numpy", "tensor"):
-            raise ValueError(f"values must be 'numpy' or 'tensor', not {self.values!r}")
+            raise UsageError(f"values must be 'numpy' or 'tensor', not {self.values!r}")
         if self.compression not in ("deflate", "stored"):
-            raise ValueError(f"compression must be 'deflate' or 'stored', not {self.compression!r}")
+            raise UsageError(f"compression must be 'deflate' or 'stored', not {self.compression!r}")
         if self.serialization not in ("zip", "legacy"):
-            raise ValueError(f"serialization must be 'zip' or 'legacy', not {self.serialization!r}")
+            raise UsageError(f"serialization must be 'zip' or 'legacy', not {self.serialization!r}")
         if self.encrypt not in ("none", "zipcrypto", "aes"):
-            raise ValueError(f"encrypt must be 'none', 'zipcrypto' or 'aes', not {self.encrypt!r}")
+            raise UsageError(f"encrypt must be 'none', 'zipcrypto' or 'aes', not {self.encrypt!r}")
         if self.numpy_pickle not in (1, 2):
-            raise ValueError(f"numpy_pickle must be 1 or 2, not {self.numpy_pickle!r}")
+            raise UsageError(f"numpy_pickle must be 1 or 2, not {self.numpy_pickle!r}")
         for name in ("image_dtype", "mask_dtype", "label_dtype", "landmark_dtype"):
             if np.dtype(getattr(self, name)).kind not in STORABLE_KINDS:
-                raise ValueError(f"{name} {getattr(self, name)!r} is not a bool/int/float dtype")
+                raise UsageError(f"{name} {getattr(self, name)!r} is not a bool/int/float dtype")
         for name in ("image_dtype", "landmark_dtype"):
             if np.dtype(getattr(self, name)).kind != "f":
-                raise ValueError(f"{name} must be a float dtype, not {getattr(self, name)!r}")
+                raise UsageError(f"{name} must be a float dtype, not {getattr(self, name)!r}")

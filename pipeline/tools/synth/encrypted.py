@@ -12,6 +12,7 @@ from __future__ import annotations
 import zipfile
 import zlib
 
+from pipeline.errors import UsageError
 from pipeline.source.passwords import Password
 from pipeline.source.zip_crypto import AES_METHOD, AesParameters, aes_encrypt, zipcrypto_encrypt
 
@@ -36,7 +37,7 @@ def write_encrypted(
         method = AES_METHOD
         info.extract_version = AES_EXTRACT_VERSION
     else:
-        raise ValueError(f"encryption must be one of {ENCRYPTIONS}, not {encryption!r}")
+        raise UsageError(f"encryption must be one of {ENCRYPTIONS}, not {encryption!r}")
     info.compress_type = zipfile.ZIP_STORED
     info.extra = extra
     archive.writestr(info, payload)
