@@ -52,12 +52,13 @@ def _floor(module: str) -> str:
     return GROUND
 
 
-def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
-    """``(line, module, names)`` of every import of ours in ``path``, relative ones resolved."""
+def _imports(path: Path, source: str | None = None) -> list[tuple[int, str, list[str]]]:
+    """``(line, module, names)`` of every import of ours in ``path`` (or in ``source``, as if it were
+    that module's), relative ones resolved."""
     here = _dotted(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
         if isinstance(node, ast.ImportFrom):
             base = package[: len(package) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
@@ -91,3 +92,56 @@ def test_the_floor_rules_are_checked_for_real():
     assert _floor("pipeline.schema") == GROUND and _floor("pipeline.read.stream.order") == "read"
     assert _floor("pipeline.tools.synth.archive") == "tools" and _floor("pipeline") == "facade"
     assert "read" not in ALLOWED[_floor("pipeline.store.tar_shards")]
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports anywhere (in functions and under ``TYPE_CHECKING`` too):
+    ``from pipeline.x import y`` counts as importing ``pipeline.x.y`` where that is a module."""
+    graph = {}
+    for path in _modules():
+        targets = set()
+        for _, module, names in _imports(path):
+            submodules = [f"{module}.{n}" for n in names if _is_module(f"{module}.{n}")]
+            targets.update(submodules)
+            if len(submodules) < len(names) or not names:
+                targets.add(module)
+        graph[_dotted(path)] = targets - {_dotted(path)}
+    return graph
+
+
+def _is_module(dotted: str) -> bool:
+    base = PACKAGE.parent / dotted.replace(".", "/")
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: one path that returns to its start, per module found on a cycle."""
+    found, done = [], set()
+    for start in sorted(graph):
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            module, path = stack.pop()
+            for target in sorted(graph.get(module, ())):
+                if target == start:
+                    found.append(path + [start])
+                    stack.clear()
+                    break
+                if target not in seen and target not in done:
+                    seen.add(target)
+                    stack.append((target, path + [target]))
+        done.add(start)
+    return found
+
+
+def test_no_module_imports_itself_round_a_cycle():
+    cycles = _cycles(_import_graph())
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_the_cycle_check_finds_cycles_through_type_checking_imports():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pipeline.read.batches import SlotPool\n"
+    tree = PACKAGE / "read" / "slot_registry.py"
+    assert ("pipeline.read.batches", ["SlotPool"]) in [(m, n) for _, m, n in _imports(tree, source)]

@@ -112,7 +112,8 @@ def test_in_process_batches_reuse_memory_but_never_overwrite_held_batches(conver
 
 
 def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
-    from pipeline.read.batches import BatchLayout, SlotPool
+    from pipeline.read.batches import SlotPool
+    from pipeline.read.slot_memory import BatchLayout
     from pipeline.read.slot_registry import rebuild_shared_batch
 
     pool = SlotPool(BatchLayout.of({"a": ((3,), np.dtype("<f4")), "b": ((2, 2), np.dtype("|b1"))}, 4))
@@ -179,7 +180,7 @@ def test_without_pidfds_exited_workers_slots_are_dropped_at_the_next_registratio
 
 
 def test_a_batch_naming_a_slot_this_process_does_not_have_is_an_error():
-    from pipeline.read.batches import BatchLayout
+    from pipeline.read.slot_memory import BatchLayout
     from pipeline.read.slot_registry import rebuild_shared_batch
 
     layout = BatchLayout.of({"a": ((3,), np.dtype("<f4"))}, 2)

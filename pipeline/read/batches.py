@@ -21,47 +21,19 @@ The receiving side (slots kept mapped per worker, rebuilding a batch) is
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import weakref
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from pipeline.errors import UsageError
-from pipeline.read.slot_memory import ALIGN, BUSY, FREE, MAPPED, STATE, SlotMemory
+from pipeline.read.slot_memory import ALIGN, BUSY, FREE, MAPPED, STATE, BatchLayout, SlotMemory
 from pipeline.read.slot_registry import pad_tensor, rebuild_shared_batch
 
 #: Slots a worker keeps for reuse; more batches in flight at once get one-off slots.
 MAX_SLOTS = 6
-
-
-@dataclass(frozen=True)
-class BatchLayout:
-    """Where each field of a batch lies in a slot: (field, offset, per-sample shape, numpy dtype)."""
-
-    fields: tuple[tuple[str, int, tuple[int, ...], str], ...]
-    batch_size: int
-    nbytes: int
-
-    @classmethod
-    def of(cls, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], batch_size: int) -> "BatchLayout":
-        offset, fields = ALIGN, []  # the first ALIGN bytes hold the header (the slot's state)
-        for field, (shape, dtype) in specs.items():
-            fields.append((field, offset, tuple(shape), np.dtype(dtype).str))
-            offset += -(-batch_size * math.prod(shape) * np.dtype(dtype).itemsize // ALIGN) * ALIGN
-        return cls(tuple(fields), batch_size, offset)
-
-    def arrays(self, base: np.ndarray, rows: int) -> dict[str, np.ndarray]:
-        """Field arrays of ``rows`` samples, as views of the uint8 array ``base`` of a slot."""
-        out = {}
-        for field, offset, shape, dtype in self.fields:
-            dt = np.dtype(dtype)
-            size = rows * math.prod(shape) * dt.itemsize
-            out[field] = base[offset : offset + size].view(dt).reshape((rows, *shape))
-        return out
 
 
 def _shared_storage(nbytes: int) -> torch.UntypedStorage:

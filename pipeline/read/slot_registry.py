@@ -16,16 +16,12 @@ import os
 import select
 import threading
 import weakref
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from pipeline.errors import UsageError
-from pipeline.read.slot_memory import FREE, MAPPED, STATE, SlotMemory, header_words
-
-if TYPE_CHECKING:
-    from pipeline.read.batches import BatchLayout
+from pipeline.read.slot_memory import FREE, MAPPED, STATE, BatchLayout, SlotMemory, header_words
 
 
 def _release(header: torch.Tensor) -> None:
