@@ -363,3 +363,101 @@ def test_scale_growth_compares_the_commands_own_task_times_where_they_report_the
     assert convert["growth"] == pytest.approx(40.5 / 32.5)
     verify = summarise(raw)["commands"]["verify sources"]
     assert verify["growth_basis"] == "net", "no task rates recorded: the net costs"
+
+
+# ------------------------------------------------ make bench-convert: the same samples packed four ways
+
+
+@pytest.fixture(scope="module")
+def packed_scratch(tmp_path_factory):
+    """A scratch holding a 2-sample tree packed the four ways by Info-ZIP and 7-Zip (the benchmark reuses them)."""
+    from pipeline.bench.packing import PackingUnavailable, find_tools, packed_archives
+
+    try:
+        tools = find_tools()
+    except PackingUnavailable as exc:
+        pytest.skip(str(exc))
+    scratch = tmp_path_factory.mktemp("bench-packed")
+    return scratch, packed_archives(scratch, 2, tools)
+
+
+def test_packed_archives_hold_the_same_samples_as_their_rows_claim(packed_scratch):
+    import zipfile
+
+    from pipeline.bench.packing import PACKINGS, PASSWORD, archive_kinds
+    from pipeline.source.passwords import Password
+    from pipeline.source.zip_reader import SourceReader
+
+    scratch, archives = packed_scratch
+    tree = scratch / "packed-tree-2"
+    assert list(archives) == [p.key for p in PACKINGS]
+    for p in PACKINGS:
+        assert archive_kinds(archives[p.key]) == {p.member}
+        with zipfile.ZipFile(archives[p.key]) as z:
+            members = sorted(i.filename for i in z.infolist() if not i.is_dir())
+        assert members == ["Train/p1/aug1.pt", "Train/p2/aug1.pt"], p.key
+        with SourceReader(str(archives[p.key]), Password(PASSWORD) if p.encrypted else None) as reader:
+            for member in members:
+                assert reader.read_bytes(member) == (tree / member).read_bytes(), f"{p.key}: {member}"
+
+
+def test_packing_failures_and_missing_tools_are_one_line(packed_scratch, monkeypatch, tmp_path):
+    from pipeline.bench import packing
+
+    scratch, _ = packed_scratch
+    tools = packing.find_tools()
+    secret = packing.PASSWORD.decode()
+    broken = packing.Packing("broken", "-", "7z", ("-mm=NoSuchMethod",), True, "deflate", None)
+    with pytest.raises(packing.PackingUnavailable) as failed:
+        packing.pack(scratch / "packed-tree-2", "Train", tmp_path / "a.zip", broken, tools)
+    assert "`7z` failed" in str(failed.value) and "\n" not in str(failed.value) and secret not in str(failed.value)
+    claims = packing.Packing("claims", "-", "zip", (), False, "Deflate64", None)
+    with pytest.raises(packing.PackingUnavailable, match=r"packed claims as \['deflate'\], not 'Deflate64'"):
+        packing.pack(scratch / "packed-tree-2", "Train", tmp_path / "b.zip", claims, tools)
+
+    with pytest.raises(packing.PackingUnavailable) as missing:
+        packing.find_tools(lambda name: None if name.startswith("7") else f"/usr/bin/{name}")
+    assert str(missing.value) == "packed-source rows skipped: 7-Zip `7z` (apt install 7zip) not found on PATH"
+    monkeypatch.setattr(packing.shutil, "which", lambda name: None)
+    result = packing.run(tmp_path, 2)
+    assert list(result) == ["skipped"] and "Info-ZIP `zip` (apt install zip) and 7-Zip `7z`" in result["skipped"]
+    assert packing.packed_lines(result) == [result["skipped"]]
+    assert not list(tmp_path.glob("packed-*")), "nothing generated for rows that cannot be measured"
+
+
+def test_packed_rounds_rotate_and_ratios_are_taken_within_a_round():
+    from pipeline.bench.packing import packed_lines, packed_rows, schedule
+
+    assert [k for _, k in schedule(["a", "b", "c"], 4)] == [*"abc", *"bca", *"cab", *"abc"]
+    assert [r for r, _ in schedule(["a", "b"], 2)] == [0, 0, 1, 1]
+    # round 2 is slow for all: per-round ratios (0.9, 0.7, 0.8) → 0.8, not 24/30
+    packed = {
+        "samples": 64,
+        "workers": 2,
+        "rounds": 3,
+        "archive_bytes": {"deflate": 145_000_000, "zipcrypto": 145_000_012, "aes": 139_000_000},
+        "samples_per_s": {"deflate": [30.0, 20.0, 30.0], "zipcrypto": [27.0, 14.0, 24.0], "aes": [30.0, 19.0, 26.0]},
+        "other_load_cores": 0.25,
+    }
+    rows = packed_rows(packed)
+    assert rows[0] == ["deflate (`zip -r`)", "145.0", "30.0 (20.0–30.0)", "1.000×", ""]
+    assert rows[1] == ["ZipCrypto, deflate (`zip -r -P`)", "145.0", "24.0 (14.0–27.0)", "0.800×", "≥ 0.8 (met)"]
+    assert rows[2][3:] == ["0.950×", "≥ 0.9 (met)"]
+    assert len(rows) == 3, "a packing without figures has no row"
+    packed["samples_per_s"]["aes"] = [25.0, 19.0, 26.0]
+    assert packed_rows(packed)[2][3:] == ["0.867×", "≥ 0.9 (NOT met)"]
+    assert "other processes kept 0.25 cores busy" in packed_lines(packed)[0]
+
+
+@pytest.mark.slow
+def test_packed_rows_measure_every_archive_without_saving_the_password(packed_scratch, dask_scheduler):
+    from pipeline.bench.packing import PACKINGS, PASSWORD, packed_lines, run
+
+    scratch, _ = packed_scratch
+    result = run(scratch, 2, rounds=1, scheduler=dask_scheduler)  # reuses the packed archives
+    assert json.loads(json.dumps(result)) == result, "JSON-able"
+    assert result["samples"] == 2 and result["rounds"] == 1
+    assert set(result["samples_per_s"]) == {p.key for p in PACKINGS}
+    assert all(len(r) == 1 and r[0] > 0 for r in result["samples_per_s"].values())
+    text = json.dumps(result) + "\n".join(packed_lines(result))
+    assert PASSWORD.decode() not in text

@@ -111,3 +111,35 @@ def test_bench_report_compares_the_outputs_converted_for_size_and_for_speed(tmp_
     (folder / "read.json").write_text(json.dumps(read))
     text = report.write_report(folder).read_text()
     assert "| `--prefer speed` | 1.267 | 1.263 | - | 2.20× |" in text, "a missing reference is no ratio"
+
+
+def test_bench_report_shows_the_packed_rows_with_their_targets_or_why_there_are_none(tmp_path):
+    packed = {
+        "samples": 64,
+        "workers": 2,
+        "rounds": 5,
+        "archive_bytes": {"deflate": 145_000_000, "zipcrypto": 145_000_000, "aes": 139_000_000, "deflate64": 136e6},
+        "samples_per_s": {
+            "deflate": [30.0, 31.0, 29.0, 30.0, 30.0],
+            "zipcrypto": [27.0, 27.9, 26.1, 27.0, 27.0],
+            "aes": [29.0, 30.0, 28.0, 29.0, 29.0],
+            "deflate64": [21.0, 21.7, 20.3, 21.0, 21.0],
+        },
+        "other_load_cores": 0.1,
+    }
+    folder = _bench_dir(tmp_path, True, False)
+    (folder / "convert.json").write_text(json.dumps({**CONVERT, "packed": packed}))
+    text = report.write_report(folder).read_text()
+    assert "### Encrypted and Deflate64 sources" in text and "The same 64 samples packed four ways" in text
+    assert "| source zip (same samples) | MB | samples/s converting | vs deflate | target |" in text
+    assert "| deflate (`zip -r`) | 145.0 | 30.0 (29.0–31.0) | 1.000× |  |" in text
+    assert "| ZipCrypto, deflate (`zip -r -P`) | 145.0 | 27.0 (26.1–27.9) | 0.900× | ≥ 0.8 (met) |" in text
+    assert "| WinZip AES-256, deflate (`7z -mem=AES256`) | 139.0 | 29.0 (28.0–30.0) | 0.967× | ≥ 0.9 (met) |" in text
+    assert "| Deflate64 (`7z -mm=Deflate64`) | 136.0 | 21.0 (20.3–21.7) | 0.700× | ≥ 0.8 (NOT met) |" in text
+
+    skipped = "packed-source rows skipped: 7-Zip `7z` (apt install 7zip) not found on PATH"
+    (folder / "convert.json").write_text(json.dumps({**CONVERT, "packed": {"skipped": skipped}}))
+    text = report.write_report(folder).read_text()
+    assert f"### Encrypted and Deflate64 sources\n\n{skipped}\n" in text
+    (folder / "convert.json").write_text(json.dumps(CONVERT))
+    assert "Encrypted" not in report.write_report(folder).read_text(), "figures from before the packed rows"

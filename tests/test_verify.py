@@ -118,3 +118,16 @@ def test_a_missing_tar_shard_is_named(out, dask_scheduler):
     (out / first.file).unlink()
     report = verify(out, scheduler=dask_scheduler)
     assert _where(report) == [("train", first.file)] and report.problems[0].what == "missing"
+
+
+def test_verify_against_the_manifest_never_imports_torch():
+    """Its command stays light (docs/BENCHMARKS.md): the password check, which reads sources, loads
+    torch only when sources are given."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import pipeline.cli, pipeline.cli.commands, pipeline.verify.run, pipeline.verify.compare; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('pipeline'))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,7 +5,9 @@ over interleaved repeats and samples/s; the load-only baseline (``torch.load`` o
 in one process); bytes of each output format against the zip; planning (listing, codec
 calibration, creating arrays) and cluster start-up separately, since they do not grow with the
 archive; and each worker's peak memory on the archive and on one half its size, which shows that
-a worker's memory does not depend on the archive's size.
+a worker's memory does not depend on the archive's size. Then the half-size archive's samples
+packed four ways (plain deflate, ZipCrypto, WinZip AES-256, Deflate64) by Info-ZIP and 7-Zip, each
+archive's conversion rate against the plain one's (see :mod:`pipeline.bench.packing`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 from distributed import Client
 
 from pipeline.bench.common import interleave, load_every_member, machine_description, markdown_table
+from pipeline.bench.packing import MIN_ROUNDS, packed_lines
+from pipeline.bench.packing import run as run_packed
 from pipeline.bench.scale import COMMANDS, VERIFY_TARGETS, command_argv, run_command
 from pipeline.cluster import local_cluster
 from pipeline.convert import ConvertOptions, convert
@@ -67,8 +71,21 @@ def _archive(scratch: Path, samples: int) -> Path:
 
 
 def run(samples: int = 128, repeats: int = 3, scratch: Path | None = None) -> dict:
-    """Run the conversion benchmark and return its figures (also printed as tables)."""
-    scratch = Path(scratch or tempfile.mkdtemp(prefix="ssmspine-bench-"))
+    """Run the conversion benchmark and return its figures (also printed as tables).
+
+    A temporary scratch (no ``scratch`` given) is removed afterwards: the packed rows' tree and
+    archives alone take over a gigabyte.
+    """
+    if scratch is not None:
+        return _measure(samples, repeats, Path(scratch))
+    owned = Path(tempfile.mkdtemp(prefix="ssmspine-bench-"))
+    try:
+        return _measure(samples, repeats, owned)
+    finally:
+        shutil.rmtree(owned, ignore_errors=True)
+
+
+def _measure(samples: int, repeats: int, scratch: Path) -> dict:
     archive = _archive(scratch, samples)
     runs = {workers: _ConversionRun(archive, workers, scratch / f"out-{workers}") for workers in (1, 2)}
     systems = {BASELINE: lambda: _timed(load_every_member, archive)}
@@ -77,6 +94,7 @@ def run(samples: int = 128, repeats: int = 3, scratch: Path | None = None) -> di
     half = _ConversionRun(_archive(scratch, samples // 2), 2, scratch / "out-half")
     half()
     commands = whole_commands(archive, scratch / "out-commands", repeats)
+    packed = run_packed(scratch, samples // 2, max(repeats, MIN_ROUNDS), workers=2)
 
     baseline = timings[BASELINE].median
     source_bytes = archive.stat().st_size
@@ -94,6 +112,7 @@ def run(samples: int = 128, repeats: int = 3, scratch: Path | None = None) -> di
         "worker_peak_mb": {samples // 2: half.peak_mb, samples: runs[2].peak_mb},
         "encodings": json.loads((runs[2].out / "manifest.json").read_text())["encodings"],
         "commands": commands,
+        "packed": packed,
     }
     print(f"conversion of {samples} synthetic samples, {result['machine']}, median of {repeats}")
     print(
@@ -128,6 +147,7 @@ def run(samples: int = 128, repeats: int = 3, scratch: Path | None = None) -> di
         f"{max(runs[2].peak_mb):.0f} MB on {samples}"
     )
     print(markdown_table(COMMAND_HEADER, command_rows(commands, samples)))
+    print("\n".join(packed_lines(packed)))
     return result
 
 

@@ -6,6 +6,8 @@ them, so it can be regenerated (and its charts restyled) without measuring again
 can link one page and three PNGs: ``throughput.png`` (samples/s per reader and field set),
 ``conversion.png`` (conversion rate with 1 and 2 workers against loading alone) and ``bytes.png``
 (bytes of each format against the source zip), drawn by :mod:`pipeline.bench.charts`.
+``bench/convert.json`` may hold the packed rows too (the same samples as plain deflate, ZipCrypto,
+WinZip AES and Deflate64 zips: :mod:`pipeline.bench.packing`), shown with their targets.
 ``bench/scale.json`` (``make bench-scale``) adds a "Scale" section of tables (see
 :mod:`pipeline.bench.scale`). Any of the JSON files may be missing; the report then covers the others.
 """
@@ -157,6 +159,10 @@ def _convert_section(convert: Mapping[str, Any]) -> list[str]:
             "",
         ]
     lines += [f"![conversion rate with 1 and 2 workers]({CONVERSION_PNG})", ""]
+    if convert.get("packed"):
+        from pipeline.bench.packing import packed_lines
+
+        lines += ["### Encrypted and Deflate64 sources", "", *packed_lines(convert["packed"]), ""]
     source = convert["source_bytes"]
     formats = (("source zip", source), ("zarr", convert["zarr_bytes"]), ("wds tar", convert["wds_bytes"]))
     rows = [[name, f"{b:,}", f"{b / source:.3f}" if source else "-"] for name, b in formats]

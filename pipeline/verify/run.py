@@ -10,7 +10,6 @@ from typing import Any, Mapping, Sequence
 from pipeline.cluster import run_tasks
 from pipeline.errors import OutputError
 from pipeline.source.passwords import NO_PASSWORDS, Passwords
-from pipeline.source.unlock import check_passwords
 from pipeline.storage import Storage
 from pipeline.store import manifest
 from pipeline.store.manifest import MemberName
@@ -89,7 +88,9 @@ def verify(
 ) -> Report:
     """Check every sample of ``out`` (a directory or any fsspec URL) in both formats, bit for bit.
     See the module docstring. ``passwords`` open encrypted sources (checked before any task runs)."""
-    if sources:
+    if sources:  # imported only here: checking against the manifest never loads torch
+        from pipeline.source.unlock import check_passwords
+
         check_passwords([os.fspath(s) for s in sources], passwords)
     tasks = verify_tasks(Storage(out, storage_options), sources, passwords)
     listed = time.perf_counter()
