@@ -18,6 +18,8 @@ import torch
 from pipeline.checksums import digest
 from pipeline.cli import main
 from pipeline.source.passwords import Password, Passwords
+from pipeline.source.zip_crypto import AES_METHOD, aes_parameters
+from pipeline.source.zip_methods import DEFLATE64
 from pipeline.store.manifest import read_manifest
 from pipeline.tools.synth import SynthConfig, write_archive, write_tree
 
@@ -30,25 +32,35 @@ TEST_PASSWORD = "an0ther-Test-pw"
 
 
 def _zip_tree(tree: Path, archive: Path, tool: str, password: str) -> Path:
-    """``tree``'s members packed by an independent tool: Info-ZIP (ZipCrypto) or 7-Zip (AES-256)."""
+    """``tree``'s members packed by an independent tool: Info-ZIP (ZipCrypto over deflate) or 7-Zip
+    (AES-256 over Deflate64)."""
     roots = sorted(p.name for p in tree.iterdir())
     if tool == "info-zip":
         command = ["zip", "-q", "-r", "-P", password, str(archive), *roots]
     else:
-        command = ["7z", "a", "-tzip", "-bd", "-bso0", "-mem=AES256", f"-p{password}", str(archive), *roots]
+        command = ["7z", "a", "-tzip", "-bd", "-bso0", "-mm=Deflate64", "-mem=AES256", f"-p{password}", str(archive)]
+        command += roots
     subprocess.run(command, cwd=tree, check=True)
     return archive
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> dict[str, Path]:
-    """A Train tree zipped with ZipCrypto by Info-ZIP, a Test tree with AES-256 by 7-Zip, and the trees."""
+    """A Train tree zipped with ZipCrypto by Info-ZIP, a Test tree with AES-256 over Deflate64 by 7-Zip,
+    and the trees."""
     base = tmp_path_factory.mktemp("release")
     train_tree = write_tree(base / "train_tree", SynthConfig(patients=1, shapes=3))
     test_tree = write_tree(base / "test_tree", SynthConfig(patients=1, shapes=2, first_patient=81, root="Test", seed=1))
+    train = _zip_tree(train_tree, base / "SSMSpine_Train.zip", "info-zip", TRAIN_PASSWORD)
+    test = _zip_tree(test_tree, base / "SSMSpine_Test.zip", "7z", TEST_PASSWORD)
+    with zipfile.ZipFile(train) as zipcrypto, zipfile.ZipFile(test) as aes:
+        samples = [i for i in zipcrypto.infolist() if i.filename.endswith(".pt")]
+        assert all(i.flag_bits & 1 and i.compress_type == zipfile.ZIP_DEFLATED for i in samples)
+        samples = [i for i in aes.infolist() if i.filename.endswith(".pt")]
+        assert all(i.compress_type == AES_METHOD and aes_parameters(i.extra).method == DEFLATE64 for i in samples)
     return {
-        "train": _zip_tree(train_tree, base / "SSMSpine_Train.zip", "info-zip", TRAIN_PASSWORD),
-        "test": _zip_tree(test_tree, base / "SSMSpine_Test.zip", "7z", TEST_PASSWORD),
+        "train": train,
+        "test": test,
         "train_tree": train_tree,
         "test_tree": test_tree,
     }
