@@ -51,3 +51,15 @@ def test_workers_exit_on_their_own_when_the_iterator_of_a_failed_loop_is_collect
     gc.collect()  # the iterator is in a cycle with the error: collecting it shuts its workers down
     # joined (not None), and exited on their own (0), not terminated after the join timeout (-SIGTERM)
     assert [w.exitcode for w in workers] == [0, 0]
+
+
+def test_torchs_worker_loop_still_takes_the_arguments_we_watch():
+    """The one private thing :mod:`pipeline.read.worker_exit` relies on: the worker process's target is
+    torch's ``_worker_loop``, started with a done event and an index queue under these names. When a torch
+    upgrade changes that, this fails (and workers fall back to torch's own exit, 5 s each after an error)."""
+    import inspect
+
+    from torch.utils.data import _utils
+
+    parameters = inspect.signature(_utils.worker._worker_loop).parameters
+    assert {"done_event", "index_queue"} <= set(parameters)
