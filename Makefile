@@ -48,25 +48,25 @@ test: $(STAMP)
 
 # ruff owns the layout (`ruff format`) and checks imports and errors (`ruff check`); CI runs both
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check pipeline tests examples
-	$(VENV)/bin/ruff check pipeline tests examples
+	$(VENV)/bin/ruff format --check pipeline tests examples benchmarks
+	$(VENV)/bin/ruff check pipeline tests examples benchmarks
 
 bench-convert: $(STAMP)
-	$(PY) -m pipeline.bench convert
-	$(PY) -m pipeline.bench.report bench
+	$(PY) -m benchmarks convert
+	$(PY) -m benchmarks.report bench
 
 # convert + both verify modes + reader start-up on 2, 64 and SCALE_SAMPLES samples (sets kept in data/bench-scale);
 # e.g. `make bench-scale SCALE_SAMPLES=160 SCALE_REPEATS=1` for a quick check
 SCALE_SAMPLES ?=
 SCALE_REPEATS ?=
 bench-scale: $(STAMP)
-	$(PY) -m pipeline.bench scale $(if $(SCALE_SAMPLES),--samples $(SCALE_SAMPLES),) $(if $(SCALE_REPEATS),--repeats $(SCALE_REPEATS),)
-	$(PY) -m pipeline.bench.report bench
+	$(PY) -m benchmarks scale $(if $(SCALE_SAMPLES),--samples $(SCALE_SAMPLES),) $(if $(SCALE_REPEATS),--repeats $(SCALE_REPEATS),)
+	$(PY) -m benchmarks.report bench
 
 bench: $(STAMP)
-	$(PY) -m pipeline.bench read
-	$(PY) -m pipeline.bench s3
-	$(PY) -m pipeline.bench.report bench
+	$(PY) -m benchmarks read
+	$(PY) -m benchmarks s3
+	$(PY) -m benchmarks.report bench
 
 # after `make shards` on the synthetic default: the README's pictures
 figures: $(STAMP)

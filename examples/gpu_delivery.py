@@ -1,7 +1,9 @@
 """Samples/s delivered to the GPU: the per-file baseline against our compact streaming reader.
 
-    python examples/gpu_delivery.py --samples 256 --scratch /tmp/gpu-delivery            # cuda if present
-    python examples/gpu_delivery.py --samples 8 --scratch /tmp/gpu-delivery --device cpu  # a dry run
+    PYTHONPATH=. python examples/gpu_delivery.py --samples 256 --scratch /tmp/gpu-delivery  # cuda if present
+    PYTHONPATH=. python examples/gpu_delivery.py --samples 8 --scratch /tmp/gpu-delivery --device cpu  # dry run
+
+From the repository root: the baseline comes from ``benchmarks/``, which is not installed with ``pipeline``.
 
 One process, one rank (nccl on a GPU, gloo on CPU, as ``train_ddp.py`` runs). Both readers deliver
 img + label batches onto the device, in ``DataLoader`` workers with ``pin_memory``: the baseline
@@ -23,7 +25,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from pipeline import StreamingDataset, to_device
-from pipeline.bench.baselines import TorchLoadDataset, prepare
+
+from benchmarks.baselines import TorchLoadDataset, prepare
 
 FIELDS = ("img", "label")
 

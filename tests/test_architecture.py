@@ -3,18 +3,25 @@
 The floors (docs/ARCHITECTURE.md): the ground floor (``pipeline/*.py``) imports nothing of ours
 above it; ``source/`` and ``store/`` import only the ground floor; ``convert/`` and ``verify/``
 import the source, the store and the ground floor; ``read/`` the store and the ground floor;
-``tools/`` the readers, the store, the source and the ground floor; ``bench/`` and ``cli``
-anything below them.
+``tools/`` the readers, the store, the source and the ground floor; ``cli`` anything below it.
+The benchmarks (``benchmarks/``, beside the package and not installed with it) may import any of
+``pipeline`` but none of its private names, and no module of ``pipeline`` imports them.
 """
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).parents[1] / "pipeline"
+ROOT = Path(__file__).parents[1]
+PACKAGE = ROOT / "pipeline"
+#: beside the package, not installed with it (pyproject.toml installs ``pipeline*``)
+BENCHMARKS = ROOT / "benchmarks"
+#: the top-level names of our code: imports of these are checked
+OURS = ("pipeline", "benchmarks")
 GROUND = "ground"
 #: floor -> the floors it may import (itself included)
 ALLOWED = {
@@ -25,7 +32,6 @@ ALLOWED = {
     "verify": {"verify", "source", "store", GROUND},
     "read": {"read", "store", GROUND},
     "tools": {"tools", "read", "store", "source", GROUND},
-    "bench": {"bench", "tools", "read", "convert", "verify", "source", "store", GROUND},
     "cli": {"cli", "tools", "read", "convert", "verify", "source", "store", GROUND},
     "facade": {"facade", "read", "store", "tools", GROUND},
 }
@@ -36,13 +42,19 @@ def _modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
+def _benchmark_modules() -> list[Path]:
+    return sorted(BENCHMARKS.rglob("*.py"))
+
+
 def _dotted(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _floor(module: str) -> str:
     parts = module.split(".")
+    if parts[0] == "benchmarks":
+        return "benchmarks"  # on no floor of the package: no floor may import it
     if len(parts) == 1:
         return "facade"  # pipeline/__init__.py
     if parts[1] == "cli":
@@ -65,26 +77,38 @@ def _imports(path: Path, source: str | None = None) -> list[tuple[int, str, list
             found.append((node.lineno, module, [a.name for a in node.names]))
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name, []) for a in node.names]
-    return [(line, module, names) for line, module, names in found if module.split(".")[0] == "pipeline"]
+    return [(line, module, names) for line, module, names in found if module.split(".")[0] in OURS]
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def _private(names: list[str]) -> list[str]:
+    return [n for n in names if n.startswith("_") and n != "__version__"]
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_imports_go_down_the_floors_and_name_nothing_private(path):
     floor = _floor(_dotted(path))
     for line, module, names in _imports(path):
-        targets = [module] + [
-            f"{module}.{n}" for n in names if (PACKAGE.parent / f"{module}.{n}".replace(".", "/")).exists()
-        ]
+        targets = [module] + [f"{module}.{n}" for n in names if (ROOT / f"{module}.{n}".replace(".", "/")).exists()]
         for target in targets:
+            assert _floor(target) != "benchmarks", (
+                f"{path.name}:{line}: the package imports {target}; the benchmarks are not installed with it"
+            )
             assert _floor(target) in ALLOWED[floor], f"{path.name}:{line}: floor {floor} imports {target}"
-        private = [n for n in names if n.startswith("_") and n != "__version__"]
+        private = _private(names)
         assert not private, f"{path.name}:{line}: imports private name(s) {private} from {module}"
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+@pytest.mark.parametrize("path", _benchmark_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_benchmarks_name_nothing_private(path):
+    for line, module, names in _imports(path):
+        private = _private(names)
+        assert not private, f"{path.name}:{line}: imports private name(s) {private} from {module}"
+
+
+@pytest.mark.parametrize("path", _modules() + _benchmark_modules(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_module_is_over_300_lines(path):
     lines = len(path.read_text().splitlines())
-    assert lines <= MAX_LINES, f"{path.relative_to(PACKAGE.parent)} has {lines} lines; split it along its concerns"
+    assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines; split it along its concerns"
 
 
 def test_the_floor_rules_are_checked_for_real():
@@ -92,13 +116,33 @@ def test_the_floor_rules_are_checked_for_real():
     assert _floor("pipeline.schema") == GROUND and _floor("pipeline.read.stream.order") == "read"
     assert _floor("pipeline.tools.synth.archive") == "tools" and _floor("pipeline") == "facade"
     assert "read" not in ALLOWED[_floor("pipeline.store.tar_shards")]
+    assert _floor("benchmarks.scale.probe") == "benchmarks" and not any("benchmarks" in a for a in ALLOWED.values())
+    source = "from benchmarks.common import markdown_table\nfrom pipeline.source.zip_local import _header\n"
+    found = _imports(BENCHMARKS / "report.py", source)
+    assert [(m, _private(n)) for _, m, n in found] == [
+        ("benchmarks.common", []),
+        ("pipeline.source.zip_local", ["_header"]),
+    ]
+
+
+def test_the_wheel_holds_the_package_and_not_the_benchmarks():
+    """The packages setuptools puts in the wheel, found by ``pyproject.toml``'s own rule (a built wheel,
+    ``pip wheel --no-deps . && unzip -l``, lists the same ``pipeline/`` and no ``benchmarks/``)."""
+    setuptools = pytest.importorskip("setuptools")
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    rule = {"include": find.get("include", ("*",)), "exclude": find.get("exclude", ())}
+    packages = setuptools.find_namespace_packages(str(ROOT), **rule)
+    assert {"pipeline", "pipeline.read", "pipeline.store"} <= set(packages), packages
+    assert "benchmarks" in setuptools.find_namespace_packages(str(ROOT), include=["benchmarks*"]), "the finder sees it"
+    installed = [p for p in packages if p.split(".")[0] == "benchmarks" or p.startswith("pipeline.bench")]
+    assert not installed, f"the benchmarks would be installed with the library: {installed}"
 
 
 def _import_graph() -> dict[str, set[str]]:
     """Module -> the modules of ours it imports anywhere (in functions and under ``TYPE_CHECKING`` too):
     ``from pipeline.x import y`` counts as importing ``pipeline.x.y`` where that is a module."""
     graph = {}
-    for path in _modules():
+    for path in _modules() + _benchmark_modules():
         targets = set()
         for _, module, names in _imports(path):
             submodules = [f"{module}.{n}" for n in names if _is_module(f"{module}.{n}")]
@@ -110,7 +154,7 @@ def _import_graph() -> dict[str, set[str]]:
 
 
 def _is_module(dotted: str) -> bool:
-    base = PACKAGE.parent / dotted.replace(".", "/")
+    base = ROOT / dotted.replace(".", "/")
     return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 

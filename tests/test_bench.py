@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bench.augment import Augmented, ElasticDeformation
-from pipeline.bench.baselines import TorchLoadDataset, prepare
-from pipeline.bench.reading import AUGMENTED, AUGMENTED_READERS, FIELD_SETS, READERS, SINGLE_THREAD, run
 from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.schema import FIELDS
 
+from benchmarks.augment import Augmented, ElasticDeformation
+from benchmarks.baselines import TorchLoadDataset, prepare
+from benchmarks.reading import AUGMENTED, AUGMENTED_READERS, FIELD_SETS, READERS, SINGLE_THREAD, run
 from conftest import assert_bit_exact
 
 SAMPLES = 4
@@ -70,7 +70,7 @@ def test_reading_benchmark_result_structure(tmp_path, scratch, dask_scheduler, c
 
     # the report generator reads this structure from bench/read.json
     pytest.importorskip("matplotlib")
-    from pipeline.bench.report import READ_JSON, write_report
+    from benchmarks.report import READ_JSON, write_report
 
     bench = tmp_path / "bench"
     bench.mkdir()
@@ -128,7 +128,7 @@ def test_elastic_deformation_without_strength_is_the_identity(scratch, dask_sche
 @pytest.mark.slow
 def test_temporary_scratch_is_removed(tmp_path, dask_scheduler, monkeypatch):
     made = tmp_path / "made-by-run"
-    monkeypatch.setattr("pipeline.bench.reading.tempfile.mkdtemp", lambda **_: str(made.mkdir() or made))
+    monkeypatch.setattr("benchmarks.reading.tempfile.mkdtemp", lambda **_: str(made.mkdir() or made))
     result = run(samples=SAMPLES, repeats=1, workers=(0,), steady=False, scheduler=dask_scheduler, augment_workers=(0,))
     assert {r["workers"] for r in result["results"]} == {0}
     assert len(result["results"]) == len(READERS) * len(FIELD_SETS) + len(AUGMENTED_READERS)
@@ -139,7 +139,7 @@ def test_temporary_scratch_is_removed(tmp_path, dask_scheduler, monkeypatch):
 
 
 def test_scale_sets_follow_the_release_layout():
-    from pipeline.bench.scale.sets import layout, set_configs, set_name
+    from benchmarks.scale.sets import layout, set_configs, set_name
 
     assert layout(2) == ((1, 1), (1, 1))
     assert layout(64) == ((4, 13), (1, 12))
@@ -158,7 +158,7 @@ def test_scale_sets_follow_the_release_layout():
 def test_scale_command_lines():
     from pathlib import Path
 
-    from pipeline.bench.scale.commands import command_argv
+    from benchmarks.scale.commands import command_argv
 
     sources, out = [Path("a/SSMSpine_Train.zip"), Path("a/SSMSpine_Test.zip")], Path("o")
     tail = ["--out", "o", "--workers", "2", "--no-progress"]
@@ -170,7 +170,7 @@ def test_scale_command_lines():
 
 
 def test_scale_estimate_arithmetic():
-    from pipeline.bench.scale.summary import net_per_sample, release_estimate
+    from benchmarks.scale.summary import net_per_sample, release_estimate
 
     assert net_per_sample(30.0, 102, 10.0, 2) == pytest.approx(0.2)
     with pytest.raises(ValueError):
@@ -187,7 +187,7 @@ def test_scale_estimate_arithmetic():
 
 
 def _fake_scale_result() -> dict:
-    """Raw figures as ``pipeline.bench.scale.run`` saves them, with round numbers: per command
+    """Raw figures as ``benchmarks.scale.run`` saves them, with round numbers: per command
     ``fixed + per_sample x (n - 2)`` seconds, two rounds."""
     fixed = {"convert": 10.0, "verify sources": 6.0, "verify manifest": 4.0}
     per_sample = {"convert": 0.1, "verify sources": 0.05, "verify manifest": 0.01}
@@ -238,9 +238,9 @@ def _fake_scale_result() -> dict:
 
 
 def test_scale_summary_and_report(tmp_path):
-    from pipeline.bench.report import SCALE_JSON, write_report
-    from pipeline.bench.scale.render import scale_lines
-    from pipeline.bench.scale.summary import summarise
+    from benchmarks.report import SCALE_JSON, write_report
+    from benchmarks.scale.render import scale_lines
+    from benchmarks.scale.summary import summarise
 
     raw = _fake_scale_result()
     summary = summarise(raw)
@@ -279,8 +279,8 @@ def test_scale_summary_and_report(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_scale_peak_memory_of_a_spawned_worker(tmp_path):
     """A child started like a Dask worker (multiprocessing spawn) is reported as a worker, with its peak."""
-    from pipeline.bench.scale.commands import run_command
-    from pipeline.bench.scale.config import POLL_SECONDS
+    from benchmarks.scale.commands import run_command
+    from benchmarks.scale.config import POLL_SECONDS
 
     script = (
         "import multiprocessing as mp, time\n"
@@ -306,8 +306,8 @@ def test_scale_peak_memory_of_a_spawned_worker(tmp_path):
 @pytest.mark.slow
 def test_scale_reader_probe(converted):
     """The reader probe runs in a fresh process and reports its figures for the train split."""
-    from pipeline.bench.scale.config import READERS
-    from pipeline.bench.scale.probe import probe_reader
+    from benchmarks.scale.config import READERS
+    from benchmarks.scale.probe import probe_reader
 
     for reader in READERS:
         figures = probe_reader(reader, converted)
@@ -317,8 +317,8 @@ def test_scale_reader_probe(converted):
 
 
 def test_whole_command_rows_take_the_median_of_per_round_ratios(tmp_path):
-    from pipeline.bench.conversion import command_rows
-    from pipeline.bench.report import write_report
+    from benchmarks.conversion import command_rows
+    from benchmarks.report import write_report
 
     # round 2 is slow for all three: per-round ratios (0.7, 0.5, 0.9) → 0.7, not 8/11
     commands = {"convert": [10.0, 20.0, 10.0], "verify sources": [7.0, 10.0, 9.0], "verify manifest": [3.0, 5.0, 5.0]}
@@ -343,8 +343,8 @@ def test_whole_command_rows_take_the_median_of_per_round_ratios(tmp_path):
 
 
 def test_scale_growth_compares_the_commands_own_task_times_where_they_report_them():
-    from pipeline.bench.scale.rounds import task_rate
-    from pipeline.bench.scale.summary import summarise
+    from benchmarks.scale.rounds import task_rate
+    from benchmarks.scale.summary import summarise
 
     printed = (
         "converted 64 samples\n  time: 9.1 s (1.3 s planning, 2.0 s cluster start-up), 31.5 samples/s converting\n"
@@ -371,7 +371,7 @@ def test_scale_growth_compares_the_commands_own_task_times_where_they_report_the
 @pytest.fixture(scope="module")
 def packed_scratch(tmp_path_factory):
     """A scratch holding a 2-sample tree packed the four ways by Info-ZIP and 7-Zip (the benchmark reuses them)."""
-    from pipeline.bench.packing import PackingUnavailable, find_tools, packed_archives
+    from benchmarks.packing import PackingUnavailable, find_tools, packed_archives
 
     try:
         tools = find_tools()
@@ -384,9 +384,10 @@ def packed_scratch(tmp_path_factory):
 def test_packed_archives_hold_the_same_samples_as_their_rows_claim(packed_scratch):
     import zipfile
 
-    from pipeline.bench.packing import PACKINGS, PASSWORD, archive_kinds
     from pipeline.source.passwords import Password
     from pipeline.source.zip_reader import SourceReader
+
+    from benchmarks.packing import PACKINGS, PASSWORD, archive_kinds
 
     scratch, archives = packed_scratch
     tree = scratch / "packed-tree-2"
@@ -402,7 +403,7 @@ def test_packed_archives_hold_the_same_samples_as_their_rows_claim(packed_scratc
 
 
 def test_packing_failures_and_missing_tools_are_one_line(packed_scratch, monkeypatch, tmp_path):
-    from pipeline.bench import packing
+    from benchmarks import packing
 
     scratch, _ = packed_scratch
     tools = packing.find_tools()
@@ -426,7 +427,7 @@ def test_packing_failures_and_missing_tools_are_one_line(packed_scratch, monkeyp
 
 
 def test_packed_rounds_rotate_and_ratios_are_taken_within_a_round():
-    from pipeline.bench.packing import packed_lines, packed_rows, schedule
+    from benchmarks.packing import packed_lines, packed_rows, schedule
 
     assert [k for _, k in schedule(["a", "b", "c"], 4)] == [*"abc", *"bca", *"cab", *"abc"]
     assert [r for r, _ in schedule(["a", "b"], 2)] == [0, 0, 1, 1]
@@ -451,7 +452,7 @@ def test_packed_rounds_rotate_and_ratios_are_taken_within_a_round():
 
 @pytest.mark.slow
 def test_packed_rows_measure_every_archive_without_saving_the_password(packed_scratch, dask_scheduler):
-    from pipeline.bench.packing import PACKINGS, PASSWORD, packed_lines, run
+    from benchmarks.packing import PACKINGS, PASSWORD, packed_lines, run
 
     scratch, _ = packed_scratch
     result = run(scratch, 2, rounds=1, scheduler=dask_scheduler)  # reuses the packed archives

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.bench import report
+from benchmarks import report
 
 CONVERT = {
     "date": "2026-01-02",

@@ -1,5 +1,5 @@
 """The configurations ``make bench`` times: a DataLoader built once per (reader, fields, workers), and
-how one epoch of it is timed. See :mod:`pipeline.bench.reading` for the method."""
+how one epoch of it is timed. See :mod:`benchmarks.reading` for the method."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from pipeline.bench.common import Timings, interleave
-from pipeline.bench.names import COMPACT, SINGLE_THREAD, STREAMING
 from pipeline.read.stream import StreamingDataset
+
+from benchmarks.common import Timings, interleave
+from benchmarks.names import COMPACT, SINGLE_THREAD, STREAMING
 
 #: Samples per batch: per DataLoader item with workers, and the streaming dataset's own batches.
 BATCH_SIZE = 8

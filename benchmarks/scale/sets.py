@@ -10,13 +10,13 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench.scale.config import GENERATION_JSON, TEST_FIRST_PATIENT, TRAIN_PATIENTS
+from benchmarks.scale.config import GENERATION_JSON, TEST_FIRST_PATIENT, TRAIN_PATIENTS
 
 
 def layout(samples: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """(patients, shapes) of the Train and of the Test archive of a set of ``samples`` samples.
 
-    Train gets :data:`~pipeline.bench.scale.config.TRAIN_PATIENTS` patients and about 4/5 of the
+    Train gets :data:`~benchmarks.scale.config.TRAIN_PATIENTS` patients and about 4/5 of the
     samples, Test one patient and the rest; sets too small for that get one patient in each.
     """
     if samples < 2:
@@ -55,9 +55,9 @@ def _write_archive(path: Path, config: Any) -> float:
 
 
 def make_set(base: Path, samples: int) -> tuple[Path, dict]:
-    """The set's folder (archives made once, see :func:`~pipeline.bench.common.made_once`) and
+    """The set's folder (archives made once, see :func:`~benchmarks.common.made_once`) and
     how long generating it took (then or in the run that made it)."""
-    from pipeline.bench.common import made_once
+    from benchmarks.common import made_once
 
     made_now = False
 

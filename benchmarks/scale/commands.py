@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.bench.scale.config import POLL_SECONDS, WORKERS
+from benchmarks.scale.config import POLL_SECONDS, WORKERS
 
 
 def _high_water_kb(pid: int) -> int | None:
@@ -31,7 +31,7 @@ def _high_water_kb(pid: int) -> int | None:
 class PeakMemory:
     """Peak RSS of a command's process and of each of its descendant processes (Dask workers).
 
-    A thread looks every :data:`~pipeline.bench.scale.config.POLL_SECONDS` at the process and its
+    A thread looks every :data:`~benchmarks.scale.config.POLL_SECONDS` at the process and its
     descendants (psutil) and reads each one's ``VmHWM`` from ``/proc/PID/status``: the kernel's own high-water mark of
     its resident set, so a short peak between two looks is not missed; only growth in the last
     look's interval before a process exits could be (workers then shut down, they do not
@@ -141,7 +141,7 @@ def ssmspine() -> list[str]:
 
 
 def command_argv(which: str, sources: Sequence[Path], out: Path) -> list[str]:
-    """The command line of one of :data:`~pipeline.bench.scale.config.COMMANDS`."""
+    """The command line of one of :data:`~benchmarks.scale.config.COMMANDS`."""
     common = ["--out", str(out), "--workers", str(WORKERS), "--no-progress"]
     if which == "convert":
         return [*ssmspine(), "convert", *map(str, sources), *common]

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from pipeline.bench.common import OtherLoad, made_once, markdown_table
 from pipeline.source.members import is_junk
 from pipeline.source.zip_crypto import AES_METHOD, aes_parameters
 from pipeline.source.zip_local import MASK_ENCRYPTED
 from pipeline.source.zip_methods import method_name
+
+from benchmarks.common import OtherLoad, made_once, markdown_table
 
 #: Made up for this benchmark, not a secret; still never printed or saved.
 PASSWORD = b"ssmspine-bench-17"

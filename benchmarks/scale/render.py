@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from pipeline.bench.scale.config import (
+from benchmarks.scale.config import (
     COMMANDS,
     GROWTH_TARGET,
     READER_BATCH,
@@ -16,7 +16,7 @@ from pipeline.bench.scale.config import (
     WORKSTATION_CORES,
     WORKSTATION_DISK_BYTES_PER_S,
 )
-from pipeline.bench.scale.summary import summarise
+from benchmarks.scale.summary import summarise
 
 
 def _duration(seconds: float) -> str:
@@ -33,7 +33,7 @@ def _met(value: float, target: float) -> str:
 
 def scale_lines(raw: Mapping[str, Any]) -> list[str]:
     """The "Scale" tables in Markdown (for stdout and ``bench/report.md``), without a heading."""
-    from pipeline.bench.common import markdown_table
+    from benchmarks.common import markdown_table
 
     summary = summarise(raw)
     sets = raw["sets"]

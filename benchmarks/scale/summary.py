@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Mapping, Sequence
 
-from pipeline.bench.scale.config import (
+from benchmarks.scale.config import (
     COMMANDS,
     FIXED_SAMPLES,
     READERS,
@@ -74,7 +74,7 @@ def _spread(values: Sequence[float]) -> float:
 
 
 def summarise(raw: Mapping[str, Any]) -> dict:
-    """The figures the tables show, from the raw ones :func:`~pipeline.bench.scale.rounds.run` saves."""
+    """The figures the tables show, from the raw ones :func:`~benchmarks.scale.rounds.run` saves."""
     sets = raw["sets"]
     workers = raw.get("workers", WORKERS)
     release = raw.get("release_samples", RELEASE_SAMPLES)

@@ -4,8 +4,8 @@ conversion to a bucket against conversion to disk, measured in the same run, int
 The server is moto's (a test dependency, which ``make`` installs) in a process of its own on
 127.0.0.1: a loopback server, so the ratios say what our side costs (requests, retries' wrapping,
 staging, uploads), not what a real network adds. The readers read the benchmark's converted set
-(:func:`~pipeline.bench.baselines.prepare`) uploaded to a bucket: ``StreamingDataset`` (img+label,
-batches of :data:`~pipeline.bench.loaders.BATCH_SIZE`, in process) and ``ZarrDataset`` (img+label,
+(:func:`~benchmarks.baselines.prepare`) uploaded to a bucket: ``StreamingDataset`` (img+label,
+batches of :data:`~benchmarks.loaders.BATCH_SIZE`, in process) and ``ZarrDataset`` (img+label,
 random order, in process). The conversions convert the same archive with the same fixed encodings
 on one local Dask cluster, kept for every run, into a fresh directory or a fresh prefix each time;
 their figure is the tasks' wall time (``Summary.converting_seconds``: without planning and the
@@ -28,13 +28,14 @@ from typing import Iterator
 
 import fsspec
 
-from pipeline.bench.baselines import prepare
-from pipeline.bench.common import interleave, machine_description, markdown_table
-from pipeline.bench.loaders import MIN_MEASURE_SECONDS, TimedReader, map_loader, stream_reader, time_readers
 from pipeline.cluster import local_cluster
 from pipeline.convert import ConvertOptions, convert
 from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.store.manifest import read_manifest
+
+from benchmarks.baselines import prepare
+from benchmarks.common import interleave, machine_description, markdown_table
+from benchmarks.loaders import MIN_MEASURE_SECONDS, TimedReader, map_loader, stream_reader, time_readers
 
 FIELDS = ("img", "label")
 #: How long the S3 server may take to answer its first request.

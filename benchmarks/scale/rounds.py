@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline.bench.scale.commands import command_argv, run_command
-from pipeline.bench.scale.config import (
+from benchmarks.scale.commands import command_argv, run_command
+from benchmarks.scale.config import (
     COMMANDS,
     DEFAULT_SCRATCH,
     FIXED_SAMPLES,
@@ -22,10 +22,10 @@ from pipeline.bench.scale.config import (
     WORKSTATION_CORES,
     WORKSTATION_DISK_BYTES_PER_S,
 )
-from pipeline.bench.scale.probe import probe_reader
-from pipeline.bench.scale.render import scale_lines
-from pipeline.bench.scale.sets import archives, layout, make_set, set_name
-from pipeline.bench.scale.summary import summarise
+from benchmarks.scale.probe import probe_reader
+from benchmarks.scale.render import scale_lines
+from benchmarks.scale.sets import archives, layout, make_set, set_name
+from benchmarks.scale.summary import summarise
 
 
 class _SetRuns:
@@ -92,11 +92,11 @@ def _read_through(paths: Sequence[Path]) -> None:
 def run(samples: int = LARGE_SAMPLES, repeats: int = 3, scratch: Path | None = None) -> dict:
     """Run the scale benchmark and return its raw figures (also printed as tables).
 
-    ``samples``: the large set's size (more than :data:`~pipeline.bench.scale.config.SMALL_SAMPLES`).
+    ``samples``: the large set's size (more than :data:`~benchmarks.scale.config.SMALL_SAMPLES`).
     ``scratch`` keeps the sets (``sets/``) and the outputs (``out/``) for the next run; default
     ``data/bench-scale``.
     """
-    from pipeline.bench.common import OtherLoad, interleave, machine_description
+    from benchmarks.common import OtherLoad, interleave, machine_description
 
     if samples <= SMALL_SAMPLES:
         raise ValueError(f"the large set must have more than {SMALL_SAMPLES} samples, got {samples}")

@@ -7,7 +7,7 @@ calibration, creating arrays) and cluster start-up separately, since they do not
 archive; and each worker's peak memory on the archive and on one half its size, which shows that
 a worker's memory does not depend on the archive's size. Then the half-size archive's samples
 packed four ways (plain deflate, ZipCrypto, WinZip AES-256, Deflate64) by Info-ZIP and 7-Zip, each
-archive's conversion rate against the plain one's (see :mod:`pipeline.bench.packing`).
+archive's conversion rate against the plain one's (see :mod:`benchmarks.packing`).
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from pathlib import Path
 
 from distributed import Client
 
-from pipeline.bench.common import interleave, load_every_member, machine_description, markdown_table
-from pipeline.bench.packing import MIN_ROUNDS, packed_lines
-from pipeline.bench.packing import run as run_packed
-from pipeline.bench.scale import COMMANDS, VERIFY_TARGETS, command_argv, run_command
 from pipeline.cluster import local_cluster
 from pipeline.convert import ConvertOptions, convert
 from pipeline.sizes import tree_bytes
 from pipeline.tools.synth import SynthConfig, write_archive
+
+from benchmarks.common import interleave, load_every_member, machine_description, markdown_table
+from benchmarks.packing import MIN_ROUNDS, packed_lines
+from benchmarks.packing import run as run_packed
+from benchmarks.scale import COMMANDS, VERIFY_TARGETS, command_argv, run_command
 
 BASELINE = "load only (1 process)"
 

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.bench.common import made_once
 from pipeline.convert import ConvertOptions, convert
 from pipeline.errors import OutputError
 from pipeline.schema import FIELDS, sample_key
 from pipeline.tools.synth import SynthConfig, write_archive, write_tree
+
+from benchmarks.common import made_once
 
 log = logging.getLogger(__name__)
 

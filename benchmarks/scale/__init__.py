@@ -21,11 +21,11 @@ commands run in the order below, so each verify checks the conversion of the sam
   --out OUT`` (against the sources) and ``ssmspine verify --out OUT`` (against the manifest):
   wall time from starting the process to its exit;
 * peak memory of each process of the command (see
-  :class:`~pipeline.bench.scale.commands.PeakMemory`): of each Dask worker and of the command's
+  :class:`~benchmarks.scale.commands.PeakMemory`): of each Dask worker and of the command's
   own process (the coordinator, which also runs the scheduler);
 * for the small and large sets, the readers: ``StreamingDataset(OUT, split="train",
   fields=("img", "label"), batch_size=8)`` and ``ZarrDataset(OUT, "train", fields=("img",
-  "label"))``, each in a fresh process (see :func:`~pipeline.bench.scale.probe.probe_reader`):
+  "label"))``, each in a fresh process (see :func:`~benchmarks.scale.probe.probe_reader`):
   importing the reader, constructing the dataset (start-up: whatever the constructor reads, such
   as the manifest), and the first batch of 8 from a fresh iterator of ``DataLoader`` in process
   (no workers; ZarrDataset in random order), which includes what a reader defers to its first
@@ -37,15 +37,15 @@ From the medians of the rounds: samples/s of each command (whole command), its c
 net of the fixed cost (``(t(N) - t(fixed)) / (N - 2)``) at the small and large sizes and their
 ratio (the issue's target: at most 1.2×), the ratios verify/convert per round (targets: at most
 0.8 against the sources, 0.4 against the manifest), manifest bytes per sample, and estimates of
-the full release (:data:`~pipeline.bench.scale.config.RELEASE_SAMPLES`) here and on a
-:data:`~pipeline.bench.scale.config.WORKSTATION_CORES`-core workstation (see
-:func:`~pipeline.bench.scale.summary.release_estimate` for the assumptions).
+the full release (:data:`~benchmarks.scale.config.RELEASE_SAMPLES`) here and on a
+:data:`~benchmarks.scale.config.WORKSTATION_CORES`-core workstation (see
+:func:`~benchmarks.scale.summary.release_estimate` for the assumptions).
 """
 
-from pipeline.bench.scale.commands import CommandRun, command_argv, run_command
-from pipeline.bench.scale.config import COMMANDS, VERIFY_TARGETS
-from pipeline.bench.scale.render import scale_lines
-from pipeline.bench.scale.rounds import run
-from pipeline.bench.scale.summary import summarise
+from benchmarks.scale.commands import CommandRun, command_argv, run_command
+from benchmarks.scale.config import COMMANDS, VERIFY_TARGETS
+from benchmarks.scale.render import scale_lines
+from benchmarks.scale.rounds import run
+from benchmarks.scale.summary import summarise
 
 __all__ = ["COMMANDS", "VERIFY_TARGETS", "CommandRun", "command_argv", "run", "run_command", "scale_lines", "summarise"]

@@ -6,7 +6,7 @@ with DataLoader workers:
 
 * **baseline** — what the dataset's authors do: the archive extracted to one ``.pt`` file per
   sample, one ``torch.load`` per sample, in random order
-  (:class:`~pipeline.bench.baselines.TorchLoadDataset`);
+  (:class:`~benchmarks.baselines.TorchLoadDataset`);
 * **streaming** — :class:`~pipeline.read.stream.StreamingDataset` with ``batch_size`` at the dataset
   level, under ``DataLoader(ds, batch_size=None, ...)`` as its docstring says, one epoch
   (``set_epoch``) per pass, with its default decode threads (the cores; one per DataLoader
@@ -17,13 +17,13 @@ with DataLoader workers:
   more bytes; the figures record both outputs' sizes);
 * **zarr** — :class:`~pipeline.read.zarr_dataset.ZarrDataset` in random order (``RandomSampler``);
 * **npy, uncompressed** — the reference point: each field an ``.npy`` file, ``np.load`` per field
-  and sample in random order (:class:`~pipeline.bench.baselines.NpyDataset`): reading without
+  and sample in random order (:class:`~benchmarks.baselines.NpyDataset`): reading without
   decoding, at ~9× the bytes.
 
 With augmentation (field set **img+label, elastic**, with 0, 1 and 2 workers): every sample's
 ``img`` and ``label`` deformed as the dataset's authors augment training samples
-(:class:`~pipeline.bench.augment.ElasticDeformation`, tens of ms a sample: far more than decoding).
-The baseline does it the per-file way, in its ``__getitem__`` (:class:`~pipeline.bench.augment.Augmented`),
+(:class:`~benchmarks.augment.ElasticDeformation`, tens of ms a sample: far more than decoding).
+The baseline does it the per-file way, in its ``__getitem__`` (:class:`~benchmarks.augment.Augmented`),
 so in DataLoader workers when there are some and in the loop's process otherwise; streaming passes it as
 ``transform=``, so it runs on the decode threads, in the workers when there are some.
 
@@ -68,10 +68,15 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from pipeline.bench.augment import Augmented, ElasticDeformation
-from pipeline.bench.baselines import NpyDataset, TorchLoadDataset, prepare, prepare_for_speed, write_uncompressed
-from pipeline.bench.common import OtherLoad, machine_description, markdown_table
-from pipeline.bench.loaders import (
+from pipeline.read.zarr_dataset import ZarrDataset
+from pipeline.runtime import keep_buffers_on_heap
+from pipeline.schema import FIELDS
+from pipeline.tools.info import info
+
+from benchmarks.augment import Augmented, ElasticDeformation
+from benchmarks.baselines import NpyDataset, TorchLoadDataset, prepare, prepare_for_speed, write_uncompressed
+from benchmarks.common import OtherLoad, machine_description, markdown_table
+from benchmarks.loaders import (
     BATCH_SIZE,
     MIN_MEASURE_SECONDS,
     SEED,
@@ -80,11 +85,7 @@ from pipeline.bench.loaders import (
     stream_reader,
     time_readers,
 )
-from pipeline.bench.names import AUGMENTED, COMPACT, SINGLE_THREAD, SPEED_COMPACT, UNCOMPRESSED
-from pipeline.read.zarr_dataset import ZarrDataset
-from pipeline.runtime import keep_buffers_on_heap
-from pipeline.schema import FIELDS
-from pipeline.tools.info import info
+from benchmarks.names import AUGMENTED, COMPACT, SINGLE_THREAD, SPEED_COMPACT, UNCOMPRESSED
 
 #: The field sets measured, by the name the results give them.
 FIELD_SETS: dict[str, tuple[str, ...]] = {"img+label": ("img", "label"), "all": FIELDS}

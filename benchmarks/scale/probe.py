@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.bench.scale.config import READER_BATCH, READERS
+from benchmarks.scale.config import READER_BATCH, READERS
 
 #: Run as ``python -c _PROBE KIND OUT SPLIT BATCH`` in a fresh process; prints one JSON line.
 #: Nothing of the benchmark is imported, so "import" is the reader's own import (torch & co.).
@@ -43,7 +43,7 @@ print(json.dumps({"import_s": t1 - t0, "startup_s": t2 - t1, "first_batch_s": t3
 
 def probe_reader(reader: str, out: Path, split: str = "train", batch: int = READER_BATCH) -> dict:
     """Import, start-up and first-batch seconds of ``reader`` (one of
-    :data:`~pipeline.bench.scale.config.READERS`) in a fresh process, plus ``process_s``: from
+    :data:`~benchmarks.scale.config.READERS`) in a fresh process, plus ``process_s``: from
     starting that process to its exit."""
     if reader not in READERS:
         raise ValueError(f"unknown reader {reader!r}")

@@ -1,4 +1,4 @@
-"""``python -m pipeline.bench convert|read|scale|s3``: run a benchmark, print its table, save its figures."""
+"""``python -m benchmarks convert|read|scale|s3``: run a benchmark, print its table, save its figures."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ DEFAULTS = {"convert": (128, 3), "read": (64, 5), "scale": (640, 3), "s3": (64, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("which", choices=tuple(DEFAULTS))
     parser.add_argument(
         "--samples",
@@ -34,13 +34,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if args.which == "convert":
-        from pipeline.bench.conversion import run
+        from benchmarks.conversion import run
     elif args.which == "read":
-        from pipeline.bench.reading import run
+        from benchmarks.reading import run
     elif args.which == "s3":
-        from pipeline.bench.object_storage import run
+        from benchmarks.object_storage import run
     else:
-        from pipeline.bench.scale import run
+        from benchmarks.scale import run
 
     samples, repeats = DEFAULTS[args.which]
     result = run(samples=args.samples or samples, repeats=args.repeats or repeats, scratch=args.scratch)

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from pipeline.bench.names import AUGMENTED
+from benchmarks.names import AUGMENTED
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -14,7 +14,7 @@ WORKSTATION_CORES = 16
 #: Assumed bandwidth of the workstation's disk for the bytes a command reads and writes (a
 #: workstation NVMe SSD under mixed reads and writes; this machine's figures need no such guess).
 WORKSTATION_DISK_BYTES_PER_S = 1.5e9
-#: Samples of the three sets; the large one is :func:`~pipeline.bench.scale.rounds.run`'s ``samples``.
+#: Samples of the three sets; the large one is :func:`~benchmarks.scale.rounds.run`'s ``samples``.
 FIXED_SAMPLES = 2
 SMALL_SAMPLES = 64
 LARGE_SAMPLES = 640
@@ -31,7 +31,7 @@ READER_BATCH = 8
 #: The issue's targets: net per-sample cost large/small, and verify's wall time against convert's.
 GROWTH_TARGET = 1.2
 VERIFY_TARGETS = {"verify sources": 0.8, "verify manifest": 0.4}
-#: How often :class:`~pipeline.bench.scale.commands.PeakMemory` looks at the command's processes.
+#: How often :class:`~benchmarks.scale.commands.PeakMemory` looks at the command's processes.
 POLL_SECONDS = 0.2
 #: Where the sets and outputs are kept between runs, and the record of generating a set, in its folder.
 DEFAULT_SCRATCH = Path("data/bench-scale")
