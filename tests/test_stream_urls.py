@@ -33,6 +33,30 @@ def test_urls_read_the_same_samples(converted, serve, scheme):
                 assert_bit_exact(batch[field][row].numpy(), stock[key][field], f"{scheme} {key}.{field}")
 
 
+def test_storage_options_reach_every_read_of_the_stream(converted, s3_server, monkeypatch):
+    """With the environment pointing at a closed port, only the options say where the bucket is: the
+    manifest, the shards in this process and in DataLoader workers are all read with them (as
+    ZarrDataset's are)."""
+    import s3fs
+
+    url = s3_server.upload(converted, parts=("manifest.json", "wds"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setenv("SSMSPINE_RETRIES", "0")
+    s3fs.S3FileSystem.clear_instance_cache()  # no filesystem made with the server's endpoint is reused
+    with pytest.raises(OutputError):
+        StreamingDataset(url, "test")
+    monkeypatch.delenv("SSMSPINE_RETRIES")
+    options = {"endpoint_url": s3_server.endpoint_url}
+    stock = stock_samples(converted, "test")
+    ds = StreamingDataset(url, "test", ("label", "shape"), seed=SEED, batch_size=2, storage_options=options)
+    for workers in (0, 2):
+        batches = list(DataLoader(ds, batch_size=None, num_workers=workers))
+        assert sorted(flat_keys(batches)) == sorted(ds.keys)
+        for batch in batches:
+            for row, key in enumerate(batch["__key__"]):
+                assert_bit_exact(batch["label"][row].numpy(), stock[key]["label"], f"s3 {key}.label")
+
+
 def test_a_server_without_range_requests_is_an_error(converted, serve):
     url = serve(converted, type("NoRanges", (RangeHandler,), {"ranges": False})).url
     with pytest.raises(OutputError, match="Range"):

@@ -45,7 +45,7 @@ def _assert_equal_datasets(ds: ZarrDataset, reference: ZarrDataset) -> None:
         key, record = ds.read_record(row)
         _, expected = reference.read_record(row)
         for field, values in expected.items():
-            assert_bit_exact(record[field], values, f"{ds.out} {ds.split}/{key}.{field}")
+            assert_bit_exact(record[field], values, f"{ds.root} {ds.split}/{key}.{field}")
 
 
 @pytest.mark.parametrize("scheme", ["file", "s3", "http"])

@@ -39,6 +39,7 @@ import torch
 import zarr
 from torch.utils.data import get_worker_info
 
+from pipeline.deprecation import renamed_argument
 from pipeline.errors import NotFoundError, OutputError, SampleIndexError, UsageError
 from pipeline.read.batches import SharedBatch
 from pipeline.read.collate import Batch, Sample
@@ -78,7 +79,7 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
 
     def __init__(
         self,
-        out: str | os.PathLike,
+        root: str | os.PathLike | None = None,
         split: str = "train",
         fields: Sequence[str] | None = None,
         *,
@@ -88,10 +89,11 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         seed: int = 0,
         storage_options: Mapping[str, Any] | None = None,
         compact: bool = False,
+        out: str | os.PathLike | None = None,
     ) -> None:
-        """Open ``split`` of the output at ``out``; ``fields`` default to all of the split's fields.
+        """Open ``split`` of the output at ``root``; ``fields`` default to all of the split's fields.
 
-        ``out`` is the output directory or its URL, as for ``StreamingDataset``: ``file://``,
+        ``root`` (formerly ``out``) is the output directory or its URL, as for ``StreamingDataset``: ``file://``,
         ``s3://``, ``http(s)://`` or any other fsspec URL, with ``storage_options`` (credentials,
         endpoint, ...) passed to fsspec and zarr-python; without them fsspec finds credentials
         where it usually does (the environment, configuration files).
@@ -107,18 +109,19 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         """
         if seed < 0:
             raise UsageError(f"seed must be non-negative, got {seed}")
-        self.out: Path | str = os.fspath(out) if is_url(os.fspath(out)) else Path(out)
+        root = os.fspath(renamed_argument(root, out, "out", "root", "ZarrDataset"))
+        self.root: Path | str = root if is_url(root) else Path(root)
         self.split = split
         self.storage_options = dict(storage_options or {})
-        manifest = read_stream_manifest(os.fspath(self.out), self.storage_options)
-        samples, group, self.fields = open_split(self.out, manifest, split, fields, self.storage_options)
+        manifest = read_stream_manifest(os.fspath(self.root), self.storage_options)
+        samples, group, self.fields = open_split(self.root, manifest, split, fields, self.storage_options)
         self.keys: tuple[str, ...] = tuple(samples.keys)
         self._rows = samples.rows
         arrays = {f: group[f] for f in self.fields}
         for name, length in [("aug", group["aug"].shape[0]), *((f, a.shape[0]) for f, a in arrays.items())]:
             if length != samples.planned or len(self._rows) != len(self.keys) or self._rows.max(initial=0) >= length:
                 raise OutputError(
-                    f"{zarr_location(self.out, split, name)}: {length} rows do not hold "
+                    f"{zarr_location(self.root, split, name)}: {length} rows do not hold "
                     f"the {len(self.keys)} samples the manifest lists"
                 )
         self.find_samples(self.keys, group["patient"][:][self._rows], group["aug"][:][self._rows])
@@ -254,7 +257,7 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         else:
             array = state.arrays.get(field)
             if array is None:
-                store = open_store(self.out, self.storage_options)
+                store = open_store(self.root, self.storage_options)
                 array = state.arrays[field] = zarr.open_array(store, path=f"{self.split}/{field}", mode="r")
             values = np.asarray(array[row], order="C")
         if out is None:
@@ -278,7 +281,7 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         return {**self.__dict__, "_local": None}
 
     def __repr__(self) -> str:
-        return f"ZarrDataset({str(self.out)!r}, split={self.split!r}, fields={list(self.fields)}, samples={len(self)})"
+        return f"ZarrDataset({str(self.root)!r}, split={self.split!r}, fields={list(self.fields)}, samples={len(self)})"
 
 
 def _index_list(index: Any) -> list[int] | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -59,6 +59,10 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
     ``check_digests`` compares each decoded field with its digest in the manifest (xxh3-128) the
     first time a process decodes it: Blosc frames carry no checksum, so without it a corrupted
     payload may decode to wrong values silently. It costs 10-20 % of the first epoch.
+    ``storage_options``: for an output at a URL, the options of fsspec (credentials, endpoint, ...),
+    as ``ZarrDataset`` takes them; with them any URL, ``http(s)://`` too, is read through fsspec.
+    Without them, credentials come from where fsspec finds them (environment, configuration files).
+    Every option after ``fields`` is keyword-only, in both readers.
     ``compact``: fields come in the dtypes they are stored in (label and masks narrowed, e.g.
     uint8 for an int64 label; see ``docs/FORMAT.md``) rather than widened to the source dtypes,
     so batches are smaller; widen them on the GPU with ``pipeline.to_device(batch, device,
@@ -100,6 +104,7 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         root: str | os.PathLike,
         split: str = "train",
         fields: Sequence[str] | None = ("img", "label"),
+        *,
         shuffle: bool = True,
         seed: int = 0,
         batch_size: int | None = None,
@@ -110,6 +115,7 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         decode_threads: int | None = None,
         transform: Transform | None = None,
         compact: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = os.fspath(root)
         if not is_url(self.root):
@@ -124,7 +130,8 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         if seed < 0:
             raise UsageError(f"seed must be non-negative, got {seed}")
         self._explicit_world = explicit_world(rank, world_size)
-        data = read_stream_manifest(self.root)
+        self.storage_options = dict(storage_options or {})
+        data = read_stream_manifest(self.root, self.storage_options)
         self.compact = compact
         self.fields, self._specs, self._torch_dtypes = field_specs(data, fields, self.root, compact)
         self.source_dtypes = field_specs(data, self.fields, self.root)[2]
@@ -222,6 +229,7 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
                 self._decoder,
                 self.transform,
                 self.seed,
+                self.storage_options,
             )
         return self._sample_reader
 

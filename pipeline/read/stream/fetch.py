@@ -24,7 +24,7 @@ from pipeline.read.collate import DatasetBatch
 from pipeline.read.decode_threads import DecodeThreads, Decoding
 from pipeline.read.stream.index import SampleIndex
 from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
-from pipeline.store.location import RangeReader, range_reader_class
+from pipeline.store.location import RangeReader, open_range_reader
 from pipeline.store.tar_shards import decode_field
 
 
@@ -45,8 +45,10 @@ class SampleReader:
         decoder: DecodeThreads,
         transform: Transform | None = None,
         seed: int = 0,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.root, self._index, self._decoder = root, index, decoder
+        self._storage_options = storage_options
         self.fields = tuple(specs)
         self._specs, self._torch_dtypes, self._batch_size = specs, torch_dtypes, batch_size
         self._transform, self._seed = transform, seed
@@ -133,7 +135,7 @@ class SampleReader:
 
     def _open_store(self) -> RangeReader:
         if self._store is None:
-            self._store = range_reader_class(self.root)(self.root, self._index.files, self._index.sizes)
+            self._store = open_range_reader(self.root, self._index.files, self._index.sizes, self._storage_options)
             weakref.finalize(self, self._store.close)
         return self._store
 
