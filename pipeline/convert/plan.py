@@ -96,8 +96,8 @@ def _calibration_samples(
 def plan_identity(
     sources: Sequence[str], by_split: Mapping[str, Sequence[SourceMember]], options: ConvertOptions
 ) -> Identity:
-    """What must match for a re-run to reuse earlier output: sources, splits, shard size, fixed
-    encodings (only those: outputs of measured encodings keep their identity)."""
+    """This run's :class:`~pipeline.store.plan.Identity` (what must match for a re-run to reuse earlier
+    output: see there). Only fixed encodings enter it: measuring encodings again never changes it."""
     return Identity(
         sources=tuple(SourceRecord(**fingerprint(s)) for s in sources),
         splits={split: tuple(m.key for m in members) for split, members in by_split.items()},

@@ -2,13 +2,8 @@
 
 The coordinator lists members (zip central directories only), decodes a couple of samples to fix
 the schema and measure encodings, creates the Zarr arrays, and submits one task per group of
-consecutive samples of a split. A task (:func:`convert_group`) is a pure function of its
-:class:`GroupTask`: it reads its members straight from the zip, writes one tar shard and the
-Zarr shards of its own rows, reads both back, and returns a small :class:`ShardEntry`. Big data
-never crosses the wire, and no two tasks write the same file.
-
-Everything a task finishes is recorded under ``DIR/.progress``; a re-run keeps recorded shards
-whose size and checksum still match and converts only the rest.
+consecutive samples of a split (what a task does and why: :mod:`pipeline.convert.task`), then
+writes the manifest from the tasks' small records. What a re-run keeps: :mod:`pipeline.convert.resume`.
 """
 
 from __future__ import annotations

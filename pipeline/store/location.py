@@ -8,10 +8,9 @@ cheap. One store per process, opened lazily, chosen by :func:`range_reader_class
 * ``http(s)://``: ``Range`` GETs on one kept-alive connection, standard library only;
 * any other fsspec URL (``file://``, ``s3://``, ``memory://``, ...): ``cat_file`` ranges.
 
-Every store checks a shard's size against the manifest before trusting its offsets. Adjacent
-fields of a sample (at most ``coalesce_gap`` bytes apart) are fetched with one read. Remote reads
-are retried with backoff on errors that pass (:mod:`pipeline.retry`); a missing shard or a
-refused request fails at once.
+Adjacent fields of a sample (at most ``coalesce_gap`` bytes apart) are fetched with one read. What
+every store checks before trusting a shard's offsets is in :mod:`pipeline.store.range_readers`; how
+remote reads retry, in :mod:`pipeline.store.remote_ranges`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The plan of a conversion, as recorded in ``DIR/.progress/plan.json`` and repeated in the manifest.
 
 A plan is decided once (the encodings by timing) and every later run into the same output reuses
-it; its :class:`Identity` (sources, splits, shard size, fixed encodings, whether dtypes may be
-narrowed, whether encodings favour size or speed) says whether it may. The stored dtypes it chose
-are part of the plan, so a resumed run stores every shard alike.
+it; its :class:`Identity` says whether it may. The stored dtypes it chose are part of the plan, so
+a resumed run stores every shard alike.
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
 """The Zarr layout of an output, in one place: paths, the arrays' metadata and what readers may assume.
 
-``DIR/ssmspine.zarr/<split>/<field>`` holds ``(N, *field shape)`` in the source dtype, one chunk per
-sample, chunks packed in shards of ``shard_samples`` samples with a crc32c-checked index at the end.
+``DIR/ssmspine.zarr/<split>/<field>`` holds ``(N, *field shape)`` in the field's stored dtype: the
+source dtype, or for ``label`` and the masks a narrower integer one proven lossless
+(:mod:`pipeline.narrowing`; docs/FORMAT.md, "Stored dtypes"), the source dtype then named in the
+array's attributes. One chunk per sample (random access reads exactly one sample), chunks packed in
+shards of ``shard_samples`` samples (few files, each a few hundred MB at most) with a crc32c-checked
+index at the end (the shard format: :mod:`pipeline.store.zarr_store`); ``<split>/patient`` and
+``<split>/aug`` are int32 arrays naming each sample.
 :func:`check_layout` states what the conversion's own shard writer needs and :func:`check_array` what
 ``verify`` relies on before comparing encoded chunks byte for byte; what the readers' fast path can
 read directly is :mod:`pipeline.store.zarr_fast_layout`'s concern.

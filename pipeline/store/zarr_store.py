@@ -1,9 +1,9 @@
-"""The Zarr v3 layout: ``DIR/ssmspine.zarr/<split>/<field>``.
+"""The Zarr v3 arrays of an output (``DIR/ssmspine.zarr/<split>/<field>``): creating them, writing
+their shard files, reading and checking shard indexes.
 
-Each field of a split is one array of shape ``(N, *field_shape)`` in the source dtype, with one
-chunk per sample (random access reads exactly one sample) packed into shards of ``shard_samples``
-samples (few files, each a few hundred MB at most), compressed with the field's measured Blosc
-configuration. ``<split>/patient`` and ``<split>/aug`` are int32 arrays naming each sample.
+What each array holds (shape, stored dtype, one chunk per sample, shards) is
+:mod:`pipeline.store.zarr_layout`'s; here each field's array is compressed with the field's measured
+Blosc configuration, and a field stored narrower than its source names the source dtype in an attribute.
 
 Arrays are created once, by the coordinator, with zarr-python, before any task runs. A task then
 writes whole shard files of its own rows only (zarr-python loses data when processes write parts
