@@ -261,3 +261,26 @@ def test_a_well_formed_shard_whose_values_differ_from_the_digests_is_refused(con
     assert not torch.equal(unchecked["p01_aug002"], trusted["p01_aug002"]), "the altered member decodes cleanly"
     with pytest.raises(OutputError, match=r"p01_aug002\.label: decodes to other values than were converted"):
         list(StreamingDataset(out, fields=("label",)))
+
+
+class _BuildsAStreamInItsWorker(torch.utils.data.Dataset):
+    """A map-style dataset that opens a StreamingDataset where it runs: in a DataLoader worker."""
+
+    def __init__(self, root) -> None:
+        self.root = root
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> tuple[int, int, int]:
+        ds = StreamingDataset(self.root, "test", ("label",), shuffle=False)
+        return len(ds), ds.rank, ds.world_size
+
+
+def test_a_dataset_can_be_built_inside_a_worker_and_reading_its_world_writes_nothing(converted):
+    built = DataLoader(_BuildsAStreamInItsWorker(converted), batch_size=None, num_workers=1)
+    assert [tuple(item) for item in built] == [(3, 0, 1)] * 2
+    ds = StreamingDataset(converted, "test", ("label",))
+    before = dict(ds.__dict__)
+    assert (ds.rank, ds.world_size, len(ds)) == (0, 1, 3)
+    assert ds.__dict__.keys() == before.keys() and all(ds.__dict__[k] is v for k, v in before.items())

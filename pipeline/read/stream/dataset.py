@@ -20,27 +20,28 @@ descriptors), so nothing outlives a crash.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import UsageError
 from pipeline.read.decode_threads import DecodeThreads
-from pipeline.read.stream.epochs import EpochsAndResumption
+from pipeline.read.stream.epochs import Resumption
 from pipeline.read.stream.fetch import Pending, SampleReader, read_ahead
 from pipeline.read.stream.index import build_index, field_specs
 from pipeline.read.stream.order import rank_padding, rank_samples, worker_batches
-from pipeline.read.stream.world import explicit_world, world_from_environment
+from pipeline.read.stream.state import OrderIdentity
+from pipeline.read.stream.world import explicit_world, resolve_world
 from pipeline.read.transforms import Transform
 from pipeline.read.worker_exit import exit_with_the_loader
 from pipeline.store.location import read_stream_manifest
 from pipeline.urls import is_url
 
 
-class StreamingDataset(EpochsAndResumption, IterableDataset):
+class StreamingDataset(IterableDataset):
     """One split of a converted output, streamed from its tar shards, for (distributed) training.
 
     ``root`` is the output directory or its URL (``http(s)://...`` or any fsspec URL); ``fields``
@@ -136,41 +137,26 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         self.fields, self._specs, self._torch_dtypes = field_specs(data, fields, self.root, compact)
         self.source_dtypes = field_specs(data, self.fields, self.root)[2]
         self._index = build_index(data, split, self.fields, check_digests)
-        self._keys_digest = hashlib.sha256("\n".join(self._index.keys).encode()).hexdigest()[:16]
-        self._rank, self._world_size = self._resolve_world()
-        self._epoch = 0
-        self._start = 0  # global position where the current (or next) pass starts
-        self._seen = 0  # samples this rank has received in the current pass (counted by track)
-        self._pass_world = self._world_size
-        self._finished = False  # the current pass ran to its end
-        # (epoch, start of the next pass), read by DataLoader workers when a pass begins: persistent
-        # workers keep their copy of the dataset across epochs, so they learn these from here
-        self._next_pass = torch.zeros(2, dtype=torch.int64).share_memory_()
-        self._loader_exact = True  # False: workers batch their own samples, position is not a prefix
+        keys_digest = hashlib.sha256("\n".join(self._index.keys).encode()).hexdigest()[:16]
+        identity = OrderIdentity(split, len(self._index.keys), keys_digest, self.seed, shuffle)
+        self._handed_over: tuple[int, int] | None = None  # the main process's world, set when pickled
+        self._resumption = Resumption(identity, batch_size, drop_last, self.world_size)
         self._sample_reader: SampleReader | None = None  # this process's, see _reader
         self._decoder = DecodeThreads(decode_threads)
         self.transform = transform
 
     # ----------------------------------------------------------------- ranks and samples
 
-    def _resolve_world(self) -> tuple[int, int]:
-        """Rank and world size: explicit, else torch.distributed, else (in a worker) as handed over."""
-        if self._explicit_world is not None:
-            return self._explicit_world
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if get_worker_info() is not None and not distributed:
-            return self._rank, self._world_size  # a spawned worker: what the main process decided
-        rank, world = world_from_environment()
-        self._rank, self._world_size = rank, world
-        return rank, world
+    def _world(self) -> tuple[int, int]:
+        return resolve_world(self._explicit_world, self._handed_over, get_worker_info() is not None)
 
     @property
     def rank(self) -> int:
-        return self._resolve_world()[0]
+        return self._world()[0]
 
     @property
     def world_size(self) -> int:
-        return self._resolve_world()[1]
+        return self._world()[1]
 
     @property
     def keys(self) -> list[str]:
@@ -182,24 +168,78 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
         """Samples in the split (all ranks together, without padding)."""
         return len(self._index.keys)
 
+    # ----------------------------------------------------------------- epochs and resumption (see .epochs)
+
+    @property
+    def epoch(self) -> int:
+        return self._resumption.epoch
+
+    @property
+    def position(self) -> int:
+        """Positions of this epoch's global order consumed by the whole job so far."""
+        return self._resumption.position
+
+    def __len__(self) -> int:
+        """Samples this rank yields in the next (or current) pass: the epoch, or what is left of it."""
+        return self._resumption.share(self.world_size)
+
+    @property
+    def num_batches(self) -> int:
+        """Items this rank yields per pass when the dataset batches (``len(self)`` otherwise)."""
+        return math.ceil(len(self) / (self.batch_size or 1))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (and so the order) of the next pass; the epoch a pass is already in
+        (one just loaded by :meth:`load_state_dict`) keeps its position, unless the pass ran to its end."""
+        self._resumption.set_epoch(epoch)
+
+    def track(self, batches: Iterable[dict]) -> Iterator[dict]:
+        """Yield the items of ``batches`` (a DataLoader over this dataset), counting them.
+
+        The count of samples the training loop has received is what :meth:`state_dict` saves;
+        it is kept here, in the main process, because DataLoader workers hold only copies.
+        """
+        loader_batch = getattr(batches, "batch_size", None)
+        workers = getattr(batches, "num_workers", 0)
+        if self.batch_size is not None and loader_batch is not None:
+            raise UsageError("the dataset already batches: use DataLoader(ds, batch_size=None, ...)")
+        exact = self.batch_size is not None or workers == 0 or loader_batch in (None, 1)
+        self._resumption.begin(self.world_size, exact)
+        for batch in batches:
+            keys = batch["__key__"]
+            self._resumption.count(1 if isinstance(keys, str) else len(keys))
+            yield batch
+        self._resumption.finish()
+
+    def state_dict(self, samples_seen: int | None = None) -> dict:
+        """Where the job stands in its epoch: tiny, JSON-serialisable, the same on every rank.
+
+        ``samples_seen``: samples this rank has received since the current pass started, if the
+        loop was not wrapped in :meth:`track`.
+        """
+        return self._resumption.state_dict(self.world_size, samples_seen)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue where :meth:`state_dict` left off, on this job's world size and batch size."""
+        self._resumption.load_state_dict(state, self.world_size)
+
     # ----------------------------------------------------------------- iteration
 
     def __getstate__(self) -> dict:
-        # pickled in the main process for spawned workers: hand over the main process's ranks
-        if get_worker_info() is None:
-            self._resolve_world()
         state = dict(self.__dict__)
         state["_sample_reader"] = None
+        if get_worker_info() is None:  # pickled for DataLoader workers: the one place a world is recorded
+            state["_handed_over"] = self._world()
         return state
 
     def __iter__(self) -> Iterator[dict]:
         exit_with_the_loader()
-        rank, world = self._resolve_world()
+        rank, world = self._world()
         worker = get_worker_info()
         if worker is None:
-            epoch, start = self._epoch, 0 if self._finished else self._start
+            epoch, start = self._resumption.epoch, self._resumption.pass_start
         else:
-            epoch, start = (int(x) for x in self._next_pass.tolist())
+            epoch, start = self._resumption.next_pass()
         sequence = rank_samples(
             self.samples, self.seed, epoch, rank, world, start, self.batch_size, self.drop_last, self.shuffle
         )
@@ -236,6 +276,6 @@ class StreamingDataset(EpochsAndResumption, IterableDataset):
     def __repr__(self) -> str:
         return (
             f"StreamingDataset({self.root!r}, split={self.split!r}, fields={self.fields}, "
-            f"samples={self.samples}, batch_size={self.batch_size}, rank={self._rank}/{self._world_size}, "
-            f"epoch={self._epoch})"
+            f"samples={self.samples}, batch_size={self.batch_size}, rank={self.rank}/{self.world_size}, "
+            f"epoch={self.epoch})"
         )

@@ -27,3 +27,17 @@ def explicit_world(rank: int | None, world_size: int | None) -> tuple[int, int] 
     if not 0 <= rank < world_size:
         raise UsageError(f"rank {rank} is not in [0, {world_size})")
     return int(rank), int(world_size)
+
+
+def resolve_world(
+    explicit: tuple[int, int] | None, handed_over: tuple[int, int] | None, in_worker: bool
+) -> tuple[int, int]:
+    """``(rank, world size)`` of a dataset in this process: the caller's, else torch.distributed's,
+    else, in a DataLoader worker, what the main process handed over (a spawned worker sees no
+    initialised torch.distributed), else the environment's. Reads state, changes none."""
+    if explicit is not None:
+        return explicit
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if in_worker and not distributed and handed_over is not None:
+        return handed_over
+    return world_from_environment()
