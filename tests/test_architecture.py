@@ -186,6 +186,29 @@ def test_no_module_imports_itself_round_a_cycle():
 def test_the_cycle_check_finds_cycles_through_type_checking_imports():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
-    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pipeline.read.batches import SlotPool\n"
-    tree = PACKAGE / "read" / "slot_registry.py"
-    assert ("pipeline.read.batches", ["SlotPool"]) in [(m, n) for _, m, n in _imports(tree, source)]
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+    source += "    from pipeline.read.batch_memory.pool import SlotPool\n"
+    tree = PACKAGE / "read" / "batch_memory" / "registry.py"
+    assert ("pipeline.read.batch_memory.pool", ["SlotPool"]) in [(m, n) for _, m, n in _imports(tree, source)]
+
+
+def test_only_the_item_contract_names_key_and_pad():
+    """Every sample and batch the readers hand out is built by :mod:`pipeline.read.items`: no other module
+    of ``read/`` spells ``"__key__"`` or ``"__pad__"`` in its code (docstrings may)."""
+    spelled = []
+    for path in sorted((PACKAGE / "read").rglob("*.py")):
+        if path.name == "items.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and id(node) not in docstrings and node.value in ("__key__", "__pad__"):
+                spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not spelled, f"build items with pipeline.read.items, not by hand: {spelled}"

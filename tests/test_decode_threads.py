@@ -143,7 +143,7 @@ def test_stopping_early_lets_the_batch_read_ahead_finish(converted, monkeypatch)
 
 
 def test_slot_registry_takes_registrations_from_several_threads():
-    from pipeline.read import slot_registry
+    from pipeline.read.batch_memory import registry as slot_registry
 
     storages = [torch.zeros(64, dtype=torch.uint8).untyped_storage() for _ in range(8)]
     dead = 2**22 + 12345  # above the default pid_max: no such process

@@ -17,7 +17,7 @@ from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, ZstdCo
 
 from pipeline.errors import OutputError
 from pipeline.read import zarr_dataset
-from pipeline.read.slot_memory import BUSY, FREE
+from pipeline.read.batch_memory.memory import BUSY, FREE
 from pipeline.read.zarr_dataset import ZarrDataset
 from pipeline.schema import spec_of
 from pipeline.store import zarr_layout, zarr_store

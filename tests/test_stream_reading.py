@@ -112,9 +112,9 @@ def test_in_process_batches_reuse_memory_but_never_overwrite_held_batches(conver
 
 
 def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
-    from pipeline.read.batches import SlotPool
-    from pipeline.read.slot_memory import BatchLayout
-    from pipeline.read.slot_registry import rebuild_shared_batch
+    from pipeline.read.batch_memory.memory import BatchLayout
+    from pipeline.read.batch_memory.pool import SlotPool
+    from pipeline.read.batch_memory.registry import rebuild_shared_batch
 
     pool = SlotPool(BatchLayout.of({"a": ((3,), np.dtype("<f4")), "b": ((2, 2), np.dtype("|b1"))}, 4))
     slot = pool.take()
@@ -134,7 +134,7 @@ def test_a_slot_is_free_only_when_no_tensor_or_view_is_left():
 
 def test_the_main_process_keeps_worker_slots_mapped_while_the_workers_live(converted, monkeypatch):
     """Each slot's memory crosses once; later batches name the slot; exited workers' slots are dropped."""
-    from pipeline.read import slot_registry
+    from pipeline.read.batch_memory import registry as slot_registry
 
     registered = []
     keep = slot_registry._keep_mapped
@@ -160,7 +160,7 @@ def test_the_main_process_keeps_worker_slots_mapped_while_the_workers_live(conve
 
 
 def test_without_pidfds_exited_workers_slots_are_dropped_at_the_next_registration(converted, monkeypatch):
-    from pipeline.read import slot_registry
+    from pipeline.read.batch_memory import registry as slot_registry
 
     def no_pidfds(pid):
         raise OSError("no pidfds here")
@@ -180,8 +180,8 @@ def test_without_pidfds_exited_workers_slots_are_dropped_at_the_next_registratio
 
 
 def test_a_batch_naming_a_slot_this_process_does_not_have_is_an_error():
-    from pipeline.read.slot_memory import BatchLayout
-    from pipeline.read.slot_registry import rebuild_shared_batch
+    from pipeline.read.batch_memory.memory import BatchLayout
+    from pipeline.read.batch_memory.registry import rebuild_shared_batch
 
     layout = BatchLayout.of({"a": ((3,), np.dtype("<f4"))}, 2)
     with pytest.raises(UsageError, match="does not have that slot mapped"):

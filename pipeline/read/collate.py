@@ -6,7 +6,7 @@ straight into one buffer per field and returns its samples as :class:`Sample` di
 :class:`Batch`; the default ``collate_fn`` then hands those buffers on as the batch.
 
 The other way round, a batch the dataset made itself (a :class:`DatasetBatch`, or a
-:class:`~pipeline.read.batches.SharedBatch` in a DataLoader worker) must never be batched again:
+:class:`~pipeline.read.batch_memory.pool.SharedBatch` in a DataLoader worker) must never be batched again:
 ``DataLoader(StreamingDataset(..., batch_size=8), batch_size=8)`` (what MosaicML Streaming's users
 write) would give a batch of batches in process, and an obscure ``TypeError`` from workers. The
 default collation refuses it at the first batch, naming the fix (:func:`refuse_batches_of_batches`).
@@ -18,7 +18,8 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from pipeline.errors import UsageError
-from pipeline.read.batches import SharedBatch
+from pipeline.read.batch_memory.pool import SharedBatch
+from pipeline.read.items import samples_in
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class Sample(dict):
 
 class Batch(list):
     """The samples of one :meth:`ZarrDataset.__getitems__` call, and the buffers they are rows of:
-    ``whole`` (a dict of tensors, or a :class:`~pipeline.read.batches.SharedBatch` in a worker).
+    ``whole`` (a dict of tensors, or a :class:`~pipeline.read.batch_memory.pool.SharedBatch` in a worker).
     Pickled, it is the plain list of dicts a custom ``collate_fn`` may return as is."""
 
     def __init__(self, samples: list[Sample], whole: Any) -> None:
@@ -62,9 +63,8 @@ class DatasetBatch(dict):
 
 def refuse_batches_of_batches(batch: Sequence[Any], *, collate_fn_map: dict | None = None) -> Any:
     """The default collation of whole batches: an error naming the fix, never a batch of batches."""
-    keys = batch[0]["__key__"]
     raise UsageError(
-        f"the dataset already yields whole batches ({len(keys)} samples each) and the DataLoader "
+        f"the dataset already yields whole batches ({samples_in(batch[0])} samples each) and the DataLoader "
         f"batched {len(batch)} of them again: use DataLoader(ds, batch_size=None, ...) with the "
         "dataset's batch_size (or leave batch_size to the DataLoader and none to the dataset)"
     )

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import UsageError
-from pipeline.read.batches import SlotPool, slot_pool_for
+from pipeline.read.batch_memory.pool import SlotPool, slot_pool_for
 
 #: ``transform(sample, rng) -> sample``: see the module docstring for the contract.
 Transform = Callable[[dict[str, np.ndarray], np.random.Generator], Mapping[str, Any]]

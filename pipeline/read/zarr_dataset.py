@@ -14,7 +14,7 @@ is read with zarr-python, so correctness never depends on it. Tests compare the 
 Batches: the DataLoader asks a map-style dataset for a whole batch through ``__getitems__``.
 :meth:`ZarrDataset.__getitems__` decodes the batch straight into one buffer per field, and the
 default ``collate_fn`` hands those buffers on as the batch instead of stacking copies of them.
-The buffers are reused slots (:mod:`pipeline.read.batches`, as for the streaming reader):
+The buffers are reused slots (:mod:`pipeline.read.batch_memory.pool`, as for the streaming reader):
 shared memory inside a DataLoader worker, where with the stock collation every batch went into
 fresh shared memory, whose page faults cost the worker several times the decoding; private
 memory in the main process.
@@ -41,12 +41,12 @@ from torch.utils.data import get_worker_info
 
 from pipeline.deprecation import renamed_argument
 from pipeline.errors import NotFoundError, OutputError, SampleIndexError, UsageError
-from pipeline.read.batches import SharedBatch
+from pipeline.read.batch_memory.pool import SharedBatch
 from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.device import torch_dtypes
+from pipeline.read.items import batch_item, sample_item
 from pipeline.read.samplers import PaddingIndex
-from pipeline.read.slot_registry import pad_tensor
 from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
 from pipeline.read.zarr_fast import ProcessState, read_fast
 from pipeline.read.zarr_lookups import SampleLookups
@@ -170,7 +170,7 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         key, record = self.read_record(index)
         if self.transform is not None:
             record = apply_transform(self.transform, record, key, self.seed, self.epoch)
-        return {"__key__": key, "__pad__": isinstance(index, PaddingIndex), **tensors_of(record)}
+        return sample_item(key, isinstance(index, PaddingIndex), tensors_of(record))
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """``[ds[i] for i in indices]``, read into one buffer per field: how DataLoader fetches a batch.
@@ -207,10 +207,9 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         else:
             batch = self._read_transformed(state, positions, keys, pad, in_worker)
         tensors = batch.tensors()
-        whole: Any = batch if in_worker else {"__key__": keys, "__pad__": pad_tensor(pad), **tensors}
+        whole: Any = batch if in_worker else batch_item(keys, pad, tensors)
         samples = [
-            Sample({"__key__": key, "__pad__": pad[j], **{f: t[j] for f, t in tensors.items()}})
-            for j, key in enumerate(keys)
+            Sample(sample_item(key, pad[j], {f: t[j] for f, t in tensors.items()})) for j, key in enumerate(keys)
         ]
         return Batch(samples, whole)
 

@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from pipeline.errors import OutputError
-from pipeline.read.batches import SlotPool, slot_pool_for
+from pipeline.read.batch_memory.pool import SlotPool, slot_pool_for
 from pipeline.read.worker_exit import exit_with_the_loader
 from pipeline.retry import refusal, retried
 from pipeline.storage import url_filesystem

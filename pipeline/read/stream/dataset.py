@@ -29,6 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import UsageError
 from pipeline.read.decode_threads import DecodeThreads
+from pipeline.read.items import samples_in
 from pipeline.read.stream.epochs import Resumption
 from pipeline.read.stream.fetch import Pending, SampleReader, read_ahead
 from pipeline.read.stream.index import build_index, field_specs
@@ -205,10 +206,9 @@ class StreamingDataset(IterableDataset):
             raise UsageError("the dataset already batches: use DataLoader(ds, batch_size=None, ...)")
         exact = self.batch_size is not None or workers == 0 or loader_batch in (None, 1)
         self._resumption.begin(self.world_size, exact)
-        for batch in batches:
-            keys = batch["__key__"]
-            self._resumption.count(1 if isinstance(keys, str) else len(keys))
-            yield batch
+        for item in batches:
+            self._resumption.count(samples_in(item))
+            yield item
         self._resumption.finish()
 
     def state_dict(self, samples_seen: int | None = None) -> dict:

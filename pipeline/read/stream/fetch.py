@@ -19,9 +19,10 @@ import torch
 import xxhash
 
 from pipeline.errors import OutputError
-from pipeline.read.batches import SlotPool, slot_pool_for
+from pipeline.read.batch_memory.pool import SlotPool, slot_pool_for
 from pipeline.read.collate import DatasetBatch
 from pipeline.read.decode_threads import DecodeThreads, Decoding
+from pipeline.read.items import sample_item
 from pipeline.read.stream.index import SampleIndex
 from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
 from pipeline.store.location import RangeReader, open_range_reader
@@ -76,7 +77,7 @@ class SampleReader:
             return Pending(self.start(indices, outs), lambda: whole)
         tensors = {f: torch.empty(shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
         arrays = {f: t.numpy() for f, t in tensors.items()}
-        return Pending(self.start(indices, [arrays]), lambda: {"__key__": keys[0], "__pad__": pad[0], **tensors})
+        return Pending(self.start(indices, [arrays]), lambda: sample_item(keys[0], pad[0], tensors))
 
     def _start_transformed(
         self, indices: np.ndarray, keys: list[str], pad: list[bool], shared: bool, batched: bool, epoch: int
@@ -92,7 +93,7 @@ class SampleReader:
 
         def deliver() -> Any:
             if not batched:
-                return {"__key__": keys[0], "__pad__": pad[0], **tensors_of(results[0])}
+                return sample_item(keys[0], pad[0], tensors_of(results[0]))
             self._slots, batch = stack_into_slot(self._slots, results, keys, pad, shared, self._batch_size or 1)
             return batch if shared else DatasetBatch(batch)
 

@@ -3,19 +3,17 @@
 Used by both readers: :class:`~pipeline.read.stream.StreamingDataset` (dataset-level batches) and
 :meth:`ZarrDataset.__getitems__ <pipeline.read.zarr_dataset.ZarrDataset.__getitems__>`.
 
-Fresh shared memory is expensive: it is never backed by transparent huge pages, so every 4 KiB
-page faults on first touch (measured here: ~1.8 ms per MB, more than decoding the data). Each
-worker therefore keeps a small pool of shared-memory *slots*, one batch each, and reuses a slot
-once the process that received its batch has dropped every tensor of it. The receiving process
-learns that from a finalizer on the object that owns the tensors' memory, and writes "free" into
-the slot's header; the worker only ever writes into free slots. A batch that never leaves the
-worker as one (a custom ``collate_fn`` stacked or dropped its samples) frees its slot when the
-worker drops its last view of it; a tensor view that torch pickles on its own is copied into
-fresh shared memory on the way (its storage is not the slot's), so that is safe too. The slots
-are anonymous (file-descriptor) shared memory: nothing outlives the processes that map it.
+A worker reuses a slot once the receiving process has dropped every tensor of its batch (why
+slots at all: :mod:`pipeline.read.batch_memory`). The receiving process learns that from a
+finalizer on the object that owns the tensors' memory, and writes "free" into the slot's header;
+the worker only ever writes into free slots. A batch that never leaves the worker as one (a custom
+``collate_fn`` stacked or dropped its samples) frees its slot when the worker drops its last view
+of it; a tensor view that torch pickles on its own is copied into fresh shared memory on the way
+(its storage is not the slot's), so that is safe too. The slots are anonymous (file-descriptor)
+shared memory: nothing outlives the processes that map it.
 
-The receiving side (slots kept mapped per worker, rebuilding a batch) is
-:mod:`pipeline.read.slot_registry`; a slot's header and memory owner, :mod:`pipeline.read.slot_memory`.
+The receiving side (slots kept mapped per worker, rebuilding a batch) is :mod:`.registry`; a slot's
+header, layout and memory owner, :mod:`.memory`.
 """
 
 from __future__ import annotations
@@ -29,8 +27,9 @@ import numpy as np
 import torch
 
 from pipeline.errors import UsageError
-from pipeline.read.slot_memory import ALIGN, BUSY, FREE, MAPPED, STATE, BatchLayout, SlotMemory
-from pipeline.read.slot_registry import pad_tensor, rebuild_shared_batch
+from pipeline.read.batch_memory.memory import ALIGN, BUSY, FREE, MAPPED, STATE, BatchLayout, SlotMemory
+from pipeline.read.batch_memory.registry import rebuild_shared_batch
+from pipeline.read.items import KEY, PAD, batch_item, item_names
 
 #: Slots a worker keeps for reuse; more batches in flight at once get one-off slots.
 MAX_SLOTS = 6
@@ -145,12 +144,10 @@ class SharedBatch:
         return rebuild_shared_batch, (slot.id, storage, slot.kept, self.layout, self.rows, self.sample_keys, self.pad)
 
     def keys(self) -> list[str]:
-        return ["__key__", "__pad__", *self.arrays]
+        return item_names(self.arrays)
 
     def __getitem__(self, key: str) -> Any:
-        """Read access for a custom ``collate_fn`` in the worker."""
-        if key == "__key__":
-            return self.sample_keys
-        if key == "__pad__":
-            return pad_tensor(self.pad)
+        """Read access for a custom ``collate_fn`` in the worker: the batch's item, field by field."""
+        if key in (KEY, PAD):
+            return batch_item(self.sample_keys, self.pad, {})[key]
         return torch.from_numpy(self.arrays[key])

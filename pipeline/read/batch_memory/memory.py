@@ -2,8 +2,8 @@
 
 A slot starts with a header of int64 words (its state, and whether the receiving process keeps it
 mapped), padded to :data:`ALIGN` bytes; the batch's fields follow, as :class:`BatchLayout` places
-them. Both the sending side (:mod:`pipeline.read.batches`) and the receiving one
-(:mod:`pipeline.read.slot_registry`) import this module, and neither imports the other's.
+them. Both the sending side (:mod:`pipeline.read.batch_memory.pool`) and the receiving one
+(:mod:`pipeline.read.batch_memory.registry`) import this module, and neither imports the other's.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ reads the batch; so the receiver keeps the slots of a worker mapped (registered 
 long as that worker lives, and says so in the slot's header. Later batches of that slot send only
 its id. A worker's registered slots are dropped once the worker has exited (on Linux at once, by a
 thread waiting on its pidfd; elsewhere when the next slot is registered), and forked children start
-with none. See :mod:`pipeline.read.batches` for the sending side.
+with none. See :mod:`pipeline.read.batch_memory.pool` for the sending side.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import UsageError
-from pipeline.read.slot_memory import FREE, MAPPED, STATE, BatchLayout, SlotMemory, header_words
+from pipeline.read.batch_memory.memory import FREE, MAPPED, STATE, BatchLayout, SlotMemory, header_words
+from pipeline.read.items import batch_item
 
 
 def _release(header: torch.Tensor) -> None:
@@ -133,12 +134,7 @@ def rebuild_shared_batch(
     tensors = {f: torch.from_numpy(a) for f, a in layout.arrays(base, rows).items()}
     if not inside_worker:
         weakref.finalize(owner, _release, header_words(storage))
-    return {"__key__": keys, "__pad__": pad_tensor(pad), **tensors}
-
-
-def pad_tensor(pad: list[bool]) -> torch.Tensor:
-    """A batch's ``__pad__``: which of its samples only pad a rank's share (repeats), as a bool tensor."""
-    return torch.tensor(pad, dtype=torch.bool)
+    return batch_item(keys, pad, tensors)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
