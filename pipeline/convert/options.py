@@ -53,9 +53,9 @@ class ConvertOptions:
             raise UsageError(f"prefer={self.prefer!r} chooses among measured encodings, but encodings are given")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Summary:
-    """What a conversion did, for the CLI's final report."""
+    """What a conversion did, for the CLI's final report (returned whole by :func:`pipeline.convert.convert`)."""
 
     samples: int = 0
     source_bytes: int = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -132,22 +133,43 @@ def convert(
     if not by_split:
         raise SourceError(", ".join(sources), None, "no sample could be listed")
     identity = plan_identity(sources, by_split, options)
-    summary = Summary(samples=sum(map(len, by_split.values())), source_bytes=sum(s.bytes for s in identity.sources))
     if options.force:
         replace_other_conversion(out, identity)
     if is_up_to_date(out, identity):
-        summary.up_to_date = True
-        done = manifest.read_manifest(out)
+        run = Run(manifest.read_manifest(out), up_to_date=True)
     else:
-        done = _convert_missing(out, identity, by_split, rejected, options, summary, started)
-    summary.samples = sum(entry.samples for entry in done.splits.values())
-    summary.splits = {split: entry.samples for split, entry in done.splits.items()}
-    summary.rejected = list(done.rejected)
-    summary.warnings = {key: list(found) for entry in done.splits.values() for key, found in entry.warnings.items()}
-    summary.zarr_bytes = out.tree_bytes(zarr_layout.STORE_NAME)
-    summary.wds_bytes = out.tree_bytes(WDS_DIR)
-    summary.seconds = time.perf_counter() - started
-    return summary
+        run = _convert_missing(out, identity, by_split, rejected, options, started)
+    done = run.manifest
+    return Summary(
+        samples=sum(entry.samples for entry in done.splits.values()),
+        source_bytes=sum(s.bytes for s in identity.sources),
+        zarr_bytes=out.tree_bytes(zarr_layout.STORE_NAME),
+        wds_bytes=out.tree_bytes(WDS_DIR),
+        seconds=time.perf_counter() - started,
+        planning_seconds=run.planning_seconds,
+        startup_seconds=run.startup_seconds,
+        shards_written=run.shards_written,
+        shards_kept=run.shards_kept,
+        samples_written=run.samples_written,
+        up_to_date=run.up_to_date,
+        splits={split: entry.samples for split, entry in done.splits.items()},
+        rejected=list(done.rejected),
+        warnings={key: list(found) for entry in done.splits.values() for key, found in entry.warnings.items()},
+    )
+
+
+@dataclass(frozen=True)
+class Run:
+    """What converting the missing shards did: the manifest written (or found), and the counts and
+    times the summary reports."""
+
+    manifest: Manifest
+    up_to_date: bool = False
+    planning_seconds: float = 0.0
+    startup_seconds: float = 0.0
+    shards_kept: int = 0
+    shards_written: int = 0
+    samples_written: int = 0
 
 
 def _convert_missing(
@@ -156,9 +178,8 @@ def _convert_missing(
     by_split: Mapping[str, Sequence[SourceMember]],
     rejected: list[RejectedMember],
     options: ConvertOptions,
-    summary: Summary,
     started: float,
-) -> Manifest:
+) -> Run:
     """Plan (or reuse the plan), run the tasks whose shards are missing, write the manifest."""
     if manifest.has_manifest(out):
         reopen_finished(out)
@@ -168,13 +189,11 @@ def _convert_missing(
     plan = load_or_make_plan(out, identity, by_split, options)
     _create_zarr(out, plan, by_split)
     tasks = _tasks(out, plan, by_split, options)
-    summary.planning_seconds = time.perf_counter() - started
+    planning_seconds = time.perf_counter() - started
     recorded = {(e.split, e.index): e for e in progress.recorded_shards(out)}
     kept = {(t.split, t.index): m for t in tasks if (m := kept_shard(t, recorded.get((t.split, t.index))))}
     todo = [t for t in tasks if (t.split, t.index) not in kept]
-    summary.shards_kept, summary.shards_written = len(kept), len(todo)
-    summary.samples_written = sum(len(t.members) for t in todo)
-    written, summary.startup_seconds = _run(todo, options)
+    written, startup_seconds = _run(todo, options)
     entries = [*kept.values(), *written]
     rejected = [*rejected, *(r for entry in entries for r in entry.rejected)]
     if not out.remote:
@@ -184,7 +203,14 @@ def _convert_missing(
     done = _build_manifest(plan, by_split, entries, rejected)
     manifest.write_manifest(out, done)
     out.remove_tree(progress.PROGRESS_DIR)
-    return done
+    return Run(
+        manifest=done,
+        planning_seconds=planning_seconds,
+        startup_seconds=startup_seconds,
+        shards_kept=len(kept),
+        shards_written=len(todo),
+        samples_written=sum(len(t.members) for t in todo),
+    )
 
 
 def _run(tasks: Sequence[GroupTask], options: ConvertOptions) -> tuple[list[ShardEntry], float]:

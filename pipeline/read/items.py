@@ -11,12 +11,35 @@ them as they are, and never copy.
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
 KEY = "__key__"
 PAD = "__pad__"
+
+
+class Delivery(enum.Enum):
+    """How an item reaches the training loop: the readers' three ways, named (they were two booleans)."""
+
+    #: one sample, in tensors of its own
+    SAMPLE = "sample"
+    #: a batch in a reused slot of private memory, in the process that iterates the DataLoader
+    BATCH = "batch"
+    #: a batch in a reused shared-memory slot, filled in a DataLoader worker and sent without a copy
+    SHARED_BATCH = "shared batch"
+
+    @classmethod
+    def of(cls, batched: bool, in_worker: bool) -> "Delivery":
+        if not batched:
+            return cls.SAMPLE
+        return cls.SHARED_BATCH if in_worker else cls.BATCH
+
+    @property
+    def shared(self) -> bool:
+        """The batch goes into shared memory (it leaves the process that reads it)."""
+        return self is Delivery.SHARED_BATCH
 
 
 def sample_item(key: str, pad: bool, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import UsageError
+from pipeline.read.batch_memory.memory import ArraySpec, Specs
 from pipeline.read.batch_memory.pool import SlotPool, slot_pool_for
 
 #: ``transform(sample, rng) -> sample``: see the module docstring for the contract.
@@ -78,8 +79,8 @@ def tensors_of(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     }
 
 
-def specs_of(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    return {f: (tuple(a.shape), a.dtype) for f, a in arrays.items()}
+def specs_of(arrays: Mapping[str, np.ndarray]) -> dict[str, ArraySpec]:
+    return {f: ArraySpec(tuple(a.shape), a.dtype) for f, a in arrays.items()}
 
 
 def stack_into_slot(
@@ -113,6 +114,6 @@ def _describe(arrays: Mapping[str, np.ndarray], fields: list[str]) -> str:
     return _describe_specs(specs_of(arrays), fields)
 
 
-def _describe_specs(specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], fields: list[str]) -> str:
+def _describe_specs(specs: Specs, fields: list[str]) -> str:
     parts = [f"{f} {specs[f][0]} {specs[f][1]}" if f in specs else f"no {f}" for f in fields]
     return ", ".join(parts)

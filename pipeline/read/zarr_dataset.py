@@ -41,6 +41,7 @@ from torch.utils.data import get_worker_info
 
 from pipeline.deprecation import renamed_argument
 from pipeline.errors import NotFoundError, OutputError, SampleIndexError, UsageError
+from pipeline.read.batch_memory.memory import ArraySpec
 from pipeline.read.batch_memory.pool import SharedBatch
 from pipeline.read.collate import Batch, Sample
 from pipeline.read.decode_threads import DecodeThreads
@@ -129,7 +130,9 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         # each array's own metadata: its dtype, and the source dtype a narrowed field names
         source = {f: np.dtype(a.attrs.get(SOURCE_DTYPE_ATTRIBUTE, a.dtype)) for f, a in arrays.items()}
         self.compact, self.source_dtypes = compact, torch_dtypes(source)
-        self._specs = {f: (a.shape[1:], np.dtype(a.dtype) if compact else source[f]) for f, a in arrays.items()}
+        self._specs = {
+            f: ArraySpec(a.shape[1:], np.dtype(a.dtype) if compact else source[f]) for f, a in arrays.items()
+        }
         self._local: ProcessState | None = None
         self._decoder = DecodeThreads(decode_threads)
         self.transform, self.seed = transform, int(seed)

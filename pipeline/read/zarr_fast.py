@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 
 from pipeline.errors import OutputError
+from pipeline.read.batch_memory.memory import Specs
 from pipeline.read.batch_memory.pool import SlotPool, slot_pool_for
 from pipeline.read.worker_exit import exit_with_the_loader
 from pipeline.retry import refusal, retried
@@ -101,7 +102,7 @@ class ProcessState:
         self.arrays: dict[str, zarr.Array] = {}
         self.slots: SlotPool | None = None
 
-    def slot_pool(self, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], rows: int, shared: bool) -> SlotPool:
+    def slot_pool(self, specs: Specs, rows: int, shared: bool) -> SlotPool:
         """Slots for batches of up to ``rows`` samples (a larger batch replaces smaller slots):
         shared memory in a DataLoader worker, private memory in the main process."""
         self.slots = slot_pool_for(self.slots, specs, rows, shared)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from pipeline.errors import OutputError
 from pipeline.urls import safe_url
@@ -17,6 +17,16 @@ from pipeline.urls import safe_url
 #: Requested fields of one sample separated by at most this many bytes are read with one request.
 LOCAL_COALESCE_GAP = 64 << 10
 REMOTE_COALESCE_GAP = 1 << 20
+
+
+class RangeRead(NamedTuple):
+    """One read of :meth:`RangeReader.read_many`: ``length`` bytes of shard number ``shard`` from
+    ``offset``, into ``into`` (the caller's memory) where the store copies."""
+
+    shard: int
+    offset: int
+    length: int
+    into: memoryview | None = None
 
 
 class RangeReader:
@@ -45,10 +55,9 @@ class RangeReader:
         """
         raise NotImplementedError
 
-    def read_many(self, reads: Sequence[tuple[int, int, int, memoryview | None]]) -> list[memoryview]:
-        """:meth:`read` of each ``(shard, offset, length, into)``; stores that can have several
-        requests in flight (object stores) send them at once."""
-        return [self.read(shard, offset, length, into) for shard, offset, length, into in reads]
+    def read_many(self, reads: Sequence[RangeRead]) -> list[memoryview]:
+        """:meth:`read` of each; stores that can have several requests in flight (object stores) send them at once."""
+        return [self.read(*read) for read in reads]
 
     def close(self) -> None:
         pass

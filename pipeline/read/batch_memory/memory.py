@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +39,20 @@ def header_words(storage: torch.UntypedStorage) -> torch.Tensor:
     return torch.empty(0, dtype=torch.int64).set_(storage, 0, (ALIGN // 8,))
 
 
+class ArraySpec(NamedTuple):
+    """Shape and dtype of one field of one sample, as the readers hold it (a numpy dtype, ready to allocate).
+
+    The schema's :class:`~pipeline.schema.FieldSpec` names the dtype as recorded (a string); this is
+    the hot path's form of it.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+Specs = Mapping[str, ArraySpec]
+
+
 @dataclass(frozen=True)
 class BatchLayout:
     """Where each field of a batch lies in a slot: (field, offset, per-sample shape, numpy dtype)."""
@@ -48,7 +62,7 @@ class BatchLayout:
     nbytes: int
 
     @classmethod
-    def of(cls, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], batch_size: int) -> "BatchLayout":
+    def of(cls, specs: Specs, batch_size: int) -> "BatchLayout":
         offset, fields = ALIGN, []  # the first ALIGN bytes hold the header (the slot's state)
         for field, (shape, dtype) in specs.items():
             fields.append((field, offset, tuple(shape), np.dtype(dtype).str))

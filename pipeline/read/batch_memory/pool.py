@@ -21,13 +21,13 @@ from __future__ import annotations
 import itertools
 import os
 import weakref
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.errors import UsageError
-from pipeline.read.batch_memory.memory import ALIGN, BUSY, FREE, MAPPED, STATE, BatchLayout, SlotMemory
+from pipeline.read.batch_memory.memory import ALIGN, BUSY, FREE, MAPPED, STATE, BatchLayout, SlotMemory, Specs
 from pipeline.read.batch_memory.registry import rebuild_shared_batch
 from pipeline.read.items import KEY, PAD, batch_item, item_names
 
@@ -88,7 +88,7 @@ class SlotPool:
 
 def slot_pool_for(
     pool: SlotPool | None,
-    specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+    specs: Specs,
     rows: int,
     shared: bool,
     capacity: int = 0,

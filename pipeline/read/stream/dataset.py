@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import UsageError
 from pipeline.read.decode_threads import DecodeThreads
-from pipeline.read.items import samples_in
+from pipeline.read.items import Delivery, samples_in
 from pipeline.read.stream.epochs import Resumption
 from pipeline.read.stream.fetch import Pending, SampleReader, read_ahead
 from pipeline.read.stream.index import build_index, field_specs
@@ -246,16 +246,14 @@ class StreamingDataset(IterableDataset):
         padding = rank_padding(self.samples, start, rank, world, self.batch_size, self.drop_last)
         wid, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
         batches = worker_batches(len(sequence), self.batch_size or 1, wid, workers)
-        shared, batched = worker is not None, self.batch_size is not None
+        delivery = Delivery.of(batched=self.batch_size is not None, in_worker=worker is not None)
         keys = self._index.keys
 
         def start(rows: range) -> Pending:
             rows_of = slice(rows.start, rows.stop)
-            return self._reader().start_batch(
-                sequence[rows_of], padding[rows_of], keys, shared and batched, batched, epoch
-            )
+            return self._reader().start_batch(sequence[rows_of], padding[rows_of], keys, delivery, epoch)
 
-        return read_ahead(batches, start, one_at_a_time=shared)
+        return read_ahead(batches, start, one_at_a_time=worker is not None)
 
     def _reader(self) -> SampleReader:
         """This process's sample reader: a new one after a fork (never share a parent's connection)."""

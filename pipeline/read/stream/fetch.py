@@ -12,21 +12,52 @@ from __future__ import annotations
 import os
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import xxhash
 
 from pipeline.errors import OutputError
+from pipeline.read.batch_memory.memory import Specs
 from pipeline.read.batch_memory.pool import SlotPool, slot_pool_for
 from pipeline.read.collate import DatasetBatch
 from pipeline.read.decode_threads import DecodeThreads, Decoding
-from pipeline.read.items import sample_item
+from pipeline.read.items import Delivery, sample_item
 from pipeline.read.stream.index import SampleIndex
 from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
 from pipeline.store.location import RangeReader, open_range_reader
+from pipeline.store.range_readers import RangeRead
 from pipeline.store.tar_shards import decode_field
+
+
+class FetchSpan(NamedTuple):
+    """One read of a sample's fields: fields ``first`` to ``stop`` (exclusive), adjacent in the shard,
+    at ``offset`` for ``length`` bytes."""
+
+    first: int
+    stop: int
+    offset: int
+    length: int
+
+
+class Fetched(NamedTuple):
+    """The bytes of a :class:`FetchSpan`'s fields."""
+
+    first: int
+    stop: int
+    view: memoryview
+
+
+class DecodeJob(NamedTuple):
+    """One sample for a decode thread: its fetched bytes, where its fields go, and what follows."""
+
+    index: int  # in the split
+    shard_name: str  # for messages
+    pieces: list[Fetched]
+    out: dict[str, np.ndarray]
+    row: int  # in its batch
+    after: Callable[[int, dict[str, np.ndarray]], None] | None
 
 
 class SampleReader:
@@ -40,7 +71,7 @@ class SampleReader:
         self,
         root: str,
         index: SampleIndex,
-        specs: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+        specs: Specs,
         torch_dtypes: Mapping[str, torch.dtype],
         batch_size: int | None,
         decoder: DecodeThreads,
@@ -59,32 +90,32 @@ class SampleReader:
         self.pid = os.getpid()
 
     def start_batch(
-        self, indices: np.ndarray, padding: np.ndarray, keys: Sequence[str], shared: bool, batched: bool, epoch: int
+        self, indices: np.ndarray, padding: np.ndarray, keys: Sequence[str], delivery: Delivery, epoch: int
     ) -> Pending:
         """A batch (or sample) of ``indices`` (``padding``: which of them only pad the rank's
-        share) being fetched and decoded. Batches go into reused slots: shared memory in a
-        DataLoader worker (``shared``), private memory in the main process; single samples into
-        new tensors. With a transform, see :meth:`_start_transformed`."""
+        share) being fetched and decoded, to be delivered as ``delivery`` says: batches into reused
+        slots (shared memory from a DataLoader worker, private memory in the main process), single
+        samples into new tensors. With a transform, see :meth:`_start_transformed`."""
         keys = [keys[i] for i in indices]
         pad = [bool(p) for p in padding]
         if self._transform is not None:
-            return self._start_transformed(indices, keys, pad, shared, batched, epoch)
-        if batched:
-            self._slots = slot_pool_for(self._slots, self._specs, self._batch_size or 1, shared)
+            return self._start_transformed(indices, keys, pad, delivery, epoch)
+        if delivery is not Delivery.SAMPLE:
+            self._slots = slot_pool_for(self._slots, self._specs, self._batch_size or 1, delivery.shared)
             batch = self._slots.batch(len(indices), keys, pad)
             outs = [{f: a[row] for f, a in batch.arrays.items()} for row in range(len(indices))]
-            whole = batch if shared else DatasetBatch(batch)
+            whole = batch if delivery.shared else DatasetBatch(batch)
             return Pending(self.start(indices, outs), lambda: whole)
-        tensors = {f: torch.empty(shape, dtype=self._torch_dtypes[f]) for f, (shape, _) in self._specs.items()}
+        tensors = {f: torch.empty(spec.shape, dtype=self._torch_dtypes[f]) for f, spec in self._specs.items()}
         arrays = {f: t.numpy() for f, t in tensors.items()}
         return Pending(self.start(indices, [arrays]), lambda: sample_item(keys[0], pad[0], tensors))
 
     def _start_transformed(
-        self, indices: np.ndarray, keys: list[str], pad: list[bool], shared: bool, batched: bool, epoch: int
+        self, indices: np.ndarray, keys: list[str], pad: list[bool], delivery: Delivery, epoch: int
     ) -> Pending:
         """Decode each sample into fresh arrays and transform it on the decode threads; once all
         are done, stack the results into a slot shaped like them (or hand over the one sample)."""
-        outs = [{f: np.empty(shape, dtype) for f, (shape, dtype) in self._specs.items()} for _ in indices]
+        outs = [{f: np.empty(spec.shape, spec.dtype) for f, spec in self._specs.items()} for _ in indices]
         results: list[dict[str, np.ndarray]] = [{} for _ in indices]
         transform = self._transform
 
@@ -92,8 +123,9 @@ class SampleReader:
             results[row] = apply_transform(transform, out, keys[row], self._seed, epoch)  # type: ignore[arg-type]
 
         def deliver() -> Any:
-            if not batched:
+            if delivery is Delivery.SAMPLE:
                 return sample_item(keys[0], pad[0], tensors_of(results[0]))
+            shared = delivery.shared
             self._slots, batch = stack_into_slot(self._slots, results, keys, pad, shared, self._batch_size or 1)
             return batch if shared else DatasetBatch(batch)
 
@@ -117,21 +149,20 @@ class SampleReader:
         """
         store = self._open_store()
         plans = [self._fetch_plan(int(i), store.coalesce_gap) for i in indices]
-        total = sum(length for plan in plans for _, _, _, length in plan) if store.copies else 0
+        total = sum(span.length for plan in plans for span in plan) if store.copies else 0
         buffer = memoryview(np.empty(total, np.uint8))  # a batch's own: the previous one may still be decoding
         reads, at = [], 0
         for index, plan in zip(indices, plans):
-            for _, _, base, length in plan:
-                reads.append(
-                    (int(self._index.shard[index]), base, length, buffer[at : at + length] if store.copies else None)
-                )
-                at += length
+            for span in plan:
+                into = buffer[at : at + span.length] if store.copies else None
+                reads.append(RangeRead(int(self._index.shard[index]), span.offset, span.length, into))
+                at += span.length
         views = iter(store.read_many(reads))  # a batch's reads at once where the store can
         jobs = []
         for row, (index, plan, out) in enumerate(zip(indices, plans, outs)):
             shard = int(self._index.shard[index])
-            pieces = [(first, stop, next(views)) for first, stop, _, _ in plan]
-            jobs.append((int(index), store.name(shard), pieces, out, row, after))
+            pieces = [Fetched(span.first, span.stop, next(views)) for span in plan]
+            jobs.append(DecodeJob(int(index), store.name(shard), pieces, out, row, after))
         return self._decoder.start(self._decode_sample, jobs, background)
 
     def _open_store(self) -> RangeReader:
@@ -140,9 +171,8 @@ class SampleReader:
             weakref.finalize(self, self._store.close)
         return self._store
 
-    def _fetch_plan(self, index: int, gap: int) -> list[tuple[int, int, int, int]]:
-        """The reads of one sample: ``(first field, stop field, offset, length)``, merging the
-        requested fields that lie at most ``gap`` bytes apart in the shard."""
+    def _fetch_plan(self, index: int, gap: int) -> list[FetchSpan]:
+        """The reads of one sample, merging the requested fields that lie at most ``gap`` bytes apart in the shard."""
         ranges, plan, j, count = self._index.ranges[index], [], 0, len(self.fields)
         while j < count:
             first, end = j, int(ranges[j, 0] + ranges[j, 1])
@@ -150,12 +180,10 @@ class SampleReader:
                 j += 1
                 end = int(ranges[j, 0] + ranges[j, 1])
             j += 1
-            plan.append((first, j, int(ranges[first, 0]), end - int(ranges[first, 0])))
+            plan.append(FetchSpan(first, j, int(ranges[first, 0]), end - int(ranges[first, 0])))
         return plan
 
-    def _decode_sample(
-        self, job: tuple[int, str, list[tuple[int, int, memoryview]], dict, int, Callable | None]
-    ) -> None:
+    def _decode_sample(self, job: DecodeJob) -> None:
         """Decode one fetched sample into ``out``, checking each field's digest the first time."""
         index, shard_name, pieces, out, row, after = job
         ranges, key = self._index.ranges[index], self._index.keys[index]

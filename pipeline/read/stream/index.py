@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import NotFoundError, OutputError
+from pipeline.read.batch_memory.memory import ArraySpec
 from pipeline.read.device import torch_dtypes
 from pipeline.store.manifest import Manifest
 
@@ -67,7 +68,7 @@ def build_index(manifest: Manifest, split: str, fields: Sequence[str], check_dig
 
 def field_specs(
     manifest: Manifest, fields: Sequence[str] | None, root: str, compact: bool = False
-) -> tuple[tuple[str, ...], dict[str, tuple[tuple[int, ...], np.dtype]], dict[str, torch.dtype]]:
+) -> tuple[tuple[str, ...], dict[str, ArraySpec], dict[str, torch.dtype]]:
     """The requested fields (``None``: all) in schema order, which is their order in the tar, with
     each one's sample shape and dtype (the source's, or with ``compact`` the stored one), and its
     torch dtype."""
@@ -77,7 +78,7 @@ def field_specs(
     if unknown or not chosen:
         raise NotFoundError(f"unknown field(s) {unknown}; the output has {list(schema)}")
     chosen = tuple(f for f in schema if f in chosen)
-    specs = {f: (schema[f].shape, schema[f].numpy_dtype) for f in chosen}
+    specs = {f: ArraySpec(schema[f].shape, schema[f].numpy_dtype) for f in chosen}
     try:
         dtypes = torch_dtypes({f: dt for f, (_, dt) in specs.items()})
     except OutputError as exc:
