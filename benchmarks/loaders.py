@@ -105,7 +105,7 @@ def map_loader(dataset: Dataset, workers: int) -> DataLoader:
 
 
 def stream_reader(
-    out: Path,
+    out: Path | str,
     fields: Sequence[str],
     label: str,
     workers: int,
@@ -113,6 +113,7 @@ def stream_reader(
     transform: Any = None,
     compact: bool = False,
     name: str | None = None,
+    storage_options: dict | None = None,
 ) -> TimedReader:
     dataset = StreamingDataset(
         out,
@@ -122,6 +123,7 @@ def stream_reader(
         decode_threads=threads,
         transform=transform,
         compact=compact,
+        storage_options=storage_options,
     )
     loader = DataLoader(
         dataset,

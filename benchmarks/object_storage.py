@@ -9,7 +9,8 @@ batches of :data:`~benchmarks.loaders.BATCH_SIZE`, in process) and ``ZarrDataset
 random order, in process). The conversions convert the same archive with the same fixed encodings
 on one local Dask cluster, kept for every run, into a fresh directory or a fresh prefix each time;
 their figure is the tasks' wall time (``Summary.converting_seconds``: without planning and the
-cluster's start-up).
+cluster's start-up). Then the HTTP rows: the same output on an HTTP server, read through each HTTP
+client (:mod:`benchmarks.http_clients`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pipeline.store.manifest import read_manifest
 
 from benchmarks.baselines import prepare
 from benchmarks.common import interleave, machine_description, markdown_table
+from benchmarks.http_clients import http_lines, http_rows
 from benchmarks.loaders import MIN_MEASURE_SECONDS, TimedReader, map_loader, stream_reader, time_readers
 
 FIELDS = ("img", "label")
@@ -142,6 +144,7 @@ def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None, conver
                 "to S3, loopback": _Conversion(archive, bucket, cluster.scheduler_address, encodings),
             }
             converting = interleave(conversions, convert_repeats)
+        http = http_rows(out, repeats)
     finally:
         if owned:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -168,11 +171,27 @@ def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None, conver
         }
         for name, timing in converting.items()
     ]
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine_description(), "samples": n, "results": rows}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_description(),
+        "samples": n,
+        "repeats": repeats,
+        "convert_repeats": convert_repeats,
+        "results": rows,
+        "http": http,
+    }
     print(
         f"object storage: {n} synthetic samples, {result['machine']}, {result['date']}; readers: median of "
         f"{repeats} interleaved measurements (each ≥ {MIN_MEASURE_SECONDS} s), conversions: of {convert_repeats}"
     )
-    table = [[x["system"], x["where"], f"{x['samples_per_s']:.1f}", f"{x['vs_local']:.2f}×"] for x in rows]
-    print(markdown_table(["system", "where", "samples/s", "× local"], table))
+    print("\n".join(object_storage_lines(result)))
     return result
+
+
+def object_storage_lines(figures: dict) -> list[str]:
+    """The tables of :func:`run`'s figures (printed, and in the report)."""
+    table = [
+        [x["system"], x["where"], f"{x['samples_per_s']:.1f}", f"{x['vs_local']:.2f}×"] for x in figures["results"]
+    ]
+    lines = [markdown_table(["system", "where", "samples/s", "× local"], table), ""]
+    return lines + (http_lines(figures["http"]) if figures.get("http") else [])

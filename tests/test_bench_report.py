@@ -77,7 +77,7 @@ def test_bench_report(tmp_path, convert, read):
 
 
 def test_bench_report_needs_some_figures(tmp_path):
-    with pytest.raises(FileNotFoundError, match="none of convert.json, read.json, scale.json"):
+    with pytest.raises(FileNotFoundError, match="none of convert.json, read.json, scale.json, s3.json"):
         report.write_report(_bench_dir(tmp_path, False, False))
 
 
@@ -143,3 +143,41 @@ def test_bench_report_shows_the_packed_rows_with_their_targets_or_why_there_are_
     assert f"### Encrypted and Deflate64 sources\n\n{skipped}\n" in text
     (folder / "convert.json").write_text(json.dumps(CONVERT))
     assert "Encrypted" not in report.write_report(folder).read_text(), "figures from before the packed rows"
+
+
+def test_bench_report_shows_object_storage_and_the_http_clients_compared_in_one_run(tmp_path):
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    row = {"seconds": [0.5]}
+    http = [
+        {
+            "client": "A",
+            "fields": "all",
+            "workers": 2,
+            "samples_per_s": 110.0,
+            "vs_fsspec": 1.1,
+            "round_ratios": [1.0, 1.3],
+        },
+        {
+            "client": "fsspec HTTP",
+            "fields": "all",
+            "workers": 2,
+            "samples_per_s": 100.0,
+            "vs_fsspec": 1.0,
+            "round_ratios": [],
+        },
+    ]
+    s3 = {
+        "date": "2026-01-04",
+        "machine": "2 cores (S3 CPU)",
+        "samples": 64,
+        "results": [{"system": "streaming", "where": "S3, loopback", "samples_per_s": 120.0, "vs_local": 0.06, **row}],
+        "http": {"samples": 64, "repeats": 2, "other_load_cores": 0.5, "rows": http},
+    }
+    (folder / "s3.json").write_text(json.dumps(s3))
+    text = report.write_report(folder).read_text()
+    assert "## Object storage" in text and "2026-01-04" in text and "2 cores (S3 CPU)" in text
+    assert "| streaming | S3, loopback | 120.0 | 0.06× |" in text
+    assert "| A | all | 2 | 110.0 | 1.10× | 1.00–1.30 |" in text
+    assert "| fsspec HTTP | all | 2 | 100.0 | 1.00× | - |" in text
+    assert "median of 2 interleaved turns; other processes kept 0.5 cores busy" in text
