@@ -9,8 +9,8 @@ batches of :data:`~benchmarks.loaders.BATCH_SIZE`, in process) and ``ZarrDataset
 random order, in process). The conversions convert the same archive with the same fixed encodings
 on one local Dask cluster, kept for every run, into a fresh directory or a fresh prefix each time;
 their figure is the tasks' wall time (``Summary.converting_seconds``: without planning and the
-cluster's start-up). Then the HTTP rows: the same output on an HTTP server, read through each HTTP
-client (:mod:`benchmarks.http_clients`).
+cluster's start-up). Then the HTTP rows: streaming from the same output on an HTTP server
+against the local files (:mod:`benchmarks.http_reading`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pipeline.store.manifest import read_manifest
 
 from benchmarks.baselines import prepare
 from benchmarks.common import interleave, machine_description, markdown_table
-from benchmarks.http_clients import http_lines, http_rows
+from benchmarks.http_reading import http_lines, http_rows
 from benchmarks.loaders import MIN_MEASURE_SECONDS, TimedReader, map_loader, stream_reader, time_readers
 
 FIELDS = ("img", "label")

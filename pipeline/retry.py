@@ -8,8 +8,8 @@ and of a converted output at a URL goes through :func:`retrying`, which tries ag
 not pass (not found, forbidden, no credentials, a malformed answer) are raised at once, unchanged,
 for the caller to name.
 
-The libraries underneath say "transient" in their own words: ``http.client`` and the standard
-library raise ``ConnectionError``/``TimeoutError``/``HTTPException``; fsspec's HTTP file system
+The libraries underneath say "transient" in their own words: the standard library raises
+``ConnectionError``/``TimeoutError``; fsspec's HTTP file system
 raises aiohttp's errors (and turns a failed size query into ``FileNotFoundError`` *from* them);
 s3fs turns botocore's ``ClientError`` into ``OSError`` *from* it after its own retries. So a
 failure is transient when it, or an error it was raised from, is one of those. None of those
@@ -22,7 +22,6 @@ after the first attempt (default 4), ``SSMSPINE_RETRY_DELAY`` seconds before the
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import random
@@ -58,9 +57,6 @@ _TRANSIENT_NAMES = frozenset(
 
 #: A URL in a library's message: printed as :func:`~pipeline.urls.safe_url` prints it.
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
-
-#: What ``http.client`` raises for a connection that broke (its other errors are for bad URLs or answers).
-_HTTP_CLIENT_TRANSIENT = (http.client.IncompleteRead, http.client.BadStatusLine, http.client.ImproperConnectionState)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -110,7 +106,7 @@ def _names(error: BaseException) -> set[str]:
 def _is_transient_link(error: BaseException) -> bool:
     if isinstance(error, SSMSpineError):
         return False
-    if isinstance(error, (TransientError, ConnectionError, TimeoutError, *_HTTP_CLIENT_TRANSIENT)):
+    if isinstance(error, (TransientError, ConnectionError, TimeoutError)):
         return True
     if _names(error) & _TRANSIENT_NAMES:
         return True

@@ -208,7 +208,7 @@ def test_a_server_that_always_fails_is_one_clear_error_after_the_retries(
     proxy = flaky_proxy(serve(converted).url, always=True, **how)
     with pytest.raises(UnavailableError, match=rf"^{proxy.url}manifest\.json: still failing after 3 attempt\(s\)"):
         StreamingDataset(proxy.url)
-    assert proxy.requests == 3, "each attempt is one request, and there are three"
+    assert 3 <= proxy.requests <= 2 * 3, "three attempts; aiohttp sends a dropped request again once, as below"
 
     proxy = flaky_proxy(serve(train_zip.parent).url, always=True, **how)
     url = proxy.url + train_zip.name
@@ -222,7 +222,7 @@ def test_a_server_that_always_fails_is_one_clear_error_after_the_retries(
 def test_not_found_is_not_tried_again(converted, train_zip, serve, flaky_proxy):
     """With the default retries: a missing manifest or archive is one answer, not five."""
     proxy = flaky_proxy(serve(converted).url)
-    with pytest.raises(OutputError, match="manifest.json: HTTP 404"):
+    with pytest.raises(OutputError, match="manifest.json: not found"):
         StreamingDataset(proxy.url + "elsewhere/")
     assert proxy.requests == 1
     proxy = flaky_proxy(serve(train_zip.parent).url)

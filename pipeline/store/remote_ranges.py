@@ -1,16 +1,19 @@
-"""Ranged reads of an output's tar shards at a URL: ``http(s)://`` with the standard library, and any
-other fsspec URL (``s3://``, ``gs://``, ``file://``, ...) through fsspec. Reads are retried with backoff
-on errors that pass (:mod:`pipeline.retry`); a missing shard or a refused request fails at once.
+"""Ranged reads of an output's tar shards at a URL, through fsspec (``http(s)://``, ``s3://``,
+``gs://``, ``file://``, ...). Reads are retried with backoff on errors that pass (:mod:`pipeline.retry`);
+a missing shard or a refused request fails at once.
+
+``http(s)://`` had a client of its own until 2026-12 (standard-library ``Range`` GETs, one at a time on
+one kept-alive connection). On one local server it was not faster beyond noise than fsspec's HTTP, whose
+``cat_ranges`` sends a batch's reads at once (``python -m benchmarks s3``, docs/BENCHMARKS.md), and it
+was 6× slower on a server that leaves Nagle's algorithm on; so one client serves every URL.
 """
 
 from __future__ import annotations
 
-import http.client
-import urllib.parse
 from typing import Callable, Mapping, Sequence, TypeVar
 
 from pipeline.errors import OutputError
-from pipeline.retry import TRANSIENT_STATUS, TransientError, refusal, retried, retrying
+from pipeline.retry import refusal, retried
 from pipeline.storage import url_filesystem
 from pipeline.store.range_readers import RangeReader
 from pipeline.urls import safe_url
@@ -18,104 +21,8 @@ from pipeline.urls import safe_url
 T = TypeVar("T")
 
 
-class HttpRangeReader(RangeReader):
-    """``http(s)://`` with ``Range`` requests on one kept-alive connection (standard library only)."""
-
-    def __init__(self, root: str, files: Sequence[str], sizes: Sequence[int]) -> None:
-        super().__init__(root, files, sizes)
-        self._url = urllib.parse.urlsplit(root)
-        self._conn: http.client.HTTPConnection | None = None
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            cls = http.client.HTTPSConnection if self._url.scheme == "https" else http.client.HTTPConnection
-            self._conn = cls(self._url.netloc, timeout=60)
-        return self._conn
-
-    def _exchange(self, path: str, headers: Mapping[str, str]) -> http.client.HTTPResponse:
-        """One request; a kept-alive connection the server has closed meanwhile is reopened at once."""
-        reused = self._conn is not None
-        try:
-            conn = self._connection()
-            conn.request("GET", path, headers=dict(headers))
-            return conn.getresponse()
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            self.close()
-            if not reused:
-                raise
-        conn = self._connection()
-        conn.request("GET", path, headers=dict(headers))
-        return conn.getresponse()
-
-    def _get(self, relative: str, headers: Mapping[str, str], handle: Callable[[http.client.HTTPResponse], T]) -> T:
-        """``handle(response)`` of a GET of ``relative``, retried while the server or network fails transiently."""
-        path = self._url.path.rstrip("/") + "/" + relative
-
-        def attempt() -> T:
-            try:
-                response = self._exchange(path, headers)
-                if response.status in TRANSIENT_STATUS:
-                    response.read()
-                    raise TransientError(f"HTTP {response.status} {response.reason}")
-                return handle(response)
-            except BaseException:  # a connection in an unknown state (or with a body unread) is never reused
-                self.close()
-                raise
-
-        return retrying(safe_url(f"{self.root.rstrip('/')}/{relative}"), attempt)
-
-    def fetch(self, relative: str) -> bytes:
-        """A whole small file (the manifest)."""
-
-        def handle(response: http.client.HTTPResponse) -> bytes:
-            data = response.read()
-            if response.status != 200:
-                raise OutputError(
-                    f"{safe_url(self.root.rstrip('/'))}/{relative}: HTTP {response.status} {response.reason}"
-                )
-            return data
-
-        return self._get(relative, {}, handle)
-
-    def read(self, shard: int, offset: int, length: int, into: memoryview | None = None) -> memoryview:
-        name = self.name(shard)
-        if into is None:
-            into = memoryview(bytearray(length))
-
-        def handle(response: http.client.HTTPResponse) -> memoryview:
-            if response.status != 206:  # raising closes the connection: a server ignoring Range sends it all
-                if response.status == 404:
-                    raise OutputError(f"{name}: shard is missing (HTTP 404)")
-                if response.status == 416:
-                    raise OutputError(f"{name}: ends before byte {offset + length}; the shard is truncated (HTTP 416)")
-                raise OutputError(
-                    f"{name}: HTTP {response.status} {response.reason} to a Range request "
-                    "(the server must support Range requests)"
-                )
-            total = response.getheader("Content-Range", "").rpartition("/")[2]
-            if total.isdigit() and int(total) != self.sizes[shard]:
-                raise self._size_mismatch(shard, int(total))
-            done = 0
-            while done < length:
-                n = response.readinto(into[done:])
-                if not n:
-                    break
-                done += n
-            response.read()
-            if done != length:  # the body ended early: the connection broke, or the shard is short
-                raise http.client.IncompleteRead(bytes(into[:done]), length - done)
-            return into
-
-        return self._get(self.files[shard], {"Range": f"bytes={offset}-{offset + length - 1}"}, handle)
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
 class FsspecRangeReader(RangeReader):
-    """Any other URL fsspec understands (``file://``, ``s3://``, ``memory://``, ...).
+    """Any URL fsspec understands (``http(s)://``, ``s3://``, ``file://``, ``memory://``, ...).
 
     ``storage_options`` go to fsspec (credentials, endpoints); by default it finds them where
     it usually does (the environment, configuration files).
@@ -154,6 +61,11 @@ class FsspecRangeReader(RangeReader):
         return path
 
     def _checked_length(self, shard: int, offset: int, length: int, data: bytes) -> memoryview:
+        if len(data) > length:  # fsspec's HTTP hands over a whole 200 answer to a ranged read
+            raise OutputError(
+                f"{self.name(shard)}: the server sent {len(data)} bytes for a Range request of {length} "
+                f"at {offset}: it must support Range requests"
+            )
         if len(data) != length:
             raise OutputError(f"{self.name(shard)}: got {len(data)} of {length} bytes at {offset}; truncated")
         return memoryview(data)
@@ -161,16 +73,32 @@ class FsspecRangeReader(RangeReader):
     def read_many(self, reads: Sequence[tuple[int, int, int, memoryview | None]]) -> list[memoryview]:
         """All of a batch's ranges with one ``cat_ranges``: object stores' file systems (s3fs,
         gcsfs, HTTP) send the requests concurrently, so a batch costs about one round trip, not
-        one per sample. Retried as a whole when any of them fails transiently."""
+        one per sample. When some fail transiently, only those are tried again (a batch sent again
+        whole would risk as many new failures on a flaky network as it retries)."""
         if len(reads) < 2:
             return super().read_many(reads)
         paths = [self._shard_path(shard) for shard, _, _, _ in reads]
         starts = [offset for _, offset, _, _ in reads]
         ends = [offset + length for _, offset, length, _ in reads]
         where = self.name(reads[0][0]) if len({s for s, _, _, _ in reads}) == 1 else f"{safe_url(self.root)} (a batch)"
-        found = self._call(
-            where, "shard is missing", lambda: self._fs.cat_ranges(paths, starts, ends, on_error="raise")
-        )
+        found: list = [None] * len(reads)
+        pending = list(range(len(reads)))
+
+        def attempt() -> list:
+            nonlocal pending
+            got = self._fs.cat_ranges(
+                [paths[i] for i in pending], [starts[i] for i in pending], [ends[i] for i in pending], on_error="return"
+            )
+            failed = [(i, data) for i, data in zip(pending, got) if isinstance(data, BaseException)]
+            for i, data in zip(pending, got):
+                if not isinstance(data, BaseException):
+                    found[i] = data
+            pending = [i for i, _ in failed]
+            if failed:  # the first failure decides: tried again if it passes, raised at once if not
+                raise failed[0][1]
+            return found
+
+        self._call(where, "shard is missing", attempt)
         return [
             self._checked_length(shard, offset, length, data) for (shard, offset, length, _), data in zip(reads, found)
         ]

@@ -1,16 +1,15 @@
-"""The HTTP rows of ``python -m benchmarks s3``: one output on one HTTP server, read by
-``StreamingDataset`` through each HTTP client it has, in the same run, interleaved.
+"""The HTTP rows of ``python -m benchmarks s3``: ``StreamingDataset`` over HTTP against the same
+reader on the local files, in the same run, interleaved.
 
-Why: ``http(s)://`` roots had a client of their own (:class:`~pipeline.store.remote_ranges.HttpRangeReader`,
-standard-library ``Range`` GETs on one kept-alive connection) beside fsspec's HTTP file system, which
-every other URL goes through and which ``storage_options`` selects for ``http(s)://`` too. A second
-client is worth its code only if it is faster on the same server. Both read the benchmark's converted
-set from the URL tests' :class:`RangeServer` (``tests/http_server.py``: single-range ``Range``,
-keep-alive, a thread per connection), run in a process of its own on 127.0.0.1 (a loopback server: the
-ratios say what the client costs, not what a network adds), for img+label and all fields, in process and
-with 2 DataLoader workers (batches of :data:`~benchmarks.loaders.BATCH_SIZE` at the dataset level, as
-the reading benchmark times them). fsspec is chosen by giving ``storage_options`` (``{"encoded": False}``,
-its default: harmless); ``× fsspec`` is fsspec's median seconds over the other client's.
+The benchmark's converted set is served by the URL tests' :class:`RangeServer` (``tests/http_server.py``:
+single-range ``Range``, keep-alive, a thread per connection, ``TCP_NODELAY`` as nginx sets it), run in a
+process of its own on 127.0.0.1 (a loopback server: the ratios say what our side costs, not what a network
+adds), for img+label and all fields, in process and with 2 DataLoader workers (batches of
+:data:`~benchmarks.loaders.BATCH_SIZE` at the dataset level, as the reading benchmark times them).
+``× local`` is the local files' median seconds over HTTP's; the last column the spread of the per-turn ratios.
+
+Until 2026-12 these rows compared two HTTP clients: a standard-library one (``HttpRangeReader``) against
+fsspec's HTTP, which now reads every URL; the figures that decided it are in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -24,10 +23,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from benchmarks.common import markdown_table
 
-#: The clients compared, by the ``storage_options`` that select them (None: the default for ``http://``).
-CLIENTS: dict[str, dict | None] = {"HttpRangeReader": None, "fsspec HTTP": {"encoded": False}}
-#: The reference the ratios are taken against.
-REFERENCE = "fsspec HTTP"
+#: Where the rows read from; the ratios are against :data:`REFERENCE`.
+HTTP = "HTTP, loopback"
+REFERENCE = "local files"
 WORKERS = (0, 2)
 
 _SERVE = (
@@ -53,17 +51,17 @@ def range_server(root: Path) -> Iterator[str]:
 
 
 def http_rows(out: Path, repeats: int) -> dict:
-    """Time every (fields, workers, client) on one server; return the rows and the other load."""
+    """Time every (fields, workers, where) interleaved; return the rows and the other load."""
     from benchmarks.common import OtherLoad
     from benchmarks.loaders import stream_reader, time_readers
     from benchmarks.reading import FIELD_SETS
 
     with range_server(out) as url:
         readers = [
-            stream_reader(url, fields, label, w, name=client, storage_options=options)
+            stream_reader(root, fields, label, w, name=where)
             for label, fields in FIELD_SETS.items()
             for w in WORKERS
-            for client, options in CLIENTS.items()
+            for where, root in ((REFERENCE, out), (HTTP, url))
         ]
         load = OtherLoad()
         timings = time_readers(readers, repeats)
@@ -74,11 +72,11 @@ def http_rows(out: Path, repeats: int) -> dict:
         theirs = timings[r.name.replace(r.reader, REFERENCE, 1)].seconds
         rows.append(
             {
-                "client": r.reader,
+                "where": r.reader,
                 "fields": r.fields,
                 "workers": r.workers,
                 "samples_per_s": r.samples / statistics.median(mine),
-                "vs_fsspec": statistics.median(theirs) / statistics.median(mine),
+                "vs_local": statistics.median(theirs) / statistics.median(mine),
                 "round_ratios": [t / m for t, m in zip(theirs, mine)],
                 "seconds": mine,
             }
@@ -94,21 +92,21 @@ def http_lines(http: Mapping[str, Any]) -> list[str]:
 
     table = [
         [
-            r["client"],
+            r["where"],
             r["fields"],
             r["workers"],
             f"{r['samples_per_s']:.1f}",
-            f"{r['vs_fsspec']:.2f}×",
-            spread(r["round_ratios"]) if r["client"] != REFERENCE else "-",
+            f"{r['vs_local']:.2f}×",
+            spread(r["round_ratios"]) if r["where"] != REFERENCE else "-",
         ]
         for r in http["rows"]
     ]
     other = http.get("other_load_cores")
     load = "" if other is None else f"; other processes kept {other:.1f} cores busy meanwhile"
     return [
-        f"HTTP clients on one Range server (127.0.0.1), {http['samples']} samples, batches at the dataset level, "
+        f"Streaming over HTTP from a Range server on 127.0.0.1, {http['samples']} samples, dataset-level batches, "
         f"median of {http['repeats']} interleaved turns{load}:",
         "",
-        markdown_table(["client", "fields", "workers", "samples/s", f"× {REFERENCE}", "per-turn ratios"], table),
+        markdown_table(["where", "fields", "workers", "samples/s", "× local", "per-turn ratios"], table),
         "",
     ]
