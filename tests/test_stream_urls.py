@@ -45,6 +45,7 @@ def test_storage_options_reach_every_read_of_the_stream(converted, s3_server, mo
     s3fs.S3FileSystem.clear_instance_cache()  # no filesystem made with the server's endpoint is reused
     with pytest.raises(OutputError):
         StreamingDataset(url, "test")
+    s3fs.S3FileSystem.clear_instance_cache()  # the instance made for the closed port must not outlive the test
     monkeypatch.delenv("SSMSPINE_RETRIES")
     options = {"endpoint_url": s3_server.endpoint_url}
     stock = stock_samples(converted, "test")

@@ -62,7 +62,7 @@ class StreamingDataset(IterableDataset):
     first time a process decodes it: Blosc frames carry no checksum, so without it a corrupted
     payload may decode to wrong values silently. It costs 10-20 % of the first epoch.
     ``storage_options``: for an output at a URL, the options of fsspec (credentials, endpoint, ...),
-    as ``ZarrDataset`` takes them; with them any URL, ``http(s)://`` too, is read through fsspec.
+    as ``ZarrDataset`` takes them (every URL is read through fsspec).
     Without them, credentials come from where fsspec finds them (environment, configuration files).
     Every option after ``fields`` is keyword-only, in both readers.
     ``compact``: fields come in the dtypes they are stored in (label and masks narrowed, e.g.
