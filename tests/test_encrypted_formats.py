@@ -24,7 +24,17 @@ from typing import Callable
 import _zipdecrypter
 import pytest
 import pyzipper
-from test_damaged_archives import DAMAGED_DATA, LOCAL, MEMBERS, VICTIM, cut_member_data, data_span, patch, tiny_members
+from test_damaged_archives import (
+    DAMAGED_DATA,
+    LOCAL,
+    MEMBERS,
+    VICTIM,
+    central_entry,
+    cut_member_data,
+    data_span,
+    patch,
+    tiny_members,
+)
 
 from pipeline.errors import PasswordError, SourceError
 from pipeline.source.passwords import NO_PASSWORDS, Password, Passwords
@@ -336,8 +346,10 @@ def test_a_wrong_password_is_refused_naming_the_archive(name, reason, archive_of
 @pytest.mark.parametrize("members", ["one member", "three members"])
 def test_a_wrong_password_past_the_check_byte_is_still_refused(name, members, archive_of):
     """1 wrong password in 256 passes ZipCrypto's check byte: only the whole member (its CRC-32, or
-    its deflate stream) proves it wrong. With three members, the wrong password here passes the
-    check byte of the first two."""
+    its deflate stream) shows it. With three members, the wrong password here passes the check byte
+    of the first two, fails their data (which decides nothing: they could be damaged), and the third
+    member's check byte refuses it. With one member, nothing tells a wrong password from a damaged
+    member: the refusal says both."""
     archive = archive_of(name, (MEMBERS[0],) if members == "one member" else (ROOT,))
     infos = _sample_members(archive)
     wrong = _wrong_password(archive, passing=min(2, len(infos)))
@@ -348,10 +360,15 @@ def test_a_wrong_password_past_the_check_byte_is_still_refused(name, members, ar
             reader.read_bytes(first)
     assert not isinstance(raised.value, PasswordError), "the check byte passed: the data refused it"
     opening = try_password(str(archive), Password(wrong))
-    assert not opening.opens and opening.member == first
-    expected = (
-        rf"^{re.escape(str(archive))}: the password given does not open it \(tried on {re.escape(first)}: {reason}"
-    )
+    assert not opening.opens
+    where = re.escape(str(archive))
+    if members == "one member":
+        assert not opening.refused and opening.member == first
+        expected = rf"^{where}: the password given passes .* opens none .* \(the first, {re.escape(first)}: {reason}"
+    else:
+        third = infos[2].filename
+        assert opening.refused and opening.member == third
+        expected = rf"^{where}: the password given does not open it \(tried on {re.escape(third)}: its encryption"
     with pytest.raises(PasswordError, match=expected):
         check_passwords([str(archive)], Passwords.for_all(wrong))
 
@@ -495,6 +512,38 @@ def test_a_damaged_first_member_is_not_taken_for_a_wrong_password(name, how, cop
     check_passwords([str(archive)], _right())
 
 
+def test_a_streamed_zipcrypto_member_is_checked_against_its_local_headers_time(copy_of):
+    """With a data descriptor, the check byte is the modification time's high byte, and Info-ZIP's
+    ``unzip`` takes the time from the local header: a central directory whose time differs (only
+    there) still opens with the right password."""
+    archive = copy_of("info-zip/zipcrypto/stored/streamed")
+    first = _sample_members(archive)[0]
+    assert first.flag_bits & 0x08, "the member has a data descriptor"
+    data = bytearray(archive.read_bytes())
+    central = central_entry(bytes(data), first.filename)
+    time_field = central + 12  # the central entry's last modification time
+    struct.pack_into("<H", data, time_field, struct.unpack_from("<H", data, time_field)[0] ^ 0x4000)
+    archive.write_bytes(bytes(data))
+    with SourceReader(str(archive), Password(PASSWORD)) as reader:
+        assert len(reader.read_bytes(first.filename)) == first.file_size
+
+
+@pytest.mark.parametrize("name", ["7-zip/aes256/deflate", "info-zip/zipcrypto/stored"])
+def test_damaged_members_before_one_intact_do_not_refuse_the_right_password(name, copy_of):
+    """Every member but the last damaged: their password checks pass, their data fails, which decides
+    nothing; the last one proves the password. With all of them damaged, the refusal says both causes."""
+    archive = copy_of(name)
+    names = [info.filename for info in _sample_members(archive)]
+    for member in names[:-1]:
+        _damage(archive, member, "flipped")
+    opening = try_password(str(archive), Password(PASSWORD))
+    assert opening.opens and opening.member == names[-1]
+    check_passwords([str(archive)], _right())
+    _damage(archive, names[-1], "flipped")
+    with pytest.raises(PasswordError, match="passes the checks of its encrypted members but opens none"):
+        check_passwords([str(archive)], _right())
+
+
 # ------------------------------------------------------------------------------------------
 # Deflate64: a damaged stream is a bad member
 # ------------------------------------------------------------------------------------------
@@ -520,3 +569,35 @@ def test_a_damaged_deflate64_stream_is_a_bad_member(how, reason, copy_of):
     if how == "shrunk":
         _shrink(archive, VICTIM, 50)
     _assert_member_refused(archive, VICTIM, reason)
+
+
+def test_a_bomb_in_lzma_or_deflate64_stops_at_the_declared_size(tmp_path):
+    """A member that declares 1,000 bytes but inflates to 32 MiB of zeros: refused, and LZMA (bounded by
+    ``max_length``) never holds more than a little of it; Deflate64 (fed 4 KiB at a time) stops at the
+    first step past the declared size."""
+    import lzma
+    import tracemalloc
+
+    from pipeline.source.zip_methods import DEFLATE64, LZMA, DecompressionError, decompress
+
+    zeros = bytes(32 << 20)
+    lzma1 = {"id": lzma.FILTER_LZMA1, "dict_size": 1 << 20, "lc": 3, "lp": 0, "pb": 2}
+    properties = bytes([(2 * 5 + 0) * 9 + 3]) + (1 << 20).to_bytes(4, "little")  # (pb * 5 + lp) * 9 + lc, dict size
+    stream = lzma.compress(zeros, format=lzma.FORMAT_RAW, filters=[lzma1])
+    lzma_member = bytes([9, 20]) + len(properties).to_bytes(2, "little") + properties + stream
+    tracemalloc.start()
+    with pytest.raises(DecompressionError, match="inflates to more than the 1000 bytes"):
+        decompress(LZMA, lzma_member, 1000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20, f"LZMA held {peak} bytes for a 1,000-byte member"
+
+    (tmp_path / "zeros").write_bytes(zeros)
+    subprocess.run(["7z", "a", "-tzip", "-bd", "-bso0", "-mm=Deflate64", "bomb.zip", "zeros"], cwd=tmp_path, check=True)
+    with zipfile.ZipFile(tmp_path / "bomb.zip") as archive:
+        info = archive.getinfo("zeros")
+    data = (tmp_path / "bomb.zip").read_bytes()
+    start = info.header_offset + 30 + int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+    start += int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    with pytest.raises(DecompressionError, match="inflates to more than the 1000 bytes"):
+        decompress(DEFLATE64, data[start : start + info.compress_size], 1000)

@@ -84,3 +84,7 @@ def test_a_password_never_shows_but_travels_to_workers():
 def test_an_empty_password_is_refused():
     with pytest.raises(UsageError, match="empty password"):
         Password("")
+
+
+def test_blank_lines_at_the_end_of_a_one_line_file_hold_nothing(tmp_path):
+    assert read(_file(tmp_path, b"s3cret\n\n\r\n")).for_archive("a.zip").reveal() == b"s3cret"

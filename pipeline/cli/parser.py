@@ -7,6 +7,7 @@ import re
 
 from pipeline.cli.passwords import add_password_option
 from pipeline.source.passwords import PASSWORD_VARIABLE
+from pipeline.source.zip_crypto import ENCRYPTIONS
 from pipeline.store.codecs import PREFERENCES
 from pipeline.version import __version__
 
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--tree", action="store_true", help="write an extracted directory instead of a zip")
     synth.add_argument(
         "--encrypt",
-        choices=("none", "zipcrypto", "aes"),
+        choices=ENCRYPTIONS,
         default="none",
         help="encrypt every member (AES: AES-256) with the password of --password-file or $" + PASSWORD_VARIABLE,
     )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, NoReturn
 
 from pipeline.errors import UsageError
 from pipeline.urls import location_name
@@ -65,6 +65,7 @@ class Passwords:
 
     @classmethod
     def for_all(cls, password: bytes | str | Password) -> "Passwords":
+        """One password for every archive (a file's single line, the environment variable)."""
         return cls(default=password if isinstance(password, Password) else Password(password))
 
     def for_archive(self, archive: str) -> Password | None:
@@ -91,7 +92,7 @@ def read_password_file(path: str | os.PathLike) -> Passwords:
     except OSError as exc:
         raise UsageError(f"password file {os.fspath(path)}: cannot be read ({exc.strerror or exc})") from None
     lines = [line[:-1] if line.endswith(b"\r") else line for line in text.split(b"\n")]
-    if lines and lines[-1] == b"":
+    while lines and lines[-1] == b"":  # blank lines at the end (an editor's, or a stray one) hold nothing
         lines.pop()
     content = [line for line in lines if line.strip() and not line.startswith(b"#")]
     if len(lines) == 1 and not _NAMED_LINE.match(lines[0]):
@@ -117,7 +118,7 @@ def read_password_file(path: str | os.PathLike) -> Passwords:
     return Passwords(by_name=by_name, default=default)
 
 
-def _empty(path: str | os.PathLike) -> Passwords:
+def _empty(path: str | os.PathLike) -> NoReturn:
     raise UsageError(f"password file {os.fspath(path)}: holds no password")
 
 

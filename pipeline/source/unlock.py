@@ -3,10 +3,17 @@
 A wrong password must not become thousands of rejected members, twenty-five gigabytes later. So
 planning decrypts whole members of every encrypted archive with its password: ZipCrypto's check
 byte lets 1 wrong password in 256 through, and only a member's CRC-32 proves it; AES has a password
-verifier and an authentication code. One member that decrypts, decompresses and matches its CRC-32
-(or HMAC) proves the password. Up to :data:`TRIED_MEMBERS` are tried, so that a damaged first member
-(which ``--skip-bad`` will reject later) is not taken for a wrong password; if none opens, the
-password is wrong, and the run stops with one line naming the archive.
+verifier (1 in 65,536) and an authentication code. Members are tried in order until one of them
+decides, up to :data:`TRIED_MEMBERS`:
+
+* one that decrypts, decompresses and matches its CRC-32 (or HMAC) proves the password;
+* one whose check refuses the password (check byte, verifier) disproves it: wrong password;
+* one that passes the check and then fails (its data, CRC or HMAC) decides nothing: it is damaged,
+  or (1 in 256, ZipCrypto) the password is wrong; the next is tried, so that damaged members, which
+  ``--skip-bad`` rejects later, are not taken for a wrong password.
+
+If none decides, the password passed every check yet opened nothing: one line says so, naming the
+first member tried, since a conversion could only reject them all.
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ from pipeline.source.zip_local import MASK_ENCRYPTED
 from pipeline.source.zip_reader import SourceReader
 from pipeline.urls import is_url
 
-#: Encrypted members tried before a password is declared wrong.
-TRIED_MEMBERS = 3
+#: Encrypted members tried at most before a password that opens none of them is refused.
+TRIED_MEMBERS = 20
 #: How to give a password, for the message of an encrypted source that has none.
 HOW_TO_GIVE = (
     f"give it with --password-file FILE or the {PASSWORD_VARIABLE} variable, or run in a terminal to be asked "
@@ -38,6 +45,7 @@ class Opening:
     opens: bool
     member: str
     reason: str | None = None  # why not, when it does not
+    refused: bool = False  # a password check said no (rather than damage after the checks passed)
 
 
 def encrypted_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
@@ -63,16 +71,18 @@ def try_password(source: str, password: Password) -> Opening:
         # empty members last: any password past ZipCrypto's check byte "opens" one (its CRC-32 is 0)
         members = sorted(encrypted_members(archive), key=lambda info: info.file_size == 0)
         candidates = [info.filename for info in members[:TRIED_MEMBERS]]
-    failures: list[SourceError] = []
+    undecided: list[SourceError] = []
     with SourceReader(source, password) as reader:
         for member in candidates:
             try:
                 reader.read_bytes(member)
-            except SourceError as error:  # damaged, or the password's check: try the next
-                failures.append(error)
+            except PasswordError as refusal:  # the password's own check said no
+                return Opening(opens=False, member=member, reason=refusal.reason, refused=True)
+            except SourceError as error:  # damaged (or ZipCrypto's 1 in 256): the next one decides
+                undecided.append(error)
                 continue
             return Opening(opens=True, member=member)
-    first = failures[0]
+    first = undecided[0]
     return Opening(opens=False, member=first.member or "", reason=first.reason)
 
 
@@ -86,9 +96,15 @@ def check_passwords(sources: list[str], passwords: Passwords) -> None:
         if password is None:
             raise PasswordError(source, None, f"is encrypted, and no password was given for it: {HOW_TO_GIVE}")
         opening = try_password(source, password)
-        if not opening.opens:
+        if opening.refused:
             tried = f"tried on {opening.member}: {opening.reason}"
             raise PasswordError(source, None, f"the password given does not open it ({tried})")
+        if not opening.opens:
+            reason = (
+                "the password given passes the checks of its encrypted members but opens none of them: it is "
+                f"wrong, or they are damaged (the first, {opening.member}: {opening.reason})"
+            )
+            raise PasswordError(source, None, reason)
 
 
 def locked_sources(sources: list[str], passwords: Passwords) -> list[str]:

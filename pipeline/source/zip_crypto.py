@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+#: The encryptions that the encrypting halves below write (``ssmspine synth --encrypt``), "none" first.
+ENCRYPTIONS = ("none", "zipcrypto", "aes")
 #: The encryption header before a ZipCrypto member's data.
 ZIPCRYPTO_HEADER_BYTES = 12
 #: The compression method of a WinZip AES member; its extra field names the real one.
@@ -106,6 +108,13 @@ def aes_parameters(extra: bytes) -> AesParameters | None:
     return None
 
 
+def zipcrypto_check_byte(crc: int, local_time: int, data_descriptor: bool) -> int:
+    """What a ZipCrypto header's last byte decrypts to (APPNOTE 6.1.6): the CRC-32's high byte, or, where
+    the CRC follows the data (flag bit 3), the high byte of the DOS time in the member's local header
+    (Info-ZIP's ``unzip`` checks that header's, not the central directory's)."""
+    return (local_time >> 8) & 0xFF if data_descriptor else crc >> 24
+
+
 def zipcrypto_decrypt(raw: bytes | memoryview, password: bytes, check_byte: int) -> bytes:
     """The plaintext of a ZipCrypto member's data (its 12-byte header included in ``raw``).
 
@@ -117,7 +126,7 @@ def zipcrypto_decrypt(raw: bytes | memoryview, password: bytes, check_byte: int)
     decrypter = _zipdecrypter.StandardZipDecrypter(password)
     header = decrypter.decrypt_bytes(bytes(raw[:ZIPCRYPTO_HEADER_BYTES]))
     if header[-1] != check_byte:
-        raise DecryptionError("its encryption header does not match the password", True)
+        raise DecryptionError("its encryption header does not match the password", password_refused=True)
     return decrypter.decrypt_bytes(bytes(raw[ZIPCRYPTO_HEADER_BYTES:]))
 
 

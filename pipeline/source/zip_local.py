@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 import zipfile
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from pipeline.errors import SourceError
 from pipeline.source.messages import printable
@@ -28,7 +28,15 @@ _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 _ZIP64_EXTRA_ID = 0x0001  # the extra field holding 64-bit sizes when a 32-bit field reads 0xFFFFFFFF
 
 
-def member_data(read_at: Callable[[int, int], bytes], source: str, info: zipfile.ZipInfo) -> memoryview:
+class MemberData(NamedTuple):
+    """A member's raw (compressed, maybe encrypted) data, and the DOS time its local header gives:
+    a ZipCrypto member whose CRC follows in a data descriptor checks its password against the latter."""
+
+    raw: memoryview
+    local_time: int
+
+
+def member_data(read_at: Callable[[int, int], bytes], source: str, info: zipfile.ZipInfo) -> MemberData:
     """The raw (compressed, maybe encrypted) data of a member, after checking its local header.
 
     One read for header, name, extra and data (one request at a URL), the name and extra lengths
@@ -42,7 +50,8 @@ def member_data(read_at: Callable[[int, int], bytes], source: str, info: zipfile
     if len(record) < _LOCAL_HEADER.size or record[:4] != ZIP_MAGIC:
         raise SourceError(source, name, "bad local file header (truncated or corrupt zip)")
     fields = _LOCAL_HEADER.unpack_from(record)
-    flags, method, crc, compress_size, file_size, name_length, extra_length = fields[3:5] + fields[7:]
+    flags, method, local_time = fields[3:6]
+    crc, compress_size, file_size, name_length, extra_length = fields[7:]
     data_start = _LOCAL_HEADER.size + name_length + extra_length
     if len(record) < data_start + info.compress_size and len(record) == guess + info.compress_size:
         record += read_at(info.header_offset + len(record), data_start + info.compress_size - len(record))
@@ -57,7 +66,7 @@ def member_data(read_at: Callable[[int, int], bytes], source: str, info: zipfile
     raw = view[data_start : data_start + info.compress_size]
     if len(raw) != info.compress_size:
         raise SourceError(source, name, "is truncated (the zip ends inside it)")
-    return raw
+    return MemberData(raw, local_time)
 
 
 def _local_header_disagreement(

@@ -25,7 +25,14 @@ from pipeline.source.messages import describe
 from pipeline.source.passwords import NO_PASSWORDS, Password, Passwords
 from pipeline.source.remote import RemoteArchive
 from pipeline.source.torch_load import decode_sample
-from pipeline.source.zip_crypto import AES_METHOD, DecryptionError, aes_decrypt, aes_parameters, zipcrypto_decrypt
+from pipeline.source.zip_crypto import (
+    AES_METHOD,
+    DecryptionError,
+    aes_decrypt,
+    aes_parameters,
+    zipcrypto_check_byte,
+    zipcrypto_decrypt,
+)
 from pipeline.source.zip_local import MASK_DATA_DESCRIPTOR, MASK_ENCRYPTED, MASK_STRONG_ENCRYPTION, member_data
 from pipeline.source.zip_methods import DecompressionError, decompress
 from pipeline.urls import is_url
@@ -99,8 +106,8 @@ class SourceReader:
         zipfile's own reader inflates with the standard zlib (a third of a sample's conversion
         time), decrypts ZipCrypto in pure Python (0.4 MB/s) and reads neither AES nor Deflate64.
         """
-        raw = member_data(self._read_at, self.source, info)
-        plain, method, has_crc = self._decrypted(info, raw)
+        raw, local_time = member_data(self._read_at, self.source, info)
+        plain, method, has_crc = self._decrypted(info, raw, local_time)
         try:
             data = decompress(method, plain, info.file_size)
         except DecompressionError as exc:
@@ -109,7 +116,9 @@ class SourceReader:
             raise SourceError(self.source, info.filename, "CRC-32 mismatch: the member is corrupt")
         return data
 
-    def _decrypted(self, info: zipfile.ZipInfo, raw: memoryview) -> tuple[memoryview | bytes, int, bool]:
+    def _decrypted(
+        self, info: zipfile.ZipInfo, raw: memoryview, local_time: int
+    ) -> tuple[memoryview | bytes, int, bool]:
         """(the member's compressed data, its compression method, whether it has a CRC-32 to check)."""
         name = info.filename
         if info.flag_bits & MASK_STRONG_ENCRYPTION:
@@ -127,7 +136,8 @@ class SourceReader:
         try:
             if aes is not None:
                 return aes_decrypt(raw, self._password.reveal(), aes), aes.method, aes.version == 1
-            return zipcrypto_decrypt(raw, self._password.reveal(), zipcrypto_check_byte(info)), info.compress_type, True
+            check = zipcrypto_check_byte(info.CRC, local_time, bool(info.flag_bits & MASK_DATA_DESCRIPTOR))
+            return zipcrypto_decrypt(raw, self._password.reveal(), check), info.compress_type, True
         except DecryptionError as exc:
             raise (PasswordError if exc.password_refused else SourceError)(self.source, name, exc.reason) from None
 
@@ -138,15 +148,6 @@ class SourceReader:
 
     def read_sample(self, member: str) -> dict[str, np.ndarray]:
         return decode_sample(self.read_bytes(member), self.source, member)
-
-
-def zipcrypto_check_byte(info: zipfile.ZipInfo) -> int:
-    """What a ZipCrypto header's last byte decrypts to: the CRC-32's high byte, or, where the CRC
-    follows the data (flag bit 3), the high byte of the DOS modification time (APPNOTE 6.1.6)."""
-    if info.flag_bits & MASK_DATA_DESCRIPTOR:
-        hour, minute, second = info.date_time[3:]
-        return ((hour << 11) | (minute << 5) | (second // 2)) >> 8
-    return info.CRC >> 24
 
 
 def _read_bounded(file, archive: str, member: str) -> bytes:

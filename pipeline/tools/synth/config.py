@@ -10,6 +10,7 @@ import numpy as np
 
 from pipeline.errors import UsageError
 from pipeline.schema import BONE_NAMES, DISC_NAMES, FIELD_SHAPES, STORABLE_KINDS
+from pipeline.source.zip_crypto import ENCRYPTIONS
 
 SIZE = FIELD_SHAPES["img"][0]
 BONE_POINTS = FIELD_SHAPES["bone"][1]
@@ -52,8 +53,8 @@ class SynthConfig:
             raise UsageError(f"compression must be 'deflate' or 'stored', not {self.compression!r}")
         if self.serialization not in ("zip", "legacy"):
             raise UsageError(f"serialization must be 'zip' or 'legacy', not {self.serialization!r}")
-        if self.encrypt not in ("none", "zipcrypto", "aes"):
-            raise UsageError(f"encrypt must be 'none', 'zipcrypto' or 'aes', not {self.encrypt!r}")
+        if self.encrypt not in ENCRYPTIONS:
+            raise UsageError(f"encrypt must be one of {ENCRYPTIONS}, not {self.encrypt!r}")
         if self.numpy_pickle not in (1, 2):
             raise UsageError(f"numpy_pickle must be 1 or 2, not {self.numpy_pickle!r}")
         for name in ("image_dtype", "mask_dtype", "label_dtype", "landmark_dtype"):

@@ -14,9 +14,9 @@ import zlib
 
 from pipeline.errors import UsageError
 from pipeline.source.passwords import Password
-from pipeline.source.zip_crypto import AES_METHOD, AesParameters, aes_encrypt, zipcrypto_encrypt
+from pipeline.source.zip_crypto import AES_METHOD, ENCRYPTIONS, AesParameters, aes_encrypt, zipcrypto_encrypt
+from pipeline.source.zip_local import MASK_ENCRYPTED
 
-ENCRYPTIONS = ("none", "zipcrypto", "aes")
 #: Version needed to extract a WinZip AES member (its specification's value).
 AES_EXTRACT_VERSION = 51
 
@@ -42,7 +42,7 @@ def write_encrypted(
     info.extra = extra
     archive.writestr(info, payload)
     info.compress_type, info.CRC, info.file_size = method, stored_crc, len(data)
-    info.flag_bits |= 0x0001  # encrypted
+    info.flag_bits |= MASK_ENCRYPTED
     end = archive.fp.tell()
     archive.fp.seek(info.header_offset)
     archive.fp.write(info.FileHeader(False))
