@@ -24,7 +24,7 @@ from pipeline.cli import main
 from pipeline.convert import convert
 from pipeline.errors import OutputError, SourceError, UnavailableError, UsageError
 from pipeline.read.stream import StreamingDataset
-from pipeline.read.zarr_fast import RemoteShard
+from pipeline.read.zarr_fast import remote_shard
 from pipeline.retry import NO_CREDENTIALS, RETRIES_ENV, TransientError, is_transient, reason, refusal, retrying
 from pipeline.source.members import list_members
 from pipeline.store.codecs import Encoding
@@ -131,10 +131,10 @@ def test_retrying_tries_again_until_the_read_passes_or_the_retries_are_spent(qui
 
 
 def test_zarr_shards_at_urls_are_read_with_the_same_retries_and_errors(quick_retries, monkeypatch):
-    """The Zarr fast path's ranged reads (RemoteShard): a dropped connection is tried again, a
+    """The Zarr fast path's ranged reads (a RemoteObject): a dropped connection is tried again, a
     refusal is one line naming the shard, and a missing shard passes for the caller to handle."""
     fsspec.filesystem("memory").pipe_file("/retries/shard", b"0123456789")
-    shard = RemoteShard("memory:///retries/shard", {})
+    shard = remote_shard("memory:///retries/shard", {})
     cat_file, reads = shard._fs.cat_file, []
 
     def dropped_once(*args, **kwargs):
@@ -154,7 +154,7 @@ def test_zarr_shards_at_urls_are_read_with_the_same_retries_and_errors(quick_ret
     with pytest.raises(OutputError, match=rf"^{named}: access denied \(PermissionError: no\)"):
         shard.read(0, 1)
     with pytest.raises(FileNotFoundError):
-        RemoteShard("memory:///retries/none", {}).size()
+        remote_shard("memory:///retries/none", {}).size()
 
 
 @pytest.mark.parametrize("value", ["many", "-1"])

@@ -13,17 +13,16 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Callable, Mapping, TypeVar
+from typing import Mapping
 
 import numpy as np
 import zarr
 
 from pipeline.errors import OutputError
+from pipeline.io.byte_source import ByteSource, LocalFile, RemoteObject
 from pipeline.read.batch_memory.memory import Specs
 from pipeline.read.batch_memory.pool import SlotPool, slot_pool_for
 from pipeline.read.worker_exit import exit_with_the_loader
-from pipeline.retry import refusal, retried
-from pipeline.storage import url_filesystem
 from pipeline.store.codecs import decode_into
 from pipeline.store.zarr_fast_layout import ChunkLayout
 from pipeline.store.zarr_store import EMPTY_CHUNK, parse_shard_index, shard_index_span
@@ -32,53 +31,12 @@ from pipeline.urls import safe_url
 #: Open shard files kept per process: bounded, so thousands of shards stay under the fd limit.
 MAX_OPEN_FILES = 64
 
-T = TypeVar("T")
 
-
-class LocalShard:
-    """A shard file, open unbuffered; reads are ``pread`` s, so threads share it."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.file = open(path, "rb", buffering=0)  # FileNotFoundError: a shard never written
-
-    def size(self) -> int:
-        return os.fstat(self.file.fileno()).st_size
-
-    def read(self, offset: int, nbytes: int) -> bytes:
-        return os.pread(self.file.fileno(), nbytes, offset)
-
-    def read_into(self, offset: int, into: memoryview) -> int:
-        return os.preadv(self.file.fileno(), [into], offset)
-
-
-class RemoteShard:
-    """A shard at a URL, read in byte ranges through fsspec (retried as every remote read is);
-    holds no handle of its own."""
-
-    def __init__(self, path: str, storage_options: Mapping) -> None:
-        self.name = safe_url(path)
-        self._fs, self._key = url_filesystem(path, storage_options)
-
-    def size(self) -> int:
-        return self._call(lambda: self._fs.size(self._key))  # FileNotFoundError: a shard never written
-
-    def read(self, offset: int, nbytes: int) -> bytes:
-        try:
-            return self._call(lambda: self._fs.cat_file(self._key, start=offset, end=offset + nbytes))
-        except FileNotFoundError:
-            raise OutputError(f"{self.name}: the shard is gone since its index was read") from None
-
-    def read_into(self, offset: int, into: memoryview) -> int:
-        data = self.read(offset, len(into))
-        into[: len(data)] = data
-        return len(data)
-
-    def _call(self, read: Callable[[], T]) -> T:
-        def failure(error: Exception) -> OutputError:
-            return OutputError(f"{self.name}: {refusal(error, self._key, failed='cannot be read')}")
-
-        return retried(self.name, read, failure, passes=(FileNotFoundError,))
+def remote_shard(path: str, storage_options: Mapping) -> RemoteObject:
+    """A shard at a URL: a lasting failure is one line naming it; a missing one passes, for the
+    caller to tell a shard never written (no index) from one gone since (an error)."""
+    name = safe_url(path)
+    return RemoteObject(path, lambda reason: OutputError(f"{name}: {reason}"), storage_options, missing_passes=True)
 
 
 class ProcessState:
@@ -97,7 +55,7 @@ class ProcessState:
         self.pid = os.getpid()
         self.lock = threading.Lock()
         self.storage_options = dict(storage_options or {})
-        self.files: collections.OrderedDict[str, LocalShard | RemoteShard] = collections.OrderedDict()
+        self.files: collections.OrderedDict[str, ByteSource] = collections.OrderedDict()
         self.indexes: dict[str, np.ndarray | None] = {}
         self.arrays: dict[str, zarr.Array] = {}
         self.slots: SlotPool | None = None
@@ -108,7 +66,7 @@ class ProcessState:
         self.slots = slot_pool_for(self.slots, specs, rows, shared)
         return self.slots
 
-    def shard(self, layout: ChunkLayout, path: str) -> LocalShard | RemoteShard:
+    def shard(self, layout: ChunkLayout, path: str) -> ByteSource:
         """Shard ``path`` of ``layout``: a local file kept open (a few, least recently used first
         out) or an object at a URL; FileNotFoundError for a local shard never written."""
         with self.lock:
@@ -116,7 +74,7 @@ class ProcessState:
             if shard is not None:
                 self.files.move_to_end(path)
                 return shard
-        shard = RemoteShard(path, self.storage_options) if layout.remote else LocalShard(path)
+        shard = remote_shard(path, self.storage_options) if layout.remote else LocalFile(path)
         with self.lock:
             self.files[path] = shard
             while len(self.files) > MAX_OPEN_FILES:
@@ -136,7 +94,11 @@ class ProcessState:
         else:
             name = safe_url(path) if layout.remote else path
             start, n = shard_index_span(size, name, layout.shard_samples, layout.index_at_end, layout.index_crc)
-            index = parse_shard_index(shard.read(start, n), size, name, layout.shard_samples, layout.index_crc)
+            try:
+                data = shard.read(start, n)
+            except FileNotFoundError:  # an object at a URL deleted since its size was read
+                raise OutputError(f"{name}: the shard is gone since its size was read") from None
+            index = parse_shard_index(data, size, name, layout.shard_samples, layout.index_crc)
         self.indexes[path] = index
         return index
 
@@ -160,9 +122,13 @@ def read_fast(layout: ChunkLayout, state: ProcessState, row: int, out: np.ndarra
         raise OutputError(f"{name}: the shard is gone since its index was read") from None
     where = f"{name}: chunk {within}"
     expected = layout.sample_nbytes
-    if not layout.blosc:
-        got = source.read_into(offset, memoryview(out).cast("B")) if nbytes == expected else -1
-        if got != expected:
-            raise OutputError(f"{where} has {nbytes} bytes, expected {expected}")
-        return out
-    return decode_into(source.read(offset, nbytes), out, where)
+    try:
+        if not layout.blosc:
+            got = source.read_into(offset, memoryview(out).cast("B")) if nbytes == expected else -1
+            if got != expected:
+                raise OutputError(f"{where} has {nbytes} bytes, expected {expected}")
+            return out
+        data = source.read(offset, nbytes)
+    except FileNotFoundError:  # an object at a URL deleted since its index was read
+        raise OutputError(f"{name}: the shard is gone since its index was read") from None
+    return decode_into(data, out, where)

@@ -6,8 +6,8 @@ endpoints from the usual places: the environment (``AWS_ENDPOINT_URL``, ``AWS_PR
 the libraries' config files, and fsspec's own (``FSSPEC_S3_...``, ``~/.config/fsspec``). Nothing
 of them is passed around, recorded or printed.
 
-:class:`RemoteArchive` is one object: its size (one metadata request) and exact byte ranges,
-each read retried by :func:`pipeline.retry.retrying`. :class:`RangedFile` is the seekable file
+:class:`RemoteArchive` is one object read through :mod:`pipeline.io`: its size (one metadata
+request) and exact byte ranges, each read retried. :class:`RangedFile` is the seekable file
 ``zipfile`` reads the central directory from; it holds the archive's last :data:`TAIL_BYTES` in
 memory, which cover the end records (zip64 ones included) and, for archives of a few hundred
 members, the whole directory: opening an archive costs two requests, or three.
@@ -17,26 +17,26 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Callable, TypeVar
 
 from pipeline.errors import SourceError, UsageError
-from pipeline.retry import refusal, retried
-from pipeline.storage import url_filesystem
+from pipeline.io.byte_source import RemoteObject
 from pipeline.urls import safe_url
 
 #: The end of an archive read with its first request: the end records and usually the directory.
 TAIL_BYTES = 64 << 10
 
-T = TypeVar("T")
-
 
 class RemoteArchive:
-    """One source object at a URL: its size, and exact byte ranges of it, each a retried request."""
+    """One source object at a URL: its size, and exact byte ranges of it, each a retried request
+    (a :class:`~pipeline.io.byte_source.RemoteObject` whose lasting failures name the archive)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._fs, self._path = _filesystem(url)
-        info = self._call("", lambda: self._fs.info(self._path))
+        try:
+            self._object = RemoteObject(url, lambda reason: SourceError(url, None, reason))
+        except UsageError as exc:  # an unknown scheme, a missing package: about this source
+            raise SourceError(url, None, str(exc).split(": ", 1)[1]) from exc
+        info = self._object.info()
         if info.get("type") == "directory":
             raise SourceError(url, None, "is a folder: a source at a URL must be a zip archive (not an extracted tree)")
         if info.get("size") is None:
@@ -48,7 +48,7 @@ class RemoteArchive:
         end = min(offset + length, self.size)
         if end <= offset:
             return b""
-        data = self._call(f" (bytes {offset}-{end - 1})", lambda: self._fs.cat_file(self._path, start=offset, end=end))
+        data = self._object.read(offset, end - offset)
         if len(data) != end - offset:
             if len(data) > end - offset:
                 why = f"the server sent {len(data)} bytes for a Range request of {end - offset}: it must support Range"
@@ -59,21 +59,6 @@ class RemoteArchive:
 
     def open(self) -> "RangedFile":
         return RangedFile(self)
-
-    def _call(self, what: str, read: Callable[[], T]) -> T:
-        """``read()`` retried, its lasting failures turned into one :class:`SourceError` naming the URL."""
-        where = f"{safe_url(self.url)}{what}"
-        return retried(
-            where, read, lambda exc: SourceError(self.url, None, refusal(exc, self._path, failed="cannot be read"))
-        )
-
-
-def _filesystem(url: str):
-    """The fsspec file system of ``url`` and the object's path in it, or a :class:`SourceError` saying why not."""
-    try:
-        return url_filesystem(url)
-    except UsageError as exc:
-        raise SourceError(url, None, str(exc).split(": ", 1)[1]) from exc
 
 
 class RangedFile:
