@@ -601,3 +601,11 @@ def test_a_bomb_in_lzma_or_deflate64_stops_at_the_declared_size(tmp_path):
     start += int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
     with pytest.raises(DecompressionError, match="inflates to more than the 1000 bytes"):
         decompress(DEFLATE64, data[start : start + info.compress_size], 1000)
+
+
+def test_checking_a_password_at_a_url_opens_the_archive_once(archive_of, serve):
+    """The password check reads the directory once (one size request, one tail) and then members."""
+    archive = archive_of("7-zip/aes256/deflate")
+    server = serve(archive.parent)
+    check_passwords([server.url + archive.name], _right())
+    assert len([r for r in server.requests if r.method == "HEAD"]) == 1

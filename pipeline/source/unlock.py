@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import zipfile
 from dataclasses import dataclass
+from typing import Iterable
 
 from pipeline.errors import PasswordError, SourceError
 from pipeline.source.members import is_junk, open_zip
@@ -48,54 +49,58 @@ class Opening:
     refused: bool = False  # a password check said no (rather than damage after the checks passed)
 
 
-def encrypted_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
-    """The archive's encrypted sample members, in directory order."""
-    return [
-        i for i in archive.infolist() if i.flag_bits & MASK_ENCRYPTED and not i.is_dir() and not is_junk(i.filename)
-    ]
+def encrypted_members(infos: Iterable[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
+    """The encrypted sample members among directory entries, in directory order."""
+    return [i for i in infos if i.flag_bits & MASK_ENCRYPTED and not i.is_dir() and not is_junk(i.filename)]
 
 
 def is_encrypted(source: str) -> bool:
     """True for a zip with any encrypted sample member (reads the central directory only)."""
-    if not is_url(source) and os.path.isdir(source):
+    if _is_tree(source):
         return False
-    if not is_url(source) and not os.path.exists(source):
-        raise SourceError(source, None, "no such file or directory")
     with open_zip(source) as archive:
-        return bool(encrypted_members(archive))
+        return bool(encrypted_members(archive.infolist()))
 
 
 def try_password(source: str, password: Password) -> Opening:
     """Whether ``password`` opens ``source``: decrypt up to :data:`TRIED_MEMBERS` whole members."""
-    with open_zip(source) as archive:
-        # empty members last: any password past ZipCrypto's check byte "opens" one (its CRC-32 is 0)
-        members = sorted(encrypted_members(archive), key=lambda info: info.file_size == 0)
-        candidates = [info.filename for info in members[:TRIED_MEMBERS]]
-    undecided: list[SourceError] = []
     with SourceReader(source, password) as reader:
-        for member in candidates:
-            try:
-                reader.read_bytes(member)
-            except PasswordError as refusal:  # the password's own check said no
-                return Opening(opens=False, member=member, reason=refusal.reason, refused=True)
-            except SourceError as error:  # damaged (or ZipCrypto's 1 in 256): the next one decides
-                undecided.append(error)
-                continue
-            return Opening(opens=True, member=member)
+        return _opening(reader, encrypted_members(reader.infolist()))
+
+
+def _opening(reader: SourceReader, members: list[zipfile.ZipInfo]) -> Opening:
+    """Whether the reader's password opens some of ``members``, tried until one decides (see above)."""
+    # empty members last: any password past ZipCrypto's check byte "opens" one (its CRC-32 is 0)
+    candidates = [info.filename for info in sorted(members, key=lambda info: info.file_size == 0)[:TRIED_MEMBERS]]
+    undecided: list[SourceError] = []
+    for member in candidates:
+        try:
+            reader.read_bytes(member)
+        except PasswordError as refusal:  # the password's own check said no
+            return Opening(opens=False, member=member, reason=refusal.reason, refused=True)
+        except SourceError as error:  # damaged (or ZipCrypto's 1 in 256): the next one decides
+            undecided.append(error)
+            continue
+        return Opening(opens=True, member=member)
     first = undecided[0]
     return Opening(opens=False, member=first.member or "", reason=first.reason)
 
 
 def check_passwords(sources: list[str], passwords: Passwords) -> None:
     """Raise :class:`PasswordError` for the first encrypted source without a password, or whose
-    password does not open it; nothing is read but central directories and a few members."""
+    password does not open it. Each zip is opened once (its central directory: two or three
+    requests at a URL), and a few of its members are read."""
     for source in sources:
-        if not is_encrypted(source):
+        if _is_tree(source):
             continue
         password = passwords.for_archive(source)
-        if password is None:
-            raise PasswordError(source, None, f"is encrypted, and no password was given for it: {HOW_TO_GIVE}")
-        opening = try_password(source, password)
+        with SourceReader(source, password) as reader:
+            members = encrypted_members(reader.infolist())
+            if not members:
+                continue
+            if password is None:
+                raise PasswordError(source, None, f"is encrypted, and no password was given for it: {HOW_TO_GIVE}")
+            opening = _opening(reader, members)
         if opening.refused:
             tried = f"tried on {opening.member}: {opening.reason}"
             raise PasswordError(source, None, f"the password given does not open it ({tried})")
@@ -105,6 +110,15 @@ def check_passwords(sources: list[str], passwords: Passwords) -> None:
                 f"wrong, or they are damaged (the first, {opening.member}: {opening.reason})"
             )
             raise PasswordError(source, None, reason)
+
+
+def _is_tree(source: str) -> bool:
+    """True for an extracted tree (never encrypted); a local source that is not there is named as such."""
+    if is_url(source):
+        return False
+    if not os.path.exists(source):
+        raise SourceError(source, None, "no such file or directory")
+    return os.path.isdir(source)
 
 
 def locked_sources(sources: list[str], passwords: Passwords) -> list[str]:

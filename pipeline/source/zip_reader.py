@@ -70,6 +70,10 @@ class SourceReader:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def infolist(self) -> list[zipfile.ZipInfo]:
+        """The zip's directory entries (none for an extracted tree), as opened once for all reads."""
+        return [] if self._zip is None else self._zip.infolist()
+
     def close(self) -> None:
         for handle in (self._zip, self._file):
             if handle is not None:

@@ -104,7 +104,7 @@ def _scan_zip(source: str, password: Password | None) -> SourceScan:
     with open_zip(source) as archive:
         infos = [info for info in archive.infolist() if not info.is_dir()]
         size, end_records = zip64_end_records(archive)
-        encrypted = len(encrypted_members(archive))
+        encrypted = len(encrypted_members(archive.infolist()))
     layout = sort_names(source, [info.filename for info in infos])
     directory = read_directory(infos, {m.member for m in layout.members}, size, end_records)
     unlock = check_password(source, password, encrypted)
