@@ -10,8 +10,10 @@ __all__ = [
     "FIELDS",
     "LABEL_NAMES",
     "OutputError",
+    "SampleRecord",
     "SchemaError",
     "SourceError",
+    "Source",
     "SSMSpineError",
     "StreamingDataset",
     "UnavailableError",
@@ -25,6 +27,8 @@ __all__ = [
 #: Readers import torch, zarr and xarray: load them on first use, so `import pipeline` stays light.
 _LAZY = {
     "DistributedSampler": "read.samplers",
+    "SampleRecord": "read.subsets",
+    "Source": "read.stream.sources",
     "StreamingDataset": "read.stream",
     "ZarrDataset": "read.zarr_dataset",
     "open_zarr": "tools.xarray_view",

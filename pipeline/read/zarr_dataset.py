@@ -32,7 +32,7 @@ import logging
 import operator
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ from pipeline.read.items import batch_item, sample_item
 from pipeline.read.samplers import PaddingIndex
 from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
 from pipeline.read.zarr_fast import ProcessState, read_fast
-from pipeline.read.zarr_lookups import SampleLookups
+from pipeline.read.zarr_lookups import Predicate, SampleLookups, kept_samples
 from pipeline.store.location import read_stream_manifest
 from pipeline.store.zarr_fast_layout import ChunkLayout, fast_layout
 from pipeline.store.zarr_layout import open_split, open_store, zarr_location
@@ -91,6 +91,9 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         storage_options: Mapping[str, Any] | None = None,
         compact: bool = False,
         out: str | os.PathLike | None = None,
+        patients: int | Iterable[int] | None = None,
+        keys: str | Iterable[str] | None = None,
+        where: Predicate | None = None,
     ) -> None:
         """Open ``split`` of the output at ``root``; ``fields`` default to all of the split's fields.
 
@@ -107,6 +110,7 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         ``transform(sample, rng) -> sample``: augmentation of every sample read (``ds[i]`` and
         batches), on the decode threads, in DataLoader workers; ``rng`` is seeded from ``(seed,
         epoch, key)``, the epoch being :meth:`set_epoch`'s. Contract: :mod:`pipeline.read.transforms`.
+        ``patients``, ``keys``, ``where``: a subset, as for ``StreamingDataset``; indices and ``keys`` are its.
         """
         if seed < 0:
             raise UsageError(f"seed must be non-negative, got {seed}")
@@ -116,8 +120,7 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         self.storage_options = dict(storage_options or {})
         manifest = read_stream_manifest(os.fspath(self.root), self.storage_options)
         samples, group, self.fields = open_split(self.root, manifest, split, fields, self.storage_options)
-        self.keys: tuple[str, ...] = tuple(samples.keys)
-        self._rows = samples.rows
+        self.keys, self._rows = kept_samples(samples, manifest, split, self.root, patients, keys, where)
         arrays = {f: group[f] for f in self.fields}
         for name, length in [("aug", group["aug"].shape[0]), *((f, a.shape[0]) for f, a in arrays.items())]:
             if length != samples.planned or len(self._rows) != len(self.keys) or self._rows.max(initial=0) >= length:

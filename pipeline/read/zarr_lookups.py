@@ -1,16 +1,40 @@
 """Finding samples of a :class:`~pipeline.read.zarr_dataset.ZarrDataset` by key, patient and virtual shape.
 
 Answered from the keys and the small ``patient``/``aug`` arrays read when the dataset opens,
-without touching any image data; the rows found are the dataset's indices.
+without touching any image data; the rows found are the dataset's indices. A dataset opened on a
+subset (:func:`kept_samples`, :mod:`pipeline.read.subsets`) finds only the subset's samples.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from pipeline.errors import SampleKeyError
+from pipeline.read.subsets import Predicate, Subset
+from pipeline.store.manifest import Manifest
+from pipeline.store.zarr_layout import SplitRows
+from pipeline.urls import safe_url
+
+__all__ = ["Predicate", "SampleLookups", "kept_samples"]
+
+
+def kept_samples(
+    samples: SplitRows,
+    manifest: Manifest,
+    split: str,
+    root: str | Path,
+    patients: int | Iterable[int] | None,
+    keys: str | Iterable[str] | None,
+    where: Predicate | None,
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """The keys and Zarr rows (manifest order) of the split's samples that the subset options keep."""
+    named = f"{safe_url(os.fspath(root))} ({split})"
+    kept = Subset.of(patients, keys, where).positions(manifest.split(split), split, named)
+    return tuple(samples.keys[i] for i in kept), samples.rows[kept]
 
 
 class SampleLookups:

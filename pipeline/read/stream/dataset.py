@@ -19,10 +19,8 @@ descriptors), so nothing outlives a crash.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -32,21 +30,22 @@ from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.items import Delivery, samples_in
 from pipeline.read.stream.epochs import Resumption
 from pipeline.read.stream.fetch import Pending, SampleReader, read_ahead
-from pipeline.read.stream.index import build_index, field_specs
-from pipeline.read.stream.order import rank_padding, rank_samples, worker_batches
-from pipeline.read.stream.state import OrderIdentity
+from pipeline.read.stream.order import rank_padding, rank_rows, worker_batches
+from pipeline.read.stream.sources import Source, open_sources, sources_of
 from pipeline.read.stream.world import explicit_world, resolve_world
+from pipeline.read.subsets import Predicate
 from pipeline.read.transforms import Transform
 from pipeline.read.worker_exit import exit_with_the_loader
-from pipeline.store.location import read_stream_manifest
-from pipeline.urls import is_url
 
 
 class StreamingDataset(IterableDataset):
     """One split of a converted output, streamed from its tar shards, for (distributed) training.
 
     ``root`` is the output directory or its URL (``http(s)://...`` or any fsspec URL); ``fields``
-    are decoded (``None``: all of them), nothing else is read. Items are
+    are decoded (``None``: all of them), nothing else is read. ``root`` may instead be a list of
+    :class:`pipeline.Source` (outputs' splits or subsets, with weights), mixed into epochs of ``epoch_size``
+    samples (default: each sample once); ``patients``, ``keys`` and ``where`` keep part of one split
+    (``docs/READERS.md``; :mod:`pipeline.read.stream.mixing`, :mod:`pipeline.read.subsets`). Items are
     ``{"__key__": str, "__pad__": bool, field: Tensor}`` or, with ``batch_size``, batches
     ``{"__key__": [str, ...], "__pad__": BoolTensor(b), field: Tensor(b, ...)}`` assembled before
     they leave the DataLoader worker — use ``DataLoader(ds, batch_size=None, num_workers=W, persistent_workers=True)``
@@ -103,8 +102,8 @@ class StreamingDataset(IterableDataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
-        split: str = "train",
+        root: str | os.PathLike | Source | Sequence[Source],
+        split: str | None = None,
         fields: Sequence[str] | None = ("img", "label"),
         *,
         shuffle: bool = True,
@@ -118,11 +117,12 @@ class StreamingDataset(IterableDataset):
         transform: Transform | None = None,
         compact: bool = False,
         storage_options: Mapping[str, Any] | None = None,
+        epoch_size: int | None = None,
+        patients: int | Iterable[int] | None = None,
+        keys: str | Iterable[str] | None = None,
+        where: Predicate | None = None,
     ) -> None:
-        self.root = os.fspath(root)
-        if not is_url(self.root):
-            self.root = str(Path(self.root))
-        self.split = split
+        sources = sources_of(root, split, patients, keys, where)
         self.shuffle = shuffle
         self.seed = int(seed)
         self.batch_size = batch_size
@@ -132,14 +132,12 @@ class StreamingDataset(IterableDataset):
         if seed < 0:
             raise UsageError(f"seed must be non-negative, got {seed}")
         self._explicit_world = explicit_world(rank, world_size)
-        self.storage_options = dict(storage_options or {})
-        data = read_stream_manifest(self.root, self.storage_options)
+        self.storage_options = options = dict(storage_options or {})
         self.compact = compact
-        self.fields, self._specs, self._torch_dtypes = field_specs(data, fields, self.root, compact)
-        self.source_dtypes = field_specs(data, self.fields, self.root)[2]
-        self._index = build_index(data, split, self.fields, check_digests)
-        keys_digest = hashlib.sha256("\n".join(self._index.keys).encode()).hexdigest()[:16]
-        identity = OrderIdentity(split, len(self._index.keys), keys_digest, self.seed, shuffle)
+        got = open_sources(sources, fields, compact, check_digests, options, epoch_size, self.seed, shuffle)
+        self.fields, self._specs, self._torch_dtypes, self.source_dtypes, self._index = got[1:6]
+        self._mixture, identity, self.split = got.mixture, got.identity, got.identity.split  # split: "a+b" for sources
+        self.root = got.roots[0] if len(sources) == 1 else got.roots
         self._handed_over: tuple[int, int] | None = None  # the main process's world, set when pickled
         self._resumption = Resumption(identity, batch_size, drop_last, self.world_size)
         self._sample_reader: SampleReader | None = None  # this process's, see _reader
@@ -161,13 +159,13 @@ class StreamingDataset(IterableDataset):
 
     @property
     def keys(self) -> list[str]:
-        """Sample keys of the split, in manifest order (indices of :func:`epoch_order`)."""
+        """Keys of the rows the epoch's order indexes: the split's (or subset's; sources' in turn), in order."""
         return self._index.keys
 
     @property
     def samples(self) -> int:
-        """Samples in the split (all ranks together, without padding)."""
-        return len(self._index.keys)
+        """Samples per epoch (all ranks together, without padding): ``epoch_size``, by default the keys'."""
+        return self._mixture.samples
 
     # ----------------------------------------------------------------- epochs and resumption (see .epochs)
 
@@ -240,9 +238,8 @@ class StreamingDataset(IterableDataset):
             epoch, start = self._resumption.epoch, self._resumption.pass_start
         else:
             epoch, start = self._resumption.next_pass()
-        sequence = rank_samples(
-            self.samples, self.seed, epoch, rank, world, start, self.batch_size, self.drop_last, self.shuffle
-        )
+        order = self._mixture.order(self.seed, epoch, self.shuffle)
+        sequence = rank_rows(order, start, rank, world, self.batch_size, self.drop_last)
         padding = rank_padding(self.samples, start, rank, world, self.batch_size, self.drop_last)
         wid, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
         batches = worker_batches(len(sequence), self.batch_size or 1, wid, workers)

@@ -24,9 +24,10 @@ from pipeline.read.batch_memory.pool import SlotPool, slot_pool_for
 from pipeline.read.collate import DatasetBatch
 from pipeline.read.decode_threads import DecodeThreads, Decoding
 from pipeline.read.items import Delivery, sample_item
+from pipeline.read.stream.composite import open_index_reader
 from pipeline.read.stream.index import SampleIndex
 from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
-from pipeline.store.location import RangeReader, open_range_reader
+from pipeline.store.location import RangeReader
 from pipeline.store.range_readers import RangeRead
 from pipeline.store.tar_shards import decode_field
 
@@ -167,7 +168,7 @@ class SampleReader:
 
     def _open_store(self) -> RangeReader:
         if self._store is None:
-            self._store = open_range_reader(self.root, self._index.files, self._index.sizes, self._storage_options)
+            self._store = open_index_reader(self._index, self._storage_options)  # its sources' stores
             weakref.finalize(self, self._store.close)
         return self._store
 

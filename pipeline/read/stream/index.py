@@ -1,12 +1,15 @@
 """Where every sample's requested fields lie in the tar shards: a few numpy arrays built from the manifest.
 
 Small and cheap to pickle to DataLoader workers; checked against the split's keys when built.
+Several sources (outputs, splits, subsets: :mod:`pipeline.read.stream.sources`) make one index,
+their rows one source after another and their shards numbered across all of them; ``parts`` says
+which shards are whose, for the reader that maps a shard back (:mod:`pipeline.read.stream.composite`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +18,15 @@ from pipeline.errors import NotFoundError, OutputError
 from pipeline.read.batch_memory.memory import ArraySpec
 from pipeline.read.device import torch_dtypes
 from pipeline.store.manifest import Manifest
+
+
+class IndexPart(NamedTuple):
+    """One source's shards in a :class:`SampleIndex`: those numbered ``[first_shard, first_shard + shards)``,
+    under ``root``."""
+
+    root: str
+    first_shard: int
+    shards: int
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,34 @@ class SampleIndex:
     source_dtypes: tuple[np.dtype, ...]  # per requested field: the dtype whose bytes the digests are of
     files: list[str]
     sizes: list[int]
+    parts: tuple[IndexPart, ...] = ()  # whose shards are which (set by combine_indexes)
+
+    def select(self, rows: np.ndarray) -> SampleIndex:
+        """The index of ``rows`` only (a subset), in that order; the shards stay as they are."""
+        digests = None if self.digests is None else self.digests[rows]
+        return replace(
+            self, keys=[self.keys[i] for i in rows], shard=self.shard[rows], ranges=self.ranges[rows], digests=digests
+        )
+
+
+def combine_indexes(roots: Sequence[str], indexes: Sequence[SampleIndex]) -> SampleIndex:
+    """One index over several sources' (``indexes[i]`` of the output at ``roots[i]``): rows one
+    source after another, shards renumbered so that each source's follow the previous ones'."""
+    firsts = np.cumsum([0, *(len(index.files) for index in indexes)])
+    parts = tuple(IndexPart(root, int(first), len(index.files)) for root, first, index in zip(roots, firsts, indexes))
+    if len(indexes) == 1:
+        return replace(indexes[0], parts=parts)
+    checked = [index.digests is not None for index in indexes]
+    return SampleIndex(
+        keys=[k for index in indexes for k in index.keys],
+        shard=np.concatenate([index.shard + int(first) for index, first in zip(indexes, firsts)]).astype(np.int32),
+        ranges=np.concatenate([index.ranges for index in indexes]),
+        digests=np.concatenate([index.digests for index in indexes]) if all(checked) else None,  # type: ignore[misc]
+        source_dtypes=indexes[0].source_dtypes,
+        files=[f for index in indexes for f in index.files],
+        sizes=[n for index in indexes for n in index.sizes],
+        parts=parts,
+    )
 
 
 def build_index(manifest: Manifest, split: str, fields: Sequence[str], check_digests: bool) -> SampleIndex:

@@ -84,6 +84,15 @@ def rank_samples(
     return epoch_order(samples, seed, epoch, shuffle)[positions % samples] if len(positions) else positions
 
 
+def rank_rows(
+    order: np.ndarray, start: int, rank: int, world_size: int, batch_size: int | None = None, drop_last: bool = False
+) -> np.ndarray:
+    """What ``rank`` visits of an epoch's global ``order`` (rows of any index, e.g. a mixture's,
+    :mod:`pipeline.read.stream.mixing`), from position ``start``: :func:`rank_samples` for any order."""
+    positions = rank_positions(len(order), start, rank, world_size, batch_size, drop_last)
+    return np.asarray(order)[positions % len(order)] if len(positions) else positions
+
+
 def rank_padding(
     samples: int, start: int, rank: int, world_size: int, batch_size: int | None = None, drop_last: bool = False
 ) -> np.ndarray:

@@ -1,8 +1,8 @@
 """The resumption state of a :class:`~pipeline.read.stream.StreamingDataset`: a few numbers, the same on every rank.
 
 Which dataset and order a state belongs to is checked when it is loaded: the split, its keys
-(by digest), the seed and whether it shuffles; the world size is informative only, since a job
-may resume on another number of ranks.
+(by digest), the seed and whether it shuffles, and for a mixture of sources how it draws from them;
+the world size is informative only, since a job may resume on another number of ranks.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ STATE_VERSION = 1
 class OrderIdentity:
     """What a state must match to be loaded: the split's samples and the order drawn over them."""
 
-    split: str
-    samples: int
-    keys_sha256: str
+    split: str  # several sources: their splits joined by "+"
+    samples: int  # positions per epoch
+    keys_sha256: str  # of the keys the order indexes (every source's, one after another)
     seed: int
     shuffle: bool
+    #: what fixes a mixture's order beyond those keys (:meth:`pipeline.read.stream.mixing.Mixture.describe`);
+    #: None for a plain order, as in every state saved before mixtures, which so still load
+    mixture: str | None = None
 
 
 def state_record(identity: OrderIdentity, epoch: int, position: int, world_size: int) -> dict:
