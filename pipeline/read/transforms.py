@@ -25,6 +25,14 @@ training loop. A reader given ``transform=`` calls it once per sample, right aft
   must come out with the same fields, shapes and dtypes (a batch cannot hold two shapes), else a
   ``UsageError`` names the sample and field. A fixed-size random crop is fine; a crop whose size
   varies is not, unless items are single samples (``batch_size=None``) collated by your own code.
+
+``transform(sample) -> Mapping`` (one argument: a MONAI ``Compose`` of dictionary transforms,
+torchvision v2 transforms, a plain function) works too: it gets the fields as torch tensors sharing
+the decoded arrays and is seeded per sample from the same generator, MONAI objects through their
+``set_random_state`` (a copy per thread, in parallel), anything else through torch's, ``random``'s and
+numpy's global generators under one lock (one call at a time per process):
+:mod:`pipeline.read.transform_kinds`. Which of the two a transform is, its signature says, once,
+when the reader is built (:func:`as_transform`); its results are checked as above.
 """
 
 from __future__ import annotations
@@ -38,9 +46,12 @@ import torch
 from pipeline.errors import UsageError
 from pipeline.read.batch_memory.memory import ArraySpec, Specs
 from pipeline.read.batch_memory.pool import SlotPool, slot_pool_for
+from pipeline.read.transform_kinds import OneArgument, OneArgumentTransform, arguments_taken
 
 #: ``transform(sample, rng) -> sample``: see the module docstring for the contract.
-Transform = Callable[[dict[str, np.ndarray], np.random.Generator], Mapping[str, Any]]
+TwoArgumentTransform = Callable[[dict[str, np.ndarray], np.random.Generator], Mapping[str, Any]]
+#: What ``transform=`` takes: ``transform(sample, rng)`` or ``transform(sample)``.
+Transform = TwoArgumentTransform | OneArgumentTransform
 #: Numeric and bool kinds: what a batch slot and torch hold.
 _KINDS = frozenset("biuf")
 
@@ -52,8 +63,27 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), *map(int, words)]))
 
 
+def as_transform(transform: Transform | None) -> TwoArgumentTransform | None:
+    """``transform`` as the readers call it, ``(sample, rng)``: decided once, from its signature,
+    when a reader is built, so that a transform that cannot work fails there and not in a worker."""
+    if transform is None:
+        return None
+    if not callable(transform):
+        raise UsageError(f"transform must be callable, got a {type(transform).__name__}")
+    taken = arguments_taken(transform)
+    if taken == 2:
+        return transform  # type: ignore[return-value]
+    if taken == 1:
+        return OneArgument(transform)  # type: ignore[arg-type]
+    name = getattr(transform, "__qualname__", type(transform).__name__)
+    raise UsageError(
+        f"transform {name}: its signature does not say whether it takes (sample, rng) or (sample); "
+        "pass def transform(sample, rng) (numpy arrays, a numpy Generator) or def transform(sample) (torch tensors)"
+    )
+
+
 def apply_transform(
-    transform: Transform, sample: dict[str, np.ndarray], key: str, seed: int, epoch: int
+    transform: TwoArgumentTransform, sample: dict[str, np.ndarray], key: str, seed: int, epoch: int
 ) -> dict[str, np.ndarray]:
     """``transform(sample, rng)`` for sample ``key``, its result checked and as numpy arrays."""
     result = transform(sample, sample_rng(seed, epoch, key))

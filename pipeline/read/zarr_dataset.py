@@ -48,7 +48,7 @@ from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.device import torch_dtypes
 from pipeline.read.items import batch_item, sample_item
 from pipeline.read.samplers import PaddingIndex
-from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
+from pipeline.read.transforms import Transform, apply_transform, as_transform, stack_into_slot, tensors_of
 from pipeline.read.zarr_fast import ProcessState, read_fast
 from pipeline.read.zarr_lookups import Predicate, SampleLookups, kept_samples
 from pipeline.store.location import read_stream_manifest
@@ -107,9 +107,9 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         and DataLoader workers; see :mod:`pipeline.read.decode_threads`).
         ``compact``: fields in their stored dtypes, not widened to the source's (as for
         ``StreamingDataset``; ``source_dtypes`` names those, for ``pipeline.to_device``).
-        ``transform(sample, rng) -> sample``: augmentation of every sample read (``ds[i]`` and
-        batches), on the decode threads, in DataLoader workers; ``rng`` is seeded from ``(seed,
-        epoch, key)``, the epoch being :meth:`set_epoch`'s. Contract: :mod:`pipeline.read.transforms`.
+        ``transform(sample, rng) -> sample`` or ``transform(sample)`` (MONAI, torchvision v2): augmentation
+        of every sample read (``ds[i]`` and batches) on the decode threads, in DataLoader workers; ``rng``
+        from ``(seed, epoch, key)``, the epoch :meth:`set_epoch`'s. Contract: :mod:`pipeline.read.transforms`.
         ``patients``, ``keys``, ``where``: a subset, as for ``StreamingDataset``; indices and ``keys`` are its.
         """
         if seed < 0:
@@ -138,7 +138,7 @@ class ZarrDataset(SampleLookups, torch.utils.data.Dataset):
         }
         self._local: ProcessState | None = None
         self._decoder = DecodeThreads(decode_threads)
-        self.transform, self.seed = transform, int(seed)
+        self.transform, self.seed = as_transform(transform), int(seed)
         # the epoch of set_epoch, in shared memory: persistent DataLoader workers keep their own
         # copy of the dataset across epochs, and read it from here
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()

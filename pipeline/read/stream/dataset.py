@@ -34,7 +34,7 @@ from pipeline.read.stream.order import rank_padding, rank_rows, worker_batches
 from pipeline.read.stream.sources import Source, open_sources, sources_of
 from pipeline.read.stream.world import explicit_world, resolve_world
 from pipeline.read.subsets import Predicate
-from pipeline.read.transforms import Transform
+from pipeline.read.transforms import Transform, as_transform
 from pipeline.read.worker_exit import exit_with_the_loader
 
 
@@ -73,8 +73,8 @@ class StreamingDataset(IterableDataset):
     :mod:`pipeline.read.decode_threads`).
     ``transform(sample, rng) -> sample``: augmentation run on each decoded sample where decoding
     runs (decode threads, DataLoader workers), with ``rng`` seeded from ``(seed, epoch, key)`` — the
-    same for any number of ranks or workers and after a resume; contract in
-    :mod:`pipeline.read.transforms`.
+    same for any number of ranks or workers and after a resume; or ``transform(sample)`` (a MONAI
+    ``Compose``, torchvision v2; on tensors, seeded alike). Contract: :mod:`pipeline.read.transforms`.
 
     Ranks: ``rank``/``world_size`` if given, else ``torch.distributed`` when initialised, else the
     ``RANK``/``WORLD_SIZE`` environment, else one process — always decided in the main process
@@ -142,7 +142,7 @@ class StreamingDataset(IterableDataset):
         self._resumption = Resumption(identity, batch_size, drop_last, self.world_size)
         self._sample_reader: SampleReader | None = None  # this process's, see _reader
         self._decoder = DecodeThreads(decode_threads)
-        self.transform = transform
+        self.transform = as_transform(transform)
 
     # ----------------------------------------------------------------- ranks and samples
 
