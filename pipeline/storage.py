@@ -12,7 +12,9 @@ name only when complete, the manifest last) must hold on object storage as on di
 
 Credentials and endpoints come from where fsspec and its back ends look (environment, config
 files), or from ``storage_options``; a :class:`Storage` pickles with its options (Dask tasks need
-them) but never prints them, and URLs are named through :func:`~pipeline.urls.safe_url`.
+them) but never prints them, and URLs are named through :func:`~pipeline.urls.safe_url`. A remote
+root's reads and writes go through :mod:`pipeline.io` (:class:`~pipeline.io.folder.RemoteFolder`):
+retried, and failing as one :class:`OutputError` by the same mapping as every other remote read.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import urllib.parse
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,33 +29,17 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from pipeline.atomic import AtomicFile, write_bytes_atomic
 from pipeline.checksums import file_sha256
-from pipeline.errors import OutputError, UsageError
-from pipeline.retry import reason, refusal, retried
+from pipeline.errors import OutputError
+from pipeline.io.folder import RemoteFolder
+from pipeline.io.remote_calls import RemoteCalls
+from pipeline.retry import reason
 from pipeline.sizes import tree_bytes
-from pipeline.urls import is_url, safe_url, scheme
+from pipeline.urls import is_url, safe_url
 
 T = TypeVar("T")
-
-
-def url_filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
-    """The fsspec file system of ``url`` and the path in it. A URL fsspec cannot open is a
-    :class:`~pipeline.errors.UsageError` naming it: an unknown scheme, a package the scheme needs
-    (``s3fs`` for ``s3://``, ...) missing, a malformed URL."""
-    import fsspec.core
-
-    try:
-        return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    except ImportError as exc:
-        why = f"the URL scheme {scheme(url)!r} needs a package that is not installed ({exc})"
-        raise UsageError(f"{safe_url(url)}: {why}") from exc
-    except Exception as exc:  # noqa: BLE001 - fsspec raises ValueError for an unknown scheme, others for bad URLs
-        from fsspec.registry import known_implementations, registry
-
-        if scheme(url) not in known_implementations and scheme(url) not in registry:
-            why = f"unknown URL scheme {scheme(url)!r} (fsspec knows s3://, gs://, http(s)://, file://, ...)"
-        else:
-            why = f"not a usable URL ({type(exc).__name__}: {exc})"
-        raise UsageError(f"{safe_url(url)}: {why}") from exc
+#: An output's remote operations, reads and writes alike: a lasting failure is one
+#: :class:`OutputError` naming the object; a missing object passes, for the callers that expect one.
+OUTPUT_CALLS = RemoteCalls(failed="failed", reading=False, missing_passes=True)
 
 
 class Storage:
@@ -67,33 +52,17 @@ class Storage:
         self.remote = is_url(root)
         self.root = root.rstrip("/") if self.remote else os.path.abspath(root)
         self.storage_options = dict(storage_options or {})
-        self._fs: Any = None
-        self._path = ""
+        #: a remote root's objects: their file system (made in each process) and the one retry-and-error mapping
+        self.objects = RemoteFolder(self.root, self.storage_options, OUTPUT_CALLS) if self.remote else None
 
     def __str__(self) -> str:
         return safe_url(self.root)
 
     __repr__ = __str__
 
-    def __getstate__(self) -> dict:  # the file system is rebuilt in the process the storage arrives in
-        return {**self.__dict__, "_fs": None}
-
-    @property
-    def fs(self) -> Any:
-        """The fsspec file system of a remote root, created on first use in each process."""
-        if self._fs is None:
-            self._fs, self._path = url_filesystem(self.root, self.storage_options)
-            self._path = self._path.rstrip("/")
-        return self._fs
-
     def name(self, relative: str) -> str:
         """The full path or URL of ``relative``, for messages (without secrets)."""
         return f"{self}/{relative}" if self.remote else os.path.join(self.root, relative)
-
-    def _key(self, relative: str) -> str:
-        """``relative``'s path in the remote file system."""
-        self.fs  # noqa: B018 - sets self._path
-        return f"{self._path}/{relative}" if relative else self._path
 
     def local_path(self, relative: str = "") -> Path:
         """The local path of ``relative``; only for local roots."""
@@ -101,30 +70,19 @@ class Storage:
             raise OutputError(f"{self}: this operation needs a local directory")
         return Path(self.root, relative)
 
-    def call(self, relative: str, operation: Callable[[], T]) -> T:
-        """``operation()`` on the remote file system: transient failures retried, lasting ones as
-        one :class:`OutputError` naming the object (``FileNotFoundError`` passes for callers)."""
-        where = self.name(relative)
-
-        def failure(error: Exception) -> OutputError:
-            return OutputError(f"{where}: {self.redact(refusal(error, reading=False))}")
-
-        return retried(where, operation, failure, passes=(FileNotFoundError,))
-
-    def redact(self, text: str) -> str:
-        """``text`` (a library's message) without the secrets the root URL may carry."""
-        parts = urllib.parse.urlsplit(self.root) if self.remote else None
-        for secret in (parts.password, parts.query, parts.fragment) if parts else ():
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+    def call(self, relative: str, operation: Callable[[Any, str], T]) -> T:
+        """``operation(fs, key)`` on the remote object ``relative``: transient failures retried,
+        lasting ones one :class:`OutputError` naming it (``FileNotFoundError`` passes for callers)."""
+        if self.objects is None:
+            raise OutputError(f"{self}: this operation needs a URL")
+        return self.objects.call(relative, operation)
 
     # ------------------------------------------------------------------------------- reading
 
     def exists(self, relative: str) -> bool:
         if not self.remote:
             return os.path.exists(self.local_path(relative))
-        return self.call(relative, lambda: self.fs.exists(self._key(relative)))
+        return self.call(relative, lambda fs, key: fs.exists(key))
 
     def size(self, relative: str) -> int | None:
         """The size of a file, or ``None`` if there is none."""
@@ -132,7 +90,7 @@ class Storage:
             path = self.local_path(relative)
             return path.stat().st_size if path.is_file() else None
         try:
-            return int(self.call(relative, lambda: self.fs.size(self._key(relative))))
+            return int(self.call(relative, lambda fs, key: fs.size(key)))
         except FileNotFoundError:
             return None
 
@@ -140,7 +98,7 @@ class Storage:
         """A whole (small) file; ``FileNotFoundError`` if there is none."""
         if not self.remote:
             return self.local_path(relative).read_bytes()
-        return self.call(relative, lambda: self.fs.cat_file(self._key(relative)))
+        return self.call(relative, lambda fs, key: fs.cat_file(key))
 
     def sha256(self, relative: str) -> str:
         with self.local_copy(relative) as path:
@@ -156,7 +114,7 @@ class Storage:
         folder = tempfile.mkdtemp(prefix="ssmspine-download-")
         try:
             path = Path(folder, relative.replace("/", "_"))
-            self.call(relative, lambda: self.fs.get_file(self._key(relative), str(path)))
+            self.call(relative, lambda fs, key: fs.get_file(key, str(path)))
             yield path
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -168,7 +126,7 @@ class Storage:
             names = [p.name for p in path.iterdir() if p.is_file()] if path.is_dir() else []
         else:
             try:
-                found = self.call(folder, lambda: self.fs.ls(self._key(folder), detail=True, refresh=True))
+                found = self.call(folder, lambda fs, key: fs.ls(key, detail=True, refresh=True))
             except FileNotFoundError:
                 found = []
             names = [e["name"].rsplit("/", 1)[-1] for e in found if e.get("type") == "file"]
@@ -179,7 +137,7 @@ class Storage:
         if not self.remote:
             return tree_bytes(self.local_path(folder))
         try:
-            return int(self.call(folder, lambda: self.fs.du(self._key(folder), total=True)))
+            return int(self.call(folder, lambda fs, key: fs.du(key, total=True)))
         except FileNotFoundError:
             return 0
 
@@ -196,14 +154,14 @@ class Storage:
         if not self.remote:
             write_bytes_atomic(self.local_path(relative), data)
         else:
-            self.call(relative, lambda: self.fs.pipe_file(self._key(relative), data))
+            self.call(relative, lambda fs, key: fs.pipe_file(key, data))
 
     def remove(self, relative: str) -> None:
         if not self.remote:
             self.local_path(relative).unlink(missing_ok=True)
             return
         try:
-            self.call(relative, lambda: self.fs.rm_file(self._key(relative)))
+            self.call(relative, lambda fs, key: fs.rm_file(key))
         except FileNotFoundError:
             pass
 
@@ -212,7 +170,7 @@ class Storage:
             shutil.rmtree(self.local_path(folder), ignore_errors=True)
             return
         try:
-            self.call(folder, lambda: self.fs.rm(self._key(folder), recursive=True))
+            self.call(folder, lambda fs, key: fs.rm(key, recursive=True))
         except FileNotFoundError:
             pass
 
@@ -225,11 +183,11 @@ class Storage:
         try:
             self.write_bytes(probe, b"")
         except FileNotFoundError as exc:
-            why = self.redact(reason(exc))
+            why = self.objects.calls.redact(reason(exc))
             raise OutputError(f"{self}: cannot be written: no such bucket or container ({why})") from exc
         except OutputError as exc:  # the probe's own failure: its reason, under the output's name
             cause = exc.__cause__
-            why = self.redact(refusal(cause, reading=False)) if isinstance(cause, Exception) else str(exc)
+            why = self.objects.calls.why(cause) if isinstance(cause, Exception) else str(exc)
             raise OutputError(f"{self}: cannot be written: {why}") from exc
         self.remove(probe)
 
@@ -252,8 +210,7 @@ class StagedUpload(AtomicFile):
     def commit(self) -> None:
         self.close()
         try:
-            key = self.storage._key(self.relative)
-            self.storage.call(self.relative, lambda: self.storage.fs.put_file(str(self.tmp_path), key))
+            self.storage.call(self.relative, lambda fs, key: fs.put_file(str(self.tmp_path), key))
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
 

@@ -212,3 +212,17 @@ def test_only_the_item_contract_names_key_and_pad():
             if isinstance(node, ast.Constant) and id(node) not in docstrings and node.value in ("__key__", "__pad__"):
                 spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not spelled, f"build items with pipeline.read.items, not by hand: {spelled}"
+
+
+def test_the_io_room_sits_below_storage():
+    """Within the ground floor, ``io/`` (where bytes come from) is below ``storage`` (where an output
+    lives), which reads and writes through it: no module of ``io/`` reaches ``storage``, even by way of another."""
+    graph = _import_graph()
+    for start in (m for m in graph if m.startswith("pipeline.io")):
+        reached, todo = set(), [start]
+        while todo:
+            for target in graph.get(todo.pop(), ()):
+                if target not in reached:
+                    reached.add(target)
+                    todo.append(target)
+        assert "pipeline.storage" not in reached, f"{start} reaches pipeline.storage; move what it needs into io/"

@@ -129,3 +129,49 @@ def test_an_internal_error_is_one_line_and_exit_3_and_its_traceback_with_v(monke
     assert main(["-v", "info", str(tmp_path)]) == 3
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and err.splitlines()[-1].startswith("ssmspine info: internal")
+
+
+# --------------------------------------------------------------------------- --storage-options
+
+#: Every command that reads or writes an output, as it would be run on one (``{out}``, ``{options}``).
+OUTPUT_COMMANDS = {
+    "convert": ["convert", "a.zip", "--out", "{out}", "--storage-options", "{options}"],
+    "verify": ["verify", "--out", "{out}", "--storage-options", "{options}"],
+    "info": ["info", "{out}", "--storage-options", "{options}"],
+    "show": ["show", "{out}", "--storage-options", "{options}"],
+}
+
+
+@pytest.mark.parametrize(
+    "contents, says",
+    [
+        (None, "cannot be read (No such file or directory)"),
+        ('{"key": "s3cr3t", ', "not JSON (Expecting property name enclosed in double quotes at line 1)"),
+        ('["s3cr3t"]', "must hold a JSON object of fsspec options, not an array"),
+    ],
+    ids=["missing", "not-json", "not-an-object"],
+)
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_a_bad_storage_options_file_is_one_line_naming_it_before_any_work(
+    command, contents, says, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    options = tmp_path / "options.json"
+    if contents is not None:
+        options.write_text(contents)
+    argv = [a.format(out="s3://bucket/out", options=options) for a in OUTPUT_COMMANDS[command]]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"ssmspine {command}: error: storage options file {options}: {says}"]
+    assert "s3cr3t" not in captured.err + captured.out and list(tmp_path.iterdir()) == ([options] if contents else [])
+
+
+def test_the_storage_options_variable_names_the_file_when_the_option_does_not(tmp_path, capsys, monkeypatch):
+    from pipeline.cli.storage_options import STORAGE_OPTIONS_VARIABLE
+
+    monkeypatch.setenv(STORAGE_OPTIONS_VARIABLE, str(tmp_path / "nowhere.json"))
+    assert main(["info", "s3://bucket/out"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"ssmspine info: error: storage options file {tmp_path / 'nowhere.json'} (${STORAGE_OPTIONS_VARIABLE}): "
+        "cannot be read (No such file or directory)"
+    ]

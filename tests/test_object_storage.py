@@ -94,6 +94,39 @@ def test_verify_info_and_show_work_on_the_bucket(on_s3, train_zip, test_zip, das
     assert key == same_key and all(np.array_equal(from_tars[f], from_zarr[f]) for f in ("img", "label"))
 
 
+def test_storage_options_of_the_command_line_reach_the_bucket(on_s3, s3_server, tmp_path, monkeypatch, capsys):
+    """With no endpoint and no credentials in the environment, only the options file says where the
+    bucket is and who reads it: ``info --check`` reads the manifest, lists and sizes the files, and
+    reads every shard with them; ``$SSMSPINE_STORAGE_OPTIONS`` does the same without the option."""
+    import json
+
+    import s3fs
+
+    from pipeline.cli.storage_options import STORAGE_OPTIONS_VARIABLE
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("SSMSPINE_RETRIES", "0")
+    options = tmp_path / "s3.json"
+    secret = "s3cr3t-only-in-the-file"
+    options.write_text(json.dumps({"endpoint_url": s3_server.endpoint_url, "key": "testing", "secret": secret}))
+    s3fs.S3FileSystem.clear_instance_cache()  # no file system made from the environment is reused
+    try:
+        assert main(["info", on_s3, "--json"]) == 2, "without the options the bucket is out of reach"
+        assert main(["info", on_s3, "--json", "--check", "--storage-options", str(options)]) == 0
+        found = json.loads(capsys.readouterr().out)
+        assert found["samples"] == 15 and found["check"]["ok"]
+        monkeypatch.setenv(STORAGE_OPTIONS_VARIABLE, str(options))
+        assert main(["info", on_s3]) == 0
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()  # the instances made here must not outlive the test
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err
+
+
 def test_verify_on_the_bucket_finds_an_altered_object(on_s3, s3_server, dask_scheduler, converted):
     """A copy of the output in another bucket, one Zarr shard replaced by a same-size other one."""
     copy = s3_server.upload(converted, parts=("manifest.json", "ssmspine.zarr", "wds"))

@@ -135,7 +135,7 @@ def test_zarr_shards_at_urls_are_read_with_the_same_retries_and_errors(quick_ret
     refusal is one line naming the shard, and a missing shard passes for the caller to handle."""
     fsspec.filesystem("memory").pipe_file("/retries/shard", b"0123456789")
     shard = remote_shard("memory:///retries/shard", {})
-    cat_file, reads = shard._fs.cat_file, []
+    cat_file, reads = shard.fs.cat_file, []
 
     def dropped_once(*args, **kwargs):
         reads.append(args)
@@ -143,18 +143,82 @@ def test_zarr_shards_at_urls_are_read_with_the_same_retries_and_errors(quick_ret
             raise ConnectionResetError("reset by peer")
         return cat_file(*args, **kwargs)
 
-    monkeypatch.setattr(shard._fs, "cat_file", dropped_once)
+    monkeypatch.setattr(shard.fs, "cat_file", dropped_once)
     assert shard.read(2, 3) == b"234" and len(reads) == 2
 
     def refused(*args, **kwargs):
         raise PermissionError("no")
 
-    monkeypatch.setattr(shard._fs, "cat_file", refused)
+    monkeypatch.setattr(shard.fs, "cat_file", refused)
     named = re.escape(safe_url("memory:///retries/shard"))
     with pytest.raises(OutputError, match=rf"^{named}: access denied \(PermissionError: no\)"):
         shard.read(0, 1)
     with pytest.raises(FileNotFoundError):
         remote_shard("memory:///retries/none", {}).size()
+
+
+def test_every_remote_read_fails_through_one_mapping_naming_the_object_without_secrets(quick_retries, monkeypatch):
+    """An output's files (Storage), its shards (one and a batch at once), a Zarr shard and a source
+    archive: a lasting failure is one line of the caller's error type naming the object by its URL
+    without password and query, in the user's terms, and the library's words without those secrets."""
+    from pipeline.source.remote import RemoteArchive
+    from pipeline.storage import Storage
+    from pipeline.store.range_readers import RangeRead
+    from pipeline.store.remote_ranges import FsspecRangeReader
+
+    root = "memory://user:s3cr3t@/mapping/out?sig=abcdef"
+    signed = lambda relative: root.replace("?", f"/{relative}?")  # noqa: E731
+    said = OSError("the server said: signature abcdef for s3cr3t does not match")
+
+    def refused(*args, **kwargs):
+        raise said
+
+    fs = fsspec.filesystem("memory")
+    for method in ("info", "size", "cat_file", "exists"):
+        monkeypatch.setattr(fs, method, refused)
+    monkeypatch.setattr(fs, "cat_ranges", lambda paths, *args, **kwargs: [said for _ in paths])
+    reader = FsspecRangeReader(root, ["wds/a.tar"], [10])
+    attempts = {
+        "manifest.json": (OutputError, lambda: Storage(root).read_bytes("manifest.json")),
+        "wds/a.tar": (OutputError, lambda: reader.read(0, 0, 4)),
+        "zarr/c/0": (OutputError, lambda: remote_shard(signed("zarr/c/0"), {}).read(0, 4)),
+        "in.zip": (SourceError, lambda: RemoteArchive(signed("in.zip"))),
+    }
+    for relative, (kind, attempt) in attempts.items():
+        with pytest.raises(kind) as error:
+            attempt()
+        line = str(error.value)
+        assert line.startswith(f"memory://user@/mapping/out/{relative}: "), line
+        assert "(OSError: the server said: signature *** for *** does not match)" in line, line
+        assert "s3cr3t" not in line and "abcdef" not in line and "\n" not in line, line
+    monkeypatch.setattr(fs, "size", lambda path: 10)
+    with pytest.raises(
+        OutputError, match=r"^memory://user@/mapping/out/wds/a\.tar: cannot be read \(OSError: .*\*\*\*"
+    ):
+        reader.read_many([RangeRead(0, 0, 2), RangeRead(0, 4, 2)])
+
+
+def test_a_batch_at_once_tries_again_only_the_ranges_that_failed(quick_retries, monkeypatch):
+    """``read_many`` (one ``cat_ranges`` for a batch of ranges of two shards): a range whose request was
+    dropped is asked for again alone, and every range comes out whole, in order."""
+    from pipeline.store.range_readers import RangeRead
+    from pipeline.store.remote_ranges import FsspecRangeReader
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/batch/a.tar", b"0123456789")
+    fs.pipe_file("/batch/b.tar", b"abcdefghij")
+    cat_ranges, asked = fs.cat_ranges, []
+
+    def second_dropped_once(paths, starts, ends, **kwargs):
+        asked.append(list(zip(paths, starts)))
+        got = cat_ranges(paths, starts, ends, **kwargs)
+        return [ConnectionResetError("reset by peer") if len(asked) == 1 and i == 1 else g for i, g in enumerate(got)]
+
+    monkeypatch.setattr(fs, "cat_ranges", second_dropped_once)
+    reader = FsspecRangeReader("memory:///batch", ["a.tar", "b.tar"], [10, 10])
+    views = reader.read_many([RangeRead(0, 1, 3), RangeRead(1, 2, 4), RangeRead(0, 8, 2)])
+    assert [bytes(v) for v in views] == [b"123", b"cdef", b"89"]
+    assert asked == [[("/batch/a.tar", 1), ("/batch/b.tar", 2), ("/batch/a.tar", 8)], [("/batch/b.tar", 2)]]
 
 
 @pytest.mark.parametrize("value", ["many", "-1"])

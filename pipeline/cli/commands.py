@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli.passwords import run_passwords
+from pipeline.cli.storage_options import run_storage_options
 from pipeline.errors import UsageError
 from pipeline.sizes import human_bytes
 from pipeline.source.passwords import PASSWORD_VARIABLE
@@ -46,6 +47,7 @@ def _convert(args: argparse.Namespace) -> int:
         prefer=args.prefer,
         force=args.force,
         passwords=run_passwords(args, args.sources),
+        storage_options=run_storage_options(args),
     )
     summary = convert(args.sources, args.out, options)
     _print_problems(summary)
@@ -93,6 +95,7 @@ def _verify(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         passwords=run_passwords(args, args.sources),
+        storage_options=run_storage_options(args),
     )
     for problem in report.problems[:50]:
         print(problem)
@@ -118,7 +121,7 @@ def _info(args: argparse.Namespace) -> int:
     from pipeline.tools.info_text import format_info
     from pipeline.verify.consistency import check_output
 
-    out = Storage(args.out)
+    out = Storage(args.out, run_storage_options(args))
     manifest = read_manifest(out)  # once, for both: a release's manifest is megabytes, maybe remote
     data = info(out, manifest=manifest)
     found = check_output(out, checksums=args.check, manifest=manifest)
@@ -141,7 +144,14 @@ def _show(args: argparse.Namespace) -> int:
     from pipeline.tools.show import show
 
     path = show(
-        args.out, args.split, key=args.key, index=args.index, from_wds=args.from_wds, grid=args.grid, path=args.output
+        args.out,
+        args.split,
+        key=args.key,
+        index=args.index,
+        from_wds=args.from_wds,
+        grid=args.grid,
+        path=args.output,
+        storage_options=run_storage_options(args),
     )
     print(f"wrote {path}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import re
 
 from pipeline.cli.passwords import add_password_option
+from pipeline.cli.storage_options import add_storage_options_option
 from pipeline.source.passwords import PASSWORD_VARIABLE
 from pipeline.source.zip_crypto import ENCRYPTIONS
 from pipeline.store.codecs import PREFERENCES
@@ -106,12 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace an output directory that holds a conversion of other sources"
     )
     add_password_option(convert)
+    add_storage_options_option(convert)
     _add_cluster_options(convert)
 
     verify = commands.add_parser("verify", help="compare an output bit for bit with its sources")
     verify.add_argument("sources", nargs="*", help="the sources (default: check against the manifest)")
     verify.add_argument("--out", required=True, help="output directory")
     add_password_option(verify)
+    add_storage_options_option(verify)
     _add_cluster_options(verify)
 
     scan = commands.add_parser("scan", help="what sources hold, before converting: samples, methods, encryption")
@@ -123,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("out", help="output directory (holds manifest.json)")
     info.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
     info.add_argument("--check", action="store_true", help="also check every tar shard's sha256 (reads every byte)")
+    add_storage_options_option(info)
 
     show = commands.add_parser("show", help="draw a sample's images, labels and landmarks to a PNG")
     show.add_argument("out", help="output directory (holds manifest.json)")
@@ -138,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="draw N samples side by side (from --key/--index on, else spread over the split)",
     )
+    add_storage_options_option(show)
     return parser
 
 

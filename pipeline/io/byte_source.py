@@ -1,22 +1,22 @@
 """One file's or object's bytes, read by ranges: a local file (``pread``) or an object at a URL (fsspec).
 
-Both the Zarr fast path (one shard a chunk at a time) and a source archive at a URL (its directory,
-then one member at a time) read this way; they differ only in the error a lasting failure becomes,
-which each caller chooses (``failure``).
+The Zarr fast path (one shard a chunk at a time), a source archive at a URL (its directory, then one
+member at a time) and the stream's shards (a batch's ranges of many shards at once, :func:`read_many`)
+read this way; they differ only in the error a lasting failure becomes, which each caller chooses
+(:class:`~pipeline.io.remote_calls.RemoteCalls`).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-from typing import Any, Callable, Mapping, TypeVar
+from dataclasses import replace
+from typing import Any, Mapping, NamedTuple, Sequence
 
-from pipeline.retry import refusal, retried
-from pipeline.storage import url_filesystem
+from pipeline.errors import UsageError
+from pipeline.io.filesystems import url_filesystem
+from pipeline.io.remote_calls import RemoteCalls, url_secrets
 from pipeline.urls import safe_url
-
-T = TypeVar("T")
-#: What a lasting remote failure becomes: the caller's error, given the reason as one plain line.
-Failure = Callable[[str], Exception]
 
 
 class ByteSource:
@@ -57,42 +57,91 @@ class LocalFile(ByteSource):
     def read_into(self, offset: int, into: memoryview) -> int:
         return os.preadv(self._file.fileno(), [into], offset)
 
+    def map(self) -> memoryview:
+        """The whole file as a read-only view of the page cache: reading a range of it copies
+        nothing. The map outlives :meth:`close` and is unmapped once no view of it is left.
+        ``ValueError`` for an empty file (there is nothing to map)."""
+        return memoryview(mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ))
+
     def close(self) -> None:
         self._file.close()
 
 
 class RemoteObject(ByteSource):
-    """An object at a URL, read by ranges through fsspec, each request retried while failures pass.
+    """An object on an fsspec file system (``path`` in ``fs``), read by ranges, each request retried
+    while failures pass; a lasting failure is what ``calls`` makes of it (a missing object may pass
+    to the caller as ``FileNotFoundError``). Holds no connection of its own."""
 
-    A lasting failure becomes ``failure(reason)``; with ``missing_passes``, a missing object
-    (``FileNotFoundError``) passes to the caller instead, for one who knows what it means there.
-    Holds no connection of its own.
-    """
+    def __init__(self, fs: Any, path: str, name: str, calls: RemoteCalls) -> None:
+        self.fs, self.path, self.name, self.calls = fs, path, name, calls
 
-    def __init__(
-        self,
-        url: str,
-        failure: Failure,
-        storage_options: Mapping[str, Any] | None = None,
-        missing_passes: bool = False,
-    ) -> None:
-        self.url, self.name = url, safe_url(url)
-        self._failure, self._passes = failure, (FileNotFoundError,) if missing_passes else ()
-        self._fs, self._path = url_filesystem(url, storage_options)
+    @classmethod
+    def at(
+        cls, url: str, calls: RemoteCalls = RemoteCalls(), storage_options: Mapping[str, Any] | None = None
+    ) -> "RemoteObject":
+        """The object at ``url`` (``storage_options`` go to fsspec); a URL fsspec cannot open is a
+        :class:`~pipeline.errors.UsageError` now, not at the first read."""
+        fs, path = url_filesystem(url, storage_options)
+        return cls(fs, path, safe_url(url), replace(calls, secrets=calls.secrets + url_secrets(url)))
 
     def info(self) -> dict:
         """fsspec's record of the object (type, size, ...)."""
-        return self._call("", lambda: self._fs.info(self._path))
+        return self.calls.run(self.name, lambda: self.fs.info(self.path), self.path)
 
     def size(self) -> int:
-        return int(self._call("", lambda: self._fs.size(self._path)))
+        return int(self.calls.run(self.name, lambda: self.fs.size(self.path), self.path))
 
     def read(self, offset: int, length: int) -> bytes:
         end = offset + length
-        return self._call(f" (bytes {offset}-{end - 1})", lambda: self._fs.cat_file(self._path, start=offset, end=end))
+        read = lambda: self.fs.cat_file(self.path, start=offset, end=end)  # noqa: E731
+        return self.calls.run(self.name, read, self.path, f" (bytes {offset}-{end - 1})")
 
-    def _call(self, what: str, read: Callable[[], T]) -> T:
-        def failed(error: Exception) -> Exception:
-            return self._failure(refusal(error, self._path, failed="cannot be read"))
+    def read_all(self) -> bytes:
+        """The whole object (a small one: a manifest)."""
+        return self.calls.run(self.name, lambda: self.fs.cat_file(self.path), self.path)
 
-        return retried(f"{self.name}{what}", read, failed, passes=self._passes)
+
+class ObjectRange(NamedTuple):
+    """``length`` bytes of ``source`` from ``offset``: one read of :func:`read_many`."""
+
+    source: RemoteObject
+    offset: int
+    length: int
+
+
+def read_many(ranges: Sequence[ObjectRange], name: str) -> list[bytes]:
+    """Many ranges of many objects of one file system with one ``cat_ranges``: object stores' file
+    systems (s3fs, gcsfs, HTTP) send the requests concurrently, so a batch costs about one round
+    trip, not one per range. When some fail transiently, only those are tried again (a batch sent
+    again whole would risk as many new failures on a flaky network as it retries). A lasting failure
+    is what the first object's ``calls`` make of it, under ``name`` (the batch's, for messages).
+
+    Returns what each request got, which may be shorter (the object ends) or longer (a server
+    that ignores ``Range``) than asked: the caller knows which is an error.
+    """
+    if not ranges:
+        return []
+    fs, calls = ranges[0].source.fs, ranges[0].source.calls
+    if any(r.source.fs is not fs for r in ranges):
+        raise UsageError("read_many: the ranges' objects are on different file systems; read each with its own")
+    paths = [r.source.path for r in ranges]
+    starts = [r.offset for r in ranges]
+    ends = [r.offset + r.length for r in ranges]
+    found: list = [None] * len(ranges)
+    pending = list(range(len(ranges)))
+
+    def attempt() -> list:
+        nonlocal pending
+        got = fs.cat_ranges(
+            [paths[i] for i in pending], [starts[i] for i in pending], [ends[i] for i in pending], on_error="return"
+        )
+        failed = [(i, data) for i, data in zip(pending, got) if isinstance(data, BaseException)]
+        for i, data in zip(pending, got):
+            if not isinstance(data, BaseException):
+                found[i] = data
+        pending = [i for i, _ in failed]
+        if failed:  # the first failure decides: tried again if it passes, raised at once if not
+            raise failed[0][1]
+        return found
+
+    return calls.run(name, attempt)

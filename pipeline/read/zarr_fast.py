@@ -20,6 +20,7 @@ import zarr
 
 from pipeline.errors import OutputError
 from pipeline.io.byte_source import ByteSource, LocalFile, RemoteObject
+from pipeline.io.remote_calls import RemoteCalls
 from pipeline.read.batch_memory.memory import Specs
 from pipeline.read.batch_memory.pool import SlotPool, slot_pool_for
 from pipeline.read.worker_exit import exit_with_the_loader
@@ -32,11 +33,14 @@ from pipeline.urls import safe_url
 MAX_OPEN_FILES = 64
 
 
+#: A Zarr shard's lasting failures: one line naming it; a missing one passes, for the caller to tell
+#: a shard never written (no index) from one gone since (an error).
+SHARD_CALLS = RemoteCalls(missing_passes=True)
+
+
 def remote_shard(path: str, storage_options: Mapping) -> RemoteObject:
-    """A shard at a URL: a lasting failure is one line naming it; a missing one passes, for the
-    caller to tell a shard never written (no index) from one gone since (an error)."""
-    name = safe_url(path)
-    return RemoteObject(path, lambda reason: OutputError(f"{name}: {reason}"), storage_options, missing_passes=True)
+    """The shard at URL ``path``, read through :mod:`pipeline.io` with :data:`SHARD_CALLS`."""
+    return RemoteObject.at(path, SHARD_CALLS, storage_options)
 
 
 class ProcessState:

@@ -17,23 +17,34 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any, Mapping
 
 from pipeline.errors import SourceError, UsageError
 from pipeline.io.byte_source import RemoteObject
+from pipeline.io.remote_calls import RemoteCalls
 from pipeline.urls import safe_url
 
 #: The end of an archive read with its first request: the end records and usually the directory.
 TAIL_BYTES = 64 << 10
 
 
+def source_error(name: str, reason: str) -> SourceError:
+    """A source's lasting failure: a :class:`SourceError` naming the archive (it prints the URL safely)."""
+    return SourceError(name, None, reason)
+
+
+#: How a source archive's reads fail: never a bad member, always the archive.
+SOURCE_CALLS = RemoteCalls(failure=source_error)
+
+
 class RemoteArchive:
     """One source object at a URL: its size, and exact byte ranges of it, each a retried request
     (a :class:`~pipeline.io.byte_source.RemoteObject` whose lasting failures name the archive)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
         self.url = url
         try:
-            self._object = RemoteObject(url, lambda reason: SourceError(url, None, reason))
+            self._object = RemoteObject.at(url, SOURCE_CALLS, storage_options)
         except UsageError as exc:  # an unknown scheme, a missing package: about this source
             raise SourceError(url, None, str(exc).split(": ", 1)[1]) from exc
         info = self._object.info()

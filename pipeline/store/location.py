@@ -9,8 +9,8 @@ cheap. One store per process, opened lazily, chosen by :func:`range_reader_class
   (a batch's reads at once), with ``storage_options`` when given.
 
 Adjacent fields of a sample (at most ``coalesce_gap`` bytes apart) are fetched with one read. What
-every store checks before trusting a shard's offsets is in :mod:`pipeline.store.range_readers`; how
-remote reads retry, in :mod:`pipeline.store.remote_ranges`.
+every store checks before trusting a shard's offsets is in :mod:`pipeline.store.range_readers`; both
+stores read through :mod:`pipeline.io` (local files, objects at URLs, and how remote reads retry and fail).
 """
 
 from __future__ import annotations

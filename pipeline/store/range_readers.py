@@ -7,11 +7,10 @@ the manifest before trusting its offsets.
 
 from __future__ import annotations
 
-import mmap
-import os
 from typing import NamedTuple, Sequence
 
 from pipeline.errors import OutputError
+from pipeline.io.byte_source import LocalFile
 from pipeline.urls import safe_url
 
 #: Requested fields of one sample separated by at most this many bytes are read with one request.
@@ -70,8 +69,9 @@ class RangeReader:
 
 
 class LocalRangeReader(RangeReader):
-    """Local shards, memory-mapped: a read is a view of the page cache, so fetching a sample
-    copies nothing, and the decode threads read their samples' bytes in parallel.
+    """Local shards, memory-mapped (:meth:`~pipeline.io.byte_source.LocalFile.map`): a read is a view
+    of the page cache, so fetching a sample copies nothing, and the decode threads read their
+    samples' bytes in parallel.
 
     A shard's size is checked against the manifest when it is mapped. A shard truncated later,
     while mapped, makes the process fail with SIGBUS when it reads past the new end: loud, but
@@ -91,15 +91,20 @@ class LocalRangeReader(RangeReader):
         if view is None:
             path = self.name(shard)
             try:
-                with open(path, "rb") as file:
-                    size = os.fstat(file.fileno()).st_size
-                    if size != self.sizes[shard]:
-                        raise self._size_mismatch(shard, size)
-                    view = memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+                file = LocalFile(path)
             except FileNotFoundError:
                 raise OutputError(f"{path}: shard is missing; convert again or fix the path") from None
+            except OSError as exc:
+                raise OutputError(f"{path}: cannot map shard ({exc})") from exc
+            try:
+                size = file.size()
+                if size != self.sizes[shard]:
+                    raise self._size_mismatch(shard, size)
+                view = file.map()
             except (OSError, ValueError) as exc:
                 raise OutputError(f"{path}: cannot map shard ({exc})") from exc
+            finally:
+                file.close()
             if len(self._maps) >= self.max_open:  # unmapped once no view of it is left
                 del self._maps[next(iter(self._maps))]
             self._maps[shard] = view
