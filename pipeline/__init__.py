@@ -15,6 +15,7 @@ __all__ = [
     "SourceError",
     "Source",
     "SSMSpineError",
+    "StreamingDataLoader",
     "StreamingDataset",
     "UnavailableError",
     "__version__",
@@ -27,6 +28,7 @@ __all__ = [
 #: Readers import torch, zarr and xarray: load them on first use, so `import pipeline` stays light.
 _LAZY = {
     "DistributedSampler": "read.samplers",
+    "StreamingDataLoader": "read.stream",
     "SampleRecord": "read.subsets",
     "Source": "read.stream.sources",
     "StreamingDataset": "read.stream",

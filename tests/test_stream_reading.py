@@ -214,7 +214,7 @@ def test_resume_in_process_on_another_world_size(converted, workers):
         got = flat_keys(ds.track(DataLoader(ds, batch_size=None, num_workers=workers)))
         assert got == expected_keys(keys, 1, r, 3, start=6)
         rest += got
-        assert ds.state_dict() == {**states[0], "epoch": 2, "position": 0, "world_size": 3}
+        assert ds.state_dict() == {**states[0], "epoch": 2, "position": 0, "ended_epoch": 1, "world_size": 3}
     assert sorted(seen + rest) == sorted(keys), "no repeats, no gaps"
 
 

@@ -27,10 +27,19 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import UsageError
 from pipeline.read.decode_threads import DecodeThreads
-from pipeline.read.items import Delivery, samples_in
+from pipeline.read.items import Delivery
 from pipeline.read.stream.epochs import Resumption
 from pipeline.read.stream.fetch import Pending, SampleReader, read_ahead
 from pipeline.read.stream.order import rank_padding, rank_rows, worker_batches
+from pipeline.read.stream.passes import (
+    PassPlan,
+    PassProgress,
+    counted,
+    is_pass_record,
+    pass_record,
+    pass_to_resume,
+    read_pass_record,
+)
 from pipeline.read.stream.sources import Source, open_sources, sources_of
 from pipeline.read.stream.world import explicit_world, resolve_world
 from pipeline.read.subsets import Predicate
@@ -83,21 +92,13 @@ class StreamingDataset(IterableDataset):
     ``__pad__`` is True for the samples that only pad a rank's share (repeats of the epoch's first
     samples): leave them out of an evaluation's sums to count every sample once over all ranks.
 
-    Epochs and resumption::
-
-        ds.load_state_dict(checkpoint["data"])          # optional: resume
-        for epoch in range(ds.epoch, epochs):
-            ds.set_epoch(epoch)                          # keeps a loaded mid-epoch position
-            for batch in ds.track(loader):               # counts what the loop receives
-                ...
-                checkpoint = {..., "data": ds.state_dict()}
-
-    :meth:`state_dict` is a few numbers (epoch, global position); it is the same on every rank,
-    and may be loaded by a job with another world size: the remaining samples are re-split. A
-    finished epoch is saved as the start of the next. Without :meth:`track`, pass the number of
-    samples this rank has received in the current pass: ``ds.state_dict(samples_seen=k)``.
-    Exact resumption with DataLoader workers needs dataset-level ``batch_size`` (or a DataLoader
-    batch of one sample), because workers batch their own samples otherwise.
+    Epochs and resumption (recipes in ``docs/READERS.md``): ``pipeline.StreamingDataLoader`` saves
+    and restores its dataset's :meth:`state_dict` (Lightning does that by itself); so does
+    ``ds.track(loader)`` around the loop. The state is a few numbers (epoch, global position), the
+    same on every rank, loadable on another world size (the rest is re-split); a finished epoch is
+    saved as the start of the next. torchdata's ``StatefulDataLoader`` is exact too, on the same
+    ranks and ``num_workers`` (:mod:`pipeline.read.stream.passes`). Exact resumption with workers
+    that batch single samples themselves needs the dataset's ``batch_size`` (or a batch of one).
     """
 
     def __init__(
@@ -142,6 +143,8 @@ class StreamingDataset(IterableDataset):
         self._resumption = Resumption(identity, batch_size, drop_last, self.world_size)
         self._sample_reader: SampleReader | None = None  # this process's, see _reader
         self._decoder = DecodeThreads(decode_threads)
+        self._pass: PassProgress | None = None  # this process's latest pass (a worker's state)
+        self._pending_pass: PassProgress | None = None  # a worker's saved pass, continued by its next
         self.transform = as_transform(transform)
 
     # ----------------------------------------------------------------- ranks and samples
@@ -192,34 +195,41 @@ class StreamingDataset(IterableDataset):
         (one just loaded by :meth:`load_state_dict`) keeps its position, unless the pass ran to its end."""
         self._resumption.set_epoch(epoch)
 
-    def track(self, batches: Iterable[dict]) -> Iterator[dict]:
+    def track(self, batches: Iterable[dict], *, next_epoch: bool = False) -> Iterator[dict]:
         """Yield the items of ``batches`` (a DataLoader over this dataset), counting them.
 
         The count of samples the training loop has received is what :meth:`state_dict` saves;
         it is kept here, in the main process, because DataLoader workers hold only copies.
+        ``next_epoch``: once a pass has run to its end, the next is of the next epoch unless
+        :meth:`set_epoch` says otherwise (``StreamingDataLoader``'s way; Lightning sets no epoch).
         """
-        loader_batch = getattr(batches, "batch_size", None)
-        workers = getattr(batches, "num_workers", 0)
-        if self.batch_size is not None and loader_batch is not None:
-            raise UsageError("the dataset already batches: use DataLoader(ds, batch_size=None, ...)")
-        exact = self.batch_size is not None or workers == 0 or loader_batch in (None, 1)
-        self._resumption.begin(self.world_size, exact)
-        for item in batches:
-            self._resumption.count(samples_in(item))
-            yield item
-        self._resumption.finish()
+        return self._resumption.track(batches, self.world_size, next_epoch)
 
     def state_dict(self, samples_seen: int | None = None) -> dict:
         """Where the job stands in its epoch: tiny, JSON-serialisable, the same on every rank.
 
         ``samples_seen``: samples this rank has received since the current pass started, if the
-        loop was not wrapped in :meth:`track`.
+        loop was not wrapped in :meth:`track` (nor read in this process, which counts by itself).
+        In a DataLoader worker (torchdata's ``StatefulDataLoader`` asks there): that worker's pass,
+        see :mod:`pipeline.read.stream.passes`.
         """
+        if get_worker_info() is not None:
+            return pass_record(self._resumption.identity, self._pass)
         return self._resumption.state_dict(self.world_size, samples_seen)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue where :meth:`state_dict` left off, on this job's world size and batch size."""
-        self._resumption.load_state_dict(state, self.world_size)
+        """Continue where :meth:`state_dict` left off, on this job's world size and batch size
+        (in a DataLoader worker: the state that worker saved, continued by its next pass)."""
+        in_worker = get_worker_info() is not None
+        if is_pass_record(state) != in_worker:
+            raise UsageError(
+                "a DataLoader worker's state (saved by StatefulDataLoader) loads only into that worker, "
+                "through the same loader's load_state_dict; the dataset's own state loads in the main process"
+            )
+        if in_worker:
+            self._pending_pass = read_pass_record(state, self._resumption.identity)
+        else:
+            self._resumption.load_state_dict(state, self.world_size)
 
     # ----------------------------------------------------------------- iteration
 
@@ -234,23 +244,31 @@ class StreamingDataset(IterableDataset):
         exit_with_the_loader()
         rank, world = self._world()
         worker = get_worker_info()
+        counted_here = worker is None and not self._resumption.tracking
+        if counted_here:  # nothing else counts what this process's loop receives
+            self._resumption.begin(world, exact=True, tracked=False)
         if worker is None:
             epoch, start = self._resumption.epoch, self._resumption.pass_start
         else:
             epoch, start = self._resumption.next_pass()
+        wid, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        skip, saved, self._pending_pass = 0, self._pending_pass, None
+        if saved is not None and pass_to_resume(saved, epoch, rank, world, wid, workers):
+            epoch, start, skip = saved.plan.epoch, saved.plan.start, saved.yielded
         order = self._mixture.order(self.seed, epoch, self.shuffle)
         sequence = rank_rows(order, start, rank, world, self.batch_size, self.drop_last)
         padding = rank_padding(self.samples, start, rank, world, self.batch_size, self.drop_last)
-        wid, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
         batches = worker_batches(len(sequence), self.batch_size or 1, wid, workers)
+        self._pass = PassProgress(PassPlan(epoch, start, rank, world, wid, workers), len(batches), skip)
         delivery = Delivery.of(batched=self.batch_size is not None, in_worker=worker is not None)
         keys = self._index.keys
 
-        def start(rows: range) -> Pending:
+        def start_batch(rows: range) -> Pending:
             rows_of = slice(rows.start, rows.stop)
             return self._reader().start_batch(sequence[rows_of], padding[rows_of], keys, delivery, epoch)
 
-        return read_ahead(batches, start, one_at_a_time=worker is not None)
+        items = read_ahead(batches[skip:], start_batch, one_at_a_time=worker is not None)
+        return counted(items, self._pass, self._resumption if counted_here else None)
 
     def _reader(self) -> SampleReader:
         """This process's sample reader: a new one after a fork (never share a parent's connection)."""
