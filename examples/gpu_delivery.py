@@ -9,7 +9,11 @@ One process, one rank (nccl on a GPU, gloo on CPU, as ``train_ddp.py`` runs). Bo
 img + label batches onto the device, in ``DataLoader`` workers with ``pin_memory``: the baseline
 ``torch.load``s one extracted ``.pt`` per sample (label int64); ours streams the tar shards with
 ``compact=True`` (label uint8) and widens on the device with ``pipeline.to_device``. Each reader runs
-one warm-up epoch, then one timed epoch ending in a device synchronisation. Prints one JSON line.
+one warm-up epoch, then one timed epoch ending in a device synchronisation. Then our reader again,
+three ways of moving batches (``pipeline.to_device``'s choice, docs/BENCHMARKS.md): a plain copy
+from the workers' memory, ``DataLoader(pin_memory=True)`` with copies that do not wait, and pinning
+each batch on the way (``tensor.pin_memory()`` then a copy that does not wait, what ``to_device``
+did before 2026-12). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -31,18 +35,40 @@ from benchmarks.baselines import TorchLoadDataset, prepare
 FIELDS = ("img", "label")
 
 
-def delivered_per_second(loader: DataLoader, device: torch.device, dtypes: dict, epochs: int = 2) -> float:
+def delivered_per_second(loader: DataLoader, device: torch.device, dtypes: dict, epochs: int = 2, move=None) -> float:
     """Samples/s of the last epoch, counting a batch once its widened tensors are on ``device``."""
     rate = 0.0
     for _ in range(epochs):
         start, samples = time.perf_counter(), 0
         for batch in loader:
-            batch = to_device(batch, device, dtypes)
+            batch = (move or to_device)(batch, device, dtypes)
             samples += len(batch["__key__"])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         rate = samples / (time.perf_counter() - start)
     return rate
+
+
+def pinned_on_the_way(batch: dict, device: torch.device, dtypes: dict) -> dict:
+    """The way ``to_device`` moved unpinned batches before 2026-12: pin, then copy without waiting."""
+    pinned = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return to_device(pinned, device, dtypes)
+
+
+def delivery_ways(out: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    """Samples/s of our reader for each way of moving its batches to ``device``."""
+    rates = {}
+    for name, pin, move in (
+        ("plain_copy", False, to_device),
+        ("pin_memory_loader", True, to_device),
+        ("pinned_on_the_way", False, pinned_on_the_way),
+    ):
+        ds = StreamingDataset(out, fields=FIELDS, batch_size=args.batch_size, compact=True)
+        loader = DataLoader(
+            ds, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=pin
+        )
+        rates[f"delivery_{name}_per_s"] = round(delivered_per_second(loader, device, ds.source_dtypes, move=move), 1)
+    return rates
 
 
 def main() -> None:
@@ -74,6 +100,8 @@ def main() -> None:
             "streaming_compact_per_s": round(delivered_per_second(ours_loader, device, ours.source_dtypes), 1),
         }
         result["ratio"] = round(result["streaming_compact_per_s"] / result["baseline_per_s"], 2)
+        if cuda:  # pinning needs a GPU
+            result.update(delivery_ways(out, args, device))
         print(json.dumps(result))
     finally:
         dist.destroy_process_group()

@@ -2,9 +2,20 @@
 
 With ``compact=True`` the readers deliver label and masks in the narrow dtypes they are stored in
 (uint8 rather than int64): a quarter to an eighth of the bytes to decode into, to copy between
-processes and to move to the GPU. :func:`to_device` moves such a batch (from pinned memory, without
-waiting) and widens each field on the device to the dtype the training step expects, usually the
-dataset's ``source_dtypes``, where widening is nearly free.
+processes and to move to the GPU. :func:`to_device` moves such a batch and widens each field on the
+device to the dtype the training step expects, usually the dataset's ``source_dtypes``, where
+widening is nearly free.
+
+Pinned memory: a copy from page-locked host memory can overlap with compute (``non_blocking``);
+from pageable memory it cannot, and pinning a batch on the way (``tensor.pin_memory()``, as this
+function did until 2026-12) is itself a full copy into freshly allocated page-locked memory, which
+PyTorch's own guide ("A guide on good usage of non_blocking and pin_memory()") measures as slower
+than a plain ``.to(device)``. So memory already pinned (``DataLoader(pin_memory=True)``, whose pin
+thread pins each batch off the training loop) is copied without waiting, and anything else with a
+plain copy. The readers' reused batch slots are not pinned on purpose: a copy without waiting from
+a slot would race with the slot's reuse for the next batch, which starts as soon as the loop lets go
+of the batch, unless every slot also carried a CUDA event to wait for. ``examples/gpu_delivery.py``
+measures the ways (plain, ``pin_memory=True``, pinning on the way) on a GPU.
 """
 
 from __future__ import annotations
@@ -34,9 +45,9 @@ def to_device(
     """``batch`` (a reader's sample or batch) with its tensors on ``device``, each field of
     ``dtypes`` (e.g. ``ds.source_dtypes``) widened to that dtype on the device.
 
-    For a CUDA device, CPU tensors are pinned first (unless they already are) so that the copy
-    is asynchronous with ``non_blocking``: the caller's stream orders it before any kernel that
-    uses the result. Values that are not tensors (``__key__``) are passed on as they are.
+    Tensors already in pinned memory are copied with ``non_blocking`` (the caller's stream orders
+    the copy before any kernel that uses the result); others with a plain copy, never pinned on the
+    way (see the module docstring). Values that are not tensors (``__key__``) are passed on as they are.
     """
     device = torch.device(device)
     moved: dict[str, Any] = {}
@@ -44,9 +55,7 @@ def to_device(
         if not isinstance(value, torch.Tensor):
             moved[name] = value
             continue
-        if device.type == "cuda" and value.device.type == "cpu" and not value.is_pinned():
-            value = value.pin_memory()
-        value = value.to(device, non_blocking=non_blocking)
+        value = value.to(device, non_blocking=non_blocking and value.is_pinned())
         wanted = None if dtypes is None else dtypes.get(name)
         moved[name] = value if wanted is None or value.dtype == wanted else value.to(wanted)
     return moved
