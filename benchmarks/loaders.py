@@ -14,9 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from pipeline.read.stream import StreamingDataset
+from pipeline.read.stream.sources import Source
 
 from benchmarks.common import Timings, interleave
-from benchmarks.names import COMPACT, SINGLE_THREAD, STREAMING
+from benchmarks.names import COMPACT, MIXED, SINGLE_THREAD, STREAMING
 
 #: Samples per batch: per DataLoader item with workers, and the streaming dataset's own batches.
 BATCH_SIZE = 8
@@ -114,10 +115,15 @@ def stream_reader(
     compact: bool = False,
     name: str | None = None,
     storage_options: dict | None = None,
+    mixed: bool = False,
 ) -> TimedReader:
+    """``mixed``: the output as two sources of weight 1 (:data:`~benchmarks.names.MIXED`), over as
+    many samples per epoch as the output has, so that only the mixing differs."""
+    samples = StreamingDataset(out, fields=fields, storage_options=storage_options).samples if mixed else None
     dataset = StreamingDataset(
-        out,
+        [Source(out, weight=1), Source(out, weight=1)] if mixed else out,
         fields=fields,
+        epoch_size=samples,
         batch_size=BATCH_SIZE,
         seed=SEED,
         decode_threads=threads,
@@ -132,7 +138,7 @@ def stream_reader(
         persistent_workers=workers > 0,
         multiprocessing_context=fork_context() if workers else None,
     )
-    name = name or (COMPACT if compact else SINGLE_THREAD if threads == 1 else STREAMING)
+    name = name or (MIXED if mixed else COMPACT if compact else SINGLE_THREAD if threads == 1 else STREAMING)
     return TimedReader(name, label, workers, loader, dataset.samples, before_epoch=dataset.set_epoch)
 
 

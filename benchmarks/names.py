@@ -8,6 +8,8 @@ SINGLE_THREAD = "streaming, 1 thread"
 COMPACT = "streaming, compact"
 #: The same, from the output converted with ``prefer="speed"`` (LZ4 where it decodes fastest).
 SPEED_COMPACT = "streaming, compact, speed codecs"
+#: Two sources (the same output twice, weights 1:1, each drawing half of every epoch): what mixing costs.
+MIXED = "streaming, mixed"
 #: The reference point: each field a plain ``.npy`` file, read with ``np.load`` (no decoding).
 UNCOMPRESSED = "npy, uncompressed"
 #: The field set of the rows with augmentation: img and label, elastically deformed.

@@ -15,6 +15,10 @@ with DataLoader workers:
   training step to widen on the GPU with ``pipeline.to_device``); and so from the same set converted
   with ``prefer="speed"`` (**streaming, compact, speed codecs**: LZ4 where it decodes fastest, in
   more bytes; the figures record both outputs' sizes);
+* **streaming, mixed** (img+label only) — the same output given as two sources of weight 1
+  (``[Source(out, weight=1), Source(out, weight=1)]``, ``epoch_size`` its sample count): each source
+  draws a random half of every epoch, shuffled together, read through one index over two stores;
+  against **streaming** it is the cost of mixing (:mod:`pipeline.read.stream.mixing`);
 * **zarr** — :class:`~pipeline.read.zarr_dataset.ZarrDataset` in random order (``RandomSampler``);
 * **npy, uncompressed** — the reference point: each field an ``.npy`` file, ``np.load`` per field
   and sample in random order (:class:`~benchmarks.baselines.NpyDataset`): reading without
@@ -85,14 +89,16 @@ from benchmarks.loaders import (
     stream_reader,
     time_readers,
 )
-from benchmarks.names import AUGMENTED, COMPACT, SINGLE_THREAD, SPEED_COMPACT, UNCOMPRESSED
+from benchmarks.names import AUGMENTED, COMPACT, MIXED, SINGLE_THREAD, SPEED_COMPACT, STREAMING, UNCOMPRESSED
 
 #: The field sets measured, by the name the results give them.
 FIELD_SETS: dict[str, tuple[str, ...]] = {"img+label": ("img", "label"), "all": FIELDS}
 #: The readers measured with augmentation (field set AUGMENTED).
 AUGMENTED_READERS = ("baseline", "streaming")
 #: The readers measured, in the order the results list them.
-READERS = ("baseline", UNCOMPRESSED, "streaming", COMPACT, SPEED_COMPACT, SINGLE_THREAD, "zarr")
+READERS = ("baseline", UNCOMPRESSED, "streaming", MIXED, COMPACT, SPEED_COMPACT, SINGLE_THREAD, "zarr")
+#: The field set of the mixing rows: the reading is the same, only the order and the stores differ.
+MIXED_FIELDS = "img+label"
 #: Other processes busier than this many cores during the run make its figures suspect (said so).
 QUIET_CORES = 0.25
 
@@ -129,6 +135,8 @@ def _readers(
             readers.append(TimedReader("baseline", label, w, map_loader(baseline, w), len(baseline)))
             readers.append(TimedReader(UNCOMPRESSED, label, w, map_loader(npy, w), len(npy)))
             readers.append(stream_reader(out, fields, label, w))
+            if label == MIXED_FIELDS:
+                readers.append(stream_reader(out, fields, label, w, mixed=True))
             readers.append(stream_reader(out, fields, label, w, compact=True))
             readers.append(stream_reader(speed_out, fields, label, w, compact=True, name=SPEED_COMPACT))
             if w == 0:
@@ -230,6 +238,9 @@ def run(
         "× baseline: against the per-file torch.load baseline with the same fields and workers, this run; "
         + ("glibc malloc thresholds fixed for all systems (mallopt)" if steadied else "allocator left as is")
     )
+    rate = {(x["reader"], x["workers"]): x["samples_per_s"] for x in results if x["fields"] == MIXED_FIELDS}
+    mixing = [f"{rate[(MIXED, w)] / rate[(STREAMING, w)]:.2f}× ({w} workers)" for w in workers]
+    print(f"mixing two sources, {MIXED_FIELDS}: {', '.join(mixing)} the rate of streaming one")
     if other_cores is not None:
         busy = other_cores >= QUIET_CORES
         print(

@@ -19,7 +19,16 @@ from pipeline.schema import FIELDS
 
 from benchmarks.augment import Augmented, ElasticDeformation
 from benchmarks.baselines import TorchLoadDataset, prepare
-from benchmarks.reading import AUGMENTED, AUGMENTED_READERS, FIELD_SETS, READERS, SINGLE_THREAD, run
+from benchmarks.reading import (
+    AUGMENTED,
+    AUGMENTED_READERS,
+    FIELD_SETS,
+    MIXED,
+    MIXED_FIELDS,
+    READERS,
+    SINGLE_THREAD,
+    run,
+)
 from conftest import assert_bit_exact
 
 SAMPLES = 4
@@ -55,6 +64,7 @@ def test_reading_benchmark_result_structure(tmp_path, scratch, dask_scheduler, c
         for fields in FIELD_SETS
         for workers in (0, 2)
         if not (reader == SINGLE_THREAD and workers)  # measured in process only
+        and not (reader == MIXED and fields != MIXED_FIELDS)  # mixing: one field set
     } | {(reader, AUGMENTED, workers) for reader in AUGMENTED_READERS for workers in (0, 1)}
     assert {(r["reader"], r["fields"], r["workers"]) for r in rows} == expected
     assert len(rows) == len(expected)
@@ -67,6 +77,7 @@ def test_reading_benchmark_result_structure(tmp_path, scratch, dask_scheduler, c
     printed = capsys.readouterr().out
     assert "| system | fields | workers | samples/s | × baseline |" in printed
     assert result["machine"] in printed
+    assert "mixing two sources, img+label: " in printed
 
     # the report generator reads this structure from bench/read.json
     pytest.importorskip("matplotlib")
@@ -131,7 +142,7 @@ def test_temporary_scratch_is_removed(tmp_path, dask_scheduler, monkeypatch):
     monkeypatch.setattr("benchmarks.reading.tempfile.mkdtemp", lambda **_: str(made.mkdir() or made))
     result = run(samples=SAMPLES, repeats=1, workers=(0,), steady=False, scheduler=dask_scheduler, augment_workers=(0,))
     assert {r["workers"] for r in result["results"]} == {0}
-    assert len(result["results"]) == len(READERS) * len(FIELD_SETS) + len(AUGMENTED_READERS)
+    assert len(result["results"]) == (len(READERS) - 1) * len(FIELD_SETS) + 1 + len(AUGMENTED_READERS)  # MIXED: once
     assert not made.exists(), "the ~1 GB scratch of a default run is not left behind"
 
 

@@ -54,6 +54,9 @@ def test_an_epoch_holds_each_source_in_its_proportion_and_depends_on_seed_and_ep
         assert np.array_equal(order, Mixture.of([12, 3], [6, 2], 20).order(SEED, epoch)), "weights are relative"
     assert not np.array_equal(mixture.order(SEED, 0), mixture.order(SEED, 1)), "each epoch its own order"
     assert not np.array_equal(mixture.order(SEED, 0), mixture.order(SEED + 1, 0))
+    test_rows = mixture.order(SEED, 0) >= 12
+    assert not np.array_equal(np.sort(test_rows), test_rows), "the sources' draws are shuffled together"
+    assert not np.array_equal(source_draws(12, 5, SEED, 0, 0), source_draws(12, 5, SEED, 1, 0)), "a new part each epoch"
     assert mixture.order(SEED, 0, shuffle=False).tolist() == [*range(12), 0, 1, 2, 12, 13, 14, 12, 13]
     assert mixture.describe(["train", "test"]) == "train:15/12 + test:5/3"
 
@@ -177,15 +180,18 @@ def test_two_outputs_are_read_through_one_index(converted, tmp_path):
     other.mkdir()
     (other / "manifest.json").write_bytes((converted / "manifest.json").read_bytes())
     (other / "wds").symlink_to(converted / "wds")
-    ds = StreamingDataset([Source(converted, "test"), Source(other, "test")], fields=("label",), shuffle=False)
-    assert ds.root == (str(converted), str(other))
-    stock = stock_samples(converted, "test")
-    items = list(ds)
-    assert [s["__key__"] for s in items] == ["p81_aug001", "p81_aug002", "p81_aug003"] * 2
-    for sample in items:
-        assert_bit_exact(sample["label"].numpy(), stock[sample["__key__"]]["label"], sample["__key__"])
+    sources = [Source(converted, "test"), Source(other, "test"), Source(converted, "train", patients=1)]
+    ds = StreamingDataset(sources, fields=("label",), seed=SEED, batch_size=6)
+    assert ds.root == (str(converted), str(other), str(converted))
+    stock = {**stock_samples(converted, "test"), **stock_samples(converted, "train")}
+    batches = list(ds)
+    keys = flat_keys(batches)
+    assert Counter(keys) == Counter({f"p81_aug00{a}": 2 for a in (1, 2, 3)} | {f"p01_aug00{a}": 1 for a in range(1, 7)})
+    for batch in batches:  # the stores' reads of a batch interleave; each view goes back to its sample
+        for key, label in zip(batch["__key__"], batch["label"]):
+            assert_bit_exact(label.numpy(), stock[key]["label"], key)
     store = ds._reader()._open_store()
-    assert store.name(0).startswith(str(converted)) and store.name(len(store.files) - 1).startswith(str(other))
+    assert store.name(0).startswith(str(converted)) and store.name(2).startswith(str(other))
 
 
 # --------------------------------------------------------------------------- subsets, on both readers
