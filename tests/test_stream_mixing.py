@@ -174,15 +174,12 @@ def test_a_state_of_another_mixture_or_subset_is_refused(converted):
         StreamingDataset(converted, fields=("label",), seed=SEED).load_state_dict(subset)
 
 
-def test_two_outputs_are_read_through_one_index(converted, tmp_path):
-    """A second root (its manifest, its shards reached by another path): each shard read from its own."""
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "manifest.json").write_bytes((converted / "manifest.json").read_bytes())
-    (other / "wds").symlink_to(converted / "wds")
+def test_a_local_and_a_remote_output_are_read_through_one_index(converted, serve):
+    """The same output twice, from its directory and over HTTP: each shard read from its own store."""
+    other = serve(converted).url
     sources = [Source(converted, "test"), Source(other, "test"), Source(converted, "train", patients=1)]
     ds = StreamingDataset(sources, fields=("label",), seed=SEED, batch_size=6)
-    assert ds.root == (str(converted), str(other), str(converted))
+    assert ds.root == (str(converted), other, str(converted))
     stock = {**stock_samples(converted, "test"), **stock_samples(converted, "train")}
     batches = list(ds)
     keys = flat_keys(batches)
@@ -191,7 +188,7 @@ def test_two_outputs_are_read_through_one_index(converted, tmp_path):
         for key, label in zip(batch["__key__"], batch["label"]):
             assert_bit_exact(label.numpy(), stock[key]["label"], key)
     store = ds._reader()._open_store()
-    assert store.name(0).startswith(str(converted)) and store.name(2).startswith(str(other))
+    assert store.name(0).startswith(str(converted)) and store.name(2).startswith(other)
 
 
 # --------------------------------------------------------------------------- subsets, on both readers
