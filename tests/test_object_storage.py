@@ -4,15 +4,21 @@ session's real Dask cluster, whose workers reach it through their environment.""
 
 from __future__ import annotations
 
+import contextlib
+import json
+from typing import Iterator
+
 import fsspec
 import numpy as np
 import pytest
 import torch
+from test_source_urls import TOKEN, TokenOnly
 
 from pipeline import StreamingDataset, ZarrDataset
 from pipeline.cli import main
 from pipeline.convert import convert
 from pipeline.errors import OutputError
+from pipeline.io.filesystems import options_for, url_filesystem
 from pipeline.retry import NO_CREDENTIALS
 from pipeline.store.codecs import Encoding
 from pipeline.store.manifest import read_manifest
@@ -61,8 +67,6 @@ def test_convert_to_a_bucket_writes_the_same_bytes_there_and_nothing_here(
 
 
 def manifest_json_of(url: str) -> dict:
-    import json
-
     return json.loads(fsspec.filesystem("s3", skip_instance_cache=True).cat_file(f"{url}/manifest.json"))
 
 
@@ -94,15 +98,11 @@ def test_verify_info_and_show_work_on_the_bucket(on_s3, train_zip, test_zip, das
     assert key == same_key and all(np.array_equal(from_tars[f], from_zarr[f]) for f in ("img", "label"))
 
 
-def test_storage_options_of_the_command_line_reach_the_bucket(on_s3, s3_server, tmp_path, monkeypatch, capsys):
-    """With no endpoint and no credentials in the environment, only the options file says where the
-    bucket is and who reads it: ``info --check`` reads the manifest, lists and sizes the files, and
-    reads every shard with them; ``$SSMSPINE_STORAGE_OPTIONS`` does the same without the option."""
-    import json
-
+@contextlib.contextmanager
+def _bucket_out_of_reach(monkeypatch) -> Iterator[None]:
+    """No endpoint and no credentials in this process's environment (the Dask workers keep theirs),
+    and no s3fs file system made from them reused, while it lasts."""
     import s3fs
-
-    from pipeline.cli.storage_options import STORAGE_OPTIONS_VARIABLE
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)
@@ -110,21 +110,77 @@ def test_storage_options_of_the_command_line_reach_the_bucket(on_s3, s3_server, 
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("SSMSPINE_RETRIES", "0")
+    s3fs.S3FileSystem.clear_instance_cache()  # no file system made from the environment is reused
+    try:
+        yield
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()  # the instances made here must not outlive the test
+
+
+def test_storage_options_of_the_command_line_reach_the_bucket(on_s3, s3_server, tmp_path, monkeypatch, capsys):
+    """With no endpoint and no credentials in the environment, only the options file says where the
+    bucket is and who reads it: ``info --check`` reads the manifest, lists and sizes the files, and
+    reads every shard with them; ``$SSMSPINE_STORAGE_OPTIONS`` does the same without the option."""
+    from pipeline.cli.storage_options import STORAGE_OPTIONS_VARIABLE
+
     options = tmp_path / "s3.json"
     secret = "s3cr3t-only-in-the-file"
     options.write_text(json.dumps({"endpoint_url": s3_server.endpoint_url, "key": "testing", "secret": secret}))
-    s3fs.S3FileSystem.clear_instance_cache()  # no file system made from the environment is reused
-    try:
+    with _bucket_out_of_reach(monkeypatch):
         assert main(["info", on_s3, "--json"]) == 2, "without the options the bucket is out of reach"
         assert main(["info", on_s3, "--json", "--check", "--storage-options", str(options)]) == 0
         found = json.loads(capsys.readouterr().out)
         assert found["samples"] == 15 and found["check"]["ok"]
         monkeypatch.setenv(STORAGE_OPTIONS_VARIABLE, str(options))
         assert main(["info", on_s3]) == 0
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()  # the instances made here must not outlive the test
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err
+
+
+def test_an_s3_section_of_the_storage_options_reaches_sources_and_the_output(
+    on_s3, s3_server, test_zip, tmp_path, monkeypatch, capsys
+):
+    """A file holding only ``{"s3": {...}}`` (and an ``https`` section for other URLs): ``scan`` of an
+    archive in the bucket and ``info`` of the output there (its Zarr store's arrays checked) read
+    with the s3 section alone; without the file neither reaches the bucket."""
+    source = f"s3://{s3_server.new_bucket()}/releases/{test_zip.name}"
+    fsspec.filesystem("s3", skip_instance_cache=True).put_file(str(test_zip), source)
+    s3 = {"endpoint_url": s3_server.endpoint_url, "key": "testing", "secret": "testing"}
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"s3": s3, "https": {"headers": {"Authorization": "Bearer elsewhere"}}}))
+    with _bucket_out_of_reach(monkeypatch):
+        assert main(["scan", source, "--json"]) == 2, "without the options the bucket is out of reach"
+        capsys.readouterr()
+        assert main(["scan", source, "--json", "--storage-options", str(options)]) == 0
+        found = json.loads(capsys.readouterr().out)["sources"][0]
+        assert found["samples"] == 3 and found["sample"]["fields"] and found["source"] == source
+        assert main(["info", on_s3, "--json", "--storage-options", str(options)]) == 0
+        assert json.loads(capsys.readouterr().out)["check"]["ok"]
+
+
+def test_an_output_at_a_url_is_read_with_its_own_section_only(converted, serve):
+    """A Zarr output on an HTTP server that answers only with a header of the ``http`` section: both
+    readers' zarr-python stores and ranged reads get it, and never the ``s3`` section beside it
+    (fsspec would hand it on to aiohttp, which refuses it)."""
+    url = serve(converted, TokenOnly).url
+    options = {"http": {"headers": {"Authorization": TOKEN}}, "s3": {"endpoint_url": "http://127.0.0.1:9"}}
+    ds = ZarrDataset(url, "test", ("img", "label"), storage_options=options)
+    reference = ZarrDataset(converted, "test", ("img", "label"))
+    assert ds.keys == reference.keys and ds.fast_fields == ds.fields
+    for row in range(len(ds)):
+        mine, theirs = ds[row], reference[row]
+        assert all(torch.equal(mine[f], theirs[f]) for f in ds.fields), row
+
+
+def test_each_url_takes_the_flat_options_and_its_own_protocol_section():
+    options = {"anon": False, "s3": {"endpoint_url": "http://s3", "anon": True}, "https": {"headers": {"A": "b"}}}
+    assert options_for("s3://bucket/key", options) == {"anon": True, "endpoint_url": "http://s3"}
+    assert options_for("https://host/out", options) == {"anon": False, "headers": {"A": "b"}}
+    assert options_for("http://host/out", options) == {"anon": False}, "https's section is not http's"
+    assert options_for("gs://bucket/key", {"client_kwargs": {"x": 1}}) == {"client_kwargs": {"x": 1}}
+    assert options_for("s3://bucket/key", None) == {}
+    fs, _ = url_filesystem("http://127.0.0.1:9/out", options)
+    assert "s3" not in fs.kwargs and "https" not in fs.kwargs and fs.kwargs["anon"] is False
 
 
 def test_verify_on_the_bucket_finds_an_altered_object(on_s3, s3_server, dask_scheduler, converted):
@@ -198,8 +254,6 @@ def test_a_conversion_resumes_on_the_bucket(train_zip, s3_server, dask_scheduler
 
 
 def _json(data) -> bytes:
-    import json
-
     return json.dumps(data).encode()
 
 

@@ -7,6 +7,7 @@ URLs that cannot be read.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,10 +21,13 @@ from test_damaged_archives import VICTIM, data_span, tiny_zip
 from pipeline.cli import main
 from pipeline.convert import convert
 from pipeline.errors import SourceError
+from pipeline.schema import FIELDS
 from pipeline.source.members import fingerprint, list_members
 from pipeline.source.zip_local import LOCAL_HEADER_MARGIN
 from pipeline.source.zip_reader import SourceReader
 from pipeline.store.codecs import Encoding
+from pipeline.tools.synth import SynthConfig, write_archive
+from pipeline.verify import verify
 
 from conftest import fast_options, manifest_json
 from http_server import RangeHandler
@@ -247,3 +251,45 @@ def test_a_url_names_itself_without_its_secrets(train_zip, serve):
     with pytest.raises(SourceError) as error:
         SourceReader(secret).read_bytes("Train/p9/aug9.pt")
     assert "hunter2" not in str(error.value) and "deadbeef" not in str(error.value)
+
+
+#: The header a private HTTP store wants (:class:`TokenOnly`); only storage options hold it.
+TOKEN = "Bearer only-in-the-storage-options"
+
+
+class TokenOnly(RangeHandler):
+    """Answers only requests carrying :data:`TOKEN`, as a private HTTP store does; refuses others with 403."""
+
+    def _answer(self, body: bool) -> None:
+        if self.headers.get("Authorization") != TOKEN:
+            self._log(None, None, 403, 0)
+            self.send_error(403)
+            return
+        super()._answer(body)
+
+
+def test_storage_options_reach_every_read_of_a_source_at_a_url(tmp_path, serve, dask_scheduler, capsys):
+    """The archive's server answers only with a header that only the ``http`` section of the storage
+    options holds: listing, fingerprinting, calibration, the conversion's tasks on the Dask workers,
+    ``verify``'s and ``scan`` all send it; the ``s3`` section beside it never reaches the HTTP
+    requests (fsspec would hand it on to aiohttp, which refuses it)."""
+    archive = write_archive(tmp_path / "src" / "SSMSpine_Train.zip", SynthConfig(patients=1, shapes=2))
+    server = serve(archive.parent, TokenOnly)
+    url = server.url + archive.name
+    options = {"http": {"headers": {"Authorization": TOKEN}}, "s3": {"endpoint_url": "http://127.0.0.1:9"}}
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match=r"access denied \(HTTP 403"):
+        convert([url], out, fast_options(dask_scheduler))
+    fixed = dict.fromkeys(FIELDS, Encoding("zstd", 1))  # not measured: seconds saved
+    summary = convert([url], out, fast_options(dask_scheduler, encodings=fixed, storage_options=options))
+    assert summary.samples == 2 and summary.shards_written == 2, "two tasks, each read its member on a worker"
+    assert verify(out, [url], scheduler=dask_scheduler, storage_options=options).ok
+    file = tmp_path / "options.json"
+    file.write_text(json.dumps(options))
+    args = ["verify", url, "--out", str(out), "--scheduler", dask_scheduler, "--no-progress"]
+    assert main([*args, "--storage-options", str(file)]) == 0
+    capsys.readouterr()
+    assert main(["scan", url, "--json", "--storage-options", str(file)]) == 0
+    found = json.loads(capsys.readouterr().out)["sources"][0]
+    assert found["samples"] == 2 and found["sample"]["member"] == "Train/p1/aug1.pt"
+    assert main(["scan", url, "--json"]) == 2 and "access denied" in capsys.readouterr().out

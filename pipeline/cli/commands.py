@@ -46,8 +46,8 @@ def _convert(args: argparse.Namespace) -> int:
         keep_dtypes=args.keep_dtypes,
         prefer=args.prefer,
         force=args.force,
-        passwords=run_passwords(args, args.sources),
-        storage_options=run_storage_options(args),
+        passwords=run_passwords(args, args.sources, storage_options := run_storage_options(args)),
+        storage_options=storage_options,
     )
     summary = convert(args.sources, args.out, options)
     _print_problems(summary)
@@ -94,8 +94,8 @@ def _verify(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         workers=args.workers,
         progress=not args.no_progress,
-        passwords=run_passwords(args, args.sources),
-        storage_options=run_storage_options(args),
+        passwords=run_passwords(args, args.sources, storage_options := run_storage_options(args)),
+        storage_options=storage_options,
     )
     for problem in report.problems[:50]:
         print(problem)
@@ -135,7 +135,8 @@ def _scan(args: argparse.Namespace) -> int:
 
     from pipeline.tools.scan import format_scan, scan
 
-    report = scan(args.sources, run_passwords(args, args.sources))
+    storage_options = run_storage_options(args)
+    report = scan(args.sources, run_passwords(args, args.sources, storage_options), storage_options)
     print(json.dumps(report.to_json(), indent=1) if args.json else format_scan(report))
     return 0 if report.ok else 2
 

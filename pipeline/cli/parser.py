@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("sources", nargs="+", help="SSMSpine zip archives (paths or URLs) or extracted directories")
     scan.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
     add_password_option(scan)
+    add_storage_options_option(scan)
 
     info = commands.add_parser("info", help="what an output holds: counts, schema, bytes, shards, manifest check")
     info.add_argument("out", help="output directory (holds manifest.json)")

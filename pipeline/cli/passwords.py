@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from pipeline.source.passwords import PASSWORD_VARIABLE, Passwords
 
@@ -19,9 +19,12 @@ def add_password_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_passwords(args: argparse.Namespace, sources: Sequence[str]) -> Passwords:
+def run_passwords(
+    args: argparse.Namespace, sources: Sequence[str], storage_options: Mapping[str, Any] | None = None
+) -> Passwords:
     """The passwords of the run: from ``--password-file``, else the environment; then, for encrypted
-    sources still without one, asked without echo when standard input is a terminal.
+    sources still without one (those at URLs opened with ``storage_options``), asked without echo
+    when standard input is a terminal.
 
     Without a terminal nothing is asked: the library names the archive and the ways to give one.
     """
@@ -31,7 +34,7 @@ def run_passwords(args: argparse.Namespace, sources: Sequence[str]) -> Passwords
     given = read_password_file(args.password_file) if args.password_file else passwords_from_environment()
     if not sys.stdin.isatty():
         return given
-    locked = locked_sources(list(sources), given)
+    locked = locked_sources(list(sources), given, storage_options)
     if not locked:
         return given
     import getpass

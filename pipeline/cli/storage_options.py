@@ -1,9 +1,12 @@
 """Where a command's fsspec options come from: ``--storage-options FILE``, else the file named by
 ``SSMSPINE_STORAGE_OPTIONS``. A JSON object (``{"endpoint_url": ..., "key": ..., "secret": ...}``),
-never a command-line value: ``ps`` and shell history would show the secrets it holds.
+never a command-line value: ``ps`` and shell history would show the secrets it holds. One file
+serves every URL of the command, output and sources: flat keys apply to every URL, and a key named
+after a protocol holding an object (``{"s3": {...}, "https": {"headers": {...}}}``) to that
+protocol's URLs only (:func:`~pipeline.io.filesystems.options_for`).
 
 One option, added by :func:`add_storage_options_option` to every command that reads or writes an
-output, and one parser, :func:`run_storage_options`, so that every command takes the same file the
+output or reads sources, and one parser, :func:`run_storage_options`, so that every command takes the same file the
 same way and names it the same way when it is wrong. The file's contents are never printed.
 """
 
@@ -24,7 +27,8 @@ def add_storage_options_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage-options",
         metavar="FILE",
-        help="a JSON object of fsspec options for an output at a URL (endpoint_url, key, secret, ...; "
+        help="a JSON object of fsspec options for the output and sources at URLs (endpoint_url, key, secret, "
+        '...; {"s3": {...}} for s3:// URLs only; '
         f"else the file ${STORAGE_OPTIONS_VARIABLE} names, else the environment and fsspec's configuration)",
     )
 

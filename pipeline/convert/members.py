@@ -37,7 +37,7 @@ def collect_members(
     rejected: list[RejectedMember] = []
     on_bad = (lambda error: rejected.append(rejection(error))) if options.skip_bad else None
     for src in sources:
-        for member in list_members(src, options.split, on_bad=on_bad):
+        for member in list_members(src, options.split, on_bad=on_bad, storage_options=options.storage_options):
             if member.patient in options.val_patients and member.split == "train":
                 member = SourceMember("val", member.patient, member.aug, member.archive, member.member, member.root)
             previous = seen.setdefault((member.split, member.key), member)

@@ -39,8 +39,11 @@ class ConvertOptions:
     #: What the measured choice of encodings puts first: ``"size"`` (smallest shards) or
     #: ``"speed"`` (fastest decoding, in about twice the bytes on float images; ``--prefer speed``).
     prefer: str = "size"
-    #: Options for fsspec when ``out`` is a URL (credentials, endpoint, ...); by default they come
-    #: from the environment and configuration files. Never written to the output or a log.
+    #: Options for fsspec for ``out`` and the sources at URLs (credentials, endpoint, ...): flat keys
+    #: apply to every URL, a key named after a protocol (``{"s3": {...}, "https": {...}}``) to its
+    #: URLs only (:func:`~pipeline.io.filesystems.options_for`); by default they come from the
+    #: environment and configuration files. They travel to the workers inside the tasks, as the
+    #: passwords do, and are never written to the output or a log, nor part of the plan's identity.
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
     #: The passwords of encrypted sources (:class:`~pipeline.source.passwords.Passwords`); they
     #: travel to the workers and are never written, logged or part of the plan's identity.

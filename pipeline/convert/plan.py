@@ -75,7 +75,7 @@ def _calibration_samples(
     A bad member skipped here is rejected properly by its task later.
     """
     chosen, samples = [], []
-    with Readers(options.passwords) as readers:
+    with Readers(options.passwords, options.storage_options) as readers:
         for member in members:
             try:
                 sample = readers.read_sample(member.archive, member.member)
@@ -99,7 +99,7 @@ def plan_identity(
     """This run's :class:`~pipeline.store.plan.Identity` (what must match for a re-run to reuse earlier
     output: see there). Only fixed encodings enter it: measuring encodings again never changes it."""
     return Identity(
-        sources=tuple(SourceRecord(**fingerprint(s)) for s in sources),
+        sources=tuple(SourceRecord(**fingerprint(s, options.storage_options)) for s in sources),
         splits={split: tuple(m.key for m in members) for split, members in by_split.items()},
         shard_bytes=options.shard_bytes,
         encodings=dict(sorted(options.encodings.items())) if options.encodings is not None else None,

@@ -55,6 +55,7 @@ def _tasks(
             skip_bad=options.skip_bad,
             stored_dtypes=plan.stored_dtypes,
             passwords=options.passwords,
+            storage_options=dict(options.storage_options or {}),
         )
         for split, members in by_split.items()
         for start in range(0, len(members), group)
@@ -126,7 +127,9 @@ def convert(
     """
     started = time.perf_counter()
     sources = [os.fspath(s) for s in sources]
-    check_passwords(sources, options.passwords)  # a wrong or missing password: before anything is written
+    check_passwords(
+        sources, options.passwords, options.storage_options
+    )  # a wrong or missing password: before anything is written
     out = Storage(out, options.storage_options)
     out.check_writable()  # a missing bucket, no credentials, a read-only prefix: before any work
     by_split, rejected = collect_members(sources, options)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -50,6 +50,8 @@ class GroupTask:
     stored_dtypes: Mapping[str, str] = field(default_factory=dict)
     #: The sources' passwords (they print as ``Password(***)``; see :mod:`pipeline.source.passwords`)
     passwords: Passwords = NO_PASSWORDS
+    #: fsspec's options for sources at URLs (credentials: never printed, as the passwords)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def tar_name(self) -> str:
@@ -69,7 +71,7 @@ def convert_group(task: GroupTask) -> ShardEntry:
     tune_worker()
     group = _GroupWriter(task)
     try:
-        with Readers(task.passwords) as readers:
+        with Readers(task.passwords, task.storage_options) as readers:
             for row, member in enumerate(task.members):
                 try:
                     sample = readers.read_sample(member.archive, member.member)

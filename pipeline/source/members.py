@@ -2,9 +2,10 @@
 
 A source is a release zip (``SSMSpine_Train.zip``), local or at a URL (``s3://bucket/...``, read
 in place by :mod:`pipeline.source.remote`), or a local directory holding the same tree after
-extraction. Members are ``<root>/p<patient>/aug<shape>.pt``; the root may sit under other folders
-(``SSMSpine_Train/Train/p1/aug1.pt``) and names the split (``Train`` → ``train``). Listing reads the
-zip's central directory only.
+extraction. A source at a URL is opened with the run's ``storage_options``, those of its URL only
+(:func:`~pipeline.io.filesystems.options_for`). Members are ``<root>/p<patient>/aug<shape>.pt``;
+the root may sit under other folders (``SSMSpine_Train/Train/p1/aug1.pt``) and names the split
+(``Train`` → ``train``). Listing reads the zip's central directory only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from pipeline.errors import SourceError
 from pipeline.schema import sample_key
@@ -74,24 +75,26 @@ def parse_member(archive: str, name: str, split: str | None = None) -> SourceMem
     )
 
 
-def _member_names(source: str) -> list[str]:
+def _member_names(source: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     if not is_url(source) and os.path.isdir(source):
         base = Path(source)
         return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
-    with open_zip(source) as archive:
+    with open_zip(source, storage_options=storage_options) as archive:
         return [info.filename for info in archive.infolist() if not info.is_dir()]
 
 
-def open_zip(source: str, file: RangedFile | None = None) -> zipfile.ZipFile:
-    """Open a zip (through ``file`` if given, else the path or URL ``source``), turning whatever a
-    damaged directory makes zipfile raise into a :class:`SourceError`.
+def open_zip(
+    source: str, file: RangedFile | None = None, *, storage_options: Mapping[str, Any] | None = None
+) -> zipfile.ZipFile:
+    """Open a zip (through ``file`` if given, else the path or URL ``source``, a URL with
+    ``storage_options``), turning whatever a damaged directory makes zipfile raise into a :class:`SourceError`.
 
     zipfile raises more than ``BadZipFile`` for a damaged central directory: ``NotImplementedError``
     for a "version needed" it does not know, ``UnicodeDecodeError`` for a name flagged UTF-8 that is
     not, ``ValueError``, ``struct.error``... A damaged release must end in one line naming it, not a traceback.
     """
     if file is None and is_url(source):
-        file = RemoteArchive(source).open()
+        file = RemoteArchive(source, storage_options).open()
     try:
         return zipfile.ZipFile(source if file is None else file)
     except MemoryError:
@@ -101,7 +104,11 @@ def open_zip(source: str, file: RangedFile | None = None) -> zipfile.ZipFile:
 
 
 def list_members(
-    source: str | os.PathLike, split: str | None = None, on_bad: Callable[[SourceError], None] | None = None
+    source: str | os.PathLike,
+    split: str | None = None,
+    on_bad: Callable[[SourceError], None] | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[SourceMember]:
     """All sample members of one source, sorted by (split, patient, aug); junk is skipped.
 
@@ -111,7 +118,7 @@ def list_members(
     if not is_url(source) and not os.path.exists(source):
         raise SourceError(source, None, "no such file or directory")
     members = []
-    for name in _member_names(source):
+    for name in _member_names(source, storage_options):
         if is_junk(name):
             continue
         try:
@@ -126,7 +133,7 @@ def list_members(
     return members
 
 
-def fingerprint(source: str | os.PathLike) -> dict:
+def fingerprint(source: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> dict:
     """Name, size and a content fingerprint of a source, cheap even for a 20 GB zip.
 
     For a zip the fingerprint hashes the central directory entries (name, CRC-32, size) of its
@@ -148,7 +155,7 @@ def fingerprint(source: str | os.PathLike) -> dict:
             size += stat.st_size
             digest.update(f"{path.relative_to(base).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     else:
-        with open_zip(source) as archive:
+        with open_zip(source, storage_options=storage_options) as archive:
             size = archive.fp.size if isinstance(archive.fp, RangedFile) else os.path.getsize(source)
             for info in sorted(archive.infolist(), key=lambda i: i.filename):
                 digest.update(f"{info.filename}\0{info.CRC:08x}\0{info.file_size}\n".encode())

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import zipfile
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 from pipeline.errors import PasswordError, SourceError
 from pipeline.source.members import is_junk, open_zip
@@ -54,17 +54,17 @@ def encrypted_members(infos: Iterable[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]
     return [i for i in infos if i.flag_bits & MASK_ENCRYPTED and not i.is_dir() and not is_junk(i.filename)]
 
 
-def is_encrypted(source: str) -> bool:
+def is_encrypted(source: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     """True for a zip with any encrypted sample member (reads the central directory only)."""
     if _is_tree(source):
         return False
-    with open_zip(source) as archive:
+    with open_zip(source, storage_options=storage_options) as archive:
         return bool(encrypted_members(archive.infolist()))
 
 
-def try_password(source: str, password: Password) -> Opening:
+def try_password(source: str, password: Password, storage_options: Mapping[str, Any] | None = None) -> Opening:
     """Whether ``password`` opens ``source``: decrypt up to :data:`TRIED_MEMBERS` whole members."""
-    with SourceReader(source, password) as reader:
+    with SourceReader(source, password, storage_options) as reader:
         return _opening(reader, encrypted_members(reader.infolist()))
 
 
@@ -86,7 +86,7 @@ def _opening(reader: SourceReader, members: list[zipfile.ZipInfo]) -> Opening:
     return Opening(opens=False, member=first.member or "", reason=first.reason)
 
 
-def check_passwords(sources: list[str], passwords: Passwords) -> None:
+def check_passwords(sources: list[str], passwords: Passwords, storage_options: Mapping[str, Any] | None = None) -> None:
     """Raise :class:`PasswordError` for the first encrypted source without a password, or whose
     password does not open it. Each zip is opened once (its central directory: two or three
     requests at a URL), and a few of its members are read."""
@@ -94,7 +94,7 @@ def check_passwords(sources: list[str], passwords: Passwords) -> None:
         if _is_tree(source):
             continue
         password = passwords.for_archive(source)
-        with SourceReader(source, password) as reader:
+        with SourceReader(source, password, storage_options) as reader:
             members = encrypted_members(reader.infolist())
             if not members:
                 continue
@@ -121,16 +121,18 @@ def _is_tree(source: str) -> bool:
     return os.path.isdir(source)
 
 
-def locked_sources(sources: list[str], passwords: Passwords) -> list[str]:
+def locked_sources(
+    sources: list[str], passwords: Passwords, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
     """The encrypted sources that ``passwords`` has no password for (those a terminal may ask for).
 
     A source that cannot be opened is not among them: the command itself names it.
     """
-    return [s for s in sources if passwords.for_archive(s) is None and _is_locked(s)]
+    return [s for s in sources if passwords.for_archive(s) is None and _is_locked(s, storage_options)]
 
 
-def _is_locked(source: str) -> bool:
+def _is_locked(source: str, storage_options: Mapping[str, Any] | None) -> bool:
     try:
-        return is_encrypted(source)
+        return is_encrypted(source, storage_options)
     except SourceError:
         return False

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 from zlib_ng import zlib_ng
@@ -47,14 +47,17 @@ class SourceReader:
     """Reads members of one source, keeping the zip open across the members of a task.
 
     ``password`` opens its encrypted members; a member that is encrypted when none was given is
-    a :class:`PasswordError` (planning finds that before any task runs).
+    a :class:`PasswordError` (planning finds that before any task runs). A source at a URL is
+    opened with ``storage_options`` (those of its URL only).
     """
 
-    def __init__(self, source: str, password: Password | None = None) -> None:
+    def __init__(
+        self, source: str, password: Password | None = None, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
         self.source = source
         self._password = password
         if is_url(source):
-            self._file = RemoteArchive(source).open()
+            self._file = RemoteArchive(source, storage_options).open()
             self._zip = open_zip(source, self._file)
             return
         self._zip = None if os.path.isdir(source) else open_zip(source)
@@ -162,10 +165,12 @@ def _read_bounded(file, archive: str, member: str) -> bytes:
 
 
 class Readers:
-    """One open :class:`SourceReader` per archive, for a task that reads members of several."""
+    """One open :class:`SourceReader` per archive, for a task that reads members of several (those
+    at URLs opened with ``storage_options``)."""
 
-    def __init__(self, passwords: Passwords = NO_PASSWORDS) -> None:
+    def __init__(self, passwords: Passwords = NO_PASSWORDS, storage_options: Mapping[str, Any] | None = None) -> None:
         self._passwords = passwords
+        self._storage_options = storage_options
         self._readers: dict[str, SourceReader] = {}
 
     def __enter__(self) -> "Readers":
@@ -177,14 +182,17 @@ class Readers:
 
     def read_sample(self, archive: str, member: str) -> dict[str, np.ndarray]:
         if archive not in self._readers:
-            self._readers[archive] = SourceReader(archive, self._passwords.for_archive(archive))
+            password = self._passwords.for_archive(archive)
+            self._readers[archive] = SourceReader(archive, password, self._storage_options)
         return self._readers[archive].read_sample(member)
 
 
 def read_samples(
-    locations: Iterable[tuple[str, str]], passwords: Passwords = NO_PASSWORDS
+    locations: Iterable[tuple[str, str]],
+    passwords: Passwords = NO_PASSWORDS,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Decode ``(archive, member)`` locations in order; the first bad one raises."""
-    with Readers(passwords) as readers:
+    with Readers(passwords, storage_options) as readers:
         for archive, member in locations:
             yield readers.read_sample(archive, member)

@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 
 from pipeline.errors import NotFoundError, OutputError, UsageError
+from pipeline.io.filesystems import options_for
 from pipeline.schema import FIELD_SHAPES, FieldSpec
 from pipeline.store.manifest import Manifest, SplitEntry
 from pipeline.urls import is_url, safe_url
@@ -86,13 +87,14 @@ def open_store(
     out: str | os.PathLike, storage_options: Mapping | None = None, read_only: bool = True
 ) -> Path | zarr.storage.FsspecStore:
     """The Zarr store of the output at ``out``: its directory, or for a URL (any fsspec URL)
-    zarr-python's own fsspec store, to which ``storage_options`` go (credentials otherwise come
-    from where fsspec finds them: the environment, configuration files)."""
+    zarr-python's own fsspec store, to which the URL's own ``storage_options`` go (its protocol's
+    section over the flat keys: :func:`~pipeline.io.filesystems.options_for`; credentials otherwise
+    come from where fsspec finds them: the environment, configuration files)."""
     if not is_url(os.fspath(out)):
         return store_path(out)
     url = zarr_location(out)
     try:
-        options = dict(storage_options or {})
+        options = options_for(url, storage_options)
         return zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=read_only)
     except (ValueError, ImportError, TypeError) as exc:  # an unknown scheme, its package missing
         raise UsageError(f"{safe_url(url)}: cannot open this URL with fsspec ({exc})") from exc

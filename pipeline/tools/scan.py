@@ -17,7 +17,8 @@ under ``--skip-bad``), a sample that could not be read, and an encrypted archive
 password (a scan needs none; converting does, and says how to give it).
 
 Each source is scanned on its own: one that cannot be opened is recorded as such and the others
-are still scanned. Passwords are used, never kept: no record holds one.
+are still scanned. Passwords and ``storage_options`` (for sources at URLs, each URL taking its
+own: :func:`~pipeline.io.filesystems.options_for`) are used, never kept: no record holds one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -71,19 +72,25 @@ class Layout:
     duplicates: tuple[Problem, ...]
 
 
-def scan(sources: Sequence[str | os.PathLike], passwords: Passwords = NO_PASSWORDS) -> ScanReport:
+def scan(
+    sources: Sequence[str | os.PathLike],
+    passwords: Passwords = NO_PASSWORDS,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ScanReport:
     """Scan every source with its password from ``passwords`` (by file name, else the default)."""
     paths = [os.fspath(s) for s in sources]
-    return ScanReport(tuple(scan_source(p, passwords.for_archive(p)) for p in paths))
+    return ScanReport(tuple(scan_source(p, passwords.for_archive(p), storage_options) for p in paths))
 
 
-def scan_source(source: str, password: Password | None = None) -> SourceScan:
+def scan_source(
+    source: str, password: Password | None = None, storage_options: Mapping[str, Any] | None = None
+) -> SourceScan:
     """One source scanned; a source that cannot be read is a record saying why, not an exception,
     so that a list of sources is scanned to its end."""
     try:
         if not is_url(source) and os.path.isdir(source):
             return _scan_tree(source)
-        return _scan_zip(source, password)
+        return _scan_zip(source, password, dict(storage_options or {}))
     except SourceError as exc:
         reason = f"{exc.member}: {exc.reason}" if exc.member else exc.reason
     except UnavailableError as exc:  # a URL still failing after the retries
@@ -98,16 +105,16 @@ def _scan_tree(source: str) -> SourceScan:
     return _record(source, "directory", tree_bytes(source), layout, sample=read_one(source, None, candidates))
 
 
-def _scan_zip(source: str, password: Password | None) -> SourceScan:
+def _scan_zip(source: str, password: Password | None, storage_options: dict[str, Any]) -> SourceScan:
     if not is_url(source) and not os.path.exists(source):
         raise SourceError(source, None, "no such file or directory")
-    with open_zip(source) as archive:
+    with open_zip(source, storage_options=storage_options) as archive:
         infos = [info for info in archive.infolist() if not info.is_dir()]
         size, end_records = zip64_end_records(archive)
         encrypted = len(encrypted_members(archive.infolist()))
     layout = sort_names(source, [info.filename for info in infos])
     directory = read_directory(infos, {m.member for m in layout.members}, size, end_records)
-    unlock = check_password(source, password, encrypted)
+    unlock = check_password(source, password, encrypted, storage_options)
     by_name = {info.filename: info for info in infos}
     opens = unlock.state == OPENS
     readable = [
@@ -117,7 +124,7 @@ def _scan_zip(source: str, password: Password | None) -> SourceScan:
     ]
     if opens and unlock.member in readable:  # known to decrypt: read it first
         readable.insert(0, readable.pop(readable.index(unlock.member)))
-    sample = read_one(source, password, readable, _why_no_sample(layout, unlock))
+    sample = read_one(source, password, readable, _why_no_sample(layout, unlock), storage_options)
     return _record(source, "zip", size, layout, sample, directory=directory, unlock=unlock)
 
 
@@ -178,14 +185,16 @@ def splits_of(members: Sequence[SourceMember]) -> tuple[Split, ...]:
     )
 
 
-def check_password(source: str, password: Password | None, encrypted: int) -> Unlock:
+def check_password(
+    source: str, password: Password | None, encrypted: int, storage_options: Mapping[str, Any] | None = None
+) -> Unlock:
     """Whether the password opens an archive with ``encrypted`` encrypted sample entries; proved by
     decrypting whole members, as a conversion does before it starts."""
     if not encrypted:
         return Unlock(NOT_ENCRYPTED)
     if password is None:
         return Unlock(NO_PASSWORD)
-    opening = try_password(source, password)
+    opening = try_password(source, password, storage_options)
     return Unlock(OPENS if opening.opens else REFUSED, opening.member or None, opening.reason)
 
 
@@ -199,7 +208,13 @@ def _why_no_sample(layout: Layout, unlock: Unlock) -> str:
     return "every sample entry is damaged"
 
 
-def read_one(source: str, password: Password | None, candidates: Sequence[str], why_none: str = "") -> Sample:
+def read_one(
+    source: str,
+    password: Password | None,
+    candidates: Sequence[str],
+    why_none: str = "",
+    storage_options: Mapping[str, Any] | None = None,
+) -> Sample:
     """The fields of the first of ``candidates`` (up to :data:`SAMPLES_TRIED`) that decodes.
 
     Not :func:`pipeline.schema.schema_from_sample`: a scan reports fields that differ from the
@@ -208,7 +223,7 @@ def read_one(source: str, password: Password | None, candidates: Sequence[str], 
     if not candidates:
         return Sample(None, problem=why_none or "no sample to read")
     failures = []
-    with SourceReader(source, password) as reader:
+    with SourceReader(source, password, storage_options) as reader:
         for member in candidates[:SAMPLES_TRIED]:
             try:
                 sample = reader.read_sample(member)

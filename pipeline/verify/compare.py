@@ -19,8 +19,9 @@ Tasks keep multi-MB buffers on the heap (:mod:`pipeline.runtime`), as conversion
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -60,6 +61,8 @@ class VerifyTask:
     chunks_per_shard: int  # Zarr chunks (samples) per shard file
     members: tuple[tuple[str, str], ...] | None  # (archive path, member) per key, or None
     passwords: Passwords = NO_PASSWORDS  # of encrypted sources; they print as Password(***)
+    #: fsspec's options for sources at URLs (credentials: never printed, as the passwords)
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
 
 def verify_shard(task: VerifyTask) -> tuple[int, list[Problem]]:
@@ -203,7 +206,7 @@ def _expected_samples(task: VerifyTask) -> Iterator[Truth]:
         return
     from pipeline.source.zip_reader import read_samples
 
-    for sample in read_samples(task.members, task.passwords):
+    for sample in read_samples(task.members, task.passwords, task.storage_options):
         yield sample.__getitem__
 
 

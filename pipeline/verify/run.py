@@ -45,7 +45,8 @@ class Report:
 def verify_tasks(
     out: Storage, sources: Sequence[str | os.PathLike] | None, passwords: Passwords = NO_PASSWORDS
 ) -> list[VerifyTask]:
-    """One task per shard; with ``sources``, each key is mapped to its member in them."""
+    """One task per shard; with ``sources``, each key is mapped to its member in them (those at URLs
+    read with the output's ``storage_options``: one mapping for all, each URL taking its own)."""
     done = manifest.read_manifest(out)
     by_name = {location_name(os.fspath(s)): os.fspath(s) for s in sources or ()}
     tasks = []
@@ -62,6 +63,7 @@ def verify_tasks(
                     chunks_per_shard=done.plan.group_samples,
                     members=tuple(members_of[k] for k in shard.keys) if members_of is not None else None,
                     passwords=passwords,
+                    storage_options=out.storage_options if sources else {},
                 )
             )
     return tasks
@@ -87,11 +89,13 @@ def verify(
     passwords: Passwords = NO_PASSWORDS,
 ) -> Report:
     """Check every sample of ``out`` (a directory or any fsspec URL) in both formats, bit for bit.
-    See the module docstring. ``passwords`` open encrypted sources (checked before any task runs)."""
+    See the module docstring. ``passwords`` open encrypted sources (checked before any task runs);
+    ``storage_options`` reach the output and the sources at URLs (flat keys for every URL, a
+    protocol's section for its URLs only: :func:`~pipeline.io.filesystems.options_for`)."""
     if sources:  # imported only here: checking against the manifest never loads torch
         from pipeline.source.unlock import check_passwords
 
-        check_passwords([os.fspath(s) for s in sources], passwords)
+        check_passwords([os.fspath(s) for s in sources], passwords, storage_options)
     tasks = verify_tasks(Storage(out, storage_options), sources, passwords)
     listed = time.perf_counter()
     results, startup = run_tasks(
