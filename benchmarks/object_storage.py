@@ -6,7 +6,10 @@ The server is moto's (a test dependency, which ``make`` installs) in a process o
 staging, uploads), not what a real network adds. The readers read the benchmark's converted set
 (:func:`~benchmarks.baselines.prepare`) uploaded to a bucket: ``StreamingDataset`` (img+label,
 batches of :data:`~benchmarks.loaders.BATCH_SIZE`, in process) and ``ZarrDataset`` (img+label,
-random order, in process). The conversions convert the same archive with the same fixed encodings
+random order, in process), and ``StreamingDataset`` from the bucket with a shard cache (``cache_dir=``): its
+first epoch, untimed, starts a copy of every shard, which the benchmark waits for
+(:func:`~pipeline.store.cached_ranges.wait_for_fills`), so every timed epoch is a later one, read from the
+copies. The conversions convert the same archive with the same fixed encodings
 on one local Dask cluster, kept for every run, into a fresh directory or a fresh prefix each time;
 their figure is the tasks' wall time (``Summary.converting_seconds``: without planning and the
 cluster's start-up). Then the HTTP rows: streaming from the same output on an HTTP server
@@ -28,18 +31,32 @@ from pathlib import Path
 from typing import Iterator
 
 import fsspec
+from torch.utils.data import DataLoader
 
 from pipeline.cluster import local_cluster
 from pipeline.convert import ConvertOptions, convert
+from pipeline.read.stream import StreamingDataset
 from pipeline.read.zarr_dataset import ZarrDataset
+from pipeline.store.cached_ranges import wait_for_fills
 from pipeline.store.manifest import read_manifest
 
 from benchmarks.baselines import prepare
 from benchmarks.common import interleave, machine_description, markdown_table
 from benchmarks.http_reading import http_lines, http_rows
-from benchmarks.loaders import MIN_MEASURE_SECONDS, TimedReader, map_loader, stream_reader, time_readers
+from benchmarks.loaders import (
+    BATCH_SIZE,
+    MIN_MEASURE_SECONDS,
+    SEED,
+    TimedReader,
+    map_loader,
+    stream_reader,
+    time_readers,
+)
+from benchmarks.names import STREAMING
 
 FIELDS = ("img", "label")
+#: Where the streaming row with a shard cache reads from: later epochs, from the local copies.
+CACHED = "S3, loopback, cached"
 #: How long the S3 server may take to answer its first request.
 SERVER_START_SECONDS = 60
 
@@ -98,13 +115,24 @@ def _upload(out: Path) -> str:
     return url
 
 
-def _readers(out: Path, url: str) -> list[TimedReader]:
+def _readers(out: Path, url: str, cache_dir: Path) -> list[TimedReader]:
     readers = []
     for where, root in (("local files", out), ("S3, loopback", url)):
         readers.append(stream_reader(root, FIELDS, where, 0))
         zarr_ds = ZarrDataset(root, fields=FIELDS)
         readers.append(TimedReader("zarr", where, 0, map_loader(zarr_ds, 0), len(zarr_ds)))
-    return readers
+    return readers + [_cached_stream(url, cache_dir)]
+
+
+def _cached_stream(url: str, cache_dir: Path) -> TimedReader:
+    """Streaming from the bucket with a shard cache, after a first epoch whose copies have all been made."""
+    options = {"batch_size": BATCH_SIZE, "seed": SEED, "cache_dir": cache_dir, "cache_limit": 1 << 40}
+    dataset = StreamingDataset(url, fields=FIELDS, **options)
+    loader = DataLoader(dataset, batch_size=None)
+    reader = TimedReader(STREAMING, CACHED, 0, loader, dataset.samples, before_epoch=dataset.set_epoch)
+    reader.epoch_seconds()  # the first epoch: read by ranges, one copy of each shard started
+    wait_for_fills()
+    return reader
 
 
 class _Conversion:
@@ -134,7 +162,7 @@ def run(samples: int = 64, repeats: int = 5, scratch: Path | None = None, conver
         with s3_server(), local_cluster(2) as cluster:
             _, out = prepare(samples, scratch, cluster.scheduler_address)
             url = _upload(out)
-            readers = _readers(out, url)
+            readers = _readers(out, url, scratch / "shard-cache")
             reading = time_readers(readers, repeats)
             archive = out.parent / "SSMSpine_Train.zip"
             encodings = read_manifest(out).encodings

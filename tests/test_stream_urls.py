@@ -10,7 +10,11 @@ import pytest
 from torch.utils.data import DataLoader
 
 from pipeline import OutputError
+from pipeline.errors import UsageError
+from pipeline.io.shard_cache import FOLDER
 from pipeline.read.stream import StreamingDataset
+from pipeline.read.stream.sources import Source
+from pipeline.store.cached_ranges import wait_for_fills
 from pipeline.store.manifest import read_manifest
 
 from conftest import assert_bit_exact, copy_output
@@ -111,3 +115,91 @@ def test_damaged_shard_is_an_error_naming_it(converted, tmp_path, serve, how, sc
     before = len(read_manifest(out).splits["train"].shards[0].keys)
     assert before >= (batch or 1), "the first shard fills a batch, so an early error would show"
     assert received == ds.keys[: len(received)] and len(received) == before - before % (batch or 1)
+
+
+# --------------------------------------------------------------------------- caching shards at URLs
+
+
+def _cached(cache_dir: Path) -> set[str]:
+    """The sha256 of every complete entry of the shard cache under ``cache_dir``."""
+    return {p.stem for p in (cache_dir / FOLDER).glob("*/*.tar")}
+
+
+def _assert_as_stock(batches, stock, fields, what):
+    for batch in batches:
+        for row, key in enumerate(batch["__key__"]):
+            for field in fields:
+                assert_bit_exact(batch[field][row].numpy(), stock[key][field], f"{what} {key}.{field}")
+
+
+def test_a_cached_second_epoch_reads_nothing_from_the_server(converted, serve, tmp_path):
+    """Epoch 0 reads by ranges while one fill per shard copies it whole; epoch 1 asks the server nothing."""
+    server = serve(converted)
+    shards = read_manifest(converted).splits["train"].shards
+    fields = ("label", "shape")
+    ds = StreamingDataset(server.url, fields=fields, seed=SEED, batch_size=4, cache_dir=tmp_path, cache_limit=1 << 30)
+    stock = stock_samples(converted, "train")
+    _assert_as_stock(list(ds), stock, fields, "epoch 0")
+    wait_for_fills()
+    assert _cached(tmp_path) == {s.sha256 for s in shards}
+    assert any(r.start is not None and r.end - r.start + 1 < min(s.bytes for s in shards) for r in server.requests)
+    server.requests.clear()
+    ds.set_epoch(1)
+    second = list(ds)
+    assert server.requests == [], "a cached epoch made requests"
+    assert flat_keys(second) == expected_keys(ds.keys, 1, 0, 1)
+    _assert_as_stock(second, stock, fields, "epoch 1")
+
+
+def test_a_cache_smaller_than_a_shard_caches_nothing_and_reads_by_ranges(converted, serve, tmp_path):
+    server = serve(converted)
+    smallest = min(s.bytes for s in read_manifest(converted).splits["test"].shards)
+    ds = StreamingDataset(server.url, "test", ("label",), seed=SEED, cache_dir=tmp_path, cache_limit=smallest - 1)
+    stock = stock_samples(converted, "test")
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        server.requests.clear()
+        assert assert_same_as_stock(ds, stock, ("label",)) == expected_keys(ds.keys, epoch, 0, 1)
+        wait_for_fills()
+        assert _cached(tmp_path) == set() and server.requests
+    assert {p.name for p in (tmp_path / FOLDER).rglob("*") if p.is_file()} <= {"evict.lock"}
+
+
+def test_the_ranks_of_a_machine_share_one_cache(converted, serve, tmp_path):
+    """A second dataset on the same cache_dir, read in a DataLoader worker (another process, which opens
+    the cache itself), finds every shard the first one copied: not one request reaches the server."""
+    server = serve(converted)
+    options = {"fields": ("label",), "seed": SEED, "batch_size": 2, "cache_dir": tmp_path, "cache_limit": 1 << 30}
+    list(StreamingDataset(server.url, "test", **options))
+    wait_for_fills()
+    other = StreamingDataset(server.url, "test", **options)
+    server.requests.clear()
+    batches = list(DataLoader(other, batch_size=None, num_workers=1))
+    assert server.requests == [] and sorted(flat_keys(batches)) == sorted(other.keys)
+    _assert_as_stock(batches, stock_samples(converted, "test"), ("label",), "rank 1")
+
+
+def test_cache_options_are_checked(converted, serve, tmp_path):
+    url = serve(converted).url
+    for root, options, message in [
+        (converted, {"cache_dir": tmp_path, "cache_limit": 1 << 20}, "for outputs at URLs"),
+        (url, {"cache_dir": tmp_path}, "needs cache_limit"),
+        (url, {"cache_limit": 1 << 20}, "give cache_dir"),
+        (url, {"cache_dir": tmp_path, "cache_limit": -1}, "cache_limit must be"),
+        (url, {"cache_dir": "s3://bucket/cache", "cache_limit": 1}, "local folder"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            StreamingDataset(root, "test", **options)
+
+
+def test_a_mixture_caches_its_sources_at_urls_and_reads_the_local_ones_in_place(converted, serve, tmp_path):
+    server = serve(converted)
+    sources = [Source(server.url, "test", weight=1), Source(converted, "train", weight=1)]
+    ds = StreamingDataset(sources, fields=("label",), epoch_size=8, seed=SEED, cache_dir=tmp_path, cache_limit=1 << 30)
+    stock = {**stock_samples(converted, "test"), **stock_samples(converted, "train")}
+    list(ds)
+    wait_for_fills()
+    assert _cached(tmp_path) == {s.sha256 for s in read_manifest(converted).splits["test"].shards}
+    server.requests.clear()
+    ds.set_epoch(1)
+    assert len(assert_same_as_stock(ds, stock, ("label",))) == 8 and server.requests == []

@@ -29,7 +29,7 @@ from pipeline.errors import UsageError
 from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.items import Delivery
 from pipeline.read.stream.epochs import Resumption
-from pipeline.read.stream.fetch import Pending, SampleReader, read_ahead
+from pipeline.read.stream.fetch import CacheOptions, Pending, SampleReader, read_ahead
 from pipeline.read.stream.order import rank_padding, rank_rows, worker_batches
 from pipeline.read.stream.passes import (
     PassPlan,
@@ -72,6 +72,7 @@ class StreamingDataset(IterableDataset):
     ``storage_options``: for an output at a URL, the options of fsspec (credentials, endpoint, ...),
     as ``ZarrDataset`` takes them (every URL is read through fsspec).
     Without them, credentials come from where fsspec finds them (environment, configuration files).
+    ``cache_dir``, ``cache_limit`` (bytes): shards at URLs copied to local disk once, shared by the machine's ranks.
     Every option after ``fields`` is keyword-only, in both readers.
     ``compact``: fields come in the dtypes they are stored in (label and masks narrowed, e.g.
     uint8 for an int64 label; see ``docs/FORMAT.md``) rather than widened to the source dtypes,
@@ -122,6 +123,8 @@ class StreamingDataset(IterableDataset):
         patients: int | Iterable[int] | None = None,
         keys: str | Iterable[str] | None = None,
         where: Predicate | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_limit: int | None = None,
     ) -> None:
         sources = sources_of(root, split, patients, keys, where)
         self.shuffle = shuffle
@@ -139,6 +142,7 @@ class StreamingDataset(IterableDataset):
         self.fields, self._specs, self._torch_dtypes, self.source_dtypes, self._index = got[1:6]
         self._mixture, identity, self.split = got.mixture, got.identity, got.identity.split  # split: "a+b" for sources
         self.root = got.roots[0] if len(sources) == 1 else got.roots
+        self._cache = CacheOptions.of(cache_dir, cache_limit, got.roots)  # docs/READERS.md: caching shards at URLs
         self._handed_over: tuple[int, int] | None = None  # the main process's world, set when pickled
         self._resumption = Resumption(identity, batch_size, drop_last, self.world_size)
         self._sample_reader: SampleReader | None = None  # this process's, see _reader
@@ -283,6 +287,7 @@ class StreamingDataset(IterableDataset):
                 self.transform,
                 self.seed,
                 self.storage_options,
+                self._cache,
             )
         return self._sample_reader
 

@@ -27,6 +27,7 @@ from pipeline.read.items import Delivery, sample_item
 from pipeline.read.stream.composite import open_index_reader
 from pipeline.read.stream.index import SampleIndex
 from pipeline.read.transforms import Transform, apply_transform, stack_into_slot, tensors_of
+from pipeline.store.cached_ranges import CachedRangeReader, CacheOptions
 from pipeline.store.location import RangeReader
 from pipeline.store.range_readers import RangeRead
 from pipeline.store.tar_shards import decode_field
@@ -79,9 +80,10 @@ class SampleReader:
         transform: Transform | None = None,
         seed: int = 0,
         storage_options: Mapping[str, Any] | None = None,
+        cache: CacheOptions | None = None,
     ) -> None:
         self.root, self._index, self._decoder = root, index, decoder
-        self._storage_options = storage_options
+        self._storage_options, self._cache = storage_options, cache
         self.fields = tuple(specs)
         self._specs, self._torch_dtypes, self._batch_size = specs, torch_dtypes, batch_size
         self._transform, self._seed = transform, seed
@@ -169,6 +171,10 @@ class SampleReader:
     def _open_store(self) -> RangeReader:
         if self._store is None:
             self._store = open_index_reader(self._index, self._storage_options)  # its sources' stores
+            if self._cache is not None:  # shards at URLs read from local copies once copied (docs/READERS.md)
+                roots = [part.root for part in self._index.parts for _ in range(part.shards)]
+                index, options = self._index, self._storage_options
+                self._store = CachedRangeReader(self._store, roots, index.sha256s, self._cache, options)
             weakref.finalize(self, self._store.close)
         return self._store
 

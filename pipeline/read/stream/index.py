@@ -40,6 +40,7 @@ class SampleIndex:
     source_dtypes: tuple[np.dtype, ...]  # per requested field: the dtype whose bytes the digests are of
     files: list[str]
     sizes: list[int]
+    sha256s: list[str]  # of each shard, from the manifest: what a shard cache keys and checks its copy by
     parts: tuple[IndexPart, ...] = ()  # whose shards are which (set by combine_indexes)
 
     def select(self, rows: np.ndarray) -> SampleIndex:
@@ -66,6 +67,7 @@ def combine_indexes(roots: Sequence[str], indexes: Sequence[SampleIndex]) -> Sam
         source_dtypes=indexes[0].source_dtypes,
         files=[f for index in indexes for f in index.files],
         sizes=[n for index in indexes for n in index.sizes],
+        sha256s=[h for index in indexes for h in index.sha256s],
         parts=parts,
     )
 
@@ -103,6 +105,7 @@ def build_index(manifest: Manifest, split: str, fields: Sequence[str], check_dig
         source_dtypes=tuple(manifest.schema[f].numpy_dtype for f in fields),
         files=[s.file for s in shards],
         sizes=[s.bytes for s in shards],
+        sha256s=[s.sha256 for s in shards],
     )
 
 
