@@ -16,6 +16,7 @@ from pipeline import SampleRecord, Source, StreamingDataset, ZarrDataset
 from pipeline.errors import NotFoundError, SampleKeyError, UsageError
 from pipeline.read.stream.mixing import Mixture, source_counts, source_draws
 from pipeline.read.stream.order import epoch_order, rank_rows
+from pipeline.read.transforms import sample_rng
 
 from conftest import assert_bit_exact, manifest_json, write_manifest_json
 from stream_common import SEED, flat_keys, stock_samples
@@ -248,3 +249,30 @@ def test_subset_and_source_misuse(converted, tmp_path):
     write_manifest_json(changed, data)
     with pytest.raises(UsageError, match=r"hold \['label'\] in other shapes or dtypes"):
         StreamingDataset([Source(converted), Source(changed)], fields=("label",))
+
+
+# --------------------------------------------------------------------------- upsampled samples under a transform
+
+
+def test_each_appearance_of_an_upsampled_sample_is_numbered():
+    mixture = Mixture.of([12, 3], [3, 1], 20)  # 15 and 5 positions: 12 + 3 again, 3 + 2 again
+    for epoch in (0, 1):
+        rows, seen = mixture.order(SEED, epoch), mixture.draws(SEED, epoch)
+        for row in range(15):
+            assert sorted(seen[rows == row].tolist()) == list(range(int((rows == row).sum()))), row
+    assert not Mixture.of([12], [1], None).draws(SEED, 0).any(), "a plain order: every sample's first appearance"
+
+
+def draw_tag(sample, rng):
+    """A transform whose whole output is a draw of its generator."""
+    return {"tag": np.array(rng.integers(0, 2**62))}
+
+
+def test_an_upsampled_sample_is_augmented_anew_at_each_appearance(converted):
+    ds = StreamingDataset(Source(converted, "train"), fields=("label",), seed=SEED, epoch_size=24, transform=draw_tag)
+    tags: dict[str, list[int]] = {}
+    for item in ds:
+        tags.setdefault(item["__key__"], []).append(int(item["tag"]))
+    assert len(tags) == 12
+    for key, drawn in tags.items():
+        assert sorted(drawn) == sorted(sample_rng(SEED, 0, key, k).integers(0, 2**62) for k in (0, 1)), key

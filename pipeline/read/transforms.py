@@ -56,11 +56,13 @@ Transform = TwoArgumentTransform | OneArgumentTransform
 _KINDS = frozenset("biuf")
 
 
-def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+def sample_rng(seed: int, epoch: int, key: str, appearance: int = 0) -> np.random.Generator:
     """The generator a transform gets for sample ``key`` in ``epoch``: a function of the three
-    alone (the key through BLAKE2b, so the same in every process, Python and platform)."""
+    alone (the key through BLAKE2b, so the same in every process, Python and platform), and, for
+    an upsampled sample's later appearances in a mixed epoch (1, 2, ...), of which one it is."""
     words = np.frombuffer(hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest(), "<u4")
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), *map(int, words)]))
+    later = [int(appearance)] if appearance else []  # the first appearance: the generator as ever
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), *map(int, words), *later]))
 
 
 def as_transform(transform: Transform | None) -> TwoArgumentTransform | None:
@@ -83,10 +85,16 @@ def as_transform(transform: Transform | None) -> TwoArgumentTransform | None:
 
 
 def apply_transform(
-    transform: TwoArgumentTransform, sample: dict[str, np.ndarray], key: str, seed: int, epoch: int
+    transform: TwoArgumentTransform,
+    sample: dict[str, np.ndarray],
+    key: str,
+    seed: int,
+    epoch: int,
+    appearance: int = 0,
 ) -> dict[str, np.ndarray]:
-    """``transform(sample, rng)`` for sample ``key``, its result checked and as numpy arrays."""
-    result = transform(sample, sample_rng(seed, epoch, key))
+    """``transform(sample, rng)`` for sample ``key`` (its ``appearance`` in the epoch, see
+    :func:`sample_rng`), its result checked and as numpy arrays."""
+    result = transform(sample, sample_rng(seed, epoch, key, appearance))
     if not isinstance(result, Mapping):
         raise UsageError(f"{key}: the transform returned a {type(result).__name__}, not a dict of arrays")
     out = {}

@@ -28,18 +28,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from pipeline.errors import UsageError
 from pipeline.read.decode_threads import DecodeThreads
 from pipeline.read.items import Delivery
+from pipeline.read.stream import passes
 from pipeline.read.stream.epochs import Resumption
 from pipeline.read.stream.fetch import CacheOptions, Pending, SampleReader, read_ahead
 from pipeline.read.stream.order import rank_padding, rank_rows, worker_batches
-from pipeline.read.stream.passes import (
-    PassPlan,
-    PassProgress,
-    counted,
-    is_pass_record,
-    pass_record,
-    pass_to_resume,
-    read_pass_record,
-)
 from pipeline.read.stream.sources import Source, open_sources, sources_of
 from pipeline.read.stream.world import explicit_world, resolve_world
 from pipeline.read.subsets import Predicate
@@ -69,18 +61,15 @@ class StreamingDataset(IterableDataset):
     ``check_digests`` compares each decoded field with its digest in the manifest (xxh3-128) the
     first time a process decodes it: Blosc frames carry no checksum, so without it a corrupted
     payload may decode to wrong values silently. It costs 10-20 % of the first epoch.
-    ``storage_options``: for an output at a URL, the options of fsspec (credentials, endpoint, ...),
-    as ``ZarrDataset`` takes them (every URL is read through fsspec).
-    Without them, credentials come from where fsspec finds them (environment, configuration files).
+    ``storage_options``: fsspec's options for an output at a URL (credentials, endpoint, ...; by
+    default fsspec finds them in the environment and configuration files), as for ``ZarrDataset``.
     ``cache_dir``, ``cache_limit`` (bytes): shards at URLs copied to local disk once, shared by the machine's ranks.
     Every option after ``fields`` is keyword-only, in both readers.
-    ``compact``: fields come in the dtypes they are stored in (label and masks narrowed, e.g.
-    uint8 for an int64 label; see ``docs/FORMAT.md``) rather than widened to the source dtypes,
-    so batches are smaller; widen them on the GPU with ``pipeline.to_device(batch, device,
-    ds.source_dtypes)``. ``source_dtypes`` maps each field to its source torch dtype.
-    ``decode_threads``: threads that decode the samples of a batch at once (default: the cores
-    of the process, divided among local ranks and DataLoader workers; see
-    :mod:`pipeline.read.decode_threads`).
+    ``compact``: fields in their stored dtypes (label and masks narrowed, ``docs/FORMAT.md``), not
+    widened to the source dtypes (``source_dtypes``): smaller batches, widened on the GPU by
+    ``pipeline.to_device(batch, device, ds.source_dtypes)``.
+    ``decode_threads``: threads that decode the samples of a batch at once (default: the process's
+    cores, divided among local ranks and DataLoader workers; :mod:`pipeline.read.decode_threads`).
     ``transform(sample, rng) -> sample``: augmentation run on each decoded sample where decoding
     runs (decode threads, DataLoader workers), with ``rng`` seeded from ``(seed, epoch, key)`` — the
     same for any number of ranks or workers and after a resume; or ``transform(sample)`` (a MONAI
@@ -147,8 +136,8 @@ class StreamingDataset(IterableDataset):
         self._resumption = Resumption(identity, batch_size, drop_last, self.world_size)
         self._sample_reader: SampleReader | None = None  # this process's, see _reader
         self._decoder = DecodeThreads(decode_threads)
-        self._pass: PassProgress | None = None  # this process's latest pass (a worker's state)
-        self._pending_pass: PassProgress | None = None  # a worker's saved pass, continued by its next
+        self._pass: passes.PassProgress | None = None  # this process's latest pass (a worker's state)
+        self._pending_pass: passes.PassProgress | None = None  # a worker's saved pass, continued by its next
         self.transform = as_transform(transform)
 
     # ----------------------------------------------------------------- ranks and samples
@@ -218,20 +207,20 @@ class StreamingDataset(IterableDataset):
         see :mod:`pipeline.read.stream.passes`.
         """
         if get_worker_info() is not None:
-            return pass_record(self._resumption.identity, self._pass)
+            return passes.pass_record(self._resumption.identity, self._pass)
         return self._resumption.state_dict(self.world_size, samples_seen)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue where :meth:`state_dict` left off, on this job's world size and batch size
         (in a DataLoader worker: the state that worker saved, continued by its next pass)."""
         in_worker = get_worker_info() is not None
-        if is_pass_record(state) != in_worker:
+        if passes.is_pass_record(state) != in_worker:
             raise UsageError(
                 "a DataLoader worker's state (saved by StatefulDataLoader) loads only into that worker, "
                 "through the same loader's load_state_dict; the dataset's own state loads in the main process"
             )
         if in_worker:
-            self._pending_pass = read_pass_record(state, self._resumption.identity)
+            self._pending_pass = passes.read_pass_record(state, self._resumption.identity)
         else:
             self._resumption.load_state_dict(state, self.world_size)
 
@@ -256,23 +245,27 @@ class StreamingDataset(IterableDataset):
         else:
             epoch, start = self._resumption.next_pass()
         wid, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
-        skip, saved, self._pending_pass = 0, self._pending_pass, None
-        if saved is not None and pass_to_resume(saved, epoch, rank, world, wid, workers):
-            epoch, start, skip = saved.plan.epoch, saved.plan.start, saved.yielded
-        order = self._mixture.order(self.seed, epoch, self.shuffle)
+        saved, self._pending_pass = self._pending_pass, None
+        epoch, start, skip = passes.continued(saved, passes.PassPlan(epoch, start, rank, world, wid, workers))
+        mixture = self._mixture
+        order, appearances = (
+            mixture.order(self.seed, epoch, self.shuffle),
+            mixture.draws(self.seed, epoch, self.shuffle),
+        )
         sequence = rank_rows(order, start, rank, world, self.batch_size, self.drop_last)
+        seen = rank_rows(appearances, start, rank, world, self.batch_size, self.drop_last)  # for transforms
         padding = rank_padding(self.samples, start, rank, world, self.batch_size, self.drop_last)
         batches = worker_batches(len(sequence), self.batch_size or 1, wid, workers)
-        self._pass = PassProgress(PassPlan(epoch, start, rank, world, wid, workers), len(batches), skip)
+        self._pass = passes.PassProgress(passes.PassPlan(epoch, start, rank, world, wid, workers), len(batches), skip)
         delivery = Delivery.of(batched=self.batch_size is not None, in_worker=worker is not None)
         keys = self._index.keys
 
         def start_batch(rows: range) -> Pending:
             rows_of = slice(rows.start, rows.stop)
-            return self._reader().start_batch(sequence[rows_of], padding[rows_of], keys, delivery, epoch)
+            return self._reader().start_batch(sequence[rows_of], padding[rows_of], keys, delivery, epoch, seen[rows_of])
 
         items = read_ahead(batches[skip:], start_batch, one_at_a_time=worker is not None)
-        return counted(items, self._pass, self._resumption if counted_here else None)
+        return passes.counted(items, self._pass, self._resumption if counted_here else None)
 
     def _reader(self) -> SampleReader:
         """This process's sample reader: a new one after a fork (never share a parent's connection)."""

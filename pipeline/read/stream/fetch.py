@@ -93,16 +93,24 @@ class SampleReader:
         self.pid = os.getpid()
 
     def start_batch(
-        self, indices: np.ndarray, padding: np.ndarray, keys: Sequence[str], delivery: Delivery, epoch: int
+        self,
+        indices: np.ndarray,
+        padding: np.ndarray,
+        keys: Sequence[str],
+        delivery: Delivery,
+        epoch: int,
+        appearances: np.ndarray | None = None,
     ) -> Pending:
         """A batch (or sample) of ``indices`` (``padding``: which of them only pad the rank's
         share) being fetched and decoded, to be delivered as ``delivery`` says: batches into reused
         slots (shared memory from a DataLoader worker, private memory in the main process), single
-        samples into new tensors. With a transform, see :meth:`_start_transformed`."""
+        samples into new tensors. With a transform, see :meth:`_start_transformed` (``appearances``:
+        which appearance in the epoch each sample is, for a mixture's upsampled ones)."""
         keys = [keys[i] for i in indices]
         pad = [bool(p) for p in padding]
         if self._transform is not None:
-            return self._start_transformed(indices, keys, pad, delivery, epoch)
+            seen = [0] * len(keys) if appearances is None else [int(a) for a in appearances]
+            return self._start_transformed(indices, keys, pad, delivery, epoch, seen)
         if delivery is not Delivery.SAMPLE:
             self._slots = slot_pool_for(self._slots, self._specs, self._batch_size or 1, delivery.shared)
             batch = self._slots.batch(len(indices), keys, pad)
@@ -114,7 +122,7 @@ class SampleReader:
         return Pending(self.start(indices, [arrays]), lambda: sample_item(keys[0], pad[0], tensors))
 
     def _start_transformed(
-        self, indices: np.ndarray, keys: list[str], pad: list[bool], delivery: Delivery, epoch: int
+        self, indices: np.ndarray, keys: list[str], pad: list[bool], delivery: Delivery, epoch: int, seen: list[int]
     ) -> Pending:
         """Decode each sample into fresh arrays and transform it on the decode threads; once all
         are done, stack the results into a slot shaped like them (or hand over the one sample)."""
@@ -123,7 +131,7 @@ class SampleReader:
         transform = self._transform
 
         def after(row: int, out: dict[str, np.ndarray]) -> None:
-            results[row] = apply_transform(transform, out, keys[row], self._seed, epoch)  # type: ignore[arg-type]
+            results[row] = apply_transform(transform, out, keys[row], self._seed, epoch, seen[row])  # type: ignore[arg-type]
 
         def deliver() -> Any:
             if delivery is Delivery.SAMPLE:

@@ -21,8 +21,9 @@ only changes which row each position names and how many positions an epoch has (
   order of a dataset without mixing, so its saved states stay valid.
 * ``shuffle=False``: rows in order, each source's first ``count_s`` (cycling), source after source.
 
-An upsampled sample may appear more than once in an epoch: it is the same key, read again (and,
-with a transform, given the same generator within the epoch).
+An upsampled sample may appear more than once in an epoch: it is the same key, read again; a
+transform sees each appearance as a sample of its own (:meth:`Mixture.draws` numbers them, and the
+number seeds the transform's generator with the key), so upsampling adds augmented variety.
 """
 
 from __future__ import annotations
@@ -124,3 +125,14 @@ class Mixture:
         if self.plain:
             return None
         return " + ".join(f"{split}:{count}/{size}" for split, size, count in zip(splits, self.sizes, self.counts))
+
+    def draws(self, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+        """For each position of :meth:`order`, which appearance of its sample it is in the epoch:
+        0 for a sample's first, 1, 2, ... for an upsampled sample's later ones (its source's draws
+        are whole permutations, so draw ``j`` of a source of ``size`` rows is appearance ``j // size``)."""
+        if self.plain:
+            return np.zeros(self.samples, np.int64)
+        cycles = np.concatenate(
+            [np.arange(count, dtype=np.int64) // size for size, count in zip(self.sizes, self.counts)]
+        )
+        return cycles[np.random.default_rng([seed, epoch]).permutation(len(cycles))] if shuffle else cycles

@@ -110,6 +110,16 @@ def pass_to_resume(saved: PassProgress, epoch: int, rank: int, world_size: int, 
     return epoch == plan.epoch or not saved.ended
 
 
+def continued(saved: PassProgress | None, plan: PassPlan) -> tuple[int, int, int]:
+    """``(epoch, start, items to skip)`` of the pass ``plan`` describes, or of ``saved`` where that
+    pass continues it (see :func:`pass_to_resume`)."""
+    if saved is not None and pass_to_resume(
+        saved, plan.epoch, plan.rank, plan.world_size, plan.worker, plan.num_workers
+    ):
+        return saved.plan.epoch, saved.plan.start, saved.yielded
+    return plan.epoch, plan.start, 0
+
+
 def counted(items: Iterator[dict], progress: PassProgress, resumption: Resumption | None) -> Iterator[dict]:
     """``items`` of a pass, each counted before it is handed on (so a state saved on receiving an
     item includes it): in ``progress``, and, where this process's loop is counted by nothing else,
