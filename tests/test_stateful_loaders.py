@@ -200,3 +200,17 @@ def test_a_worker_state_does_not_load_into_the_main_process(converted):
     worker_state = next(iter(state["_snapshot"]["_worker_snapshots"].values()))["dataset_state"]
     with pytest.raises(UsageError, match="loads only into that worker"):
         StreamingDataset(converted, fields=("label",), seed=SEED, batch_size=2).load_state_dict(worker_state)
+
+
+def test_streaming_dataloader_refuses_what_it_cannot_resume(converted):
+    from pipeline import StreamingDataLoader
+
+    batched = StreamingDataset(converted, fields=("label",), batch_size=2)
+    with pytest.raises(UsageError, match="in_order=False"):
+        StreamingDataLoader(batched, num_workers=2, in_order=False)
+    with pytest.raises(UsageError, match="already batches"):
+        StreamingDataLoader(batched, batch_size=2)
+    with pytest.raises(UsageError, match="give the dataset batch_size=4"):
+        StreamingDataLoader(StreamingDataset(converted, fields=("label",)), batch_size=4, num_workers=2)
+    with pytest.raises(UsageError, match="reads a pipeline.StreamingDataset"):
+        StreamingDataLoader([1, 2, 3])

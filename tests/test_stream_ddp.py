@@ -22,8 +22,10 @@ from stream_common import SEED, expected_keys, rank_script
 
 RANK_SCRIPT = rank_script(
     imports="""
+    import pickle
     import torch, torch.distributed as dist
     from torch.utils.data import DataLoader
+    from torchdata.stateful_dataloader import StatefulDataLoader
     from pipeline.read.stream import StreamingDataset
     """,
     scenario="""
@@ -32,19 +34,25 @@ RANK_SCRIPT = rank_script(
     if sc.get("load"):
         ds.load_state_dict(json.load(open(sc["load"])))
     runs = []
-    loader = DataLoader(ds, batch_size=sc.get("loader_batch"), num_workers=sc["workers"],
-                        multiprocessing_context=sc.get("context"),
-                        persistent_workers=sc.get("persistent", False))
+    stateful = sc.get("stateful", False)  # torchdata's StatefulDataLoader, its own state per rank, no track()
+    loader = (StatefulDataLoader if stateful else DataLoader)(
+        ds, batch_size=sc.get("loader_batch"), num_workers=sc["workers"],
+        multiprocessing_context=sc.get("context"), persistent_workers=sc.get("persistent", False))
+    if sc.get("load_loader"):
+        loader.load_state_dict(pickle.load(open(sc["load_loader"].format(rank=rank), "rb")))
     for epoch in sc["epochs"]:
         ds.set_epoch(epoch)
         length, keys, ok = len(ds), [], True
-        for step, batch in enumerate(ds.track(loader)):
+        for step, batch in enumerate(loader if stateful else ds.track(loader)):
             k = batch["__key__"]
             keys += [k] if isinstance(k, str) else k
             ok = ok and isinstance(batch["label"], torch.Tensor) and batch["label"].dtype == torch.int64
             if step + 1 == sc.get("stop"):
                 break
-        runs.append({"epoch": epoch, "len": length, "keys": keys, "tensors": ok, "state": ds.state_dict()})
+        state = None if stateful else ds.state_dict()
+        runs.append({"epoch": epoch, "len": length, "keys": keys, "tensors": ok, "state": state})
+    if sc.get("save_loader"):
+        pickle.dump(loader.state_dict(), open(sc["save_loader"].format(rank=rank), "wb"))
     if sc.get("save") and rank == 0:
         json.dump(ds.state_dict(), open(sc["save"], "w"))
     dist.barrier()  # the next launch reads the state only after every rank has finished
@@ -103,6 +111,7 @@ def ddp(converted, tmp_path_factory):
     """Three launches: 2 ranks (stop mid-epoch), 3 ranks (elastic resume; stop), 2 ranks (resume both)."""
     base = tmp_path_factory.mktemp("ddp")
     state2, state3 = str(base / "state-w2.json"), str(base / "state-w3.json")
+    loaders = str(base / "stateful-loader-rank{rank}.pkl")  # StatefulDataLoader's state, one per rank
     w2 = _launch(
         converted,
         base / "w2",
@@ -114,6 +123,15 @@ def ddp(converted, tmp_path_factory):
             {"name": "per-sample", "workers": 0, "loader_batch": 2, "epochs": [0]},
             {"name": "padded", "split": "test", "workers": 2, "batch_size": 1, "epochs": [0]},
             {"name": "stop", "workers": 2, "batch_size": 3, "epochs": [2], "stop": 1, "save": state2},
+            {
+                "name": "stateful-stop",
+                "stateful": True,
+                "workers": 2,
+                "batch_size": 1,
+                "epochs": [3],
+                "stop": 2,
+                "save_loader": loaders,
+            },
         ],
     )
     w3 = _launch(
@@ -133,6 +151,14 @@ def ddp(converted, tmp_path_factory):
         2,
         [
             {"name": "resume", "workers": 2, "batch_size": 3, "epochs": [2], "load": state2},
+            {
+                "name": "stateful-resume",
+                "stateful": True,
+                "workers": 2,
+                "batch_size": 1,
+                "epochs": [3],
+                "load_loader": loaders,
+            },
             {"name": "elastic", "workers": 0, "batch_size": 3, "epochs": [5, 6], "load": state3},
         ],
     )
@@ -192,6 +218,17 @@ def test_ddp_resume_same_world_size_in_a_new_process(ddp):
     assert sorted(seen) == sorted(keys), "no repeats, no gaps"
     for r in range(2):
         assert before[r]["keys"] + after[r]["keys"] == expected_keys(keys, 2, r, 2), "the rest of the same sequence"
+
+
+@pytest.mark.slow
+def test_ddp_stateful_dataloader_resumes_each_rank_exactly(ddp):
+    """torchdata's StatefulDataLoader with 2 workers per rank, stopped after 2 batches, resumed in new processes."""
+    keys = list(ddp["keys"]["train"].keys)
+    before, after = _runs(ddp[2], "stateful-stop")[0], _runs(ddp["2b"], "stateful-resume")[0]
+    assert [len(run["keys"]) for run in before] == [2, 2]
+    for r in range(2):
+        assert before[r]["keys"] + after[r]["keys"] == expected_keys(keys, 3, r, 2), "the rest of the rank's sequence"
+    assert sorted(k for run in before + after for k in run["keys"]) == sorted(keys), "no repeats, no gaps"
 
 
 @pytest.mark.slow

@@ -48,6 +48,10 @@ class StreamingDataLoader(DataLoader):
             batch_size = None if dataset.batch_size is not None else 1
         if dataset.batch_size is not None and batch_size is not None:
             raise UsageError("the dataset already batches: leave the loader's batch_size unset")
+        if options.get("num_workers", 0) > 0 and options.get("in_order") is False:
+            raise UsageError(
+                "in_order=False hands batches over out of order, so no count of them is a position: drop it"
+            )
         if options.get("num_workers", 0) > 0 and batch_size not in (None, 1):
             raise UsageError(
                 f"DataLoader workers batching {batch_size} single samples each cannot resume exactly: "

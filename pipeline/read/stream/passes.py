@@ -14,6 +14,11 @@ worker has yielded is its position, exactly, whatever the DataLoader's batch siz
 A worker's state therefore only resumes on the same rank of the same world size with the same
 number of workers; anything else is a :class:`~pipeline.errors.UsageError` naming the protocol
 that resumes anywhere (``pipeline.StreamingDataLoader`` or ``ds.track(loader)``).
+
+Not exact, and not detectable here: ``StatefulDataLoader(in_order=False)``. Its snapshots of the
+workers' states then disagree with what was handed over (a resumed epoch repeated and skipped
+samples in our tests); torchdata gives no worker its ``in_order`` and logs a warning at every
+``state_dict()``. ``StreamingDataLoader`` refuses ``in_order=False``.
 """
 
 from __future__ import annotations
