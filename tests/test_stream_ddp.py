@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.store.manifest import read_manifest
 
-from stream_common import SEED, expected_keys, rank_script
+from stream_common import SEED, expected_keys, flat_keys, rank_script
 
 # --------------------------------------------------------------------------- real torch.distributed
 
@@ -26,11 +26,17 @@ RANK_SCRIPT = rank_script(
     import torch, torch.distributed as dist
     from torch.utils.data import DataLoader
     from torchdata.stateful_dataloader import StatefulDataLoader
+    from pipeline import Source
     from pipeline.read.stream import StreamingDataset
     """,
     scenario="""
-    ds = StreamingDataset(config["root"], split=sc.get("split", "train"), fields=("label",),
-                          seed=config["seed"], batch_size=sc.get("batch_size"))
+    if sc.get("mix"):  # train 3 : test 1 over 16 positions: the test split upsampled
+        mix = [Source(config["root"], "train", weight=3), Source(config["root"], "test", weight=1)]
+        ds = StreamingDataset(mix, fields=("label",), seed=config["seed"], batch_size=sc.get("batch_size"),
+                              epoch_size=16)
+    else:
+        ds = StreamingDataset(config["root"], split=sc.get("split", "train"), fields=("label",),
+                              seed=config["seed"], batch_size=sc.get("batch_size"))
     if sc.get("load"):
         ds.load_state_dict(json.load(open(sc["load"])))
     runs = []
@@ -123,6 +129,7 @@ def ddp(converted, tmp_path_factory):
             {"name": "per-sample", "workers": 0, "loader_batch": 2, "epochs": [0]},
             {"name": "padded", "split": "test", "workers": 2, "batch_size": 1, "epochs": [0]},
             {"name": "stop", "workers": 2, "batch_size": 3, "epochs": [2], "stop": 1, "save": state2},
+            {"name": "mixed", "mix": True, "workers": 2, "batch_size": 2, "epochs": [0, 1]},
             {
                 "name": "stateful-stop",
                 "stateful": True,
@@ -218,6 +225,25 @@ def test_ddp_resume_same_world_size_in_a_new_process(ddp):
     assert sorted(seen) == sorted(keys), "no repeats, no gaps"
     for r in range(2):
         assert before[r]["keys"] + after[r]["keys"] == expected_keys(keys, 2, r, 2), "the rest of the same sequence"
+
+
+@pytest.mark.slow
+def test_ddp_mixture_is_what_each_rank_predicts_alone(ddp, converted):
+    """A mixture under real torch.distributed: each rank reads what the mixture, told its rank, reads in process."""
+    from pipeline import Source, StreamingDataset
+
+    mix = [Source(converted, "train", weight=3), Source(converted, "test", weight=1)]
+    for epoch, ranks in enumerate(_runs(ddp[2], "mixed")):
+        alone = []
+        for rank in range(2):
+            ds = StreamingDataset(
+                mix, fields=("label",), seed=SEED, batch_size=2, epoch_size=16, rank=rank, world_size=2
+            )
+            ds.set_epoch(epoch)
+            alone.append(flat_keys(ds))
+        assert [run["keys"] for run in ranks] == alone
+        counts = Counter(k for run in ranks for k in run["keys"])
+        assert sum(counts.values()) == 16 and len(counts) == 15, "12 train once, 3 test, 1 of them twice"
 
 
 @pytest.mark.slow
