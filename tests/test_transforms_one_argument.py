@@ -168,8 +168,10 @@ def keyword(sample, *, rng):
         (two, 2),
         (TwoModule(), 2),  # a module's forward, not its __call__(*args, **kwargs), says
         (lambda sample: sample, 1),
-        (lambda sample, rng=None: sample, 1),
+        (lambda sample, rng=None: sample, 2),  # an optional generator: called with it, as ever
+        (lambda sample, p=0.5: sample, 1),  # an option of its own
         (affine(), 1),  # Compose.__call__(input_, start=0, end=None, ...)
+        (EnsureChannelFirstd(keys=["img"], channel_dim="no_channel"), 1),  # __call__(data, lazy=None), not random
         (FlipAndNoise(), 1),  # forward(*inputs), as torchvision v2's
         (variadic, None),
         (keyword, None),

@@ -58,23 +58,35 @@ def seed_from(rng: np.random.Generator) -> int:
     return int(rng.integers(SEED_BOUND))
 
 
+#: Names a user gives a second, optional parameter that takes the generator: ``def t(sample, rng=None)``
+#: was called with the sample's generator before one-argument transforms existed, and still is.
+GENERATOR_NAMES = frozenset({"rng", "generator", "random_state"})
+
+
 def arguments_taken(transform: Any) -> int | None:
-    """How many arguments ``transform`` is called with: 2 when its signature has two required
-    positional parameters, 1 when it has exactly one (MONAI's ``Compose.__call__(input_, start=0,
-    ...)``), or none but ``*inputs`` on a ``torch.nn.Module``'s ``forward`` (torchvision v2's, which
-    transforms any number of inputs); None when the signature cannot say (uninspectable, ``*args``
-    alone, more than two required, a required keyword)."""
+    """How many arguments ``transform`` is called with: 1 for MONAI's transforms (``Compose.__call__
+    (input_, start=0, ...)``, ``__call__(data, lazy=None)``), which take a dictionary and nothing of
+    ours; 2 when its signature has two required positional parameters, or a second, optional one
+    named for a generator (``rng=None``); 1 when it has exactly one required (its other parameters
+    are its own options), or none but ``*inputs`` on a ``torch.nn.Module``'s ``forward``
+    (torchvision v2's, which transforms any number of inputs); None when the signature cannot say
+    (uninspectable, ``*args`` alone, more than two required, a required keyword)."""
+    if type(transform).__module__.split(".")[0] == "monai":
+        return 1
     target = transform.forward if isinstance(transform, torch.nn.Module) else transform
     try:
         parameters = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):
         return None
-    required = [p for p in parameters if p.kind in _POSITIONAL and p.default is p.empty]
+    positional = [p for p in parameters if p.kind in _POSITIONAL]
+    required = [p for p in positional if p.default is p.empty]
     if any(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in parameters) or len(required) > 2:
         return None
     variadic = any(p.kind is p.VAR_POSITIONAL for p in parameters)
     if not required:
         return 1 if variadic and isinstance(transform, torch.nn.Module) else None
+    if len(required) == 1 and len(positional) > 1 and positional[1].name in GENERATOR_NAMES:
+        return 2
     return len(required)
 
 
