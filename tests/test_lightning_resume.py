@@ -55,6 +55,14 @@ SCRIPT = textwrap.dedent(
                 log.write(json.dumps(record) + "\\n")
             return self.weight.sum() * batch["label"].float().mean()
 
+        def val_dataloader(self):
+            return torch.utils.data.DataLoader(torch.zeros(2, 1))
+
+        def validation_step(self, batch, index):
+            record = {"run": self.config["name"], "validated": self.current_epoch}
+            with open(f"{self.config['log']}.rank{self.global_rank}", "a") as log:
+                log.write(json.dumps(record) + "\\n")
+
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
@@ -74,6 +82,7 @@ SCRIPT = textwrap.dedent(
             enable_checkpointing=bool(config.get("checkpoint")),
             enable_progress_bar=False,
             enable_model_summary=False,
+            num_sanity_val_steps=0,
         )
         trainer.fit(Model(config), ckpt_path=config.get("resume"))
     """
@@ -100,7 +109,7 @@ def _received(log: Path, world: int, run: str, before_step: int = 1 << 30) -> di
     for rank in range(world):
         for line in Path(f"{log}.rank{rank}").read_text().splitlines():
             record = json.loads(line)
-            if record["run"] == run and record["step"] < before_step:
+            if record["run"] == run and "keys" in record and record["step"] < before_step:
                 got.setdefault((record["epoch"], rank), []).extend(record["keys"])
     return got
 
@@ -131,3 +140,5 @@ def test_lightning_resumes_mid_epoch_exactly(converted, first_run, devices, work
     assert Counter(epoch0) == Counter(keys), "every sample of epoch 0 exactly once"
     for rank in range(devices):
         assert resumed[(1, rank)] == expected_keys(keys, 1, rank, devices, batch_size=BATCH), "then epoch 1, whole"
+    validated = {json.loads(line).get("validated") for line in Path(f"{common['log']}.rank0").read_text().splitlines()}
+    assert {0, 1} <= validated, "each epoch ends with its validation: Lightning saw its last batch"

@@ -214,3 +214,12 @@ def test_streaming_dataloader_refuses_what_it_cannot_resume(converted):
         StreamingDataLoader(StreamingDataset(converted, fields=("label",)), batch_size=4, num_workers=2)
     with pytest.raises(UsageError, match="reads a pipeline.StreamingDataset"):
         StreamingDataLoader([1, 2, 3])
+
+
+def test_a_state_asked_before_set_epoch_leaves_the_pass_to_the_epoch_set(converted):
+    """torchdata makes the iterator when a state is asked before the first batch; the pass is fixed
+    only at its first item, so the loop's set_epoch after that still decides (0 workers)."""
+    loader = _loader(converted, Setup())
+    loader.state_dict()
+    loader.dataset.set_epoch(1)
+    assert flat_keys(loader) == expected_keys(loader.dataset.keys, 1, 0, 1, batch_size=2)

@@ -220,7 +220,7 @@ class StreamingDataset(IterableDataset):
                 "through the same loader's load_state_dict; the dataset's own state loads in the main process"
             )
         if in_worker:
-            self._pending_pass = passes.read_pass_record(state, self._resumption.identity)
+            self._pending_pass = passes.worker_resumes(state, self._resumption.identity, self._world())
         else:
             self._resumption.load_state_dict(state, self.world_size)
 
@@ -235,6 +235,12 @@ class StreamingDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         exit_with_the_loader()
+        return self._pass_items()
+
+    def _pass_items(self) -> Iterator[dict]:
+        """The items of one pass, which is fixed at its first item, not when the iterator is made:
+        torchdata makes iterators early (for a state saved before the first batch; in workers as
+        they start), before the loop's ``set_epoch``."""
         rank, world = self._world()
         worker = get_worker_info()
         counted_here = worker is None and not self._resumption.tracking
@@ -265,7 +271,7 @@ class StreamingDataset(IterableDataset):
             return self._reader().start_batch(sequence[rows_of], padding[rows_of], keys, delivery, epoch, seen[rows_of])
 
         items = read_ahead(batches[skip:], start_batch, one_at_a_time=worker is not None)
-        return passes.counted(items, self._pass, self._resumption if counted_here else None)
+        yield from passes.counted(items, self._pass, self._resumption if counted_here else None)
 
     def _reader(self) -> SampleReader:
         """This process's sample reader: a new one after a fork (never share a parent's connection)."""

@@ -58,7 +58,9 @@ class StreamingDataLoader(DataLoader):
                 f"give the dataset batch_size={batch_size} instead"
             )
         super().__init__(dataset, batch_size=batch_size, **options)
-        self._received_before, self._resumed = 0, False  # items of the epoch received before a loaded state
+        self._received_before = 0  # items of the epoch received before a loaded state
+        self._pass_length: int | None = None  # of the pass running, counted from its epoch's start
+        self._length_told = False  # whether len() answered since the pass was made
 
     @property
     def sampler(self) -> "EpochSampler":
@@ -70,23 +72,36 @@ class StreamingDataLoader(DataLoader):
         self._epoch_sampler = EpochSampler(sampler, self.dataset)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Any]:
-        if not self._resumed:  # a pass after the resumed one: a whole epoch again
-            self._received_before = 0
-        self._resumed = False
-        # counted from before the workers start: they read the pass's start as it is published
-        return self.dataset.track(_Pass(self), next_epoch=True)  # type: ignore[attr-defined]
+        dataset: StreamingDataset = self.dataset  # type: ignore[assignment]
+        self._pass_length = self._received_before + self._items(len(dataset))
+        self._received_before, self._length_told = 0, False  # the next pass: a whole epoch, unless loaded again
+        return self._counted_pass()
+
+    def _counted_pass(self) -> Iterator[Any]:
+        try:  # counted from before the workers start: they read the pass's start as it is published
+            yield from self.dataset.track(_Pass(self), next_epoch=True)  # type: ignore[attr-defined]
+        finally:
+            self._pass_length = None
 
     def __len__(self) -> int:
         """Items of an epoch on this rank, counted from the epoch's start: in a resumed epoch, those
         received before the state was saved (on the ranks of then) and those still to come.
 
-        Lightning counts a resumed epoch's batches from its start and ends the epoch when that
-        count reaches the length (taken once, after the state is loaded), so the length is never
-        less than what the rest of the epoch needs, nor than a whole epoch on this world size.
+        Lightning asks twice and means two things. Right after it makes a pass, its fetcher asks
+        for that pass's length, to know the last batch (where validation runs): the first question
+        after :meth:`__iter__` gets exactly that. Then, once, it asks for the most batches any
+        epoch may have, and ends every later epoch there: every other question gets at least a
+        whole epoch on this world size, so that an epoch resumed on other ranks, which may be
+        shorter or longer than a whole one, cuts none short. (``tests/test_lightning_resume.py``
+        checks both with a real ``Trainer``, resumed on 2 ranks and on 1.)
         """
+        if self._pass_length is not None and not self._length_told:
+            self._length_told = True
+            return self._pass_length
         dataset: StreamingDataset = self.dataset  # type: ignore[assignment]
-        whole = rank_share(dataset.samples, dataset.world_size, dataset.batch_size, dataset.drop_last)
-        return max(self._items(whole), self._received_before + self._items(len(dataset)))
+        whole = self._items(rank_share(dataset.samples, dataset.world_size, dataset.batch_size, dataset.drop_last))
+        current = self._pass_length
+        return max(whole, self._received_before + self._items(len(dataset)) if current is None else current)
 
     def _items(self, samples: int) -> int:
         if self.dataset.batch_size is not None or self.batch_size is None:  # type: ignore[attr-defined]
@@ -100,7 +115,7 @@ class StreamingDataLoader(DataLoader):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.dataset.load_state_dict(state)  # type: ignore[attr-defined]
         received = int(state["position"]) // max(1, int(state.get("world_size") or 1))
-        self._received_before, self._resumed = self._items(received), True
+        self._received_before = self._items(received)
 
 
 class _Pass:

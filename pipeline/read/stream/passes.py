@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Mapping
 
+from torch.utils.data import get_worker_info
+
 from pipeline.errors import UsageError
 from pipeline.read.items import samples_in
 from pipeline.read.stream.epochs import Resumption
@@ -92,12 +94,10 @@ def read_pass_record(state: Mapping[str, Any], identity: OrderIdentity) -> PassP
         raise UsageError(f"a {PASS_FORMAT} state with a damaged pass: {saved!r}") from exc
 
 
-def pass_to_resume(saved: PassProgress, epoch: int, rank: int, world_size: int, worker: int, workers: int) -> bool:
-    """Whether this worker's next pass continues ``saved`` (False when it had ended and the main
-    process has moved to another epoch with ``set_epoch``).
-
-    A pass that cannot continue exactly here is a :class:`UsageError`.
-    """
+def check_resumable(saved: PassProgress, rank: int, world_size: int, worker: int, workers: int) -> None:
+    """A :class:`UsageError` unless ``saved`` can continue exactly in this worker: the same rank of
+    the same world size, the same worker of as many. Checked as the state is loaded (torchdata's
+    workers load theirs as they start, and report a failure before the loader checks anything)."""
     plan = saved.plan
     if (plan.rank, plan.world_size) != (rank, world_size):
         raise UsageError(
@@ -109,18 +109,26 @@ def pass_to_resume(saved: PassProgress, epoch: int, rank: int, world_size: int, 
             f"this DataLoader state was saved by worker {plan.worker} of {plan.num_workers}; here is worker "
             f"{worker} of {workers}: resume with num_workers={plan.num_workers}, or: {ANYWHERE}"
         )
-    # The saved pass wins over the epoch the main process set, unless it had ended: torchdata may
-    # replay a few of its steps from an older snapshot (snapshot_every_n_steps) before it starts
-    # the next epoch, and a worker cannot tell that from a loop that set another epoch.
-    return epoch == plan.epoch or not saved.ended
+
+
+def worker_resumes(state: Mapping[str, Any], identity: OrderIdentity, world: tuple[int, int]) -> PassProgress | None:
+    """The pass this DataLoader worker's saved ``state`` records, checked to continue exactly here."""
+    saved = read_pass_record(state, identity)
+    if saved is not None:
+        worker = get_worker_info()
+        check_resumable(saved, *world, worker.id if worker else 0, worker.num_workers if worker else 1)
+    return saved
 
 
 def continued(saved: PassProgress | None, plan: PassPlan) -> tuple[int, int, int]:
     """``(epoch, start, items to skip)`` of the pass ``plan`` describes, or of ``saved`` where that
-    pass continues it (see :func:`pass_to_resume`)."""
-    if saved is not None and pass_to_resume(
-        saved, plan.epoch, plan.rank, plan.world_size, plan.worker, plan.num_workers
-    ):
+    pass continues it.
+
+    The saved pass wins over the epoch the main process set, unless it had ended: torchdata may
+    replay a few of its steps from an older snapshot (``snapshot_every_n_steps``) before it starts
+    the next epoch, and a worker cannot tell that from a loop that set another epoch.
+    """
+    if saved is not None and (plan.epoch == saved.plan.epoch or not saved.ended):
         return saved.plan.epoch, saved.plan.start, saved.yielded
     return plan.epoch, plan.start, 0
 
