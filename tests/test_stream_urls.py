@@ -151,6 +151,24 @@ def test_a_cached_second_epoch_reads_nothing_from_the_server(converted, serve, t
     _assert_as_stock(second, stock, fields, "epoch 1")
 
 
+def test_a_shard_changed_since_conversion_stops_the_reading_once_a_fill_finds_it(converted, serve, tmp_path):
+    """A byte of a shard's tar header changed: its payloads still read, but the fill's sha256 check
+    proves the object is not the manifest's, and the next read of that shard says so."""
+    out = copy_output(converted, tmp_path)
+    shard = read_manifest(out).splits["test"].shards[0]
+    path = out / shard.file
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF  # inside the first member's tar header (its mode field): no payload changes
+    path.write_bytes(bytes(data))
+    server = serve(out)
+    ds = StreamingDataset(server.url, "test", ("label",), seed=SEED, cache_dir=tmp_path / "cache", cache_limit=1 << 30)
+    with pytest.raises(OutputError, match=rf"{shard.file}: its sha256 is .* the object changed after the output"):
+        for _ in range(2):  # the first pass reads by ranges while the fill runs, unless the fill ends first
+            list(ds)
+            wait_for_fills()
+    assert shard.sha256 not in _cached(tmp_path / "cache"), "nothing of the changed object kept"
+
+
 def test_a_cache_smaller_than_a_shard_caches_nothing_and_reads_by_ranges(converted, serve, tmp_path):
     server = serve(converted)
     smallest = min(s.bytes for s in read_manifest(converted).splits["test"].shards)

@@ -244,13 +244,17 @@ class _NoRoom(Exception):
     """Entries in use took the room while this fill downloaded."""
 
 
+class ShardChanged(OutputError):
+    """A download that is not the manifest's shard: the object changed after the output was written."""
+
+
 def _check(path: Path, size: int, sha256: str, name: str) -> None:
     """A one-line error naming the URL where the download is not the manifest's shard."""
     actual = path.stat().st_size
     if actual != size:
-        raise OutputError(f"{safe_url(name)}: downloaded {actual} bytes, the manifest says {size}; convert again")
+        raise ShardChanged(f"{safe_url(name)}: downloaded {actual} bytes, the manifest says {size}; convert again")
     if (digest := file_sha256(path)) != sha256:
-        raise OutputError(
+        raise ShardChanged(
             f"{safe_url(name)}: its sha256 is {digest}, the manifest says {sha256}: "
             "the object changed after the output was written; convert again"
         )

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Iterable, Mapping, NamedTuple, Sequence
 from pipeline.errors import OutputError, UsageError
 from pipeline.io.byte_source import LocalFile, RemoteObject
 from pipeline.io.folder import RemoteFolder
-from pipeline.io.shard_cache import ShardCache
+from pipeline.io.shard_cache import ShardCache, ShardChanged
 from pipeline.store.range_readers import RangeRead, RangeReader
 from pipeline.store.remote_ranges import SHARD_CALLS
 from pipeline.urls import is_url
@@ -93,6 +93,7 @@ class CachedRangeReader(RangeReader):
         self._folders: dict[str, RemoteFolder] = {}
         self._maps: dict[int, memoryview] = {}  # shards read from their copy; set by fill threads too
         self._asked: set[int] = set()  # shards looked up in the cache (and filled where missing)
+        self._changed: dict[int, ShardChanged] = {}  # shards whose download was not the manifest's
         self._fills: queue.Queue[int | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -142,6 +143,8 @@ class CachedRangeReader(RangeReader):
         """The map of the shard's copy; None where there is none (yet): the first time, look it up
         and start a fill where it is missing."""
         view = self._maps.get(shard)
+        if shard in self._changed:  # found by a fill: reading on by ranges would read the changed object
+            raise self._changed[shard]
         if view is not None or shard in self._asked:
             return view
         self._asked.add(shard)
@@ -194,6 +197,9 @@ class CachedRangeReader(RangeReader):
             folder = self._folders.setdefault(root, RemoteFolder(root, self._storage_options, SHARD_CALLS))
             source = folder.object(self.files[shard])
             path = self._cache.fill(sha256, size, self.name(shard), lambda file: download(source, size, file))
+        except ShardChanged as error:
+            self._changed[shard] = error
+            return
         except Exception as error:  # the cache is a shortcut: the shard is still read by ranges
             log.warning("shard cache: %s not copied, read by ranges: %s", self.name(shard), error)
             return
