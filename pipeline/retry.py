@@ -200,12 +200,14 @@ def retried(
     operation: Callable[[], T],
     failure: Callable[[Exception], SSMSpineError],
     passes: tuple[type[Exception], ...] = (),
+    redact: Callable[[str], str] = str,
 ) -> T:
     """``operation()`` through :func:`retrying`, its lasting failure raised as ``failure(error)``
     (usually a one-line error built from :func:`refusal`); our own errors, and those of the
-    classes in ``passes`` (for callers that handle them), are raised as they are."""
+    classes in ``passes`` (for callers that handle them), are raised as they are. ``redact`` takes
+    the caller's secrets out of the reasons :func:`retrying` logs and raises."""
     try:
-        return retrying(what, operation)
+        return retrying(what, operation, redact)
     except (SSMSpineError, *passes):
         raise
     except Exception as exc:  # noqa: BLE001 - every library error becomes one line naming the object
@@ -216,8 +218,9 @@ def _scrub(text: str) -> str:
     return _URL.sub(lambda url: safe_url(url.group(0)), text)[:300]
 
 
-def retrying(what: str, read: Callable[[], T]) -> T:
-    """``read()``, tried again with backoff while it fails transiently; ``what`` names the object.
+def retrying(what: str, read: Callable[[], T], redact: Callable[[str], str] = str) -> T:
+    """``read()``, tried again with backoff while it fails transiently; ``what`` names the object,
+    and ``redact`` takes secrets out of the library's reasons (beyond the URLs :func:`reason` hides).
 
     Raises :class:`~pipeline.errors.UnavailableError` once the retries are spent; any other
     failure at once, unchanged. ``read`` must be safe to repeat: a ranged read is.
@@ -231,10 +234,10 @@ def retrying(what: str, read: Callable[[], T]) -> T:
                 raise
             if attempt == allowed:
                 raise UnavailableError(
-                    f"{what}: still failing after {attempt + 1} attempt(s), last with {reason(exc)} "
+                    f"{what}: still failing after {attempt + 1} attempt(s), last with {redact(reason(exc))} "
                     f"(the server or the network is failing; try again later, or set {RETRIES_ENV})"
                 ) from exc
             wait = min(MAX_DELAY, delay * 2**attempt) * random.uniform(0.5, 1.0)  # jitter spreads out workers
-            log.info("%s: %s; trying again in %.2f s", what, reason(exc), wait)
+            log.info("%s: %s; trying again in %.2f s", what, redact(reason(exc)), wait)
             time.sleep(wait)
     raise AssertionError("unreachable")

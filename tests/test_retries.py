@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import logging
 import os
 import re
 from pathlib import Path
@@ -196,6 +197,27 @@ def test_every_remote_read_fails_through_one_mapping_naming_the_object_without_s
         OutputError, match=r"^memory://user@/mapping/out/wds/a\.tar: cannot be read \(OSError: .*\*\*\*"
     ):
         reader.read_many([RangeRead(0, 0, 2), RangeRead(0, 4, 2)])
+
+
+def test_a_failure_that_passes_too_long_keeps_the_secrets_out_too(quick_retries, monkeypatch, caplog):
+    """Retries spent: the UnavailableError and the log lines of the retries carry the library's words
+    without the URL's secrets, as a lasting failure's line does."""
+    from pipeline.errors import UnavailableError
+    from pipeline.store.remote_ranges import FsspecRangeReader
+
+    root = "memory://user:s3cr3t@/passing/out?sig=abcdef"
+    fs = fsspec.filesystem("memory")
+
+    def reset(*args, **kwargs):
+        raise ConnectionResetError("reset while sending signature abcdef for s3cr3t")
+
+    monkeypatch.setattr(fs, "size", lambda path: 10)
+    monkeypatch.setattr(fs, "cat_file", reset)
+    with caplog.at_level(logging.INFO, logger="pipeline.retry"), pytest.raises(UnavailableError) as error:
+        FsspecRangeReader(root, ["wds/a.tar"], [10]).read(0, 0, 4)
+    said = [str(error.value)] + [r.getMessage() for r in caplog.records]
+    assert len(said) > 1 and all("signature *** for ***" in line for line in said), said
+    assert not any("s3cr3t" in line or "abcdef" in line for line in said), said
 
 
 def test_a_batch_at_once_tries_again_only_the_ranges_that_failed(quick_retries, monkeypatch):

@@ -75,7 +75,7 @@ class RemoteCalls:
             return self.failure(name, self.why(error, path))
 
         passes = (FileNotFoundError,) if self.missing_passes else ()
-        return retried(f"{name}{detail}", operation, failed, passes=passes)
+        return retried(f"{name}{detail}", operation, failed, passes=passes, redact=self.redact)
 
     def why(self, error: BaseException, path: str = "") -> str:
         """The reason a lasting failure gives, in the user's terms and without the secrets."""
