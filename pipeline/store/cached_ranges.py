@@ -27,7 +27,7 @@ import weakref
 from typing import Any, BinaryIO, Iterable, Mapping, NamedTuple, Sequence
 
 from pipeline.errors import OutputError, UsageError
-from pipeline.io.byte_source import LocalFile, RemoteObject
+from pipeline.io.byte_source import RemoteObject
 from pipeline.io.folder import RemoteFolder
 from pipeline.io.shard_cache import ShardCache, ShardChanged
 from pipeline.store.range_readers import RangeRead, RangeReader
@@ -107,13 +107,16 @@ class CachedRangeReader(RangeReader):
         view = self._local(shard)
         if view is None:
             return self._store.read(shard, offset, length, into)
-        return self._slice(view, RangeRead(shard, offset, length))
+        return self.view(view, shard, offset, length)
 
     def read_many(self, reads: Sequence[RangeRead]) -> list[memoryview]:
         """Views of the copies where there are copies; the other reads go to the store, all at once."""
         local = [self._local(read.shard) for read in reads]
         remote = iter(self._store.read_many([read for read, view in zip(reads, local) if view is None]))
-        return [next(remote) if view is None else self._slice(view, read) for read, view in zip(reads, local)]
+        return [
+            next(remote) if view is None else self.view(view, read.shard, read.offset, read.length)
+            for read, view in zip(reads, local)
+        ]
 
     def wait_for_fills(self) -> None:
         """Until every fill started so far has ended (copied, found no room, or failed); in a forked
@@ -165,22 +168,11 @@ class CachedRangeReader(RangeReader):
     def _map(self, shard: int, path: str) -> memoryview | None:
         """Map the copy at ``path`` (checked by the cache; its size again here) for reads from now on."""
         try:
-            file = LocalFile(path)
-            try:
-                if file.size() != self.sizes[shard]:
-                    raise self._size_mismatch(shard, file.size())
-                view = self._maps[shard] = file.map()
-            finally:
-                file.close()
+            view = self._maps[shard] = self.mapped(shard, path)
         except (OSError, ValueError, OutputError) as error:
             log.warning("shard cache: %s: cannot map its copy %s (%s); read by ranges", self.name(shard), path, error)
             return None
         return view
-
-    def _slice(self, view: memoryview, read: RangeRead) -> memoryview:
-        if read.offset + read.length > len(view):
-            raise OutputError(f"{self.name(read.shard)}: ends before byte {read.offset + read.length}; truncated")
-        return view[read.offset : read.offset + read.length]
 
     def _filling(self) -> None:
         """A fill thread: one shard after another, until :meth:`close` says stop."""

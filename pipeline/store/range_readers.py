@@ -61,6 +61,24 @@ class RangeReader:
     def close(self) -> None:
         pass
 
+    def mapped(self, shard: int, path: str) -> memoryview:
+        """The local file at ``path`` as shard ``shard``: its size checked against the manifest
+        (an :class:`OutputError`), then memory-mapped. ``OSError`` (a missing file too) and
+        ``ValueError`` pass to the caller, which says what a shard it cannot map means there."""
+        file = LocalFile(path)
+        try:
+            if (size := file.size()) != self.sizes[shard]:
+                raise self._size_mismatch(shard, size)
+            return file.map()
+        finally:
+            file.close()
+
+    def view(self, mapped: memoryview, shard: int, offset: int, length: int) -> memoryview:
+        """``length`` bytes from ``offset`` of shard ``shard``'s map, which must hold them."""
+        if offset + length > len(mapped):
+            raise OutputError(f"{self.name(shard)}: ends before byte {offset + length}; the shard is truncated")
+        return mapped[offset : offset + length]
+
     def _size_mismatch(self, shard: int, actual: int) -> OutputError:
         return OutputError(
             f"{self.name(shard)}: has {actual} bytes, the manifest says {self.sizes[shard]}: "
@@ -91,30 +109,18 @@ class LocalRangeReader(RangeReader):
         if view is None:
             path = self.name(shard)
             try:
-                file = LocalFile(path)
+                view = self.mapped(shard, path)
             except FileNotFoundError:
                 raise OutputError(f"{path}: shard is missing; convert again or fix the path") from None
-            except OSError as exc:
-                raise OutputError(f"{path}: cannot map shard ({exc})") from exc
-            try:
-                size = file.size()
-                if size != self.sizes[shard]:
-                    raise self._size_mismatch(shard, size)
-                view = file.map()
             except (OSError, ValueError) as exc:
                 raise OutputError(f"{path}: cannot map shard ({exc})") from exc
-            finally:
-                file.close()
             if len(self._maps) >= self.max_open:  # unmapped once no view of it is left
                 del self._maps[next(iter(self._maps))]
             self._maps[shard] = view
         return view
 
     def read(self, shard: int, offset: int, length: int, into: memoryview | None = None) -> memoryview:
-        view = self._map(shard)
-        if offset + length > len(view):
-            raise OutputError(f"{self.name(shard)}: ends before byte {offset + length}; the shard is truncated")
-        return view[offset : offset + length]
+        return self.view(self._map(shard), shard, offset, length)
 
     def close(self) -> None:
         self._maps.clear()
