@@ -271,7 +271,7 @@ class StreamingDataset(IterableDataset):
             return self._reader().start_batch(sequence[rows_of], padding[rows_of], keys, delivery, epoch, seen[rows_of])
 
         items = read_ahead(batches[skip:], start_batch, one_at_a_time=worker is not None)
-        yield from passes.counted(items, self._pass, self._resumption if counted_here else None)
+        yield from passes.counted(self._resumption.counted(items) if counted_here else items, self._pass)
 
     def _reader(self) -> SampleReader:
         """This process's sample reader: a new one after a fork (never share a parent's connection)."""

@@ -124,13 +124,18 @@ class Resumption:
         exact = self._batch_size is not None or workers == 0 or loader_batch in (None, 1)
         self.begin(world_size, exact, tracked=True)
         try:
-            for item in batches:
-                self.count(samples_in(item))
-                yield item
-            self.finish()
+            yield from self.counted(batches)
         finally:
             self.tracking = False
             self._publish()
+
+    def counted(self, items: Iterable[dict]) -> Iterator[dict]:
+        """``items`` of the current pass, each counted before it is handed on (so a state saved on
+        receiving one includes it); the pass finishes when they do."""
+        for item in items:
+            self.count(samples_in(item))
+            yield item
+        self.finish()
 
     def count(self, samples: int) -> None:
         """The training loop received ``samples`` more samples of the current pass."""

@@ -29,8 +29,6 @@ from typing import Any, Iterator, Mapping
 from torch.utils.data import get_worker_info
 
 from pipeline.errors import UsageError
-from pipeline.read.items import samples_in
-from pipeline.read.stream.epochs import Resumption
 from pipeline.read.stream.state import OrderIdentity, check_identity
 
 PASS_FORMAT = "ssmspine-stream-pass"
@@ -133,14 +131,9 @@ def continued(saved: PassProgress | None, plan: PassPlan) -> tuple[int, int, int
     return plan.epoch, plan.start, 0
 
 
-def counted(items: Iterator[dict], progress: PassProgress, resumption: Resumption | None) -> Iterator[dict]:
-    """``items`` of a pass, each counted before it is handed on (so a state saved on receiving an
-    item includes it): in ``progress``, and, where this process's loop is counted by nothing else,
-    in ``resumption`` (whose pass then finishes when the items do)."""
+def counted(items: Iterator[dict], progress: PassProgress) -> Iterator[dict]:
+    """``items`` of a pass, each counted in ``progress`` before it is handed on (so a state saved
+    on receiving an item includes it)."""
     for item in items:
         progress.yielded += 1
-        if resumption is not None:
-            resumption.count(samples_in(item))
         yield item
-    if resumption is not None:
-        resumption.finish()
